@@ -1,0 +1,180 @@
+"""Wiring of `moko serve`: the aiohttp application, its routes, and start-up and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from gidgethub.routing import Router
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from bot.audit import AuditWriter
+from bot.config import Settings
+from bot.context import Services
+from bot.github_app import GitHubApp
+from bot.github_client import ClientOptions
+from bot.intake import MAX_BODY, WebhookIntake
+from bot.logs import get_logger
+from bot.metrics import REGISTRY
+from bot.processing import DeliveryProcessor
+from bot.redact import REDACTOR
+from bot.store import open_store
+from bot.worker import WorkerPool
+
+log = get_logger("moko.app")
+
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+WORKERS: web.AppKey[WorkerPool] = web.AppKey("workers", WorkerPool)
+
+
+def replica_id() -> str:
+    """This process's identity in leases and locks: readable, and unique even on one host."""
+    return f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+
+
+def client_options(settings: Settings) -> ClientOptions:
+    return ClientOptions(
+        max_attempts=settings.retry_attempts,
+        base_delay=settings.retry_base_delay,
+        request_timeout=settings.request_timeout,
+        rate_limit_reserve=settings.rate_limit_reserve,
+    )
+
+
+def build_github(settings: Settings, session: aiohttp.ClientSession, *, use_token: bool = False) -> GitHubApp:
+    return GitHubApp(
+        session=session,
+        api_url=settings.api_url,
+        graphql_url=settings.graphql_url,
+        app_id=settings.app_id,
+        private_key=settings.private_key,
+        token=settings.token if use_token else None,
+        options=client_options(settings),
+    )
+
+
+@dataclass
+class Hooks:
+    """Extension points the wiring offers: components built on the services, background loops."""
+
+    components: list[Callable[[Services], None]] = field(default_factory=list)
+    background: list[Callable[[Services], Any]] = field(default_factory=list)
+
+
+def default_hooks() -> Hooks:
+    from handlers.wiring import install_components
+
+    return install_components()
+
+
+def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks | None = None) -> web.Application:
+    """The aiohttp application for `moko serve`; start-up opens the store and starts the workers."""
+    REDACTOR.add(*settings.secrets())
+    if router is None:
+        from handlers import build_router
+
+        router = build_router()
+    hooks = hooks if hooks is not None else default_hooks()
+    app = web.Application(client_max_size=MAX_BODY + 1)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        store = open_store(settings.database_url)
+        await store.open()
+        session = aiohttp.ClientSession()
+        services = Services(
+            settings=settings,
+            store=store,
+            github=build_github(settings, session),
+            audit=AuditWriter(store),
+            owner=replica_id(),
+        )
+        for install in hooks.components:
+            install(services)
+        workers = WorkerPool(
+            store,
+            DeliveryProcessor(services, router),
+            owner=services.owner,
+            workers=settings.workers,
+            queue_max=settings.queue_max,
+            lease_seconds=settings.lease_seconds,
+        )
+        app[SERVICES] = services
+        app[WORKERS] = workers
+        intake = WebhookIntake(secret=settings.webhook_secret or "", store=store, workers=workers)
+        app["intake"] = intake
+        await workers.start()
+        background = [asyncio.create_task(loop(services)) for loop in hooks.background]
+        log.info("started", replica=services.owner, database=settings.database_url.split("://", 1)[0])
+        try:
+            yield
+        finally:
+            await workers.drain(settings.shutdown_grace)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await session.close()
+            await store.close()
+            log.info("stopped", replica=services.owner)
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/api/github/webhooks", _webhook)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+async def _webhook(request: web.Request) -> web.Response:
+    intake: WebhookIntake = request.app["intake"]
+    return await intake.handle(request)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    workers = request.app[WORKERS]
+    problems = []
+    try:
+        await asyncio.wait_for(services.store.ping(), 2.0)
+    except Exception:
+        problems.append("store")
+    if not (services.settings.app_id and services.settings.private_key and services.settings.webhook_secret):
+        problems.append("credentials")
+    if not workers.accepting:
+        problems.append("shutting down")
+    if problems:
+        return web.json_response({"status": "unavailable", "problems": problems}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def serve(settings: Settings, *, host: str, port: int) -> None:
+    """Run until SIGTERM or SIGINT; then refuse new deliveries, finish in-flight work, exit."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    log.info("listening", host=host, port=port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutdown_requested")
+    # Keep answering (503) while the workers drain, then close the listener.
+    await app[WORKERS].drain(settings.shutdown_grace)
+    await runner.cleanup()

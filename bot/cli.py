@@ -1,0 +1,101 @@
+"""The `moko` command: serve, sweep, audit, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from bot.config import ConfigError, Settings, load_settings
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 as well; keep its one-line usage
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"moko: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="moko", description="Keep every repository of an organization in line with its policy.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = commands.add_parser("serve", help="run the GitHub App")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+
+    sweep = commands.add_parser("sweep", help="reconcile an organization with its policy")
+    sweep.add_argument("--org", required=True)
+    sweep.add_argument("--repo", action="append", default=[], metavar="NAME")
+    sweep.add_argument("--dry-run", action="store_true")
+    sweep.add_argument("--retry-failed", action="store_true")
+    sweep.add_argument("--json", action="store_true")
+
+    audit = commands.add_parser("audit", help="read the audit trail")
+    audit.add_argument("--repo", metavar="OWNER/NAME")
+    audit.add_argument("--since", metavar="7d")
+    audit.add_argument("--json", action="store_true")
+    audit.add_argument("--verify", action="store_true")
+
+    check = commands.add_parser("check-config", help="validate a policy file")
+    check.add_argument("file")
+    return parser
+
+
+def _fail_config(error: ConfigError) -> int:
+    print(f"moko: configuration error: {error}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _validate_private_key(settings: Settings) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    assert settings.private_key is not None
+    try:
+        serialization.load_pem_private_key(settings.private_key.encode(), password=None)
+    except (ValueError, TypeError):
+        raise ConfigError("GITHUB_PRIVATE_KEY: not a valid unencrypted PEM private key") from None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from bot.app import serve
+    from bot.logs import configure_logging
+
+    settings = load_settings()
+    settings.require_app()
+    _validate_private_key(settings)
+    configure_logging(settings.log_level, settings.log_format)
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    asyncio.run(serve(settings, host=host, port=port))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return run_serve(args)
+        if args.command == "check-config":
+            from bot.cli_check import run_check_config
+
+            return run_check_config(args.file)
+        if args.command == "audit":
+            from bot.cli_audit import run_audit
+
+            return run_audit(args, load_settings())
+        if args.command == "sweep":
+            from bot.cli_sweep import run_sweep
+
+            return run_sweep(args, load_settings())
+    except ConfigError as error:
+        return _fail_config(error)
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

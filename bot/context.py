@@ -1,0 +1,45 @@
+"""What a handler gets besides the event: the App's services and the delivery it is working for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bot.config import Settings
+from bot.store.base import Store
+
+if TYPE_CHECKING:
+    from bot.audit import AuditWriter
+    from bot.github_app import GitHubApp
+    from bot.github_client import MokoGitHubAPI
+
+
+@dataclass
+class Services:
+    """Long-lived parts shared by every delivery, sweep and command of one process."""
+
+    settings: Settings
+    store: Store
+    github: GitHubApp
+    audit: AuditWriter
+    owner: str  # this replica's identity in leases and locks
+    # Components wired by the app (e.g. the policy engine), kept here so bot/ needs no policy import.
+    components: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EventContext:
+    """One delivery's context: handlers receive it as `ctx` beside the gidgethub Event."""
+
+    services: Services
+    delivery_id: str
+    event_name: str
+    installation_id: int | None
+    log: Any
+    trigger: str = ""
+
+    async def github(self, *, bulk: bool = False) -> MokoGitHubAPI:
+        """A client acting as the App's installation that sent the event."""
+        if self.installation_id is None:
+            raise LookupError("the event carries no installation")
+        return await self.services.github.installation_client(self.installation_id, bulk=bulk)

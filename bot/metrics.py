@@ -1,0 +1,85 @@
+"""Prometheus metrics Moko exports on GET /metrics, defined once for the whole process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+WEBHOOKS_RECEIVED = Counter(
+    "moko_webhooks_received_total",
+    "Webhook deliveries received, by event and intake outcome",
+    ["event", "outcome"],
+    registry=REGISTRY,
+)
+WEBHOOK_PROCESSING_SECONDS = Histogram(
+    "moko_webhook_processing_seconds",
+    "Time spent processing one stored delivery",
+    ["event"],
+    registry=REGISTRY,
+)
+DELIVERIES_FINISHED = Counter(
+    "moko_deliveries_finished_total",
+    "Stored deliveries that finished processing, by final state",
+    ["state"],
+    registry=REGISTRY,
+)
+HANDLER_OUTCOMES = Counter(
+    "moko_handler_outcomes_total",
+    "Outcome of each handler callback dispatched for an event",
+    ["handler", "outcome"],
+    registry=REGISTRY,
+)
+REMEDIATIONS = Counter(
+    "moko_remediations_total",
+    "Remediation steps, by policy and audit outcome",
+    ["policy", "outcome"],
+    registry=REGISTRY,
+)
+GITHUB_REQUESTS = Counter(
+    "moko_github_requests_total",
+    "Requests sent to GitHub, by method and answer status",
+    ["method", "status"],
+    registry=REGISTRY,
+)
+GITHUB_REQUEST_SECONDS = Histogram(
+    "moko_github_request_seconds",
+    "Latency of requests to GitHub",
+    ["method"],
+    registry=REGISTRY,
+)
+GITHUB_RETRIES = Counter(
+    "moko_github_retries_total",
+    "Requests to GitHub retried, by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
+GITHUB_WAIT_SECONDS = Counter(
+    "moko_github_wait_seconds_total",
+    "Seconds spent waiting before requests to GitHub, by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
+GITHUB_RATE_LIMIT_REMAINING = Gauge(
+    "moko_github_rate_limit_remaining",
+    "Primary rate-limit budget left, per installation",
+    ["installation"],
+    registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "moko_queue_depth",
+    "Deliveries stored and waiting for a worker",
+    registry=REGISTRY,
+)
+COMMANDS = Counter(
+    "moko_commands_total",
+    "/moko commands, by command and outcome",
+    ["command", "outcome"],
+    registry=REGISTRY,
+)
+SWEEP_REPOSITORIES = Counter(
+    "moko_sweep_repositories_total",
+    "Repositories handled by sweeps, by outcome",
+    ["outcome"],
+    registry=REGISTRY,
+)

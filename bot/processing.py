@@ -1,0 +1,66 @@
+"""Processing one stored delivery: rebuild the event, bind its context, dispatch it."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import structlog
+from gidgethub.routing import Router
+from gidgethub.sansio import Event
+
+from bot.context import EventContext, Services
+from bot.dispatch import dispatch_event
+from bot.logs import get_logger
+from bot.metrics import WEBHOOK_PROCESSING_SECONDS
+from bot.store.base import Delivery
+
+log = get_logger("moko.processing")
+
+
+def _repository(data: dict) -> str | None:
+    repo = data.get("repository")
+    if isinstance(repo, dict):
+        return repo.get("full_name")
+    return None
+
+
+class DeliveryProcessor:
+    """Turns a claimed delivery into handler calls; returns None when done, else the failure."""
+
+    def __init__(self, services: Services, router: Router) -> None:
+        self._services = services
+        self._router = router
+
+    async def __call__(self, delivery: Delivery) -> str | None:
+        started = time.perf_counter()
+        try:
+            data = json.loads(delivery.body)
+        except ValueError:
+            return "stored body is not JSON"
+        event = Event(data, event=delivery.event, delivery_id=delivery.id)
+        action = data.get("action") if isinstance(data, dict) else None
+        bound = {
+            "delivery": delivery.id,
+            "event": delivery.event,
+            "installation": delivery.installation_id,
+            "repository": _repository(data),
+        }
+        with structlog.contextvars.bound_contextvars(**bound):
+            ctx = EventContext(
+                services=self._services,
+                delivery_id=delivery.id,
+                event_name=delivery.event,
+                installation_id=delivery.installation_id,
+                log=log,
+                trigger=f"{delivery.event}.{action}" if action else delivery.event,
+            )
+            failures = await dispatch_event(self._router, event, ctx)
+            elapsed = time.perf_counter() - started
+            WEBHOOK_PROCESSING_SECONDS.labels(event=delivery.event).observe(elapsed)
+            if failures:
+                error = "; ".join(f"{f.handler}: {f.error}" for f in failures)
+                log.warning("delivery_failed", action=action, error=error, attempts=delivery.attempts)
+                return error[:2000]
+            log.info("delivery_done", action=action, seconds=round(elapsed, 4))
+            return None

@@ -1,0 +1,229 @@
+"""The store interface: what Moko keeps durably (deliveries, audit trail, sweep checkpoints, locks).
+
+Two implementations share this contract and one test suite: SQLite (embedded default)
+and PostgreSQL (several replicas). Every method is atomic on its own; none is a
+read-then-write that two replicas could interleave.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# Delivery states. A delivery goes queued -> processing -> done | failed;
+# a failed one sent again goes back to queued.
+QUEUED = "queued"
+PROCESSING = "processing"
+DONE = "done"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One webhook delivery as stored before it was acknowledged."""
+
+    id: str
+    event: str
+    installation_id: int | None
+    headers: Mapping[str, str]
+    body: bytes
+    state: str
+    attempts: int
+    error: str | None
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """A verified delivery about to be stored."""
+
+    id: str
+    event: str
+    installation_id: int | None
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """An audit record before the store puts it in the chain (no hashes yet)."""
+
+    time: datetime
+    run_id: str
+    trigger: str
+    installation: int | None
+    repo: str
+    actor: str
+    policy: str
+    field: str
+    before: Any
+    after: Any
+    outcome: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """An audit record as stored: the entry, its position, and its place in the hash chain."""
+
+    seq: int
+    time: datetime
+    run_id: str
+    trigger: str
+    installation: int | None
+    repo: str
+    actor: str
+    policy: str
+    field: str
+    before: Any
+    after: Any
+    outcome: str
+    error: str | None
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class SweepProgress:
+    """A sweep of one organization: its id, whether it resumed an unfinished one, and what is done."""
+
+    sweep_id: str
+    org: str
+    resumed: bool
+    outcomes: Mapping[str, str]  # repo name -> outcome recorded by a checkpoint
+
+
+class Store(abc.ABC):
+    """Durable state shared by the web intake, the workers, the CLI and other replicas."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create or migrate the schema to SCHEMA_VERSION."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections; pending writes are committed first."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise if the store does not answer (used by /readyz)."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+
+    # --- deliveries -------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_delivery(self, delivery: NewDelivery) -> bool:
+        """Store a delivery, committed to disk before returning.
+
+        True when it is now queued: a new ID, or an ID whose earlier delivery
+        ended failed (GitHub's Redeliver keeps the ID). False for a duplicate:
+        an ID already stored that is queued, processing or done.
+        """
+
+    @abc.abstractmethod
+    async def claim_delivery(self, delivery_id: str, owner: str, lease_seconds: float) -> Delivery | None:
+        """Atomically move a queued delivery (or one whose lease expired) to processing for owner.
+
+        None when another worker or replica holds it or it is finished.
+        """
+
+    @abc.abstractmethod
+    async def claim_pending(self, owner: str, lease_seconds: float, limit: int) -> list[Delivery]:
+        """Claim up to limit deliveries that are queued, or processing with an expired lease, oldest first."""
+
+    @abc.abstractmethod
+    async def renew_lease(self, delivery_id: str, owner: str, lease_seconds: float) -> bool:
+        """Extend owner's lease on a delivery it is processing; False if it lost it."""
+
+    @abc.abstractmethod
+    async def release_delivery(self, delivery_id: str, owner: str) -> None:
+        """Give a claimed but unfinished delivery back (queued), e.g. on shutdown."""
+
+    @abc.abstractmethod
+    async def finish_delivery(self, delivery_id: str, owner: str, state: str, error: str | None = None) -> None:
+        """Record the end of processing: state is DONE or FAILED."""
+
+    @abc.abstractmethod
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        """The stored delivery, or None."""
+
+    @abc.abstractmethod
+    async def count_deliveries(self, state: str) -> int:
+        """How many deliveries are in a state."""
+
+    # --- audit trail ------------------------------------------------------
+
+    @abc.abstractmethod
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        """Append entries to the single hash chain, atomically against every other writer."""
+
+    @abc.abstractmethod
+    async def audit_records(
+        self,
+        *,
+        repo: str | None = None,
+        since: datetime | None = None,
+        run_id: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[AuditRecord]:
+        """Records filtered by repository, time and run, in chain order unless newest_first."""
+
+    @abc.abstractmethod
+    async def audit_anchor(self) -> str:
+        """The hash the oldest kept record must chain to (genesis, or the last pruned record's hash)."""
+
+    @abc.abstractmethod
+    async def prune_audit(self, older_than: datetime) -> int:
+        """Delete records older than a time from the start of the chain, keeping it verifiable."""
+
+    # --- sweeps -----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def start_sweep(self, org: str, *, sweep_id: str, retry_failed: bool = False) -> SweepProgress:
+        """Resume the organization's unfinished sweep, or start a new one with sweep_id.
+
+        With retry_failed, start a new sweep that only takes the repositories that
+        failed in the last finished sweep (outcomes hold the others as done).
+        """
+
+    @abc.abstractmethod
+    async def checkpoint(self, sweep_id: str, repo: str, outcome: str, detail: str | None = None) -> None:
+        """Record that a repository of a sweep finished with an outcome."""
+
+    @abc.abstractmethod
+    async def finish_sweep(self, sweep_id: str) -> None:
+        """Mark a sweep finished: the next run for the organization starts afresh."""
+
+    @abc.abstractmethod
+    async def sweep_outcomes(self, sweep_id: str) -> dict[str, str]:
+        """Checkpointed outcomes of a sweep, by repository."""
+
+    # --- locks and counters ----------------------------------------------
+
+    @abc.abstractmethod
+    async def try_lock(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """Take a named lease lock (e.g. the scheduled sweep); True if owner holds it now."""
+
+    @abc.abstractmethod
+    async def unlock(self, name: str, owner: str) -> None:
+        """Release a named lock held by owner."""
+
+    @abc.abstractmethod
+    @asynccontextmanager
+    async def repository_lock(self, repo: str) -> AsyncIterator[None]:
+        """Hold the lock of one repository while its changes are applied (across replicas)."""
+        yield
+
+    @abc.abstractmethod
+    async def count_hit(self, key: str, window_seconds: float, now: float) -> int:
+        """Record one hit for key and return the hits within the window ending now (this one included)."""

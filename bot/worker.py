@@ -1,0 +1,173 @@
+"""The bounded worker pool that processes stored deliveries in the background.
+
+Deliveries reach it two ways: the intake hands over the ID it just stored, and a
+recovery loop claims what the store holds unfinished (left by a crash, a restart,
+or a replica whose lease expired). The store's atomic claim makes sure only one
+worker of one replica processes a delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from bot.logs import get_logger
+from bot.metrics import DELIVERIES_FINISHED, QUEUE_DEPTH
+from bot.redact import REDACTOR
+from bot.store.base import DONE, FAILED, Delivery, Store
+
+log = get_logger("moko.worker")
+
+# What processing a delivery returns: None when it is done, else the failure message.
+Processor = Callable[[Delivery], Awaitable[str | None]]
+
+
+class WorkerPool:
+    """N workers over an in-memory queue of delivery IDs, backed by the store's leases."""
+
+    def __init__(
+        self,
+        store: Store,
+        process: Processor,
+        *,
+        owner: str,
+        workers: int,
+        queue_max: int,
+        lease_seconds: float,
+    ) -> None:
+        self._store = store
+        self._process = process
+        self._owner = owner
+        self._workers = workers
+        self._queue_max = queue_max
+        self._lease = lease_seconds
+        self._queue: asyncio.Queue[tuple[str, Delivery | None]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight: set[str] = set()
+        self._settled = asyncio.Condition()
+        self._accepting = False
+        self._wakeup = asyncio.Event()
+
+    # --- intake side ---------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def has_room(self) -> bool:
+        return self._accepting and self._queue.qsize() + len(self._in_flight) < self._queue_max
+
+    def submit(self, delivery_id: str) -> None:
+        """Hand over a delivery the intake has just stored."""
+        self._queue.put_nowait((delivery_id, None))
+        QUEUE_DEPTH.set(self._queue.qsize())
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the workers and the recovery loop (which first takes what a crash left)."""
+        self._accepting = True
+        self._tasks = [asyncio.create_task(self._work(), name=f"moko-worker-{i}") for i in range(self._workers)]
+        self._tasks.append(asyncio.create_task(self._recover_forever(), name="moko-recovery"))
+
+    async def recover_once(self) -> int:
+        """Claim unfinished deliveries from the store while there is room; return how many."""
+        taken = 0
+        while True:
+            room = self._queue_max - self._queue.qsize() - len(self._in_flight)
+            if room <= 0:
+                return taken
+            claimed = await self._store.claim_pending(self._owner, self._lease, min(room, 100))
+            for delivery in claimed:
+                self._queue.put_nowait((delivery.id, delivery))
+            taken += len(claimed)
+            QUEUE_DEPTH.set(self._queue.qsize())
+            if len(claimed) < min(room, 100):
+                return taken
+
+    async def _recover_forever(self) -> None:
+        interval = max(0.5, min(self._lease / 2, 10.0))
+        while self._accepting:
+            try:
+                taken = await self.recover_once()
+                if taken:
+                    log.info("deliveries_recovered", count=taken)
+            except Exception as exc:  # the store may be briefly away; try again next round
+                log.warning("recovery_failed", error=REDACTOR.text(str(exc)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), interval)
+            self._wakeup.clear()
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking work, let in-flight deliveries finish (up to grace), give back the rest."""
+        self._accepting = False
+        self._wakeup.set()
+        pending: list[tuple[str, Delivery | None]] = []
+        while not self._queue.empty():
+            pending.append(self._queue.get_nowait())
+        for delivery_id, claimed in pending:
+            if claimed is not None:
+                await self._store.release_delivery(delivery_id, self._owner)
+        if self._in_flight:
+            log.info("draining", in_flight=len(self._in_flight))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait_in_flight(), grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        QUEUE_DEPTH.set(0)
+
+    async def _wait_in_flight(self) -> None:
+        async with self._settled:
+            await self._settled.wait_for(lambda: not self._in_flight)
+
+    async def wait_idle(self) -> None:
+        """Wait until the queue is empty and nothing is in flight (tests and benchmarks)."""
+        async with self._settled:
+            await self._settled.wait_for(lambda: not self._queue.qsize() and not self._in_flight)
+
+    # --- the workers ---------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            delivery_id, claimed = await self._queue.get()
+            QUEUE_DEPTH.set(self._queue.qsize())
+            if not self._accepting and claimed is None:
+                async with self._settled:
+                    self._settled.notify_all()
+                continue
+            self._in_flight.add(delivery_id)
+            try:
+                delivery = claimed or await self._store.claim_delivery(delivery_id, self._owner, self._lease)
+                if delivery is not None:
+                    await self._run(delivery)
+            except Exception as exc:
+                log.error("worker_error", delivery=delivery_id, error=REDACTOR.text(str(exc)), exc_info=True)
+            finally:
+                self._in_flight.discard(delivery_id)
+                async with self._settled:
+                    self._settled.notify_all()
+
+    async def _run(self, delivery: Delivery) -> None:
+        renewer = asyncio.create_task(self._keep_lease(delivery.id))
+        try:
+            error = await self._process(delivery)
+        except Exception as exc:
+            error = REDACTOR.text(f"{type(exc).__name__}: {exc}")
+            log.error("delivery_crashed", delivery=delivery.id, error=error, exc_info=True)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        state = DONE if error is None else FAILED
+        await self._store.finish_delivery(delivery.id, self._owner, state, error)
+        DELIVERIES_FINISHED.labels(state=state).inc()
+
+    async def _keep_lease(self, delivery_id: str) -> None:
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            if not await self._store.renew_lease(delivery_id, self._owner, self._lease):
+                log.warning("lease_lost", delivery=delivery_id)
+                return
