@@ -1,0 +1,662 @@
+"""The PostgreSQL store: the Store contract on asyncpg, shared safely by several replicas.
+
+Every rule that must hold across replicas is decided by the database, in one statement or
+one transaction, never by a read in Python followed by a write:
+
+- deliveries: a primary key and `INSERT … ON CONFLICT … WHERE state = 'failed'` decide
+  new/requeued versus duplicate; claims are conditional `UPDATE`s (row locks re-check the
+  condition), `claim_pending` uses `FOR UPDATE SKIP LOCKED`.
+- leases and lock expiry use the server's clock (`now()`), so replicas whose clocks
+  disagree still agree on who holds what.
+- the audit chain is appended under one transaction-level advisory lock, so it stays a
+  single chain whichever replica writes.
+- a repository's remediation holds a session-level advisory lock on a connection of a
+  separate small pool, so waiting for a repository never starves the pool the work needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+# Imported as a module, not by name: bot.audit_chain imports bot.store.base, so a
+# from-import here could meet a partially initialised module when bot.store imports us.
+from bot import audit_chain
+from bot.store.base import (
+    DONE,
+    FAILED,
+    PROCESSING,
+    QUEUED,
+    SCHEMA_VERSION,
+    AuditEntry,
+    AuditRecord,
+    Delivery,
+    NewDelivery,
+    Store,
+    SweepProgress,
+)
+
+
+def _advisory_key(name: str) -> int:
+    """A signed 64-bit advisory lock key for a name (PostgreSQL's bigint lock space)."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+# Advisory lock keys; the names keep them apart from repository keys.
+MIGRATION_LOCK = _advisory_key("moko:schema-migration")
+AUDIT_CHAIN_LOCK = _advisory_key("moko:audit-chain")
+
+# Rate-limit hits older than this are deleted whatever their key (a key's own old hits
+# are deleted each time it is counted); windows longer than this are not supported.
+HIT_RETENTION_SECONDS = 86400.0
+_HIT_CLEANUP_EVERY = 256
+
+# Migrations: MIGRATIONS[n] takes the schema from version n to n + 1. Append only.
+MIGRATIONS: list[list[str]] = [
+    [
+        """
+        CREATE TABLE deliveries (
+            id              TEXT PRIMARY KEY,
+            event           TEXT NOT NULL,
+            installation_id BIGINT,
+            headers         JSONB NOT NULL,
+            body            BYTEA NOT NULL,
+            state           TEXT NOT NULL
+                            CHECK (state IN ('queued', 'processing', 'done', 'failed')),
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            error           TEXT,
+            owner           TEXT,
+            lease_until     TIMESTAMPTZ,
+            received_at     TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+            finished_at     TIMESTAMPTZ
+        )
+        """,
+        """
+        CREATE INDEX deliveries_pending ON deliveries (received_at, id)
+            WHERE state IN ('queued', 'processing')
+        """,
+        # before/after hold the JSON text exactly as written (TEXT, not JSONB, which
+        # would reorder keys and normalise numbers); the hash is over the canonical form.
+        """
+        CREATE TABLE audit_log (
+            seq          BIGINT PRIMARY KEY,
+            time         TIMESTAMPTZ NOT NULL,
+            run_id       TEXT NOT NULL,
+            trigger      TEXT NOT NULL,
+            installation BIGINT,
+            repo         TEXT NOT NULL,
+            actor        TEXT NOT NULL,
+            policy       TEXT NOT NULL,
+            field        TEXT NOT NULL,
+            before       TEXT NOT NULL,
+            after        TEXT NOT NULL,
+            outcome      TEXT NOT NULL,
+            error        TEXT,
+            prev_hash    TEXT NOT NULL UNIQUE,
+            hash         TEXT NOT NULL UNIQUE
+        )
+        """,
+        "CREATE INDEX audit_log_repo ON audit_log (repo, seq)",
+        "CREATE INDEX audit_log_time ON audit_log (time)",
+        "CREATE INDEX audit_log_run ON audit_log (run_id, seq)",
+        """
+        CREATE TABLE sweeps (
+            id       TEXT PRIMARY KEY,
+            org      TEXT NOT NULL,
+            started  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+            finished TIMESTAMPTZ,
+            retry_of TEXT REFERENCES sweeps (id) ON DELETE SET NULL
+        )
+        """,
+        # At most one unfinished sweep per organization, whatever the replicas do.
+        "CREATE UNIQUE INDEX sweeps_one_open ON sweeps (org) WHERE finished IS NULL",
+        "CREATE INDEX sweeps_started ON sweeps (org, started)",
+        """
+        CREATE TABLE sweep_checkpoints (
+            sweep_id TEXT NOT NULL REFERENCES sweeps (id) ON DELETE CASCADE,
+            repo     TEXT NOT NULL,
+            outcome  TEXT NOT NULL,
+            detail   TEXT,
+            at       TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+            UNIQUE (sweep_id, repo)
+        )
+        """,
+        """
+        CREATE TABLE locks (
+            name    TEXT PRIMARY KEY,
+            owner   TEXT NOT NULL,
+            expires TIMESTAMPTZ NOT NULL
+        )
+        """,
+        "CREATE TABLE rate_hits (key TEXT NOT NULL, at DOUBLE PRECISION NOT NULL)",
+        "CREATE INDEX rate_hits_key_at ON rate_hits (key, at)",
+        "CREATE INDEX rate_hits_at ON rate_hits (at)",
+    ],
+]
+
+_DELIVERY_FIELDS = ("id", "event", "installation_id", "headers", "body", "state", "attempts", "error", "received_at")
+_DELIVERY_COLUMNS = ", ".join(_DELIVERY_FIELDS)
+_AUDIT_COLUMNS = (
+    "seq, time, run_id, trigger, installation, repo, actor, policy, field,"
+    " before, after, outcome, error, prev_hash, hash"
+)
+# A lease of lease_seconds from the server's now(); $n is a float number of seconds.
+_LEASE = "now() + make_interval(secs => {})"
+
+
+class PostgresStore(Store):
+    """The store on a PostgreSQL server, for one or many replicas."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_connections: int = 1,
+        max_connections: int = 10,
+        max_lock_connections: int = 10,
+    ) -> None:
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("a PostgreSQL store needs a postgresql:// or postgres:// URL")
+        self.url = url
+        self._min_connections = min_connections
+        self._max_connections = max_connections
+        self._max_lock_connections = max_lock_connections
+        self._pool_handle: asyncpg.Pool | None = None
+        self._lock_pool_handle: asyncpg.Pool | None = None
+        self._hits_counted = 0
+        self._longest_window = 0.0
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool_handle is not None:
+            return
+        if len(MIGRATIONS) != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"bot.store.postgres has {len(MIGRATIONS)} migrations but SCHEMA_VERSION is {SCHEMA_VERSION}"
+            )
+        pool = await asyncpg.create_pool(
+            self.url, min_size=self._min_connections, max_size=self._max_connections
+        )
+        try:
+            await self._migrate(pool)
+            # Repository locks wait on their own connections, so any number of waiters
+            # cannot take the connections that the lock holders need to finish.
+            lock_pool = await asyncpg.create_pool(
+                self.url, min_size=0, max_size=self._max_lock_connections
+            )
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool_handle, self._lock_pool_handle = pool, lock_pool
+
+    async def _migrate(self, pool: asyncpg.Pool) -> None:
+        """Bring the schema to SCHEMA_VERSION, one replica at a time, all or nothing."""
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS moko_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            stored = await conn.fetchval("SELECT value FROM moko_meta WHERE key = 'schema_version'")
+            version = int(stored) if stored is not None else 0
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"the database's schema version {version} is newer than this Moko's {SCHEMA_VERSION}"
+                )
+            for steps in MIGRATIONS[version:]:
+                for statement in steps:
+                    await conn.execute(statement)
+            await conn.execute(
+                """
+                INSERT INTO moko_meta (key, value) VALUES
+                    ('schema_version', $1), ('audit_anchor', $2), ('audit_anchor_seq', '0')
+                ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+                WHERE moko_meta.key = 'schema_version'
+                """,
+                str(SCHEMA_VERSION),
+                audit_chain.GENESIS_HASH,
+            )
+
+    async def close(self) -> None:
+        pools = [self._lock_pool_handle, self._pool_handle]
+        self._pool_handle = self._lock_pool_handle = None
+        for pool in pools:
+            if pool is not None:
+                await pool.close()
+
+    @property
+    def _pool(self) -> asyncpg.Pool:
+        if self._pool_handle is None:
+            raise RuntimeError("the PostgreSQL store is not open")
+        return self._pool_handle
+
+    async def ping(self) -> None:
+        async with self._pool.acquire(timeout=5) as conn:
+            await conn.fetchval("SELECT 1", timeout=5)
+
+    async def schema_version(self) -> int:
+        value = await self._pool.fetchval("SELECT value FROM moko_meta WHERE key = 'schema_version'")
+        return int(value) if value is not None else 0
+
+    # --- deliveries ---------------------------------------------------------
+
+    async def add_delivery(self, delivery: NewDelivery) -> bool:
+        # One statement: a new ID inserts; an ID that ended failed is requeued; any other
+        # stored ID matches no row. Concurrent duplicates wait on the key and re-check the
+        # WHERE against the committed row, so exactly one of them gets a row back.
+        row = await self._pool.fetchrow(
+            """
+            INSERT INTO deliveries (id, event, installation_id, headers, body, state)
+            VALUES ($1, $2, $3, $4::jsonb, $5, 'queued')
+            ON CONFLICT (id) DO UPDATE SET
+                event = EXCLUDED.event,
+                installation_id = EXCLUDED.installation_id,
+                headers = EXCLUDED.headers,
+                body = EXCLUDED.body,
+                state = 'queued',
+                error = NULL,
+                owner = NULL,
+                lease_until = NULL,
+                finished_at = NULL,
+                received_at = clock_timestamp()
+            WHERE deliveries.state = 'failed'
+            RETURNING id
+            """,
+            delivery.id,
+            delivery.event,
+            delivery.installation_id,
+            json.dumps(dict(delivery.headers)),
+            bytes(delivery.body),
+        )
+        return row is not None
+
+    async def claim_delivery(self, delivery_id: str, owner: str, lease_seconds: float) -> Delivery | None:
+        row = await self._pool.fetchrow(
+            f"""
+            UPDATE deliveries
+            SET state = 'processing', owner = $2, lease_until = {_LEASE.format("$3")},
+                attempts = attempts + 1
+            WHERE id = $1
+              AND (state = 'queued' OR (state = 'processing' AND lease_until < now()))
+            RETURNING {_DELIVERY_COLUMNS}
+            """,
+            delivery_id,
+            owner,
+            float(lease_seconds),
+        )
+        return _delivery(row) if row is not None else None
+
+    async def claim_pending(self, owner: str, lease_seconds: float, limit: int) -> list[Delivery]:
+        if limit <= 0:
+            return []
+        rows = await self._pool.fetch(
+            f"""
+            WITH picked AS (
+                SELECT id FROM deliveries
+                WHERE state = 'queued' OR (state = 'processing' AND lease_until < now())
+                ORDER BY received_at, id
+                LIMIT $3
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE deliveries AS d
+            SET state = 'processing', owner = $1, lease_until = {_LEASE.format("$2")},
+                attempts = d.attempts + 1
+            FROM picked
+            WHERE d.id = picked.id
+            RETURNING {", ".join(f"d.{field}" for field in _DELIVERY_FIELDS)}
+            """,
+            owner,
+            float(lease_seconds),
+            limit,
+        )
+        return sorted((_delivery(row) for row in rows), key=lambda d: (d.received_at, d.id))
+
+    async def renew_lease(self, delivery_id: str, owner: str, lease_seconds: float) -> bool:
+        row = await self._pool.fetchrow(
+            f"""
+            UPDATE deliveries SET lease_until = {_LEASE.format("$3")}
+            WHERE id = $1 AND owner = $2 AND state = 'processing'
+            RETURNING id
+            """,
+            delivery_id,
+            owner,
+            float(lease_seconds),
+        )
+        return row is not None
+
+    async def release_delivery(self, delivery_id: str, owner: str) -> None:
+        await self._pool.execute(
+            """
+            UPDATE deliveries SET state = 'queued', owner = NULL, lease_until = NULL
+            WHERE id = $1 AND owner = $2 AND state = 'processing'
+            """,
+            delivery_id,
+            owner,
+        )
+
+    async def finish_delivery(self, delivery_id: str, owner: str, state: str, error: str | None = None) -> None:
+        if state not in (DONE, FAILED):
+            raise ValueError(f"a delivery finishes {DONE!r} or {FAILED!r}, not {state!r}")
+        # Only the current holder may finish: a worker whose lease expired and was taken
+        # over by another replica changes nothing.
+        await self._pool.execute(
+            """
+            UPDATE deliveries
+            SET state = $3, error = $4, lease_until = NULL, finished_at = clock_timestamp()
+            WHERE id = $1 AND owner = $2 AND state = 'processing'
+            """,
+            delivery_id,
+            owner,
+            state,
+            error,
+        )
+
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id = $1", delivery_id
+        )
+        return _delivery(row) if row is not None else None
+
+    async def count_deliveries(self, state: str) -> int:
+        if state not in (QUEUED, PROCESSING, DONE, FAILED):
+            raise ValueError(f"unknown delivery state {state!r}")
+        return await self._pool.fetchval("SELECT count(*) FROM deliveries WHERE state = $1", state)
+
+    # --- audit trail ----------------------------------------------------------
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        if not entries:
+            return []
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The lock is held until commit, so the next writer reads this batch's last hash.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_CHAIN_LOCK)
+            last = await conn.fetchrow("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            if last is None:
+                prev_hash, prev_seq = await _anchor(conn)
+            else:
+                prev_hash, prev_seq = last["hash"], last["seq"]
+            records = audit_chain.chain(entries, prev_hash, prev_seq + 1)
+            await conn.executemany(
+                f"""
+                INSERT INTO audit_log ({_AUDIT_COLUMNS})
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                """,
+                [_audit_row(record) for record in records],
+            )
+        return records
+
+    async def audit_records(
+        self,
+        *,
+        repo: str | None = None,
+        since: datetime | None = None,
+        run_id: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[AuditRecord]:
+        conditions: list[str] = []
+        args: list[Any] = []
+        for column, operator, value in (
+            ("repo", "=", repo),
+            ("time", ">=", _utc(since) if since is not None else None),
+            ("run_id", "=", run_id),
+        ):
+            if value is not None:
+                args.append(value)
+                conditions.append(f"{column} {operator} ${len(args)}")
+        query = f"SELECT {_AUDIT_COLUMNS} FROM audit_log"
+        if conditions:
+            query += " WHERE " + " AND ".join(conditions)
+        query += " ORDER BY seq DESC" if newest_first else " ORDER BY seq"
+        if limit is not None:
+            args.append(max(limit, 0))
+            query += f" LIMIT ${len(args)}"
+        rows = await self._pool.fetch(query, *args)
+        return [_audit_record(row) for row in rows]
+
+    async def audit_anchor(self) -> str:
+        async with self._pool.acquire() as conn:
+            anchor, _seq = await _anchor(conn)
+        return anchor
+
+    async def prune_audit(self, older_than: datetime) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_CHAIN_LOCK)
+            # Only a prefix of the chain may go: stop at the first record that is not old
+            # enough, even if later ones are (times come from the callers' clocks).
+            deleted = await conn.fetch(
+                """
+                DELETE FROM audit_log
+                WHERE seq < coalesce(
+                    (SELECT min(seq) FROM audit_log WHERE time >= $1),
+                    (SELECT max(seq) + 1 FROM audit_log)
+                )
+                RETURNING seq, hash
+                """,
+                _utc(older_than),
+            )
+            if not deleted:
+                return 0
+            last = max(deleted, key=lambda row: row["seq"])
+            await conn.execute(
+                """
+                UPDATE moko_meta SET value = CASE key WHEN 'audit_anchor' THEN $1 ELSE $2 END
+                WHERE key IN ('audit_anchor', 'audit_anchor_seq')
+                """,
+                last["hash"],
+                str(last["seq"]),
+            )
+        return len(deleted)
+
+    # --- sweeps -------------------------------------------------------------------
+
+    async def start_sweep(self, org: str, *, sweep_id: str, retry_failed: bool = False) -> SweepProgress:
+        """Resume the organization's unfinished sweep, or start sweep_id.
+
+        Without retry_failed, an unfinished sweep is resumed: its own id, resumed=True,
+        the outcomes checkpointed so far. With retry_failed, the unfinished sweep (if
+        any) is marked finished, and sweep_id starts with retry_of = the organization's
+        last sweep (by start time) and a copy of every checkpoint of it whose outcome was
+        not "failed" (same outcome; detail names the sweep it came from). What is left to
+        take is what failed or was never reached. With no earlier sweep at all, it is an
+        ordinary new sweep.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _advisory_key(f"moko:sweep:{org}"))
+            open_id = await conn.fetchval(
+                "SELECT id FROM sweeps WHERE org = $1 AND finished IS NULL", org
+            )
+            if open_id is not None and not retry_failed:
+                return SweepProgress(open_id, org, True, await _outcomes(conn, open_id))
+            if open_id is not None:
+                await conn.execute("UPDATE sweeps SET finished = clock_timestamp() WHERE id = $1", open_id)
+            retry_of = None
+            if retry_failed:
+                retry_of = await conn.fetchval(
+                    "SELECT id FROM sweeps WHERE org = $1 ORDER BY started DESC, id DESC LIMIT 1",
+                    org,
+                )
+            await conn.execute(
+                "INSERT INTO sweeps (id, org, retry_of) VALUES ($1, $2, $3)", sweep_id, org, retry_of
+            )
+            if retry_of is not None:
+                await conn.execute(
+                    """
+                    INSERT INTO sweep_checkpoints (sweep_id, repo, outcome, detail)
+                    SELECT $1, repo, outcome, 'carried from sweep ' || $2
+                    FROM sweep_checkpoints WHERE sweep_id = $2 AND outcome <> 'failed'
+                    """,
+                    sweep_id,
+                    retry_of,
+                )
+            return SweepProgress(sweep_id, org, False, await _outcomes(conn, sweep_id))
+
+    async def checkpoint(self, sweep_id: str, repo: str, outcome: str, detail: str | None = None) -> None:
+        await self._pool.execute(
+            """
+            INSERT INTO sweep_checkpoints (sweep_id, repo, outcome, detail) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (sweep_id, repo) DO UPDATE
+            SET outcome = EXCLUDED.outcome, detail = EXCLUDED.detail, at = clock_timestamp()
+            """,
+            sweep_id,
+            repo,
+            outcome,
+            detail,
+        )
+
+    async def finish_sweep(self, sweep_id: str) -> None:
+        await self._pool.execute(
+            "UPDATE sweeps SET finished = clock_timestamp() WHERE id = $1 AND finished IS NULL",
+            sweep_id,
+        )
+
+    async def sweep_outcomes(self, sweep_id: str) -> dict[str, str]:
+        async with self._pool.acquire() as conn:
+            return await _outcomes(conn, sweep_id)
+
+    # --- locks and counters -----------------------------------------------------
+
+    async def try_lock(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        # Taken when free, expired, or already ours (then the lease is extended).
+        row = await self._pool.fetchrow(
+            f"""
+            INSERT INTO locks (name, owner, expires) VALUES ($1, $2, {_LEASE.format("$3")})
+            ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, expires = EXCLUDED.expires
+            WHERE locks.expires < now() OR locks.owner = EXCLUDED.owner
+            RETURNING name
+            """,
+            name,
+            owner,
+            float(ttl_seconds),
+        )
+        return row is not None
+
+    async def unlock(self, name: str, owner: str) -> None:
+        await self._pool.execute("DELETE FROM locks WHERE name = $1 AND owner = $2", name, owner)
+
+    @asynccontextmanager
+    async def repository_lock(self, repo: str) -> AsyncIterator[None]:
+        if self._lock_pool_handle is None:
+            raise RuntimeError("the PostgreSQL store is not open")
+        # GitHub repository names are case-insensitive: Owner/Repo and owner/repo are one.
+        key = _advisory_key(f"moko:repo:{repo.lower()}")
+        # A session-level lock lives as long as this connection holds it. If we are
+        # cancelled mid-wait, returning the connection to the pool resets it, and
+        # asyncpg's reset runs pg_advisory_unlock_all(), so no lock outlives us.
+        async with self._lock_pool_handle.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", key)
+            try:
+                yield
+            finally:
+                if not conn.is_closed():
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+    async def count_hit(self, key: str, window_seconds: float, now: float) -> int:
+        start = now - window_seconds
+        self._longest_window = max(self._longest_window, window_seconds)
+        self._hits_counted += 1
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Serialise hits of one key so concurrent hits count each other.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _advisory_key(f"moko:hits:{key}"))
+            await conn.execute("DELETE FROM rate_hits WHERE key = $1 AND at <= $2", key, start)
+            await conn.execute("INSERT INTO rate_hits (key, at) VALUES ($1, $2)", key, now)
+            count = await conn.fetchval(
+                "SELECT count(*) FROM rate_hits WHERE key = $1 AND at > $2 AND at <= $3",
+                key,
+                start,
+                now,
+            )
+            if self._hits_counted % _HIT_CLEANUP_EVERY == 0:
+                retention = max(HIT_RETENTION_SECONDS, self._longest_window)
+                await conn.execute("DELETE FROM rate_hits WHERE at < $1", now - retention)
+        return count
+
+
+# --- row conversion ---------------------------------------------------------------
+
+
+def _utc(moment: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is taken as local time, as format_time does."""
+    return moment.astimezone(UTC)
+
+
+def _delivery(row: asyncpg.Record) -> Delivery:
+    return Delivery(
+        id=row["id"],
+        event=row["event"],
+        installation_id=row["installation_id"],
+        headers=json.loads(row["headers"]),
+        body=bytes(row["body"]),
+        state=row["state"],
+        attempts=row["attempts"],
+        error=row["error"],
+        received_at=row["received_at"],
+    )
+
+
+def _json_text(value: Any) -> str:
+    """The JSON kept for before/after; loads() of it hashes like the original value."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _audit_row(record: AuditRecord) -> tuple[Any, ...]:
+    return (
+        record.seq,
+        _utc(record.time),
+        record.run_id,
+        record.trigger,
+        record.installation,
+        record.repo,
+        record.actor,
+        record.policy,
+        record.field,
+        _json_text(record.before),
+        _json_text(record.after),
+        record.outcome,
+        record.error,
+        record.prev_hash,
+        record.hash,
+    )
+
+
+def _audit_record(row: asyncpg.Record) -> AuditRecord:
+    return AuditRecord(
+        seq=row["seq"],
+        time=row["time"],
+        run_id=row["run_id"],
+        trigger=row["trigger"],
+        installation=row["installation"],
+        repo=row["repo"],
+        actor=row["actor"],
+        policy=row["policy"],
+        field=row["field"],
+        before=json.loads(row["before"]),
+        after=json.loads(row["after"]),
+        outcome=row["outcome"],
+        error=row["error"],
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
+
+
+async def _anchor(conn: asyncpg.Connection) -> tuple[str, int]:
+    """The hash and seq the oldest kept record chains to (genesis and 0 until a prune)."""
+    rows = await conn.fetch(
+        "SELECT key, value FROM moko_meta WHERE key IN ('audit_anchor', 'audit_anchor_seq')"
+    )
+    values = {row["key"]: row["value"] for row in rows}
+    return values.get("audit_anchor", audit_chain.GENESIS_HASH), int(values.get("audit_anchor_seq", "0"))
+
+
+async def _outcomes(conn: asyncpg.Connection, sweep_id: str) -> dict[str, str]:
+    rows = await conn.fetch(
+        "SELECT repo, outcome FROM sweep_checkpoints WHERE sweep_id = $1 ORDER BY repo", sweep_id
+    )
+    return {row["repo"]: row["outcome"] for row in rows}
