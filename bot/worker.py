@@ -154,6 +154,10 @@ class WorkerPool:
         renewer = asyncio.create_task(self._keep_lease(delivery.id))
         try:
             error = await self._process(delivery)
+        except asyncio.CancelledError:
+            # Shutdown outlasted the grace period: give the delivery back for the next start.
+            await asyncio.shield(self._store.release_delivery(delivery.id, self._owner))
+            raise
         except Exception as exc:
             error = REDACTOR.text(f"{type(exc).__name__}: {exc}")
             log.error("delivery_crashed", delivery=delivery.id, error=error, exc_info=True)

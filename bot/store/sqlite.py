@@ -107,6 +107,11 @@ def sqlite_path(url: str) -> str:
     return url[len("sqlite:///") :]
 
 
+def _iso(moment: datetime) -> str:
+    """A fixed-width UTC spelling, so that comparing the strings compares the times."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
@@ -407,7 +412,7 @@ class SQLiteStore(Store):
                 "before, after, outcome, error, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        r.seq, r.time.astimezone(UTC).isoformat(), r.run_id, r.trigger, r.installation,
+                        r.seq, _iso(r.time), r.run_id, r.trigger, r.installation,
                         r.repo, r.actor, r.policy, r.field, _dumps(r.before), _dumps(r.after),
                         r.outcome, r.error, r.prev_hash, r.hash,
                     )
@@ -433,7 +438,7 @@ class SQLiteStore(Store):
             params.append(repo)
         if since is not None:
             clauses.append("time >= ?")
-            params.append(since.astimezone(UTC).isoformat())
+            params.append(_iso(since))
         if run_id is not None:
             clauses.append("run_id = ?")
             params.append(run_id)
@@ -450,7 +455,7 @@ class SQLiteStore(Store):
         return await self._call(self._anchor)
 
     async def prune_audit(self, older_than: datetime) -> int:
-        cutoff = older_than.astimezone(UTC).isoformat()
+        cutoff = _iso(older_than)
 
         def prune(conn: sqlite3.Connection) -> int:
             # Only a prefix of the chain goes, so what stays still links to the new anchor.
@@ -558,6 +563,7 @@ class SQLiteStore(Store):
     async def repository_lock(self, repo: str) -> AsyncIterator[None]:
         # In-process lock first (cheap, fair), then a lease row so a CLI sweep in another
         # process on the same file never interleaves with the server.
+        repo = repo.lower()  # GitHub treats Owner/Repo and owner/repo as one repository
         lock = self._repo_locks.setdefault(repo, asyncio.Lock())
         async with lock:
             name, owner = f"repo:{repo}", uuid.uuid4().hex

@@ -1,0 +1,1 @@
+"""Helpers shared by Moko's tests (the fake GitHub lives in tests/fakegithub)."""
