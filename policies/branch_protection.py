@@ -1,0 +1,319 @@
+"""Policy kind "branch_protection": compares a branch's protection with the policy, and plans.
+
+GitHub's read, write and GraphQL shapes are brought to one ``NormalizedProtection`` by
+``protection_shapes`` (re-exported here); this module decides compliance and the fix.
+
+What "compliant" means
+----------------------
+A policy's protection body names keys; Moko owns exactly those and leaves the others alone,
+as SPEC.md says ("keys it does not name are left alone"):
+
+- a top-level key named in the body is compared (``null`` means "off");
+- inside ``required_pull_request_reviews`` and ``required_status_checks`` each named sub-key is
+  compared (``required_approving_review_count``, ``dismiss_stale_reviews``, ``strict``, the set
+  of required contexts, …); actor lists (``restrictions``, ``dismissal_restrictions``,
+  ``bypass_pull_request_allowances``) are compared whole, as sets of logins/slugs;
+- a required check's app is compared only when the policy pins it with ``app_id``
+  (``-1`` means "any app"); a bare context lets GitHub choose the app, and any choice complies;
+- ``required_signatures`` has its own endpoint and is not part of the PUT body: ignored.
+
+Because PUT replaces the whole protection, the body Moko writes is the CURRENT protection
+(turned back into a PUT body) with the policy's named keys laid over it, so a fix never
+resets a key the policy does not name; for an unprotected branch it is the policy's body
+(missing required keys as null: GitHub's defaults). A compliant branch is never written
+again, and the body written normalizes, when read back, to a compliant state.
+
+``protection: null`` in a rule means "this branch must not be protected" (one DELETE);
+a branch no rule names is not managed at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from policies.defaults import DEFAULT_BRANCH_RULE
+from policies.model import BRANCH_PROTECTION, BranchRule, Change, KindPlan, Policy, RepoState, thaw
+from policies.protection_shapes import (
+    ACTOR_KEYS,
+    ANY_APP,
+    AUTO_APP,
+    DEFAULT_REVIEW_COUNT,
+    FLAG_KEYS,
+    GRAPHQL_ALLOWANCE_FIELDS,
+    GRAPHQL_RULE_FIELDS,
+    PROTECTION_KEYS,
+    REQUIRED_KEYS,
+    REVIEW_ACTOR_KEYS,
+    REVIEW_FLAG_KEYS,
+    REVIEW_KEYS,
+    STATUS_CHECK_KEYS,
+    UNKNOWN,
+    Actors,
+    NormalizedProtection,
+    ProtectionUnknown,
+    Reviews,
+    StatusChecks,
+    Unknown,
+    actors_body,
+    as_normalized,
+    normalize_graphql_rule,
+    normalize_read,
+    normalize_written,
+    parse_actors,
+    protection_body,
+    protection_body_from_read,
+    protection_from_graphql_rules,
+    status_checks_body,
+)
+
+__all__ = [
+    "ACTOR_KEYS",
+    "ANY_APP",
+    "DEFAULT_REVIEW_COUNT",
+    "FLAG_KEYS",
+    "GRAPHQL_ALLOWANCE_FIELDS",
+    "GRAPHQL_RULE_FIELDS",
+    "PROTECTION_KEYS",
+    "REQUIRED_KEYS",
+    "REVIEW_ACTOR_KEYS",
+    "REVIEW_FLAG_KEYS",
+    "REVIEW_KEYS",
+    "STATUS_CHECK_KEYS",
+    "UNKNOWN",
+    "Actors",
+    "NormalizedProtection",
+    "ProtectionDiff",
+    "ProtectionUnknown",
+    "Reviews",
+    "StatusChecks",
+    "Unknown",
+    "branches_to_check",
+    "desired_protection_body",
+    "diff_protection",
+    "normalize_graphql_rule",
+    "normalize_read",
+    "normalize_written",
+    "plan_branch_protection",
+    "plan_protection_kind",
+    "protection_body",
+    "protection_body_from_read",
+    "protection_from_graphql_rules",
+    "resolve_branch_rules",
+]
+
+
+# --- comparing ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProtectionDiff:
+    """Where the current protection differs from what the policy names (dotted keys)."""
+
+    drift: tuple[str, ...] = ()
+    unknown: tuple[str, ...] = ()
+
+    @property
+    def compliant(self) -> bool:
+        return not self.drift and not self.unknown
+
+
+class _Differ:
+    def __init__(self) -> None:
+        self.drift: list[str] = []
+        self.unknown: list[str] = []
+
+    def compare(self, path: str, have: Any, want: Any) -> None:
+        if have is UNKNOWN:
+            self.unknown.append(path)
+        elif have != want:
+            self.drift.append(path)
+
+    def status_checks(self, path: str, have: Any, want: StatusChecks | None, named: Any) -> None:
+        if have is UNKNOWN or have is None or want is None:
+            self.compare(path, have, want)
+            return
+        if "strict" in named:
+            self.compare(f"{path}.strict", have.strict, want.strict)
+        if "contexts" in named or "checks" in named:
+            self.compare(f"{path}.contexts", have.contexts, want.contexts)
+        if want.apps and want.apps is not UNKNOWN:
+            if have.apps is UNKNOWN:
+                self.unknown.append(f"{path}.checks")
+            elif not set(want.apps) <= set(have.apps):
+                self.drift.append(f"{path}.checks")
+
+    def reviews(self, path: str, have: Any, want: Reviews | None, named: Any) -> None:
+        if have is UNKNOWN or have is None or want is None:
+            self.compare(path, have, want)
+            return
+        for key in REVIEW_KEYS:
+            if key in named:
+                self.compare(f"{path}.{key}", getattr(have, key), getattr(want, key))
+
+
+def diff_protection(
+    current: NormalizedProtection | None, desired_body: Mapping[str, Any] | None
+) -> ProtectionDiff:
+    """Compare the current protection with a policy's protection body (see module docstring)."""
+    if desired_body is None or current is None:
+        drifted = (desired_body is None) != (current is None)
+        return ProtectionDiff(drift=("protection",) if drifted else ())
+    want = normalize_written(desired_body)
+    assert want is not None
+    differ = _Differ()
+    for key in PROTECTION_KEYS:
+        if key not in desired_body:
+            continue
+        have, wanted = getattr(current, key), getattr(want, key)
+        if key == "required_status_checks":
+            differ.status_checks(key, have, wanted, desired_body[key])
+        elif key == "required_pull_request_reviews":
+            differ.reviews(key, have, wanted, desired_body[key])
+        else:
+            differ.compare(key, have, wanted)
+    return ProtectionDiff(tuple(differ.drift), tuple(differ.unknown))
+
+
+# --- writing ---------------------------------------------------------------------------
+
+
+def _desired_status_checks(
+    value: Mapping[str, Any], current: StatusChecks | None
+) -> dict[str, Any]:
+    strict = bool(value.get("strict", current.strict if current else False))
+    pins = (
+        dict(current.apps) if current is not None and not isinstance(current.apps, Unknown) else {}
+    )
+    if "contexts" not in value and "checks" not in value and current is not None:
+        return status_checks_body(strict, [(c, pins.get(c, AUTO_APP)) for c in current.contexts])
+    entries: dict[str, Any] = {}
+    for context in value.get("contexts") or ():
+        entries[context] = AUTO_APP
+    for check in value.get("checks") or ():
+        context = check["context"]
+        if "app_id" in check:
+            entries[context] = None if check["app_id"] == ANY_APP else check["app_id"]
+        else:
+            entries.setdefault(context, AUTO_APP)
+    # A context the policy does not pin keeps the app it has now, so a fix does not re-pin it.
+    resolved = [
+        (c, pins[c] if pin is AUTO_APP and c in pins else pin) for c, pin in entries.items()
+    ]
+    return status_checks_body(strict, resolved)
+
+
+def desired_protection_body(
+    current: NormalizedProtection | None, desired_body: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The PUT body that makes the branch comply: the current protection (as a PUT body) with
+    the policy's named keys laid over it; for an unprotected branch, the policy's body with
+    missing required keys as null."""
+    base: dict[str, Any] = {} if current is None else protection_body(current)
+    status = None if current is None else current.required_status_checks
+    body = dict(base)
+    for key in PROTECTION_KEYS:
+        if key not in desired_body:
+            continue
+        value = desired_body[key]
+        if value is None:
+            body[key] = None
+        elif key == "required_status_checks":
+            assert not isinstance(status, Unknown)
+            body[key] = _desired_status_checks(value, status)
+        elif key == "required_pull_request_reviews":
+            reviews = dict(base.get(key) or {})
+            for sub in REVIEW_KEYS:
+                if sub in value:
+                    sub_value = value[sub]
+                    reviews[sub] = (
+                        actors_body(parse_actors(sub_value))
+                        if sub in REVIEW_ACTOR_KEYS
+                        else thaw(sub_value)
+                    )
+            body[key] = reviews
+        elif key == "restrictions":
+            body[key] = parse_actors(value).body()
+        else:
+            body[key] = thaw(value)
+    for key in REQUIRED_KEYS:
+        body.setdefault(key, None)
+    return {key: body[key] for key in PROTECTION_KEYS if key in body}
+
+
+# --- planning ----------------------------------------------------------------------------
+
+
+def plan_branch_protection(
+    branch: str,
+    current_read: Mapping[str, Any] | NormalizedProtection | None,
+    desired_body: Mapping[str, Any] | None,
+) -> list[Change]:
+    """[] when the branch complies; otherwise ONE change that fixes everything for it.
+
+    ``current_read``: the GET …/protection answer, None when unprotected, or a
+    NormalizedProtection (GraphQL). ``desired_body``: the rule's protection; None means the
+    branch must not be protected (DELETE). Raises ProtectionUnknown when a GraphQL state cannot
+    be judged, or is not compliant (a fix needs the exact current state: read REST first).
+    """
+    current = as_normalized(current_read)
+    diff = diff_protection(current, desired_body)
+    if diff.compliant:
+        return []
+    if current is not None and not current.known:
+        raise ProtectionUnknown(branch, diff.unknown or diff.drift)
+    before = None if current is None else protection_body(current)
+    if desired_body is None:
+        return [Change(BRANCH_PROTECTION, branch, before, None, "DELETE", branch)]
+    after = desired_protection_body(current, desired_body)
+    return [Change(BRANCH_PROTECTION, branch, before, after, "PUT", branch)]
+
+
+def resolve_branch_rules(policy: Policy, default_branch: str | None) -> dict[str, BranchRule]:
+    """Branch name -> rule. "default" names the default branch; a rule with the branch's exact
+    name wins over it. Without a known default branch the "default" rule is left out."""
+    rules = {rule.name: rule for rule in policy.branches if rule.name != DEFAULT_BRANCH_RULE}
+    default = next((rule for rule in policy.branches if rule.name == DEFAULT_BRANCH_RULE), None)
+    if default is not None and default_branch and default_branch not in rules:
+        return {default_branch: default, **rules}
+    return rules
+
+
+def branches_to_check(policy: Policy, default_branch: str | None) -> list[str]:
+    """The branches whose protection the policy manages, default branch first."""
+    return list(resolve_branch_rules(policy, default_branch))
+
+
+def plan_protection_kind(policy: Policy, repo: RepoState) -> KindPlan:
+    """The "branch_protection" policy kind for one repository."""
+    changes: list[Change] = []
+    deferred: list[Change] = []
+    needs_read: list[str] = []
+    default = next((rule for rule in policy.branches if rule.name == DEFAULT_BRANCH_RULE), None)
+    if default is not None and not repo.default_branch:
+        if not repo.empty:
+            needs_read.append("repository.default_branch")
+        elif default.protection is not None:
+            body = desired_protection_body(None, default.protection)
+            deferred.append(Change(BRANCH_PROTECTION, DEFAULT_BRANCH_RULE, None, body, "PUT", None))
+    for branch, rule in resolve_branch_rules(policy, repo.default_branch).items():
+        exists = not repo.empty and (
+            repo.existing_branches is None or branch in repo.existing_branches
+        )
+        if not exists:
+            # Protection needs the branch: it waits for the branch's first push.
+            if rule.protection is not None:
+                body = desired_protection_body(None, rule.protection)
+                deferred.append(Change(BRANCH_PROTECTION, branch, None, body, "PUT", branch))
+            continue
+        if branch not in repo.protections:
+            needs_read.append(f"{BRANCH_PROTECTION}.{branch}")
+            continue
+        try:
+            changes.extend(
+                plan_branch_protection(branch, repo.protections[branch], rule.protection)
+            )
+        except ProtectionUnknown:
+            needs_read.append(f"{BRANCH_PROTECTION}.{branch}")
+    return KindPlan(tuple(changes), tuple(deferred), tuple(needs_read))

@@ -1,0 +1,282 @@
+"""The policy model: typed, immutable values for a policy, a repository's state and a plan."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, NoReturn
+
+Mode = Literal["enforce", "dry-run"]
+Method = Literal["PATCH", "PUT", "DELETE"]
+
+MODES: tuple[str, ...] = ("enforce", "dry-run")
+PERMISSIONS: tuple[str, ...] = ("admin", "maintain", "write", "triage", "read")
+
+REPOSITORY = "repository"
+BRANCH_PROTECTION = "branch_protection"
+
+
+class FrozenDict(dict[str, Any]):
+    """A dict that cannot change after it is built, so it can be hashed and cached.
+
+    It stays a ``dict`` on purpose: ``json.dumps`` and ``==`` with plain dicts work as usual.
+    Build it with :func:`freeze`, which also turns nested lists into tuples.
+    """
+
+    __slots__ = ("_hash",)
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("FrozenDict cannot be changed")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        try:
+            return self._hash
+        except AttributeError:
+            self._hash: int = hash(frozenset(self.items()))
+            return self._hash
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+    def __copy__(self) -> FrozenDict:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenDict:
+        return self
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({dict.__repr__(self)})"
+
+
+def freeze(value: Any) -> Any:
+    """Return an immutable, hashable copy: mappings become FrozenDict, lists become tuples."""
+    if isinstance(value, FrozenDict):
+        return value
+    if isinstance(value, Mapping):
+        return FrozenDict((str(k), freeze(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return tuple(sorted(freeze(v) for v in value))
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """Return a plain JSON-ready copy: mappings become dicts, tuples become lists."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [thaw(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class BranchRule:
+    """One entry of ``branches``: a branch ("default" or an exact name) and its protection.
+
+    ``protection`` is the body of PUT …/branches/{branch}/protection, or None, which means
+    the branch must NOT be protected (Moko deletes its protection).
+    """
+
+    name: str
+    protection: Mapping[str, Any] | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "protection", freeze(self.protection))
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which repositories the policy manages: globs on the repository name."""
+
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    archived: bool = False
+
+
+@dataclass(frozen=True)
+class Policy:
+    """An organization's policy, after loading (and after a repository's overrides)."""
+
+    version: int
+    mode: Mode
+    repository: Mapping[str, Any]
+    branches: tuple[BranchRule, ...]
+    scope: Scope
+    overrides: tuple[str, ...]
+    apply_permission: str
+    # Where it came from, for logs and audit; not part of the policy's identity.
+    source: str = field(default="built-in default", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "repository", freeze(self.repository))
+        object.__setattr__(self, "branches", tuple(self.branches))
+        object.__setattr__(self, "overrides", tuple(self.overrides))
+
+    @property
+    def dry_run(self) -> bool:
+        return self.mode == "dry-run"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The policy in the shape of moko.yml, JSON/YAML-ready."""
+        return {
+            "version": self.version,
+            "mode": self.mode,
+            "repository": thaw(self.repository),
+            "branches": [
+                {"name": rule.name, "protection": thaw(rule.protection)} for rule in self.branches
+            ],
+            "scope": {
+                "include": list(self.scope.include),
+                "exclude": list(self.scope.exclude),
+                "archived": self.scope.archived,
+            },
+            "overrides": list(self.overrides),
+            "commands": {"apply_permission": self.apply_permission},
+        }
+
+
+@dataclass(frozen=True)
+class Change:
+    """One intended change, and the request that makes it.
+
+    - ``policy="repository"``: ``field`` is a PATCH /repos/{owner}/{repo} field, ``before`` and
+      ``after`` its values; ``method="PATCH"``. Several of them are sent as ONE PATCH
+      (see ``repository_settings.patch_body``).
+    - ``policy="branch_protection"``: ``field`` and ``target`` are the branch name; ``method`` is
+      ``"PUT"`` (``after`` is the whole PUT body) or ``"DELETE"`` (``after`` is None);
+      ``before`` is the PUT body that recreates the current protection, or None when the branch
+      is not protected — so ``before`` is also what a rollback writes back (see ``inverse``).
+
+    ``before`` and ``after`` are plain JSON values, ready for a request body and the audit trail.
+    """
+
+    policy: str
+    field: str
+    before: Any
+    after: Any
+    method: Method = "PATCH"
+    target: str | None = None
+
+    def inverse(self) -> Change:
+        """The change that undoes this one (for rolling back a failed transaction)."""
+        if self.policy == BRANCH_PROTECTION:
+            method: Method = "DELETE" if self.before is None else "PUT"
+            return Change(self.policy, self.field, self.after, self.before, method, self.target)
+        return Change(self.policy, self.field, self.after, self.before, self.method, self.target)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "field": self.field,
+            "before": self.before,
+            "after": self.after,
+        }
+
+
+@dataclass(frozen=True)
+class RepoState:
+    """What is known of one repository, in REST shapes.
+
+    - ``settings``: repository fields with REST names (a webhook payload, GET /repos/{o}/{r},
+      or ``rest_settings_from_graphql``); a field it lacks is "unknown", not "off".
+    - ``protections``: for the branches the policy names (already resolved: "default" is the
+      default branch's name), the GET …/protection answer, a ``NormalizedProtection`` (from
+      GraphQL), or None when the branch is not protected. A branch missing here is unknown.
+    - ``existing_branches``: branch names known to exist, or None when not known (then every
+      named branch is assumed to exist, except in an empty repository).
+    """
+
+    full_name: str
+    name: str = ""
+    archived: bool = False
+    empty: bool = False
+    default_branch: str | None = None
+    settings: Mapping[str, Any] = field(default_factory=FrozenDict)
+    protections: Mapping[str, Any] = field(default_factory=FrozenDict)
+    existing_branches: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.full_name.rsplit("/", 1)[-1])
+        object.__setattr__(self, "settings", freeze(self.settings))
+        object.__setattr__(self, "protections", freeze(self.protections))
+        if self.existing_branches is not None:
+            object.__setattr__(self, "existing_branches", frozenset(self.existing_branches))
+
+    @classmethod
+    def from_rest(
+        cls,
+        repository: Mapping[str, Any],
+        *,
+        empty: bool = False,
+        protections: Mapping[str, Any] | None = None,
+        existing_branches: Iterable[str] | None = None,
+    ) -> RepoState:
+        """Build from a REST repository object (GET /repos/… or a webhook's ``repository``)."""
+        return cls(
+            full_name=str(repository["full_name"]),
+            name=str(repository.get("name") or ""),
+            archived=bool(repository.get("archived", False)),
+            empty=empty,
+            default_branch=repository.get("default_branch"),
+            settings=repository,
+            protections=protections or {},
+            existing_branches=None if existing_branches is None else frozenset(existing_branches),
+        )
+
+
+@dataclass(frozen=True)
+class KindPlan:
+    """What one policy kind plans for one repository."""
+
+    changes: tuple[Change, ...] = ()
+    deferred: tuple[Change, ...] = ()
+    needs_read: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What Moko would do to one repository.
+
+    - ``changes``: to apply now, in order.
+    - ``deferred``: changes that must wait (protection for a branch that does not exist yet).
+    - ``needs_read``: what could not be decided from the state given, as ``"repository.<field>"``
+      or ``"branch_protection.<branch>"``: read it (REST) and plan again.
+    - ``skipped``: why the repository is left alone (out of scope, archived), or None.
+    """
+
+    repo: str
+    changes: tuple[Change, ...] = ()
+    deferred: tuple[Change, ...] = ()
+    needs_read: tuple[str, ...] = ()
+    skipped: str | None = None
+
+    @property
+    def compliant(self) -> bool:
+        return self.skipped is None and not (self.changes or self.deferred or self.needs_read)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, e.g. for ``moko sweep --json`` and ``/moko plan``."""
+        return {
+            "repo": self.repo,
+            "changes": [change.to_dict() for change in self.changes],
+            "deferred": [change.to_dict() for change in self.deferred],
+            "needs_read": list(self.needs_read),
+            "skipped": self.skipped,
+        }
+
+    @property
+    def settings_to_read(self) -> tuple[str, ...]:
+        return _suffixes(self.needs_read, REPOSITORY)
+
+    @property
+    def branches_to_read(self) -> tuple[str, ...]:
+        return _suffixes(self.needs_read, BRANCH_PROTECTION)
+
+
+def _suffixes(keys: Sequence[str], prefix: str) -> tuple[str, ...]:
+    return tuple(key.split(".", 1)[1] for key in keys if key.split(".", 1)[0] == prefix)
