@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from gidgethub.routing import Router
 
-from handlers import ping
+from handlers import branch_protection, installation, ping, push, repository
 
 
 def build_router() -> Router:
     """The App's router: one per handler module."""
-    return Router(ping.router)
+    return Router(
+        ping.router,
+        installation.router,
+        repository.router,
+        branch_protection.router,
+        push.router,
+    )

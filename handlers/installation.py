@@ -1,0 +1,34 @@
+"""installation.created and installation_repositories.added: remediate every added repository."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gidgethub.routing import Router
+from gidgethub.sansio import Event
+
+from bot.context import EventContext
+from handlers.common import engine_of, raise_on_failures, run_of
+from policies.reconcile import installation_repositories, reconcile_repositories
+
+router = Router()
+
+
+async def _remediate_added(event: Event, ctx: EventContext, added: list[dict[str, Any]] | None) -> None:
+    # Bulk work: GitHub asks integrators to space writes out when touching many repositories.
+    gh = await ctx.github(bulk=True)
+    names = {repo["full_name"].lower() for repo in added or []}
+    # One listing (100 repositories a page) holds every added repository's settings.
+    repositories = [r for r in await installation_repositories(gh) if added is None or r["full_name"].lower() in names]
+    results = await reconcile_repositories(engine_of(ctx), gh, run_of(event, ctx), repositories)
+    raise_on_failures(results, ctx)
+
+
+@router.register("installation", action="created")
+async def remediate_new_installation(event: Event, ctx: EventContext) -> None:
+    await _remediate_added(event, ctx, event.data.get("repositories"))
+
+
+@router.register("installation_repositories", action="added")
+async def remediate_added_repositories(event: Event, ctx: EventContext) -> None:
+    await _remediate_added(event, ctx, event.data.get("repositories_added") or [])

@@ -1,0 +1,43 @@
+"""repository.* events: remediate new, unarchived, transferred and renamed repositories; revert edits."""
+
+from __future__ import annotations
+
+from gidgethub.routing import Router
+from gidgethub.sansio import Event
+
+from bot.context import EventContext
+from handlers.common import engine_of, raise_on_failures, repository_of, run_of, sent_by_moko
+from policies.engine import ALL, SETTINGS_ONLY, Known
+
+router = Router()
+
+
+@router.register("repository", action="created")
+async def remediate_new_repository(event: Event, ctx: EventContext) -> None:
+    repo = repository_of(event)
+    # The payload holds the settings, and a new repository has no protection to read.
+    default = repo.get("default_branch")
+    known = Known(protections={default: None} if default else {})
+    gh = await ctx.github()
+    raise_on_failures([await engine_of(ctx).remediate(gh, run_of(event, ctx), repo, known=known)], ctx)
+
+
+@router.register("repository", action="edited")
+async def revert_repository_edit(event: Event, ctx: EventContext) -> None:
+    if await sent_by_moko(event, ctx):
+        return
+    repo = repository_of(event)
+    # A settings edit needs no protection read, unless the default branch itself moved.
+    scope = ALL if "default_branch" in (event.data.get("changes") or {}) else SETTINGS_ONLY
+    gh = await ctx.github()
+    raise_on_failures([await engine_of(ctx).remediate(gh, run_of(event, ctx), repo, scope=scope)], ctx)
+
+
+@router.register("repository", action="unarchived")
+@router.register("repository", action="transferred")
+@router.register("repository", action="renamed")
+async def remediate_changed_repository(event: Event, ctx: EventContext) -> None:
+    if await sent_by_moko(event, ctx):
+        return
+    gh = await ctx.github()
+    raise_on_failures([await engine_of(ctx).remediate(gh, run_of(event, ctx), repository_of(event))], ctx)

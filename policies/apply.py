@@ -1,0 +1,168 @@
+"""Applying a plan to one repository as a transaction: steps in order, undo on failure, audit each.
+
+This is the only place that writes to GitHub on a policy's behalf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gidgethub import GitHubException
+
+from bot.audit import AuditWriter
+from bot.metrics import REMEDIATIONS
+from bot.store.base import AuditEntry
+from policies.model import BRANCH_PROTECTION, REPOSITORY, Change
+from policies.repository_settings import patch_body
+
+APPLIED, DRY_RUN, FAILED, ROLLED_BACK, DEFERRED = "applied", "dry-run", "failed", "rolled-back", "deferred"
+
+
+@dataclass(frozen=True)
+class Run:
+    """Who and what a transaction is for: its run id, trigger, actor and installation."""
+
+    run_id: str
+    trigger: str
+    actor: str
+    installation: int | None
+
+
+@dataclass(frozen=True)
+class ChangeOutcome:
+    """One intended change and what became of it."""
+
+    change: Change
+    outcome: str
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.change.to_dict(), "outcome": self.outcome, "error": self.error}
+
+
+class BranchMissing(Exception):
+    """GitHub cannot protect a branch that does not exist (yet)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One request: a PATCH carrying every settings change, or one branch's PUT/DELETE."""
+
+    changes: tuple[Change, ...]
+
+    @property
+    def kind(self) -> str:
+        return self.changes[0].policy
+
+
+def steps_for(changes: Sequence[Change]) -> list[Step]:
+    settings = tuple(c for c in changes if c.policy == REPOSITORY)
+    steps = [Step(settings)] if settings else []
+    steps.extend(Step((c,)) for c in changes if c.policy != REPOSITORY)
+    return steps
+
+
+def github_error(exc: Exception) -> str:
+    """GitHub's own words for a failed request, with its status."""
+    status = getattr(exc, "status_code", None)
+    code = getattr(status, "value", status)
+    message = str(exc) or type(exc).__name__
+    errors = getattr(exc, "errors", None)
+    if errors:
+        message += f" ({errors})"
+    return f"{code} {message}" if code else message
+
+
+async def send_step(gh: Any, owner: str, repo: str, step: Step) -> None:
+    """The request for one step."""
+    if step.kind == REPOSITORY:
+        body = patch_body(step.changes, {c.field: c.after for c in step.changes})
+        await gh.patch("/repos/{owner}/{repo}", url_vars={"owner": owner, "repo": repo}, data=body)
+        return
+    change = step.changes[0]
+    url_vars = {"owner": owner, "repo": repo, "branch": change.target or change.field}
+    url = "/repos/{owner}/{repo}/branches/{branch}/protection"
+    try:
+        if change.method == "DELETE":
+            await gh.delete(url, url_vars=url_vars)
+        else:
+            await gh.put(url, url_vars=url_vars, data=change.after)
+    except GitHubException as exc:
+        if getattr(exc, "status_code", None) == 404 and "branch not found" in str(exc).lower():
+            raise BranchMissing(change.target or change.field) from exc
+        if change.method == "DELETE" and getattr(exc, "status_code", None) == 404:
+            return  # already unprotected: what the step wanted
+        raise
+
+
+class Transaction:
+    """Applies one repository's changes; records every step in the audit trail."""
+
+    def __init__(self, gh: Any, audit: AuditWriter, run: Run, full_name: str) -> None:
+        self._gh = gh
+        self._audit = audit
+        self._run = run
+        self.full_name = full_name
+        self.owner, self.repo = full_name.split("/", 1)
+        self.outcomes: list[ChangeOutcome] = []
+
+    async def record(self, changes: Sequence[Change], outcome: str, error: str | None = None) -> None:
+        now = self._audit.now()
+        entries = [
+            AuditEntry(
+                time=now,
+                run_id=self._run.run_id,
+                trigger=self._run.trigger,
+                installation=self._run.installation,
+                repo=self.full_name,
+                actor=self._run.actor,
+                policy=change.policy,
+                field=change.field,
+                before=change.before,
+                after=change.after,
+                outcome=outcome,
+                error=error,
+            )
+            for change in changes
+        ]
+        await self._audit.write(entries)
+        for change in changes:
+            REMEDIATIONS.labels(policy=change.policy, outcome=outcome).inc()
+            self.outcomes.append(ChangeOutcome(change, outcome, error))
+
+    async def dry_run(self, changes: Sequence[Change]) -> None:
+        if changes:
+            await self.record(changes, DRY_RUN)
+
+    async def apply(self, changes: Sequence[Change]) -> bool:
+        """Apply in order; on a failure undo what was applied. True when nothing failed."""
+        applied: list[Step] = []
+        for step in steps_for(changes):
+            try:
+                await send_step(self._gh, self.owner, self.repo, step)
+            except BranchMissing:
+                await self.record(step.changes, DEFERRED, "branch does not exist yet")
+                continue
+            except GitHubException as exc:
+                await self.record(step.changes, FAILED, github_error(exc))
+                await self._roll_back(applied)
+                return False
+            applied.append(step)
+            await self.record(step.changes, APPLIED)
+        return True
+
+    async def _roll_back(self, applied: list[Step]) -> None:
+        for step in reversed(applied):
+            undo = Step(tuple(change.inverse() for change in step.changes))
+            try:
+                await send_step(self._gh, self.owner, self.repo, undo)
+            except (GitHubException, BranchMissing) as exc:
+                await self.record(step.changes, FAILED, f"rollback failed: {github_error(exc)}")
+            else:
+                await self.record(step.changes, ROLLED_BACK)
+
+
+def is_protection(change: Change) -> bool:
+    return change.policy == BRANCH_PROTECTION

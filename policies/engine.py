@@ -1,0 +1,252 @@
+"""The policy engine: for one repository, resolve its policy, learn just enough of its state,
+plan, and apply (or only record, in dry-run) as one transaction under the repository's lock."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gidgethub import BadRequest, GitHubException
+
+from bot.audit import AuditWriter
+from bot.logs import get_logger
+from bot.store.base import AuditEntry, Store
+from policies.apply import DEFERRED, DRY_RUN, FAILED, ChangeOutcome, Run, Transaction, github_error
+from policies.loader import PolicyError
+from policies.model import BRANCH_PROTECTION, REPOSITORY, Change, Plan, Policy, RepoState
+from policies.plan import plan_repository
+from policies.source import POLICY_PATH, POLICY_REPO, PolicySource
+
+log = get_logger("moko.engine")
+
+# What a repository's remediation came to, as the sweep's summary counts it.
+COMPLIANT, FIXED, REPO_FAILED, REPO_DEFERRED, SKIPPED, PLANNED = (
+    "compliant", "fixed", "failed", "deferred", "skipped", "planned",
+)
+_MAX_READ_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class RepoResult:
+    """One repository's outcome, the changes with theirs, and the plan they came from."""
+
+    repo: str
+    outcome: str
+    changes: tuple[ChangeOutcome, ...] = ()
+    error: str | None = None
+    plan: Plan | None = None
+    policy: Policy | None = None
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "repo": self.repo,
+            "outcome": self.outcome,
+            "changes": [c.to_dict() for c in self.changes],
+            **({"error": self.error} if self.error else {}),
+        }
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which policy kinds an event concerns (an edit of settings needs no protection read)."""
+
+    settings: bool = True
+    protection: bool = True
+
+    def restrict(self, policy: Policy) -> Policy:
+        if not self.settings:
+            policy = replace(policy, repository={})
+        if not self.protection:
+            policy = replace(policy, branches=())
+        return policy
+
+
+ALL = Scope()
+SETTINGS_ONLY = Scope(protection=False)
+PROTECTION_ONLY = Scope(settings=False)
+
+
+@dataclass
+class Known:
+    """State known without asking GitHub: from the payload, or a batched read."""
+
+    settings: Mapping[str, Any] | None = None
+    protections: dict[str, Any] = field(default_factory=dict)
+    empty: bool = False
+    existing_branches: frozenset[str] | None = None
+    missing_branches: set[str] = field(default_factory=set)
+
+
+class PolicyEngine:
+    """Remediates repositories; shared by webhooks, commands and sweeps."""
+
+    def __init__(self, *, store: Store, audit: AuditWriter, source: PolicySource | None = None, dry_run: bool = False) -> None:
+        self.store = store
+        self.audit = audit
+        self.source = source or PolicySource()
+        self.global_dry_run = dry_run
+
+    async def policy_for(self, gh: Any, run: Run, full_name: str) -> Policy:
+        """The repository's policy; an invalid file is recorded and raised (nothing changes)."""
+        owner, name = full_name.split("/", 1)
+        try:
+            resolved = await self.source.policy_for(gh, run.installation, owner, name)
+        except PolicyError as exc:
+            await self.record_config_error(run, full_name, str(exc))
+            raise
+        for warning in resolved.warnings:
+            log.warning("policy_override_ignored", repo=full_name, problem=str(warning))
+        return resolved.policy
+
+    async def record_config_error(self, run: Run, full_name: str, message: str) -> None:
+        log.error("policy_invalid", repo=full_name, error=message)
+        owner = full_name.split("/", 1)[0]
+        await self.audit.write([
+            AuditEntry(
+                time=self.audit.now(), run_id=run.run_id, trigger=run.trigger, installation=run.installation,
+                repo=full_name, actor=run.actor, policy="config", field=f"{owner}/{POLICY_REPO}/{POLICY_PATH}",
+                before=None, after=None, outcome=FAILED, error=message,
+            )
+        ])
+
+    def is_dry_run(self, policy: Policy) -> bool:
+        return self.global_dry_run or policy.dry_run
+
+    async def read_state(self, gh: Any, repo: Mapping[str, Any], known: Known, plan: Plan) -> Known:
+        """Read from GitHub what the plan could not decide (REST), and return the richer state."""
+        owner, name = str(repo["full_name"]).split("/", 1)
+        url_vars = {"owner": owner, "repo": name}
+        if plan.settings_to_read:
+            known.settings = await gh.getitem("/repos/{owner}/{repo}", url_vars=url_vars)
+        for branch in plan.branches_to_read:
+            try:
+                known.protections[branch] = await gh.getitem(
+                    "/repos/{owner}/{repo}/branches/{branch}/protection", url_vars={**url_vars, "branch": branch}
+                )
+            except BadRequest as exc:
+                if exc.status_code != 404:
+                    raise
+                # 404 is either "Branch not protected" or "Branch not found".
+                if "branch not found" in str(exc).lower():
+                    known.missing_branches.add(branch)
+                known.protections[branch] = None
+        return known
+
+    def state_of(self, repo: Mapping[str, Any], known: Known) -> RepoState:
+        settings = {**repo, **(known.settings or {})}
+        existing = known.existing_branches
+        if existing is None and known.missing_branches:
+            # GitHub named the branches it could not find; the others it answered for exist.
+            default = settings.get("default_branch")
+            existing = frozenset(set(known.protections) | ({default} if default else set())) - known.missing_branches
+        return RepoState.from_rest(settings, empty=known.empty, protections=known.protections, existing_branches=existing)
+
+    async def plan(self, gh: Any, policy: Policy, repo: Mapping[str, Any], known: Known) -> Plan:
+        """Plan, reading only what the plan says it needs, until it is decided."""
+        plan = plan_repository(policy, self.state_of(repo, known))
+        rounds = 0
+        while plan.needs_read and plan.skipped is None and rounds < _MAX_READ_ROUNDS:
+            rounds += 1
+            known = await self.read_state(gh, repo, known, plan)
+            plan = plan_repository(policy, self.state_of(repo, known))
+        return plan
+
+    async def remediate(
+        self,
+        gh: Any,
+        run: Run,
+        repo: Mapping[str, Any],
+        *,
+        known: Known | None = None,
+        scope: Scope = ALL,
+        apply: bool = True,
+        only_if: Callable[[], Awaitable[bool]] | None = None,
+    ) -> RepoResult:
+        """Bring one repository in line with its policy (or, with apply=False, only plan it).
+
+        ``repo`` is a REST repository object (a webhook payload's, or a read one); ``known``
+        says what else is known without a read; ``only_if`` is checked under the repository's
+        lock, so two deliveries racing for the same one-time work do it once.
+        """
+        full_name = str(repo["full_name"])
+        try:
+            policy = await self.policy_for(gh, run, full_name)
+        except PolicyError as exc:
+            return RepoResult(full_name, REPO_FAILED, error=str(exc))
+        effective = scope.restrict(policy)
+        dry_run = self.is_dry_run(policy)
+        async with self.store.repository_lock(full_name):
+            if only_if is not None and not await only_if():
+                return RepoResult(full_name, COMPLIANT, policy=policy, dry_run=dry_run)
+            try:
+                plan = await self.plan(gh, effective, repo, known or Known())
+            except GitHubException as exc:
+                error = github_error(exc)
+                log.error("repository_read_failed", repo=full_name, error=error)
+                return RepoResult(full_name, REPO_FAILED, error=error, policy=policy, dry_run=dry_run)
+            if plan.skipped is not None:
+                return RepoResult(full_name, SKIPPED, error=None, plan=plan, policy=policy, dry_run=dry_run)
+            if not apply:
+                return RepoResult(full_name, PLANNED, plan=plan, policy=policy, dry_run=dry_run)
+            transaction = Transaction(gh, self.audit, run, full_name)
+            if dry_run:
+                await transaction.dry_run(plan.changes + plan.deferred)
+                ok = True
+            else:
+                ok = await transaction.apply(plan.changes)
+                if ok and plan.deferred:
+                    await transaction.record(plan.deferred, DEFERRED, "branch does not exist yet")
+        return RepoResult(
+            full_name,
+            _outcome(plan, transaction.outcomes, ok, dry_run),
+            tuple(transaction.outcomes),
+            error=next((o.error for o in transaction.outcomes if o.outcome == FAILED), None),
+            plan=plan,
+            policy=policy,
+            dry_run=dry_run,
+        )
+
+    async def protection_deferred(self, full_name: str, branch: str) -> bool:
+        """Whether the repository's last protection record for the branch is still deferred."""
+        for record in await self.store.audit_records(repo=full_name, newest_first=True, limit=50):
+            if record.policy != BRANCH_PROTECTION:
+                continue
+            if record.field in (branch, "default"):
+                return record.outcome == DEFERRED
+        return False
+
+    async def apply_deferred(self, gh: Any, run: Run, repo: Mapping[str, Any], branch: str) -> RepoResult | None:
+        """On a branch's first push: apply the protection that waited for it, once."""
+        full_name = str(repo["full_name"])
+        if not await self.protection_deferred(full_name, branch):
+            return None
+        # A branch that was just created has no protection to read.
+        known = Known(protections={branch: None}, existing_branches=frozenset({branch}))
+        return await self.remediate(
+            gh, run, repo, known=known, scope=PROTECTION_ONLY,
+            only_if=lambda: self.protection_deferred(full_name, branch),
+        )
+
+
+def _outcome(plan: Plan, outcomes: list[ChangeOutcome], ok: bool, dry_run: bool) -> str:
+    if not ok or any(o.outcome == FAILED for o in outcomes):
+        return REPO_FAILED
+    if dry_run:
+        return COMPLIANT if not (plan.changes or plan.deferred) else PLANNED
+    if any(o.outcome == "applied" for o in outcomes):
+        return FIXED
+    if any(o.outcome == DEFERRED for o in outcomes):
+        return REPO_DEFERRED
+    return COMPLIANT
+
+
+def changes_of(result: RepoResult, policy_name: str | None = None) -> list[Change]:
+    return [o.change for o in result.changes if policy_name in (None, o.change.policy)]
+
+
+__all__ = [
+    "ALL", "COMPLIANT", "DRY_RUN", "FIXED", "PLANNED", "PROTECTION_ONLY", "REPOSITORY", "REPO_DEFERRED",
+    "REPO_FAILED", "SETTINGS_ONLY", "SKIPPED", "Known", "PolicyEngine", "RepoResult", "Run", "Scope",
+]
