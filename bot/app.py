@@ -32,6 +32,7 @@ log = get_logger("moko.app")
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 WORKERS: web.AppKey[WorkerPool] = web.AppKey("workers", WorkerPool)
+INTAKE: web.AppKey[WebhookIntake] = web.AppKey("intake", WebhookIntake)
 
 
 def replica_id() -> str:
@@ -108,7 +109,7 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
         app[SERVICES] = services
         app[WORKERS] = workers
         intake = WebhookIntake(secret=settings.webhook_secret or "", store=store, workers=workers)
-        app["intake"] = intake
+        app[INTAKE] = intake
         await workers.start()
         background = [asyncio.create_task(loop(services)) for loop in hooks.background]
         log.info("started", replica=services.owner, database=settings.database_url.split("://", 1)[0])
@@ -132,8 +133,7 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
 
 
 async def _webhook(request: web.Request) -> web.Response:
-    intake: WebhookIntake = request.app["intake"]
-    return await intake.handle(request)
+    return await request.app[INTAKE].handle(request)
 
 
 async def _healthz(request: web.Request) -> web.Response:
