@@ -1,0 +1,224 @@
+"""Issue 3 from outside: signed webhooks drive Moko against the fake GitHub; every API call counted."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.store.base import DONE, FAILED
+from tests.support.harness import run_moko
+
+ORG = "acme"
+INSTALLATION = 1
+DEFAULT_PROTECTION = {
+    "required_status_checks": None,
+    "enforce_admins": False,
+    "required_pull_request_reviews": {"required_approving_review_count": 1},
+    "restrictions": None,
+}
+COMPLIANT = {"has_issues": True, "has_wiki": False, "has_projects": False}
+
+
+@pytest.fixture
+def org(fake_github):
+    fake_github.add_installation(INSTALLATION, ORG)
+    return fake_github
+
+
+def repo_calls(fake, name: str) -> list[tuple[str, str]]:
+    """(method, path) of every call about one repository, in order."""
+    prefix = f"/repos/{ORG}/{name}"
+    return [(c.method, c.path) for c in fake.calls if c.path == prefix or c.path.startswith(prefix + "/")]
+
+
+async def records(moko, name: str):
+    return await moko.services.store.audit_records(repo=f"{ORG}/{name}")
+
+
+def compliant_repo(fake, name: str, **fields):
+    fake.add_repo(ORG, name, **{**COMPLIANT, **fields})
+    fake.set_protection(ORG, name, "main", DEFAULT_PROTECTION)
+
+
+async def test_new_repository_gets_wiki_off_and_default_branch_protected_with_two_calls(org, moko):
+    org.add_repo(ORG, "widgets", has_wiki=True, has_issues=True, has_projects=False)
+    payload = org.event("repository", "created", owner=ORG, repo="widgets")
+    reply = await moko.deliver("repository", payload, delivery="new-1")
+    assert reply.status == 202
+    assert org.repo(ORG, "widgets")["has_wiki"] is False
+    assert org.protection_read(ORG, "widgets", "main")["required_pull_request_reviews"]["required_approving_review_count"] == 1
+    # No GET: the payload held the settings, and a new repository has no protection to read.
+    assert repo_calls(org, "widgets") == [
+        ("PATCH", f"/repos/{ORG}/widgets"),
+        ("PUT", f"/repos/{ORG}/widgets/branches/main/protection"),
+    ]
+    patch = org.calls_to("PATCH", f"^/repos/{ORG}/widgets$")[0]
+    assert patch.body == {"has_wiki": False}
+    trail = await records(moko, "widgets")
+    assert [(r.policy, r.field, r.before, r.after, r.outcome) for r in trail][0] == (
+        "repository", "has_wiki", True, False, "applied")
+    assert trail[1].policy == "branch_protection" and trail[1].outcome == "applied"
+    assert all(r.run_id == "new-1" and r.actor == "octocat" for r in trail)
+    assert (await moko.services.store.get_delivery("new-1")).state == DONE
+
+
+async def test_compliant_new_repository_costs_no_settings_call(org, moko):
+    org.add_repo(ORG, "tidy", **COMPLIANT)
+    await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="tidy"))
+    assert repo_calls(org, "tidy") == [("PUT", f"/repos/{ORG}/tidy/branches/main/protection")]
+
+
+async def test_empty_repository_is_protected_when_its_first_push_arrives(org, moko):
+    org.add_repo(ORG, "fresh", empty=True, **COMPLIANT)
+    await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="fresh"))
+    trail = await records(moko, "fresh")
+    assert [(r.policy, r.outcome) for r in trail] == [("branch_protection", "deferred")]
+    assert org.protection(ORG, "fresh", "main") is None
+
+    org.add_branch(ORG, "fresh", "main")
+    org.reset_calls()
+    push = org.event("push", owner=ORG, repo="fresh", ref="refs/heads/main",
+                     before="0" * 40, created=True)
+    create = org.event("create", owner=ORG, repo="fresh", ref="main", ref_type="branch")
+    await moko.send("push", push)
+    await moko.send("create", create)
+    await moko.settle()
+    assert org.protection(ORG, "fresh", "main") is not None
+    # GitHub sends both create and push for the first push: protection is written once.
+    assert repo_calls(org, "fresh") == [("PUT", f"/repos/{ORG}/fresh/branches/main/protection")]
+    assert [r.outcome for r in await records(moko, "fresh")] == ["deferred", "applied"]
+
+
+async def test_wiki_turned_back_on_is_turned_off_once_with_no_second_round(org, moko):
+    compliant_repo(org, "app")
+    org.repo(ORG, "app")["has_wiki"] = True
+    edited = org.event("repository", "edited", owner=ORG, repo="app", changes={"has_wiki": {"from": False}})
+    await moko.deliver("repository", edited)
+    assert org.repo(ORG, "app")["has_wiki"] is False
+    assert repo_calls(org, "app") == [("PATCH", f"/repos/{ORG}/app")]
+
+    # GitHub reports Moko's own edit back to it; that starts no new round.
+    org.reset_calls()
+    own = org.event("repository", "edited", owner=ORG, repo="app", sender=org.bot_login,
+                    changes={"has_wiki": {"from": True}})
+    await moko.deliver("repository", own)
+    assert repo_calls(org, "app") == []
+    assert [r.outcome for r in await records(moko, "app")] == ["applied"]
+
+
+async def test_deleted_protection_is_restored(org, moko):
+    compliant_repo(org, "core")
+    org.set_protection(ORG, "core", "main", None)
+    deleted = org.event("branch_protection_rule", "deleted", owner=ORG, repo="core", branch="main")
+    await moko.deliver("branch_protection_rule", deleted)
+    assert org.protection(ORG, "core", "main") is not None
+    assert repo_calls(org, "core") == [
+        ("GET", f"/repos/{ORG}/core/branches/main/protection"),
+        ("PUT", f"/repos/{ORG}/core/branches/main/protection"),
+    ]
+
+
+async def test_compliant_protected_branch_is_never_written_again(org, moko):
+    compliant_repo(org, "steady")
+    for action in ("edited", "created"):
+        event = org.event("branch_protection_rule", action, owner=ORG, repo="steady", branch="main",
+                          protection=DEFAULT_PROTECTION)
+        await moko.deliver("branch_protection_rule", event)
+    unarchived = org.event("repository", "unarchived", owner=ORG, repo="steady")
+    await moko.deliver("repository", unarchived)
+    assert org.count("PUT") == 0 and org.count("PATCH") == 0
+    assert await records(moko, "steady") == []
+
+
+async def test_invalid_policy_file_changes_nothing_and_says_why(org, moko):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\nrepository:\n  has_wikki: false\n")
+    org.add_repo(ORG, "victim", has_wiki=True)
+    await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="victim"), delivery="bad-policy")
+    assert org.count("PATCH") == 0 and org.count("PUT") == 0
+    trail = await records(moko, "victim")
+    assert len(trail) == 1 and trail[0].outcome == "failed" and trail[0].policy == "config"
+    assert ":3: repository.has_wikki" in trail[0].error
+    delivery = await moko.services.store.get_delivery("bad-policy")
+    assert delivery.state == FAILED and "has_wikki" in delivery.error
+
+
+async def test_forbidden_repository_does_not_stop_the_others(org, moko):
+    for name in ("one", "two", "three"):
+        org.add_repo(ORG, name, has_wiki=True, has_issues=True, has_projects=False)
+        org.set_protection(ORG, name, "main", DEFAULT_PROTECTION)
+    org.fail("PATCH", f"^/repos/{ORG}/two$", 403, body={"message": "Resource not accessible by integration"})
+    payload = org.event("installation", "created", owner=ORG, repositories=[
+        {"id": org.repo(ORG, n)["id"], "node_id": org.repo(ORG, n)["node_id"], "name": n,
+         "full_name": f"{ORG}/{n}", "private": False} for n in ("one", "two", "three")
+    ])
+    await moko.deliver("installation", payload, delivery="install")
+    assert org.repo(ORG, "one")["has_wiki"] is False
+    assert org.repo(ORG, "two")["has_wiki"] is True
+    assert org.repo(ORG, "three")["has_wiki"] is False
+    failed = await records(moko, "two")
+    assert failed[0].outcome == "failed" and "403" in failed[0].error and "Resource not accessible" in failed[0].error
+    assert (await moko.services.store.get_delivery("install")).state == FAILED
+    async with moko.session.get(moko.url + "/metrics") as response:
+        assert 'moko_remediations_total{outcome="failed",policy="repository"}' in await response.text()
+
+
+async def test_failure_on_second_step_rolls_the_first_back(org, moko):
+    org.add_repo(ORG, "fragile", has_wiki=True, has_issues=True, has_projects=False)
+    org.fail("PUT", f"^/repos/{ORG}/fragile/branches/main/protection$", 422,
+             body={"message": "Validation Failed", "errors": ["nope"]})
+    await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="fragile"))
+    assert org.repo(ORG, "fragile")["has_wiki"] is True
+    trail = await records(moko, "fragile")
+    assert [(r.policy, r.outcome) for r in trail] == [
+        ("repository", "applied"),
+        ("branch_protection", "failed"),
+        ("repository", "rolled-back"),
+    ]
+    assert "422" in trail[1].error
+    assert [c.body for c in org.calls_to("PATCH")] == [{"has_wiki": False}, {"has_wiki": True}]
+
+
+async def test_dry_run_changes_nothing_and_records_everything(org, env):
+    org.add_repo(ORG, "draft", has_wiki=True, has_issues=True, has_projects=True)
+    async with run_moko({**env, "MOKO_DRY_RUN": "true"}) as moko:
+        await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="draft"))
+        trail = await records(moko, "draft")
+    assert org.count("PATCH") == 0 and org.count("PUT") == 0
+    assert {(r.field, r.outcome) for r in trail} == {
+        ("has_wiki", "dry-run"), ("has_projects", "dry-run"), ("main", "dry-run"),
+    }
+
+
+async def test_policy_mode_dry_run_changes_nothing(org, moko):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\nmode: dry-run\n")
+    org.add_repo(ORG, "sandbox", has_wiki=True)
+    await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="sandbox"))
+    assert org.count("PATCH") == 0 and org.count("PUT") == 0
+    assert {r.outcome for r in await records(moko, "sandbox")} == {"dry-run"}
+
+
+async def test_archived_and_out_of_scope_repositories_are_left_alone(org, moko):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\nscope:\n  exclude: ['legacy-*']\n")
+    org.add_repo(ORG, "legacy-app", has_wiki=True)
+    org.add_repo(ORG, "old", has_wiki=True, archived=True)
+    await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="legacy-app"))
+    await moko.deliver("repository", org.event("repository", "edited", owner=ORG, repo="old",
+                                                 changes={"has_wiki": {"from": False}}))
+    assert org.count("PATCH") == 0 and org.count("PUT") == 0
+    assert repo_calls(org, "old") == []
+
+
+async def test_policy_change_reconciles_every_repository(org, moko):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    compliant_repo(org, "alpha")
+    compliant_repo(org, "beta")
+    await moko.deliver("repository", org.event("repository", "unarchived", owner=ORG, repo="alpha"))
+    assert org.count("PATCH") == 0
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\nrepository:\n  has_issues: false\n")
+    push = org.event("push", owner=ORG, repo=".github", ref="refs/heads/main", modified=[".github/moko.yml"])
+    await moko.deliver("push", push)
+    assert org.repo(ORG, "alpha")["has_issues"] is False
+    assert org.repo(ORG, "beta")["has_issues"] is False
+    assert org.repo(ORG, ".github")["has_issues"] is False
