@@ -86,7 +86,7 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
     app = web.Application(client_max_size=MAX_BODY + 1)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store = open_store(settings.database_url)
+        store = open_store(settings.database_url, lease_seconds=settings.lease_seconds)
         await store.open()
         session = aiohttp.ClientSession()
         services = Services(

@@ -5,12 +5,16 @@ from __future__ import annotations
 from bot.store.base import Store
 
 
-def open_store(url: str) -> Store:
-    """A store for the URL (not yet opened): sqlite:///… is embedded, postgresql://… is shared."""
-    if url.startswith("sqlite:///"):
-        from bot.store.sqlite import SQLiteStore
+def open_store(url: str, *, lease_seconds: float | None = None) -> Store:
+    """A store for the URL (not yet opened): sqlite:///… is embedded, postgresql://… is shared.
 
-        return SQLiteStore(url)
+    lease_seconds bounds how long a dead process's repository lock outlives it (SQLite; on
+    PostgreSQL the lock is a session advisory lock that dies with its connection).
+    """
+    if url.startswith("sqlite:///"):
+        from bot.store.sqlite import REPO_LOCK_TTL, SQLiteStore
+
+        return SQLiteStore(url, lock_ttl=min(lease_seconds or REPO_LOCK_TTL, REPO_LOCK_TTL))
     if url.startswith(("postgresql://", "postgres://")):
         from bot.store.postgres import PostgresStore
 

@@ -10,6 +10,7 @@ while fifty concurrent deliveries cost one fsync instead of fifty.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import sqlite3
@@ -96,7 +97,8 @@ MIGRATIONS: list[str] = [
 ]
 
 _BATCH_LIMIT = 512
-_REPO_LOCK_TTL = 600.0
+# A process that dies holding a repository's lock loses it after this long (renewed while held).
+REPO_LOCK_TTL = 30.0
 _REPO_LOCK_POLL = 0.05
 
 
@@ -171,8 +173,9 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
 class SQLiteStore(Store):
     """Store on one SQLite file; safe for several processes on one machine (busy timeout, WAL)."""
 
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time, lock_ttl: float = REPO_LOCK_TTL) -> None:
         self.path = sqlite_path(url)
+        self._lock_ttl = lock_ttl
         self._clock = clock
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -568,14 +571,23 @@ class SQLiteStore(Store):
         async with lock:
             name, owner = f"repo:{repo}", uuid.uuid4().hex
             # Another process holds it: poll its lease row (there is nothing to wait on across processes).
-            while not await self.try_lock(name, owner, _REPO_LOCK_TTL):  # noqa: ASYNC110
+            while not await self.try_lock(name, owner, self._lock_ttl):  # noqa: ASYNC110
                 await asyncio.sleep(_REPO_LOCK_POLL)
+            keeper = asyncio.create_task(self._keep_lock(name, owner))
             try:
                 yield
             finally:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
                 await self.unlock(name, owner)
                 if not lock._waiters:  # type: ignore[attr-defined]
                     self._repo_locks.pop(repo, None)
+
+    async def _keep_lock(self, name: str, owner: str) -> None:
+        while True:
+            await asyncio.sleep(self._lock_ttl / 3)
+            await self.try_lock(name, owner, self._lock_ttl)
 
     async def count_hit(self, key: str, window_seconds: float, now: float) -> int:
         def hit(conn: sqlite3.Connection) -> int:

@@ -148,6 +148,16 @@ class MokoProcess:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
 
+    async def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait without blocking the loop (the fake GitHub may share it)."""
+        self.process.send_signal(signal.SIGTERM)
+        for _ in range(int(timeout / 0.05)):
+            if self.process.poll() is not None:
+                return self.process.returncode
+            await asyncio.sleep(0.05)
+        self.process.kill()
+        raise TimeoutError(f"moko serve did not stop: {self.log()}")
+
     def kill(self) -> None:
         self.process.kill()
         self.process.wait(10)
