@@ -1,0 +1,1 @@
+"""Moko's tests."""

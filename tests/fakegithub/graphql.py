@@ -1,0 +1,665 @@
+"""Validate GraphQL queries against GitHub's schema and answer them from the fake's state."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLInterfaceType,
+    GraphQLSchema,
+    GraphQLUnionType,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    OperationType,
+    SelectionSetNode,
+    build_schema,
+    execute_sync,
+    get_named_type,
+    parse,
+    validate,
+)
+from graphql.utilities import value_from_ast_untyped
+
+from .state import Branch, Repo, State, blob_sha, node_id
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "fixtures" / "github-schema.graphql"
+MAX_PAGE = 100
+MAX_NODES = 500_000
+
+
+@lru_cache(maxsize=1)
+def get_schema() -> GraphQLSchema:
+    """GitHub's public schema, built once per process (it takes a couple of seconds)."""
+    source = SCHEMA_FILE.read_text(encoding="utf-8")
+    # GitHub's published SDL defines two EnterpriseOwnerInfo fields twice and marks some
+    # interface implementations deprecated where the interface is not; graphql-core rejects
+    # both, GitHub's own server does not. Skip the SDL check and accept the schema as valid.
+    schema = build_schema(source, assume_valid_sdl=True)
+    schema._validation_errors = []  # noqa: SLF001 - graphql-core caches the check here
+    for named in schema.type_map.values():
+        if isinstance(named, GraphQLInterfaceType | GraphQLUnionType):
+            named.resolve_type = _resolve_type
+    return schema
+
+
+def _resolve_type(value: Any, _info: Any, _type: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("__typename")
+    return getattr(value, "typename", None)
+
+
+@lru_cache(maxsize=512)
+def parse_and_validate(query: str) -> tuple[DocumentNode | None, tuple[GraphQLError, ...]]:
+    """Parse and validate a query once; the same query text is answered from the cache."""
+    try:
+        document = parse(query)
+    except GraphQLError as error:
+        return None, (error,)
+    errors = validate(get_schema(), document)
+    return (None, tuple(errors)) if errors else (document, ())
+
+
+class NotFound(Exception):
+    """A GitHub NOT_FOUND error for a field that could not be resolved."""
+
+
+class BadArgument(Exception):
+    """A client error GitHub reports at execution time (e.g. an invalid cursor)."""
+
+
+@dataclass
+class Context:
+    """Who is asking (an installation or a personal token) and what the query costs."""
+
+    state: State
+    installation_id: int | None
+    personal_login: str | None
+    rate: dict[str, Any]
+    violations: list[str] = field(default_factory=list)
+
+    def sees_account(self, login: str) -> bool:
+        if self.personal_login is not None:
+            return login.lower() in self.state.accounts or login.lower() in self.state.repos
+        installation = self.state.installations.get(self.installation_id or -1)
+        return installation is not None and installation.login.lower() == login.lower()
+
+    def sees_repo(self, repo: Repo) -> bool:
+        if self.personal_login is not None:
+            return True
+        installation = self.state.installations.get(self.installation_id or -1)
+        return (installation is not None and installation.login.lower() == repo.owner.lower()
+                and installation.covers(repo.name))
+
+
+def _cursor(index: int) -> str:
+    return base64.b64encode(f"cursor:v2:{index}".encode()).decode()
+
+
+def _uncursor(cursor: str) -> int:
+    try:
+        text = base64.b64decode(cursor.encode(), validate=True).decode()
+        prefix, _, number = text.rpartition(":")
+        if prefix != "cursor:v2":
+            raise ValueError(text)
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as error:
+        raise BadArgument(f"`{cursor}` does not appear to be a valid cursor.") from error
+
+
+def connection(items: list[Any], first: int | None = None, after: str | None = None,
+               last: int | None = None, before: str | None = None,
+               make: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """A GraphQL connection over items, with GitHub-style opaque cursors.
+
+    `make` turns the items of the requested window (only those) into nodes.
+    """
+    start = _uncursor(after) + 1 if after else 0
+    end = _uncursor(before) if before else len(items)
+    start, end = max(0, start), min(len(items), max(end, start))
+    window = list(range(start, end))
+    has_next = has_previous = False
+    if first is not None:
+        has_next = len(window) > first or (end < len(items))
+        window = window[:first]
+    if last is not None:
+        has_previous = len(window) > last or start > 0
+        window = window[-last:] if last else []
+    if first is None and start > 0:
+        has_previous = True
+    nodes = [make(items[i]) if make else items[i] for i in window]
+    edges = [{"cursor": _cursor(i), "node": node} for i, node in zip(window, nodes, strict=True)]
+    return {
+        "nodes": nodes,
+        "edges": edges,
+        "totalCount": len(items),
+        "pageInfo": {
+            "hasNextPage": has_next,
+            "hasPreviousPage": has_previous,
+            "startCursor": edges[0]["cursor"] if edges else None,
+            "endCursor": edges[-1]["cursor"] if edges else None,
+        },
+    }
+
+
+class Node:
+    """Base of the resolver objects: unknown (but schema-valid) fields resolve to null."""
+
+    typename = "Node"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return None
+
+
+def _actor(state: State, kind: str, value: dict[str, Any]) -> dict[str, Any]:
+    if kind == "users":
+        return {"__typename": "User", "login": value["login"], "id": value["node_id"],
+                "databaseId": value["id"], "name": None}
+    if kind == "teams":
+        return {"__typename": "Team", "slug": value["slug"], "name": value["name"],
+                "id": value["node_id"], "databaseId": value["id"]}
+    return {"__typename": "App", "slug": value["slug"], "name": value["name"],
+            "id": value["node_id"], "databaseId": value["id"]}
+
+
+class RuleNode(Node):
+    """A BranchProtectionRule built from the protection PUT on one branch."""
+
+    typename = "BranchProtectionRule"
+
+    def __init__(self, repo_node: RepoNode, branch: Branch) -> None:
+        self._repo_node = repo_node
+        body = branch.protection or {}
+        reviews = body.get("required_pull_request_reviews")
+        checks = body.get("required_status_checks")
+        number = int(branch.sha[:6], 16) + repo_node._repo.data["id"]
+        given = (checks or {}).get("checks") or []
+        if given:
+            contexts = [c["context"] for c in given]
+            apps = [c.get("app_id") for c in given]
+        else:
+            contexts = list((checks or {}).get("contexts") or [])
+            apps = [None] * len(contexts)
+        self.pattern = branch.name
+        self.id = node_id("BranchProtectionRule", number)
+        self.databaseId = number
+        self.requiresApprovingReviews = reviews is not None
+        self.requiredApprovingReviewCount = (
+            int(reviews.get("required_approving_review_count", 1)) if reviews is not None else None)
+        self.dismissesStaleReviews = bool((reviews or {}).get("dismiss_stale_reviews"))
+        self.requiresCodeOwnerReviews = bool((reviews or {}).get("require_code_owner_reviews"))
+        self.requireLastPushApproval = bool((reviews or {}).get("require_last_push_approval"))
+        dismissal = (reviews or {}).get("dismissal_restrictions") or {}
+        self.restrictsReviewDismissals = any(dismissal.get(k) for k in ("users", "teams", "apps"))
+        self.requiresStatusChecks = checks is not None
+        self.requiresStrictStatusChecks = bool((checks or {}).get("strict"))
+        self.requiredStatusCheckContexts = contexts
+        self.requiredStatusChecks = [
+            {"context": c, "app": None if app in (None, -1) else {
+                "__typename": "App", "databaseId": app, "id": node_id("App", app)}}
+            for c, app in zip(contexts, apps, strict=True)]
+        self.isAdminEnforced = bool(body.get("enforce_admins"))
+        self.restrictsPushes = body.get("restrictions") is not None
+        self.requiresLinearHistory = bool(body.get("required_linear_history"))
+        self.allowsForcePushes = bool(body.get("allow_force_pushes"))
+        self.allowsDeletions = bool(body.get("allow_deletions"))
+        self.blocksCreations = bool(body.get("block_creations"))
+        self.requiresConversationResolution = bool(body.get("required_conversation_resolution"))
+        self.lockBranch = bool(body.get("lock_branch"))
+        self.lockAllowsFetchAndMerge = bool(body.get("allow_fork_syncing"))
+        self.requiresCommitSignatures = False
+        self.requiresDeployments = False
+        self.requiredDeploymentEnvironments = []
+        self._body = body
+
+    def repository(self, info: Any) -> RepoNode:
+        return self._repo_node
+
+    def _allowances(self, spec: dict[str, Any] | None, first: int | None, after: str | None,
+                    last: int | None, before: str | None) -> dict[str, Any]:
+        state = self._repo_node._state
+        org = self._repo_node._repo.owner
+        actors: list[dict[str, Any]] = []
+        for login in (spec or {}).get("users") or []:
+            actors.append({"actor": _actor(state, "users", state.user(login))})
+        for slug in (spec or {}).get("teams") or []:
+            actors.append({"actor": _actor(state, "teams", state.team(org, slug))})
+        for slug in (spec or {}).get("apps") or []:
+            actors.append({"actor": _actor(state, "apps", state.app_object(slug))})
+        return connection(actors, first, after, last, before)
+
+    def pushAllowances(self, info: Any, first: int | None = None, after: str | None = None,
+                       last: int | None = None, before: str | None = None) -> dict[str, Any]:
+        return self._allowances(self._body.get("restrictions"), first, after, last, before)
+
+    def reviewDismissalAllowances(self, info: Any, first: int | None = None,
+                                  after: str | None = None, last: int | None = None,
+                                  before: str | None = None) -> dict[str, Any]:
+        reviews = self._body.get("required_pull_request_reviews") or {}
+        return self._allowances(reviews.get("dismissal_restrictions"), first, after, last, before)
+
+    def bypassPullRequestAllowances(self, info: Any, first: int | None = None,
+                                    after: str | None = None, last: int | None = None,
+                                    before: str | None = None) -> dict[str, Any]:
+        reviews = self._body.get("required_pull_request_reviews") or {}
+        return self._allowances(reviews.get("bypass_pull_request_allowances"), first, after,
+                                last, before)
+
+    def bypassForcePushAllowances(self, info: Any, **page: Any) -> dict[str, Any]:
+        return connection([], **page)
+
+    def matchingRefs(self, info: Any, **args: Any) -> dict[str, Any]:
+        page = {k: args.get(k) for k in ("first", "after", "last", "before")}
+        return connection([self._repo_node._ref(self.pattern)], **page)
+
+    def branchProtectionRuleConflicts(self, info: Any, **page: Any) -> dict[str, Any]:
+        return connection([], **page)
+
+
+# GraphQL Repository field -> REST repository key, for the plain ones.
+_REPO_KEYS = {
+    "name": "name", "nameWithOwner": "full_name", "databaseId": "id", "id": "node_id",
+    "isArchived": "archived", "isDisabled": "disabled", "isPrivate": "private",
+    "isFork": "fork", "isTemplate": "is_template", "hasIssuesEnabled": "has_issues",
+    "hasWikiEnabled": "has_wiki", "hasProjectsEnabled": "has_projects",
+    "hasDiscussionsEnabled": "has_discussions", "deleteBranchOnMerge": "delete_branch_on_merge",
+    "mergeCommitAllowed": "allow_merge_commit", "squashMergeAllowed": "allow_squash_merge",
+    "rebaseMergeAllowed": "allow_rebase_merge", "allowUpdateBranch": "allow_update_branch",
+    "autoMergeAllowed": "allow_auto_merge", "description": "description", "url": "html_url",
+    "createdAt": "created_at", "updatedAt": "updated_at", "pushedAt": "pushed_at",
+    "forkingAllowed": "allow_forking", "webCommitSignoffRequired": "web_commit_signoff_required",
+    "diskUsage": "size", "stargazerCount": "stargazers_count", "forkCount": "forks_count",
+    "squashMergeCommitTitle": "squash_merge_commit_title",
+    "squashMergeCommitMessage": "squash_merge_commit_message",
+    "mergeCommitTitle": "merge_commit_title", "mergeCommitMessage": "merge_commit_message",
+    "squashPrTitleUsedAsDefault": "use_squash_pr_title_as_default",
+}
+
+
+class RepoNode(Node):
+    """A Repository, read live from the REST object of the state."""
+
+    typename = "Repository"
+
+    def __init__(self, state: State, repo: Repo) -> None:
+        self._state = state
+        self._repo = repo
+
+    def __getattr__(self, name: str) -> Any:
+        key = _REPO_KEYS.get(name)
+        if key is not None:
+            return self._repo.data.get(key)
+        return super().__getattr__(name)
+
+    @property
+    def isEmpty(self) -> bool:  # noqa: N802 - GraphQL field name
+        return self._repo.empty
+
+    @property
+    def visibility(self) -> str:
+        return str(self._repo.data.get("visibility") or "public").upper()
+
+    @property
+    def homepageUrl(self) -> str | None:  # noqa: N802
+        return self._repo.data.get("homepage") or None
+
+    @property
+    def isLocked(self) -> bool:  # noqa: N802
+        return False
+
+    @property
+    def isMirror(self) -> bool:  # noqa: N802
+        return False
+
+    @property
+    def isSecurityPolicyEnabled(self) -> bool:  # noqa: N802
+        return False
+
+    @property
+    def archivedAt(self) -> str | None:  # noqa: N802
+        return self._repo.data.get("updated_at") if self._repo.data.get("archived") else None
+
+    @property
+    def resourcePath(self) -> str:  # noqa: N802
+        return f"/{self._repo.data['full_name']}"
+
+    def owner(self, info: Any) -> dict[str, Any]:
+        account = self._repo.data["owner"]
+        return {"__typename": account["type"] if account["type"] != "Bot" else "User",
+                "login": account["login"], "id": account["node_id"],
+                "databaseId": account["id"], "url": account["html_url"]}
+
+    def _ref(self, branch_name: str) -> dict[str, Any] | None:
+        branch = self._repo.branches.get(branch_name)
+        if branch is None:
+            return None
+        return {
+            "__typename": "Ref", "name": branch.name, "prefix": "refs/heads/",
+            "id": node_id("Ref", int(branch.sha[:8], 16)),
+            "target": {"__typename": "Commit", "oid": branch.sha, "abbreviatedOid": branch.sha[:7],
+                       "id": node_id("Commit", int(branch.sha[:8], 16))},
+            "branchProtectionRule": RuleNode(self, branch) if branch.protection else None,
+            "repository": self,
+        }
+
+    def defaultBranchRef(self, info: Any) -> dict[str, Any] | None:  # noqa: N802
+        return self._ref(self._repo.data["default_branch"])
+
+    def ref(self, info: Any, qualifiedName: str) -> dict[str, Any] | None:  # noqa: N803
+        return self._ref(qualifiedName.removeprefix("refs/heads/"))
+
+    def branchProtectionRules(self, info: Any, first: int | None = None,  # noqa: N802
+                              after: str | None = None, last: int | None = None,
+                              before: str | None = None) -> dict[str, Any]:
+        rules = [RuleNode(self, b) for b in self._repo.branches.values() if b.protection]
+        return connection(rules, first, after, last, before)
+
+    def object(self, info: Any, expression: str | None = None,
+               oid: str | None = None) -> dict[str, Any] | None:
+        if expression is None:
+            return None
+        ref, _, path = expression.rpartition(":")
+        ref = ref or "HEAD"
+        branch_name = self._repo.data["default_branch"] if ref == "HEAD" else ref
+        branch_name = branch_name.removeprefix("refs/heads/")
+        if branch_name not in self._repo.branches:
+            return None
+        files = self._repo.files
+        if path in files:
+            data = files[path]
+            try:
+                text: str | None = data.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+            return {"__typename": "Blob", "text": text, "byteSize": len(data),
+                    "isBinary": text is None, "isTruncated": False,
+                    "oid": _blob_oid(data), "abbreviatedOid": _blob_oid(data)[:7]}
+        listing = self._state.directory_listing(self._repo, path, branch_name) if path else None
+        if listing:
+            return {"__typename": "Tree", "oid": node_id("Tree", len(listing)),
+                    "entries": [{"name": e["name"], "path": e["path"],
+                                 "type": "tree" if e["type"] == "dir" else "blob"}
+                                for e in listing]}
+        return None
+
+
+def _blob_oid(data: bytes) -> str:
+    return blob_sha(data)
+
+
+_ORDER_KEYS = {
+    "NAME": lambda r: r.name.lower(),
+    "CREATED_AT": lambda r: (r.data["created_at"], r.serial),
+    "UPDATED_AT": lambda r: (r.data["updated_at"], r.serial),
+    "PUSHED_AT": lambda r: (r.data.get("pushed_at") or "", r.serial),
+    "STARGAZERS": lambda r: (r.data.get("stargazers_count") or 0, r.serial),
+}
+
+
+class OrgNode(Node):
+    """An Organization (or a User account, answered with the same resolver)."""
+
+    def __init__(self, state: State, login: str, typename: str = "Organization") -> None:
+        self._state = state
+        account = state.user(login)
+        self.typename = typename
+        self.login = account["login"]
+        self.id = account["node_id"]
+        self.databaseId = account["id"]
+        self.name = account["login"]
+        self.url = account["html_url"]
+        self.resourcePath = f"/{account['login']}"
+
+    def repositories(self, info: Any, first: int | None = None, after: str | None = None,
+                     last: int | None = None, before: str | None = None,
+                     orderBy: dict[str, str] | None = None,  # noqa: N803
+                     isArchived: bool | None = None, isFork: bool | None = None,  # noqa: N803
+                     privacy: str | None = None, visibility: str | None = None,
+                     hasIssuesEnabled: bool | None = None, isLocked: bool | None = None,  # noqa: N803
+                     **_ignored: Any) -> dict[str, Any]:
+        ctx: Context = info.context
+        repos = self._state.repos_of(self.login)
+        if ctx.personal_login is None:
+            installation = self._state.installations.get(ctx.installation_id or -1)
+            if installation is None or installation.login.lower() != self.login.lower():
+                repos = []
+            elif installation.selected is not None:
+                repos = [r for r in repos if r.name.lower() in installation.selected]
+        if isArchived is not None:
+            repos = [r for r in repos if bool(r.data.get("archived")) == isArchived]
+        if isFork is not None:
+            repos = [r for r in repos if bool(r.data.get("fork")) == isFork]
+        if privacy is not None:
+            repos = [r for r in repos if bool(r.data.get("private")) == (privacy == "PRIVATE")]
+        if visibility is not None:
+            repos = [r for r in repos if str(r.data.get("visibility")).upper() == visibility]
+        if hasIssuesEnabled is not None:
+            repos = [r for r in repos if bool(r.data.get("has_issues")) == hasIssuesEnabled]
+        if orderBy:
+            repos.sort(key=_ORDER_KEYS[orderBy["field"]],
+                       reverse=orderBy.get("direction") == "DESC")
+        else:
+            repos.sort(key=lambda r: r.serial)
+        state = self._state
+        return connection(repos, first, after, last, before,
+                          make=lambda repo: RepoNode(state, repo))
+
+    def repository(self, info: Any, name: str, **_ignored: Any) -> RepoNode | None:
+        repo = self._state.find_repo(self.login, name)
+        if repo is None or not info.context.sees_repo(repo):
+            return None
+        return RepoNode(self._state, repo)
+
+
+class Root:
+    """The Query root."""
+
+    def __init__(self, state: State) -> None:
+        self._state = state
+
+    def organization(self, info: Any, login: str) -> OrgNode:
+        ctx: Context = info.context
+        installation = self._state.accounts.get(login.lower())
+        if (installation is None or installation.account["type"] != "Organization"
+                or not ctx.sees_account(login)):
+            raise NotFound(f"Could not resolve to an Organization with the login of '{login}'.")
+        return OrgNode(self._state, login)
+
+    def repositoryOwner(self, info: Any, login: str) -> OrgNode | None:  # noqa: N802
+        if login.lower() not in self._state.accounts or not info.context.sees_account(login):
+            return None
+        account = self._state.accounts[login.lower()].account
+        return OrgNode(self._state, login, account["type"])
+
+    def user(self, info: Any, login: str) -> OrgNode | None:
+        installation = self._state.accounts.get(login.lower())
+        if installation is None or installation.account["type"] != "User":
+            return None
+        return OrgNode(self._state, login, "User")
+
+    def repository(self, info: Any, owner: str, name: str,
+                   followRenames: bool = True) -> RepoNode:  # noqa: N803
+        repo = self._state.find_repo(owner, name)
+        if repo is None or not info.context.sees_repo(repo):
+            raise NotFound(f"Could not resolve to a Repository with the name '{owner}/{name}'.")
+        return RepoNode(self._state, repo)
+
+    def rateLimit(self, info: Any, dryRun: bool = False) -> dict[str, Any]:  # noqa: N802, N803
+        return dict(info.context.rate)
+
+    def viewer(self, info: Any) -> dict[str, Any]:
+        ctx: Context = info.context
+        login = ctx.personal_login or self._state.app["slug"] + "[bot]"
+        user = self._state.user(login)
+        return {"__typename": "User", "login": login, "id": user["node_id"],
+                "databaseId": user["id"], "url": user["html_url"]}
+
+
+@dataclass
+class Analysis:
+    """GitHub's static checks of a query: cost (in points), node count and errors."""
+
+    cost: int
+    node_count: int
+    errors: list[dict[str, Any]]
+
+
+def analyze(document: DocumentNode, operation_name: str | None,
+            variables: dict[str, Any] | None) -> Analysis:
+    """Apply GitHub's pagination rules and compute the query's rate-limit cost."""
+    schema = get_schema()
+    fragments = {d.name.value: d for d in document.definitions
+                 if isinstance(d, FragmentDefinitionNode)}
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    operation = next((o for o in operations
+                      if operation_name is None or (o.name and o.name.value == operation_name)),
+                     None)
+    errors: list[dict[str, Any]] = []
+    totals = {"requests": 0, "nodes": 0}
+    if operation is None:
+        return Analysis(1, 0, [{"message": f"No operation named \"{operation_name}\""}])
+    root = schema.get_root_type(operation.operation)
+
+    def arg(node: FieldNode, name: str) -> Any:
+        for argument in node.arguments or ():
+            if argument.name.value == name:
+                return value_from_ast_untyped(argument.value, variables or {})
+        return None
+
+    def walk(selection_set: SelectionSetNode, parent: Any, multiplier: int,
+             path: list[str], seen: frozenset[str]) -> None:
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                name = selection.name.value
+                fields = getattr(parent, "fields", None)
+                if name.startswith("__") or not fields or name not in fields:
+                    continue
+                definition = fields[name]
+                named = get_named_type(definition.type)
+                key = selection.alias.value if selection.alias else name
+                child = multiplier
+                if named.name.endswith("Connection") and (
+                        "first" in definition.args or "last" in definition.args):
+                    first, last = arg(selection, "first"), arg(selection, "last")
+                    where = {"path": [*path, key],
+                             "locations": [{"line": selection.loc.start_token.line,
+                                            "column": selection.loc.start_token.column}]
+                             if selection.loc else []}
+                    if first is None and last is None:
+                        errors.append({"type": "MISSING_PAGINATION_BOUNDARIES", **where,
+                                       "message": "You must provide a `first` or `last` value "
+                                       f"to properly paginate the `{name}` connection."})
+                        size = MAX_PAGE
+                    else:
+                        size = int(first if first is not None else last)
+                        which = "first" if first is not None else "last"
+                        if size > MAX_PAGE or size < 0:
+                            errors.append({"type": "EXCESSIVE_PAGINATION", **where,
+                                           "message": f"Requesting {size} records on the "
+                                           f"`{name}` connection exceeds the `{which}` limit "
+                                           f"of {MAX_PAGE} records."})
+                    totals["requests"] += multiplier
+                    child = multiplier * max(size, 1)
+                    totals["nodes"] += multiplier * size
+                if selection.selection_set:
+                    walk(selection.selection_set, named, child, [*path, key], seen)
+            elif isinstance(selection, InlineFragmentNode):
+                target = (schema.get_type(selection.type_condition.name.value)
+                          if selection.type_condition else parent)
+                walk(selection.selection_set, target, multiplier, path, seen)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                fragment = fragments.get(name)
+                if fragment is None or name in seen:
+                    continue
+                target = schema.get_type(fragment.type_condition.name.value)
+                walk(fragment.selection_set, target, multiplier, path, seen | {name})
+
+    walk(operation.selection_set, root, 1, [operation.operation.value], frozenset())
+    if totals["nodes"] > MAX_NODES:
+        errors.append({"type": "MAX_NODE_LIMIT_EXCEEDED",
+                       "message": f"This query requests up to {totals['nodes']:,} possible "
+                       f"nodes which exceeds the maximum limit of {MAX_NODES:,}."})
+    cost = max(1, math.floor(totals["requests"] / 100 + 0.5))
+    return Analysis(cost, totals["nodes"], errors)
+
+
+def format_error(error: GraphQLError) -> dict[str, Any]:
+    """A GraphQL error as GitHub shows it (NOT_FOUND errors carry a `type`)."""
+    out = dict(error.formatted)
+    original = error.original_error
+    if isinstance(original, NotFound):
+        out["type"] = "NOT_FOUND"
+    elif isinstance(original, BadArgument):
+        out["type"] = "INVALID_CURSOR_ARGUMENTS"
+    return out
+
+
+@dataclass
+class Outcome:
+    """The answer to one GraphQL POST and what it says about the request."""
+
+    body: dict[str, Any]
+    violations: list[str]
+    cost: int
+
+
+def run(state: State, payload: Any, *, installation_id: int | None,
+        personal_login: str | None, rate: dict[str, Any]) -> Outcome:
+    """Check and execute one GraphQL request body (`{"query", "variables", "operationName"}`)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+        message = "A query attribute must be specified and must be a string."
+        return Outcome({"errors": [{"message": message}]}, [f"GraphQL: {message}"], 0)
+    extra = set(payload) - {"query", "variables", "operationName"}
+    if extra:
+        message = f"Unexpected keys in the GraphQL request body: {sorted(extra)}"
+        return Outcome({"errors": [{"message": message}]}, [f"GraphQL: {message}"], 0)
+    query: str = payload["query"]
+    variables = payload.get("variables")
+    if variables is not None and not isinstance(variables, dict):
+        message = "Variables are invalid JSON."
+        return Outcome({"errors": [{"message": message}]}, [f"GraphQL: {message}"], 0)
+    operation_name = payload.get("operationName")
+    document, errors = parse_and_validate(query)
+    if document is None:
+        body = {"errors": [format_error(e) for e in errors]}
+        return Outcome(body, [f"GraphQL: {e.message}" for e in errors], 0)
+    analysis = analyze(document, operation_name, variables)
+    if analysis.errors:
+        return Outcome({"errors": analysis.errors},
+                       [f"GraphQL: {e['message']}" for e in analysis.errors], 0)
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    chosen = next((o for o in operations if operation_name is None
+                   or (o.name and o.name.value == operation_name)), None)
+    if chosen is not None and chosen.operation != OperationType.QUERY:
+        message = f"The fake GitHub does not implement GraphQL {chosen.operation.value}s."
+        return Outcome({"errors": [{"message": message}]}, [f"GraphQL: {message}"], 0)
+    remaining = max(0, int(rate["remaining"]) - analysis.cost)
+    ctx = Context(state, installation_id, personal_login, rate={
+        "cost": analysis.cost, "limit": rate["limit"], "nodeCount": analysis.node_count,
+        "remaining": remaining, "used": rate["limit"] - remaining, "resetAt": rate["resetAt"],
+    })
+    result = execute_sync(get_schema(), document, root_value=Root(state), context_value=ctx,
+                          variable_values=variables, operation_name=operation_name)
+    body: dict[str, Any] = {}
+    violations = list(ctx.violations)
+    if result.errors:
+        body["errors"] = [format_error(e) for e in result.errors]
+        for error in result.errors:
+            if not isinstance(error.original_error, NotFound):
+                violations.append(f"GraphQL: {error.message}")
+    body["data"] = result.data
+    return Outcome(body, violations, analysis.cost)

@@ -1,0 +1,562 @@
+"""The fake GitHub's stateful model: installations, repositories, branches, protection, files, issues."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+HTML = "https://github.com"
+ROLES = ("admin", "maintain", "write", "triage", "read", "none")
+# GitHub's legacy `permission` field folds maintain into write and triage into read.
+LEGACY_PERMISSION = {"admin": "admin", "maintain": "write", "write": "write",
+                     "triage": "read", "read": "read", "none": "none"}
+PROTECTION_TOGGLES = ("required_linear_history", "allow_force_pushes", "allow_deletions",
+                      "block_creations", "required_conversation_resolution", "lock_branch",
+                      "allow_fork_syncing")
+REPO_DEFAULTS: dict[str, Any] = {
+    "description": None, "homepage": None, "private": False, "visibility": "public",
+    "fork": False, "language": None, "archived": False, "disabled": False,
+    "has_issues": True, "has_projects": True, "has_wiki": True, "has_pages": False,
+    "has_downloads": True, "has_discussions": False, "is_template": False,
+    "allow_squash_merge": True, "allow_merge_commit": True, "allow_rebase_merge": True,
+    "allow_auto_merge": False, "delete_branch_on_merge": False, "allow_update_branch": False,
+    "use_squash_pr_title_as_default": False, "squash_merge_commit_title": "COMMIT_OR_PR_TITLE",
+    "squash_merge_commit_message": "COMMIT_MESSAGES", "merge_commit_title": "MERGE_MESSAGE",
+    "merge_commit_message": "PR_TITLE", "allow_forking": True,
+    "web_commit_signoff_required": False, "topics": [], "license": None,
+    "forks_count": 0, "stargazers_count": 0, "watchers_count": 0, "open_issues_count": 0,
+    "network_count": 0, "subscribers_count": 0, "mirror_url": None,
+}
+
+
+def iso(ts: float | None = None) -> str:
+    """An ISO 8601 UTC timestamp as GitHub writes it (second precision, `Z`)."""
+    moment = datetime.fromtimestamp(time.time() if ts is None else ts, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def node_id(kind: str, number: int) -> str:
+    """A GitHub-looking global node id."""
+    return base64.b64encode(f"0{len(kind)}:{kind}{number}".encode()).decode().rstrip("=")
+
+
+def blob_sha(data: bytes) -> str:
+    """The git blob SHA-1 of file contents, as the contents API reports it."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def fake_sha(*parts: object) -> str:
+    """A deterministic 40-hex commit id."""
+    return hashlib.sha1("/".join(map(str, parts)).encode()).hexdigest()
+
+
+@dataclass
+class Installation:
+    """One installation of the App on an account."""
+
+    id: int
+    account: dict[str, Any]
+    repository_selection: str = "all"
+    selected: set[str] | None = None  # lower-case repository names when "selected"
+    permissions: dict[str, str] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)
+    created_at: str = field(default_factory=iso)
+
+    @property
+    def login(self) -> str:
+        return str(self.account["login"])
+
+    def covers(self, repo_name: str) -> bool:
+        """Whether the installation can see the repository."""
+        return self.selected is None or repo_name.lower() in self.selected
+
+
+@dataclass
+class Branch:
+    """A branch: its head commit and its protection as last PUT (None when unprotected)."""
+
+    name: str
+    sha: str
+    protection: dict[str, Any] | None = None
+
+
+@dataclass
+class Repo:
+    """One repository: the REST object (the live source of truth) and everything inside it."""
+
+    data: dict[str, Any]
+    branches: dict[str, Branch] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    issues: dict[int, dict[str, Any]] = field(default_factory=dict)
+    permissions: dict[str, str] = field(default_factory=dict)
+    rulesets: dict[int, dict[str, Any]] = field(default_factory=dict)
+    check_runs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    serial: int = 0  # creation order, for sorting
+
+    @property
+    def owner(self) -> str:
+        return str(self.data["owner"]["login"])
+
+    @property
+    def name(self) -> str:
+        return str(self.data["name"])
+
+    @property
+    def empty(self) -> bool:
+        return not self.branches
+
+
+class State:
+    """Everything the fake GitHub knows; URLs are built on `base_url`."""
+
+    def __init__(self, base_url: str, app: dict[str, Any]) -> None:
+        self.base_url = base_url
+        self.app = app
+        self.installations: dict[int, Installation] = {}
+        self.accounts: dict[str, Installation] = {}
+        self.repos: dict[str, dict[str, Repo]] = {}
+        self.comments: dict[int, dict[str, Any]] = {}
+        self.comment_home: dict[int, tuple[str, str, int]] = {}
+        self.reactions: dict[int, list[dict[str, Any]]] = {}
+        self.users: dict[str, dict[str, Any]] = {}
+        self.teams: dict[str, dict[str, Any]] = {}
+        self._ids = itertools.count(1000)
+        self._serial = itertools.count(1)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    # --- accounts -----------------------------------------------------------------
+    def user(self, login: str, kind: str | None = None) -> dict[str, Any]:
+        """The simple-user object for a login (created on first use; `[bot]` logins are Bots)."""
+        key = login.lower()
+        if key not in self.users:
+            kind = kind or ("Bot" if login.endswith("[bot]") else "User")
+            number = self.next_id()
+            api = f"{self.base_url}/users/{login}"
+            self.users[key] = {
+                "login": login, "id": number, "node_id": node_id(kind, number),
+                "avatar_url": f"https://avatars.githubusercontent.com/u/{number}?v=4",
+                "gravatar_id": "", "url": api, "html_url": f"{HTML}/{login}",
+                "followers_url": f"{api}/followers",
+                "following_url": f"{api}/following{{/other_user}}",
+                "gists_url": f"{api}/gists{{/gist_id}}",
+                "starred_url": f"{api}/starred{{/owner}}{{/repo}}",
+                "subscriptions_url": f"{api}/subscriptions",
+                "organizations_url": f"{api}/orgs", "repos_url": f"{api}/repos",
+                "events_url": f"{api}/events{{/privacy}}",
+                "received_events_url": f"{api}/received_events",
+                "type": kind, "user_view_type": "public", "site_admin": False,
+            }
+        return self.users[key]
+
+    def team(self, org: str, slug: str) -> dict[str, Any]:
+        """A team object for an organization's team slug."""
+        key = f"{org.lower()}/{slug.lower()}"
+        if key not in self.teams:
+            number = self.next_id()
+            api = f"{self.base_url}/teams/{number}"
+            self.teams[key] = {
+                "id": number, "node_id": node_id("Team", number), "url": api,
+                "html_url": f"{HTML}/orgs/{org}/teams/{slug}", "name": slug, "slug": slug,
+                "description": None, "privacy": "closed",
+                "notification_setting": "notifications_enabled", "permission": "pull",
+                "members_url": f"{api}/members{{/member}}",
+                "repositories_url": f"{api}/repos", "parent": None, "type": "organization",
+            }
+        return self.teams[key]
+
+    def app_object(self, slug: str) -> dict[str, Any]:
+        """An integration object: the fake's own App, or another App by slug."""
+        if slug == self.app["slug"]:
+            return self.app
+        number = self.next_id()
+        return {**self.app, "id": number, "slug": slug, "name": slug,
+                "node_id": node_id("Integration", number),
+                "html_url": f"{HTML}/apps/{slug}", "client_id": f"Iv1.{number:016x}"}
+
+    def organization(self, login: str) -> dict[str, Any]:
+        """The organization-simple object of an account."""
+        user = self.user(login, "Organization")
+        api = f"{self.base_url}/orgs/{login}"
+        return {
+            "login": login, "id": user["id"], "node_id": user["node_id"], "url": api,
+            "repos_url": f"{api}/repos", "events_url": f"{api}/events",
+            "hooks_url": f"{api}/hooks", "issues_url": f"{api}/issues",
+            "members_url": f"{api}/members{{/member}}",
+            "public_members_url": f"{api}/public_members{{/member}}",
+            "avatar_url": user["avatar_url"], "description": None,
+        }
+
+    def add_installation(
+        self, installation_id: int, account: str, account_type: str = "Organization",
+        repositories: list[str] | None = None,
+    ) -> Installation:
+        installation = Installation(
+            id=installation_id,
+            account=self.user(account, account_type),
+            repository_selection="all" if repositories is None else "selected",
+            selected=None if repositories is None else {r.lower() for r in repositories},
+            permissions=dict(self.app["permissions"]),
+            events=list(self.app["events"]),
+        )
+        self.installations[installation_id] = installation
+        self.accounts[account.lower()] = installation
+        self.repos.setdefault(account.lower(), {})
+        return installation
+
+    def installation_object(self, installation: Installation) -> dict[str, Any]:
+        """The REST installation object."""
+        account = installation.account
+        return {
+            "id": installation.id, "client_id": self.app["client_id"],
+            "account": account, "repository_selection": installation.repository_selection,
+            "access_tokens_url": f"{self.base_url}/app/installations/{installation.id}/access_tokens",
+            "repositories_url": f"{self.base_url}/installation/repositories",
+            "html_url": f"{HTML}/organizations/{account['login']}/settings/installations/{installation.id}",
+            "app_id": self.app["id"], "app_slug": self.app["slug"],
+            "target_id": account["id"], "target_type": account["type"],
+            "permissions": dict(installation.permissions), "events": list(installation.events),
+            "created_at": installation.created_at, "updated_at": installation.created_at,
+            "single_file_name": None, "has_multiple_single_files": False,
+            "single_file_paths": [], "suspended_by": None, "suspended_at": None,
+        }
+
+    # --- repositories -----------------------------------------------------------------
+    def find_repo(self, owner: str, name: str) -> Repo | None:
+        return self.repos.get(owner.lower(), {}).get(name.lower())
+
+    def get_repo(self, owner: str, name: str) -> Repo:
+        repo = self.find_repo(owner, name)
+        if repo is None:
+            raise KeyError(f"no repository {owner}/{name} in the fake GitHub")
+        return repo
+
+    def add_repo(self, owner: str, name: str, *, empty: bool, default_branch: str,
+                 fields: dict[str, Any]) -> Repo:
+        installation = self.accounts.get(owner.lower())
+        if installation is None:
+            raise KeyError(f"{owner} is not an installation account; call add_installation first")
+        account = installation.account
+        number = self.next_id()
+        created = iso()
+        data: dict[str, Any] = {
+            "id": number, "node_id": node_id("Repository", number), "name": name,
+            "full_name": f"{account['login']}/{name}", "owner": account,
+        }
+        data.update(REPO_DEFAULTS)
+        data["topics"] = []
+        data.update({"default_branch": default_branch, "created_at": created,
+                     "updated_at": created, "pushed_at": None if empty else created,
+                     "size": 0 if empty else 108})
+        if account["type"] == "Organization":
+            data["organization"] = account
+        data["security_and_analysis"] = {
+            "secret_scanning": {"status": "disabled"},
+            "secret_scanning_push_protection": {"status": "disabled"},
+            "dependabot_security_updates": {"status": "disabled"},
+        }
+        data["custom_properties"] = {}
+        data.update(fields)
+        if "private" in fields and "visibility" not in fields:
+            data["visibility"] = "private" if fields["private"] else "public"
+        elif "visibility" in fields and "private" not in fields:
+            data["private"] = fields["visibility"] != "public"
+        self._set_urls(data)
+        repo = Repo(data=data, serial=next(self._serial))
+        if not empty:
+            repo.branches[default_branch] = Branch(default_branch, fake_sha(data["full_name"], 0))
+        self.repos.setdefault(account["login"].lower(), {})[name.lower()] = repo
+        return repo
+
+    def _set_urls(self, data: dict[str, Any]) -> None:
+        full = data["full_name"]
+        api = f"{self.base_url}/repos/{full}"
+        data.update({
+            "html_url": f"{HTML}/{full}", "url": api,
+            "archive_url": f"{api}/{{archive_format}}{{/ref}}",
+            "assignees_url": f"{api}/assignees{{/user}}",
+            "blobs_url": f"{api}/git/blobs{{/sha}}", "branches_url": f"{api}/branches{{/branch}}",
+            "collaborators_url": f"{api}/collaborators{{/collaborator}}",
+            "comments_url": f"{api}/comments{{/number}}", "commits_url": f"{api}/commits{{/sha}}",
+            "compare_url": f"{api}/compare/{{base}}...{{head}}",
+            "contents_url": f"{api}/contents/{{+path}}", "contributors_url": f"{api}/contributors",
+            "deployments_url": f"{api}/deployments", "downloads_url": f"{api}/downloads",
+            "events_url": f"{api}/events", "forks_url": f"{api}/forks",
+            "git_commits_url": f"{api}/git/commits{{/sha}}",
+            "git_refs_url": f"{api}/git/refs{{/sha}}", "git_tags_url": f"{api}/git/tags{{/sha}}",
+            "git_url": f"git://github.com/{full}.git",
+            "issue_comment_url": f"{api}/issues/comments{{/number}}",
+            "issue_events_url": f"{api}/issues/events{{/number}}",
+            "issues_url": f"{api}/issues{{/number}}", "keys_url": f"{api}/keys{{/key_id}}",
+            "labels_url": f"{api}/labels{{/name}}", "languages_url": f"{api}/languages",
+            "merges_url": f"{api}/merges", "milestones_url": f"{api}/milestones{{/number}}",
+            "notifications_url": f"{api}/notifications{{?since,all,participating}}",
+            "pulls_url": f"{api}/pulls{{/number}}", "releases_url": f"{api}/releases{{/id}}",
+            "ssh_url": f"git@github.com:{full}.git",
+            "stargazers_url": f"{api}/stargazers", "statuses_url": f"{api}/statuses/{{sha}}",
+            "subscribers_url": f"{api}/subscribers", "subscription_url": f"{api}/subscription",
+            "tags_url": f"{api}/tags", "teams_url": f"{api}/teams",
+            "trees_url": f"{api}/git/trees{{/sha}}", "clone_url": f"{HTML}/{full}.git",
+            "hooks_url": f"{api}/hooks", "svn_url": f"{HTML}/{full}",
+        })
+        data["forks"] = data.get("forks_count", 0)
+        data["watchers"] = data.get("watchers_count", 0)
+        data["open_issues"] = data.get("open_issues_count", 0)
+
+    def rename_repo(self, repo: Repo, new_name: str) -> None:
+        owner_key = repo.owner.lower()
+        self.repos[owner_key].pop(repo.name.lower(), None)
+        repo.data["name"] = new_name
+        repo.data["full_name"] = f"{repo.owner}/{new_name}"
+        self._set_urls(repo.data)
+        self.repos[owner_key][new_name.lower()] = repo
+
+    def repos_of(self, owner: str) -> list[Repo]:
+        return list(self.repos.get(owner.lower(), {}).values())
+
+    def touch(self, repo: Repo) -> None:
+        repo.data["updated_at"] = iso()
+
+    def push(self, repo: Repo, branch: str | None = None) -> None:
+        """Record a commit on a branch (creating the default branch of an empty repository)."""
+        name = branch or repo.data["default_branch"]
+        head = repo.branches.get(name)
+        sha = fake_sha(repo.data["full_name"], name, next(self._serial))
+        if head is None:
+            repo.branches[name] = Branch(name, sha)
+        else:
+            head.sha = sha
+        repo.data["pushed_at"] = iso()
+        repo.data["size"] = max(repo.data.get("size") or 0, 1)
+
+    # --- branch protection -----------------------------------------------------------------
+    def protection_read(self, repo: Repo, branch: str, body: dict[str, Any]) -> dict[str, Any]:
+        """GitHub's read shape of a protection written as `body` (the PUT shape)."""
+        url = f"{repo.data['url']}/branches/{branch}/protection"
+        org = repo.owner
+        out: dict[str, Any] = {"url": url}
+        checks = body.get("required_status_checks")
+        if checks is not None:
+            given = checks.get("checks") or []
+            if given:
+                check_list = [{"context": c["context"],
+                               "app_id": None if c.get("app_id") in (None, -1) else c["app_id"]}
+                              for c in given]
+                contexts = [c["context"] for c in given]
+            else:
+                contexts = list(checks.get("contexts") or [])
+                check_list = [{"context": c, "app_id": None} for c in contexts]
+            out["required_status_checks"] = {
+                "url": f"{url}/required_status_checks", "strict": bool(checks.get("strict")),
+                "contexts": contexts, "checks": check_list,
+                "contexts_url": f"{url}/required_status_checks/contexts",
+            }
+        reviews = body.get("required_pull_request_reviews")
+        if reviews is not None:
+            read: dict[str, Any] = {"url": f"{url}/required_pull_request_reviews"}
+            dismissal = reviews.get("dismissal_restrictions")
+            if dismissal and any(dismissal.get(k) for k in ("users", "teams", "apps")):
+                read["dismissal_restrictions"] = {
+                    "url": f"{url}/dismissal_restrictions",
+                    "users_url": f"{url}/dismissal_restrictions/users",
+                    "teams_url": f"{url}/dismissal_restrictions/teams",
+                    **self._actors(org, dismissal),
+                }
+            read.update({
+                "dismiss_stale_reviews": bool(reviews.get("dismiss_stale_reviews", False)),
+                "require_code_owner_reviews": bool(reviews.get("require_code_owner_reviews", False)),
+                "required_approving_review_count": int(reviews.get("required_approving_review_count", 1)),
+                "require_last_push_approval": bool(reviews.get("require_last_push_approval", False)),
+            })
+            bypass = reviews.get("bypass_pull_request_allowances")
+            if bypass and any(bypass.get(k) for k in ("users", "teams", "apps")):
+                read["bypass_pull_request_allowances"] = self._actors(org, bypass)
+            out["required_pull_request_reviews"] = read
+        out["required_signatures"] = {"url": f"{url}/required_signatures", "enabled": False}
+        out["enforce_admins"] = {"url": f"{url}/enforce_admins",
+                                 "enabled": bool(body.get("enforce_admins"))}
+        restrictions = body.get("restrictions")
+        if restrictions is not None:
+            out["restrictions"] = {
+                "url": f"{url}/restrictions", "users_url": f"{url}/restrictions/users",
+                "teams_url": f"{url}/restrictions/teams", "apps_url": f"{url}/restrictions/apps",
+                **self._actors(org, restrictions),
+            }
+        for key in PROTECTION_TOGGLES:
+            out[key] = {"enabled": bool(body.get(key) or False)}
+        return out
+
+    def _actors(self, org: str, spec: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+        return {
+            "users": [self.user(login) for login in spec.get("users") or []],
+            "teams": [self.team(org, slug) for slug in spec.get("teams") or []],
+            "apps": [self.app_object(slug) for slug in spec.get("apps") or []],
+        }
+
+    def branch_object(self, repo: Repo, branch: Branch) -> dict[str, Any]:
+        """The REST branch object (`repos/get-branch`)."""
+        api = repo.data["url"]
+        protected = branch.protection is not None
+        checks = (branch.protection or {}).get("required_status_checks") or {}
+        return {
+            "name": branch.name,
+            "commit": {
+                "sha": branch.sha, "node_id": node_id("Commit", int(branch.sha[:8], 16)),
+                "commit": {
+                    "author": {"name": "Fake", "email": "fake@example.com", "date": iso()},
+                    "committer": {"name": "Fake", "email": "fake@example.com", "date": iso()},
+                    "message": "commit", "tree": {"sha": fake_sha(branch.sha, "tree"),
+                                                  "url": f"{api}/git/trees/{fake_sha(branch.sha, 'tree')}"},
+                    "url": f"{api}/git/commits/{branch.sha}", "comment_count": 0,
+                    "verification": {"verified": False, "reason": "unsigned", "signature": None,
+                                     "payload": None, "verified_at": None},
+                },
+                "url": f"{api}/commits/{branch.sha}",
+                "html_url": f"{repo.data['html_url']}/commit/{branch.sha}",
+                "comments_url": f"{api}/commits/{branch.sha}/comments",
+                "author": None, "committer": None, "parents": [],
+            },
+            "_links": {"self": f"{api}/branches/{branch.name}",
+                       "html": f"{repo.data['html_url']}/tree/{branch.name}"},
+            "protected": protected,
+            "protection": {
+                "enabled": protected,
+                "required_status_checks": {
+                    "enforcement_level": "non_admins" if checks else "off",
+                    "contexts": list(checks.get("contexts") or []),
+                    "checks": [{"context": c, "app_id": None} for c in checks.get("contexts") or []],
+                },
+            },
+            "protection_url": f"{api}/branches/{branch.name}/protection",
+        }
+
+    # --- contents --------------------------------------------------------------------------
+    def content_object(self, repo: Repo, path: str, ref: str) -> dict[str, Any]:
+        data = repo.files[path]
+        sha = blob_sha(data)
+        api = f"{repo.data['url']}/contents/{path}"
+        html = f"{repo.data['html_url']}/blob/{ref}/{path}"
+        git = f"{repo.data['url']}/git/blobs/{sha}"
+        encoded = base64.b64encode(data).decode()
+        wrapped = "".join(encoded[i:i + 60] + "\n" for i in range(0, len(encoded), 60))
+        return {
+            "type": "file", "encoding": "base64", "size": len(data),
+            "name": path.rsplit("/", 1)[-1], "path": path, "content": wrapped, "sha": sha,
+            "url": f"{api}?ref={ref}", "git_url": git, "html_url": html,
+            "download_url": f"https://raw.githubusercontent.com/{repo.data['full_name']}/{ref}/{path}",
+            "_links": {"self": f"{api}?ref={ref}", "git": git, "html": html},
+        }
+
+    def directory_listing(self, repo: Repo, path: str, ref: str) -> list[dict[str, Any]] | None:
+        prefix = path.rstrip("/") + "/"
+        entries: dict[str, dict[str, Any]] = {}
+        for file_path in sorted(repo.files):
+            if not file_path.startswith(prefix):
+                continue
+            rest = file_path[len(prefix):]
+            if "/" in rest:
+                name = rest.split("/", 1)[0]
+                sub = prefix + name
+                entries.setdefault(name, {"type": "dir", "name": name, "path": sub, "size": 0,
+                                          "sha": fake_sha(repo.data["full_name"], sub),
+                                          "url": f"{repo.data['url']}/contents/{sub}?ref={ref}",
+                                          "git_url": None, "html_url": None, "download_url": None,
+                                          "_links": {"self": f"{repo.data['url']}/contents/{sub}",
+                                                     "git": None, "html": None}})
+            else:
+                item = self.content_object(repo, file_path, ref)
+                item.pop("content")
+                item.pop("encoding")
+                entries[rest] = item
+        return list(entries.values()) if entries else None
+
+    # --- issues, comments, reactions ---------------------------------------------------------
+    def add_issue(self, repo: Repo, title: str, *, body: str | None = None, user: str,
+                  labels: list[str] | None = None, number: int | None = None) -> dict[str, Any]:
+        number = number or (max(repo.issues, default=0) + 1)
+        issue_id = self.next_id()
+        api = f"{repo.data['url']}/issues/{number}"
+        now = iso()
+        issue = {
+            "id": issue_id, "node_id": node_id("Issue", issue_id), "url": api,
+            "repository_url": repo.data["url"], "labels_url": f"{api}/labels{{/name}}",
+            "comments_url": f"{api}/comments", "events_url": f"{api}/events",
+            "html_url": f"{repo.data['html_url']}/issues/{number}", "number": number,
+            "state": "open", "state_reason": None, "title": title, "body": body,
+            "user": self.user(user),
+            "labels": [self.label(repo, name) for name in labels or []],
+            "assignee": None, "assignees": [], "milestone": None, "locked": False,
+            "active_lock_reason": None, "comments": 0, "closed_at": None,
+            "created_at": now, "updated_at": now, "author_association": "NONE",
+            "timeline_url": f"{api}/timeline", "performed_via_github_app": None,
+            "reactions": _reaction_rollup(api, []),
+        }
+        repo.issues[number] = issue
+        repo.data["open_issues_count"] = sum(i["state"] == "open" for i in repo.issues.values())
+        repo.data["open_issues"] = repo.data["open_issues_count"]
+        return issue
+
+    def label(self, repo: Repo, name: str) -> dict[str, Any]:
+        number = int(fake_sha(repo.data["full_name"], name)[:8], 16)
+        return {"id": number, "node_id": node_id("Label", number),
+                "url": f"{repo.data['url']}/labels/{name}", "name": name, "color": "ededed",
+                "default": False, "description": None}
+
+    def add_comment(self, repo: Repo, number: int, body: str, user: str,
+                    *, app: bool = False) -> dict[str, Any]:
+        issue = repo.issues[number]
+        comment_id = self.next_id()
+        now = iso()
+        comment = {
+            "id": comment_id, "node_id": node_id("IssueComment", comment_id),
+            "url": f"{repo.data['url']}/issues/comments/{comment_id}",
+            "html_url": f"{issue['html_url']}#issuecomment-{comment_id}", "body": body,
+            "user": self.user(user), "created_at": now, "updated_at": now,
+            "issue_url": issue["url"],
+            "author_association": "NONE" if user.endswith("[bot]") else "MEMBER",
+            "performed_via_github_app": self.app if app else None,
+            "reactions": _reaction_rollup(f"{repo.data['url']}/issues/comments/{comment_id}", []),
+        }
+        self.comments[comment_id] = comment
+        self.comment_home[comment_id] = (repo.owner.lower(), repo.name.lower(), number)
+        issue["comments"] += 1
+        return comment
+
+    def add_reaction(self, comment_id: int, content: str, user: str) -> tuple[dict[str, Any], bool]:
+        existing = self.reactions.setdefault(comment_id, [])
+        for reaction in existing:
+            if reaction["content"] == content and reaction["user"]["login"].lower() == user.lower():
+                return reaction, False
+        reaction_id = self.next_id()
+        reaction = {"id": reaction_id, "node_id": node_id("Reaction", reaction_id),
+                    "user": self.user(user), "content": content, "created_at": iso()}
+        existing.append(reaction)
+        comment = self.comments[comment_id]
+        comment["reactions"] = _reaction_rollup(comment["url"], existing)
+        return reaction, True
+
+    def remove_reaction(self, comment_id: int, reaction_id: int) -> bool:
+        existing = self.reactions.get(comment_id, [])
+        kept = [r for r in existing if r["id"] != reaction_id]
+        self.reactions[comment_id] = kept
+        if comment_id in self.comments:
+            self.comments[comment_id]["reactions"] = _reaction_rollup(
+                self.comments[comment_id]["url"], kept)
+        return len(kept) != len(existing)
+
+
+_REACTION_KEYS = {"+1": "+1", "-1": "-1", "laugh": "laugh", "confused": "confused",
+                  "heart": "heart", "hooray": "hooray", "rocket": "rocket", "eyes": "eyes"}
+
+
+def _reaction_rollup(url: str, reactions: list[dict[str, Any]]) -> dict[str, Any]:
+    rollup: dict[str, Any] = {"url": f"{url}/reactions", "total_count": len(reactions)}
+    for key in _REACTION_KEYS:
+        rollup[key] = sum(r["content"] == key for r in reactions)
+    return rollup

@@ -1,0 +1,736 @@
+"""The fake GitHub itself: schema checks, protection read shape, auth, pagination, ETags, faults, GraphQL."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from gidgethub import BadRequest, GitHubBroken, GraphQLException, InvalidField, QueryError
+from gidgethub.aiohttp import GitHubAPI
+from gidgethub.apps import get_installation_access_token
+from jsonschema import Draft202012Validator
+
+from tests.fakegithub import FakeGitHub
+from tests.fakegithub.openapi import to_json_schema
+from tests.fakegithub.plugin import assert_no_violations, fake_github  # noqa: F401
+from tests.fakegithub.webhooks import (
+    FIXTURES,
+    build_event,
+    load_example,
+    sign,
+    webhook_headers,
+)
+
+ORG = "acme"
+INSTALLATION = 7
+PROTECTION = {
+    "required_status_checks": None,
+    "enforce_admins": False,
+    "required_pull_request_reviews": {"required_approving_review_count": 1},
+    "restrictions": None,
+}
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def fake(fake_github: FakeGitHub) -> FakeGitHub:  # noqa: F811
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "widgets")
+    fake_github.add_repo(ORG, "empty", empty=True)
+    return fake_github
+
+
+@pytest.fixture
+def gh(fake: FakeGitHub, session: aiohttp.ClientSession) -> GitHubAPI:
+    return GitHubAPI(session, "moko-tests", base_url=fake.url,
+                     oauth_token=fake.installation_token(INSTALLATION))
+
+
+def app_api(fake: FakeGitHub, session: aiohttp.ClientSession) -> GitHubAPI:
+    return GitHubAPI(session, "moko-tests", base_url=fake.url)
+
+
+def app_jwt(fake: FakeGitHub, **claims: Any) -> str:
+    now = int(time.time())
+    payload = {"iat": now - 60, "exp": now + 540, "iss": str(fake.app_id), **claims}
+    # PyJWS: pyjwt's encode() refuses an integer `iss`, which GitHub accepts.
+    return jwt.api_jws.PyJWS().encode(json.dumps(payload).encode(), fake.private_key_pem,
+                                      algorithm="RS256")
+
+
+def check_response(fake: FakeGitHub, operation_id: str, status: int, body: Any) -> None:
+    """The fake's answer fits GitHub's documented response (objects left open)."""
+    validator = fake.validator.response_validator(operation_id, status)
+    assert validator is not None
+    errors = [f"{list(e.absolute_path)}: {e.message[:200]}" for e in validator.iter_errors(body)]
+    assert errors == []
+
+
+# --- REST request validation ---------------------------------------------------------------
+
+
+async def test_a_valid_patch_changes_the_repository(fake, gh):
+    answer = await gh.patch(f"/repos/{ORG}/widgets",
+                            data={"has_wiki": False, "has_projects": False,
+                                  "description": "Gadgets", "visibility": "private"})
+
+    assert answer["has_wiki"] is False and answer["description"] == "Gadgets"
+    repo = fake.repo(ORG, "widgets")
+    assert (repo["has_wiki"], repo["has_projects"], repo["private"]) == (False, False, True)
+    assert fake.calls[-1].body == {"has_wiki": False, "has_projects": False,
+                                   "description": "Gadgets", "visibility": "private"}
+    check_response(fake, "repos/update", 200, answer)
+    check_response(fake, "repos/get", 200, await gh.getitem(f"/repos/{ORG}/widgets"))
+
+
+async def test_a_misspelt_field_is_a_violation_answered_422(fake, gh):
+    with pytest.raises(InvalidField) as error:
+        await gh.patch(f"/repos/{ORG}/widgets", data={"has_wikki": False})
+
+    assert error.value.status_code == 422
+    assert '"has_wikki" is not a permitted key.' in str(error.value)
+    assert fake.repo(ORG, "widgets")["has_wiki"] is True
+    assert fake.take_violations() == [
+        f'PATCH /repos/{ORG}/widgets: "has_wikki" is not a permitted key.']
+
+
+async def test_wrong_types_unknown_query_parameters_and_endpoints_are_violations(fake, gh):
+    with pytest.raises(InvalidField):
+        await gh.patch(f"/repos/{ORG}/widgets", data={"has_issues": "yes"})
+    with pytest.raises(BadRequest):
+        await gh.getitem(f"/orgs/{ORG}/repos?per_pag=100")
+    with pytest.raises(BadRequest) as missing:
+        await gh.getitem(f"/repos/{ORG}/widgets/frobnicate")
+
+    assert missing.value.status_code == 404
+    found = fake.take_violations()
+    assert len(found) == 3
+    assert '"yes" is not a boolean' in found[0]
+    assert "'per_pag' is not accepted" in found[1]
+    assert "unknown endpoint" in found[2]
+
+
+async def test_branch_and_contents_paths_may_hold_slashes(fake, gh):
+    fake.add_branch(ORG, "widgets", "release/1.x")
+    fake.put_file(ORG, "widgets", ".github/moko.yml", "version: 1\n")
+
+    await gh.put(f"/repos/{ORG}/widgets/branches/release/1.x/protection", data=PROTECTION)
+    branch = await gh.getitem(f"/repos/{ORG}/widgets/branches/release%2F1.x")
+    item = await gh.getitem(f"/repos/{ORG}/widgets/contents/.github/moko.yml")
+
+    assert fake.protection(ORG, "widgets", "release/1.x") == PROTECTION
+    assert branch["name"] == "release/1.x" and branch["protected"] is True
+    assert base64.b64decode(item["content"]).decode() == "version: 1\n"
+    assert (item["type"], item["encoding"], item["path"]) == ("file", "base64", ".github/moko.yml")
+    check_response(fake, "repos/get-content", 200, item)
+
+
+# --- branch protection ---------------------------------------------------------------------
+
+
+async def test_protection_is_read_back_in_githubs_read_shape(fake, gh):
+    body = {
+        "required_status_checks": {"strict": True, "contexts": ["ci/test"]},
+        "enforce_admins": True,
+        "required_pull_request_reviews": {"required_approving_review_count": 2,
+                                          "dismiss_stale_reviews": True},
+        "restrictions": {"users": ["alice"], "teams": ["core"], "apps": []},
+        "allow_force_pushes": False,
+    }
+    url = f"{fake.url}/repos/{ORG}/widgets/branches/main/protection"
+
+    written = await gh.put(f"/repos/{ORG}/widgets/branches/main/protection", data=body)
+    read = await gh.getitem(f"/repos/{ORG}/widgets/branches/main/protection")
+
+    assert written == read
+    assert read["url"] == url
+    assert read["enforce_admins"] == {"url": f"{url}/enforce_admins", "enabled": True}
+    assert read["required_status_checks"] == {
+        "url": f"{url}/required_status_checks", "strict": True, "contexts": ["ci/test"],
+        "checks": [{"context": "ci/test", "app_id": None}],
+        "contexts_url": f"{url}/required_status_checks/contexts",
+    }
+    assert read["required_pull_request_reviews"] == {
+        "url": f"{url}/required_pull_request_reviews", "dismiss_stale_reviews": True,
+        "require_code_owner_reviews": False, "required_approving_review_count": 2,
+        "require_last_push_approval": False,
+    }
+    assert [u["login"] for u in read["restrictions"]["users"]] == ["alice"]
+    assert [t["slug"] for t in read["restrictions"]["teams"]] == ["core"]
+    assert read["restrictions"]["apps"] == []
+    assert read["required_signatures"] == {"url": f"{url}/required_signatures", "enabled": False}
+    for toggle in ("required_linear_history", "allow_force_pushes", "allow_deletions",
+                   "block_creations", "required_conversation_resolution", "lock_branch",
+                   "allow_fork_syncing"):
+        assert read[toggle] == {"enabled": False}
+    assert fake.protection(ORG, "widgets", "main") == body
+    check_response(fake, "repos/get-branch-protection", 200, read)
+    check_response(fake, "repos/update-branch-protection", 200, written)
+
+
+async def test_null_sections_are_absent_from_the_read_shape(fake, gh):
+    await gh.put(f"/repos/{ORG}/widgets/branches/main/protection", data=PROTECTION)
+
+    read = await gh.getitem(f"/repos/{ORG}/widgets/branches/main/protection")
+
+    assert "required_status_checks" not in read and "restrictions" not in read
+    assert read["enforce_admins"]["enabled"] is False
+    assert read["required_pull_request_reviews"]["required_approving_review_count"] == 1
+    assert "dismissal_restrictions" not in read["required_pull_request_reviews"]
+
+
+async def test_unprotected_missing_branch_and_delete(fake, gh):
+    with pytest.raises(BadRequest) as unprotected:
+        await gh.getitem(f"/repos/{ORG}/widgets/branches/main/protection")
+    with pytest.raises(BadRequest) as no_branch:
+        await gh.put(f"/repos/{ORG}/empty/branches/main/protection", data=PROTECTION)
+    fake.set_protection(ORG, "widgets", "main", PROTECTION)
+    await gh.delete(f"/repos/{ORG}/widgets/branches/main/protection")
+
+    assert (unprotected.value.status_code, str(unprotected.value)) == (404, "Branch not protected")
+    assert (no_branch.value.status_code, str(no_branch.value)) == (404, "Branch not found")
+    assert fake.protection(ORG, "widgets", "main") is None
+    assert fake.calls[-1].status == 204
+
+
+@pytest.mark.parametrize(("drop", "inner"), [
+    ("restrictions", None),
+    ("enforce_admins", None),
+    (None, "contexts"),
+    (None, "strict"),
+])
+async def test_an_incomplete_protection_put_is_a_violation(fake, gh, drop, inner):
+    body = {**PROTECTION, "required_status_checks": {"strict": True, "contexts": []}}
+    if drop:
+        del body[drop]
+    else:
+        del body["required_status_checks"][inner]
+
+    with pytest.raises(InvalidField):
+        await gh.put(f"/repos/{ORG}/widgets/branches/main/protection", data=body)
+
+    [violation] = fake.take_violations()
+    assert f'"{drop or inner}" wasn\'t supplied.' in violation
+    assert fake.protection(ORG, "widgets", "main") is None
+
+
+async def test_archived_repositories_are_read_only_until_unarchived(fake, gh):
+    fake.add_repo(ORG, "old", archived=True)
+
+    with pytest.raises(BadRequest) as refused:
+        await gh.patch(f"/repos/{ORG}/old", data={"has_wiki": False})
+    with pytest.raises(BadRequest):
+        await gh.put(f"/repos/{ORG}/old/branches/main/protection", data=PROTECTION)
+    await gh.patch(f"/repos/{ORG}/old", data={"archived": False})
+
+    assert (refused.value.status_code, str(refused.value)) == (403, "Repository was archived so is read-only.")
+    assert fake.repo(ORG, "old")["archived"] is False
+
+
+# --- auth -------------------------------------------------------------------------------------
+
+
+async def test_app_endpoints_need_a_valid_app_jwt(fake, session):
+    api = app_api(fake, session)
+
+    app = await api.getitem("/app", jwt=app_jwt(fake))
+    installations = await api.getitem("/app/installations", jwt=app_jwt(fake, iss=fake.app_id))
+    failures = []
+    for credentials in [
+        {},
+        {"oauth_token": fake.installation_token(INSTALLATION)},
+        {"jwt": app_jwt(fake, exp=int(time.time()) - 10)},
+        {"jwt": app_jwt(fake, iss="1")},
+        {"jwt": app_jwt(fake, exp=int(time.time()) + 3600)},
+    ]:
+        with pytest.raises(BadRequest) as error:
+            await api.getitem("/app", **credentials)
+        failures.append(error.value.status_code)
+
+    assert (app["id"], app["slug"]) == (fake.app_id, "moko")
+    assert [i["id"] for i in installations] == [INSTALLATION]
+    assert failures == [401] * 5
+    check_response(fake, "apps/get-authenticated", 200, app)
+
+
+async def test_access_tokens_are_issued_counted_and_scoped(fake, session):
+    api = app_api(fake, session)
+    fake.token_lifetime = 120
+
+    answer = await get_installation_access_token(
+        api, installation_id=str(INSTALLATION), app_id=str(fake.app_id),
+        private_key=fake.private_key_pem)
+    client = GitHubAPI(session, "moko-tests", base_url=fake.url, oauth_token=answer["token"])
+    repo = await client.getitem(f"/repos/{ORG}/widgets")
+
+    assert fake.tokens_issued == 1 and fake.calls[0].status == 201
+    assert answer["token"].startswith("ghs_") and answer["repository_selection"] == "all"
+    expires = time.mktime(time.strptime(answer["expires_at"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    assert 100 < expires - time.time() <= 121
+    assert repo["full_name"] == f"{ORG}/widgets"
+    check_response(fake, "apps/create-installation-access-token", 201, answer)
+
+    fake.add_installation(8, "other-org")
+    fake.add_repo("other-org", "private-things")
+    with pytest.raises(BadRequest) as hidden:
+        await client.getitem("/repos/other-org/private-things")
+    fake.expire_tokens()
+    with pytest.raises(BadRequest) as expired:
+        await client.getitem(f"/repos/{ORG}/widgets")
+    with pytest.raises(BadRequest) as anonymous:
+        await app_api(fake, session).getitem(f"/repos/{ORG}/widgets")
+
+    assert hidden.value.status_code == 404  # GitHub hides what a token may not see
+    assert (expired.value.status_code, str(expired.value)) == (401, "Bad credentials")
+    assert (anonymous.value.status_code, str(anonymous.value)) == (401, "Requires authentication")
+
+
+async def test_personal_tokens_work_once_registered(fake, session):
+    fake.add_personal_token("ghp_cli", "octocat")
+    client = GitHubAPI(session, "moko-tests", base_url=fake.url, oauth_token="ghp_cli")
+
+    repo = await client.getitem(f"/repos/{ORG}/widgets")
+
+    assert repo["name"] == "widgets"
+    assert fake.calls[-1].installation_id is None
+
+
+# --- pagination, ETags, rate limits ------------------------------------------------------
+
+
+async def test_lists_paginate_with_link_headers_for_getiter(fake, gh, session):
+    for number in range(1, 75):
+        fake.add_repo(ORG, f"repo-{number:03}")
+    for number in range(20):
+        fake.add_installation(100 + number, f"org-{number}")
+
+    listed = [r["name"] async for r in gh.getiter("/installation/repositories?per_page=30",
+                                                  iterable_key="repositories")]
+    by_name = [r["name"] async for r in gh.getiter(f"/orgs/{ORG}/repos?sort=full_name&per_page=50")]
+    installations = [i["id"] async for i in app_api(fake, session).getiter(
+        "/app/installations?per_page=7", jwt=app_jwt(fake))]
+
+    assert len(listed) == 76 and listed[:2] == ["widgets", "empty"]
+    assert fake.count("GET", r"^/installation/repositories$") == 3
+    assert by_name == sorted(by_name, key=str.lower) and len(by_name) == 76
+    assert len(installations) == 21
+    first = fake.calls_to("GET", r"^/installation/repositories$")[0]
+    assert first.response_headers["link"] == (
+        f'<{fake.url}/installation/repositories?per_page=30&page=2>; rel="next", '
+        f'<{fake.url}/installation/repositories?per_page=30&page=3>; rel="last"')
+
+
+async def test_etag_round_trip_answers_304_without_spending_budget(fake, gh, session):
+    token = gh.oauth_token
+    headers = {"Authorization": f"token {token}"}
+    url = f"{fake.url}/repos/{ORG}/widgets"
+
+    async with session.get(url, headers=headers) as first:
+        etag = first.headers["ETag"]
+        remaining = int(first.headers["x-ratelimit-remaining"])
+    async with session.get(url, headers={**headers, "If-None-Match": etag}) as second:
+        assert second.status == 304 and await second.read() == b""
+        assert int(second.headers["x-ratelimit-remaining"]) == remaining
+    fake.repo(ORG, "widgets")["has_wiki"] = False
+    async with session.get(url, headers={**headers, "If-None-Match": etag}) as third:
+        assert third.status == 200 and third.headers["ETag"] != etag
+        assert int(third.headers["x-ratelimit-remaining"]) == remaining - 1
+    assert etag.startswith('W/"')
+    assert first.headers["x-ratelimit-resource"] == "core"
+    assert int(first.headers["x-ratelimit-used"]) + remaining == 5000
+
+
+async def test_gidgethub_cache_gets_304s(fake, session):
+    cache: dict[str, Any] = {}
+    client = GitHubAPI(session, "moko-tests", base_url=fake.url, cache=cache,
+                       oauth_token=fake.installation_token(INSTALLATION))
+
+    await client.getitem(f"/repos/{ORG}/widgets")
+    again = await client.getitem(f"/repos/{ORG}/widgets")
+
+    assert again["name"] == "widgets"
+    assert [c.status for c in fake.calls] == [200, 304]
+
+
+async def test_exhausted_budget_answers_403_until_the_reset(fake, gh):
+    fake.set_rate_limit(INSTALLATION, remaining=1, reset_in=600)
+
+    await gh.getitem(f"/repos/{ORG}/widgets")
+    with pytest.raises(BadRequest) as limited:
+        await gh.getitem(f"/repos/{ORG}/widgets")
+    limits = await gh.getitem("/rate_limit")
+
+    assert limited.value.status_code == 403
+    assert str(limited.value) == f"API rate limit exceeded for installation ID {INSTALLATION}."
+    assert limits["resources"]["core"]["remaining"] == 0
+    assert gh.rate_limit.remaining == 0
+    fake.set_rate_limit(INSTALLATION, reset_in=-1)
+    assert (await gh.getitem(f"/repos/{ORG}/widgets"))["name"] == "widgets"
+    assert fake.rate_limit(INSTALLATION)["remaining"] == 4999
+
+
+# --- fault injection --------------------------------------------------------------------------
+
+
+async def test_injected_502s_then_success(fake, gh):
+    fake.fail("GET", rf"^/repos/{ORG}/widgets$", 502, times=2)
+    statuses = []
+    for _ in range(3):
+        try:
+            await gh.getitem(f"/repos/{ORG}/widgets")
+            statuses.append(200)
+        except GitHubBroken as error:
+            statuses.append(error.status_code)
+
+    assert statuses == [502, 502, 200]
+    assert [c.status for c in fake.calls] == [502, 502, 200]
+
+
+async def test_injected_secondary_limit_carries_headers_and_body(fake, gh):
+    fake.fail("PATCH", rf"^/repos/{ORG}/widgets$", 403, headers={"retry-after": "1"},
+              body={"message": "You have exceeded a secondary rate limit. Please wait."})
+
+    with pytest.raises(BadRequest) as error:
+        await gh.patch(f"/repos/{ORG}/widgets", data={"has_wiki": False})
+
+    assert error.value.status_code == 403
+    assert error.value.headers["retry-after"] == "1"
+    assert "secondary rate limit" in str(error.value)
+    assert fake.repo(ORG, "widgets")["has_wiki"] is True
+
+
+async def test_a_reset_connection_reaches_the_client(fake, gh):
+    fake.fail("GET", rf"^/repos/{ORG}/widgets$", reset_connection=True)
+
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await gh.getitem(f"/repos/{ORG}/widgets")
+    again = await gh.getitem(f"/repos/{ORG}/widgets")
+
+    assert again["name"] == "widgets"
+    assert [c.status for c in fake.calls] == [0, 0, 200]  # aiohttp resent the GET once
+
+
+async def test_a_delayed_answer_times_out(fake, session):
+    fake.fail("GET", rf"^/repos/{ORG}/widgets$", delay=1.0)
+    headers = {"Authorization": f"token {fake.installation_token(INSTALLATION)}"}
+    url = f"{fake.url}/repos/{ORG}/widgets"
+
+    with pytest.raises(asyncio.TimeoutError):
+        async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=0.1)):
+            pass
+    async with session.get(url, headers=headers) as answer:
+        assert answer.status == 200
+
+
+async def test_on_request_sees_every_call_before_the_answer(fake, gh):
+    seen: list[str] = []
+    fake.on_request(lambda call: seen.append(f"{call.method} {call.path} {call.status}"))
+
+    await gh.getitem(f"/repos/{ORG}/widgets")
+
+    assert seen == [f"GET /repos/{ORG}/widgets 200"]
+    fake.reset_calls()
+    assert fake.calls == [] and fake.count() == 0
+
+
+# --- contents, permissions, comments, reactions ------------------------------------------------
+
+
+async def test_contents_api(fake, gh):
+    fake.put_file(ORG, "widgets", "README.md", "# Widgets\n")
+
+    raw = await gh.getitem(f"/repos/{ORG}/widgets/contents/README.md",
+                           accept="application/vnd.github.raw")
+    with pytest.raises(BadRequest) as absent:
+        await gh.getitem(f"/repos/{ORG}/widgets/contents/.github/moko.yml")
+    with pytest.raises(BadRequest) as empty:
+        await gh.getitem(f"/repos/{ORG}/empty/contents/README.md")
+    with pytest.raises(BadRequest) as bad_ref:
+        await gh.getitem(f"/repos/{ORG}/widgets/contents/README.md?ref=nope")
+
+    assert raw == b"# Widgets\n" or raw == "# Widgets\n"
+    assert (absent.value.status_code, str(absent.value)) == (404, "Not Found")
+    assert (empty.value.status_code, str(empty.value)) == (404, "This repository is empty.")
+    assert bad_ref.value.status_code == 404
+
+
+@pytest.mark.parametrize(("role", "permission"), [
+    ("admin", "admin"), ("maintain", "write"), ("write", "write"),
+    ("triage", "read"), ("read", "read"), ("none", "none"),
+])
+async def test_collaborator_permission_maps_roles_like_github(fake, gh, role, permission):
+    fake.set_permission(ORG, "widgets", "Alice", role)
+
+    answer = await gh.getitem(f"/repos/{ORG}/widgets/collaborators/alice/permission")
+
+    assert (answer["permission"], answer["role_name"]) == (permission, role)
+    assert answer["user"]["login"] == "Alice"
+    check_response(fake, "repos/get-collaborator-permission-level", 200, answer)
+
+
+async def test_comments_and_reactions(fake, gh):
+    human = fake.add_comment(ORG, "widgets", 5, "/moko status", user="alice")
+
+    first = await gh.post(f"/repos/{ORG}/widgets/issues/comments/{human['id']}/reactions",
+                          data={"content": "eyes"})
+    repeat = await gh.post(f"/repos/{ORG}/widgets/issues/comments/{human['id']}/reactions",
+                           data={"content": "eyes"})
+    reply = await gh.post(f"/repos/{ORG}/widgets/issues/5/comments", data={"body": "All good."})
+    listed = [c["body"] async for c in gh.getiter(f"/repos/{ORG}/widgets/issues/5/comments")]
+    await gh.delete(f"/repos/{ORG}/widgets/issues/comments/{human['id']}/reactions/{first['id']}")
+
+    assert [c.status for c in fake.calls_to("POST", r"/reactions$")] == [201, 200]
+    assert repeat["id"] == first["id"] and first["content"] == "eyes"
+    assert reply["user"] == {**reply["user"], "login": "moko[bot]", "type": "Bot"}
+    assert reply["html_url"].endswith(f"#issuecomment-{reply['id']}")
+    assert listed == ["/moko status", "All good."]
+    assert [c["body"] for c in fake.comments(ORG, "widgets", 5)] == listed
+    assert fake.reactions(human["id"]) == []
+    check_response(fake, "issues/create-comment", 201, reply)
+    check_response(fake, "reactions/create-for-issue-comment", 201, first)
+
+
+# --- GraphQL ------------------------------------------------------------------------------
+
+REPOSITORIES = """
+query($org: String!, $after: String) {
+  organization(login: $org) {
+    repositories(first: 40, after: $after, isArchived: false, orderBy: {field: NAME, direction: ASC}) {
+      totalCount
+      pageInfo { hasNextPage endCursor }
+      nodes { ...settings }
+    }
+  }
+  rateLimit { cost remaining limit resetAt }
+}
+fragment settings on Repository {
+  name nameWithOwner databaseId id isArchived isEmpty isPrivate visibility
+  hasIssuesEnabled hasWikiEnabled hasProjectsEnabled hasDiscussionsEnabled
+  deleteBranchOnMerge mergeCommitAllowed squashMergeAllowed rebaseMergeAllowed
+  allowUpdateBranch autoMergeAllowed description homepageUrl
+  defaultBranchRef { name }
+  branchProtectionRules(first: 10) {
+    nodes {
+      pattern requiresApprovingReviews requiredApprovingReviewCount dismissesStaleReviews
+      requiresCodeOwnerReviews requiresStatusChecks requiresStrictStatusChecks
+      requiredStatusCheckContexts isAdminEnforced restrictsPushes
+    }
+  }
+}
+"""
+
+
+async def test_graphql_pages_through_an_organizations_repositories(fake, gh):
+    for number in range(1, 75):
+        fake.add_repo(ORG, f"repo-{number:03}", archived=number % 10 == 0)
+    fake.set_protection(ORG, "widgets", "main", PROTECTION)
+
+    names: list[str] = []
+    after = None
+    while True:
+        data = await gh.graphql(REPOSITORIES, endpoint=fake.graphql_url, org=ORG, after=after)
+        page = data["organization"]["repositories"]
+        names += [node["name"] for node in page["nodes"]]
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+
+    assert page["totalCount"] == 76 - 7
+    assert names == sorted(names) and len(names) == 69
+    assert fake.count("POST", "^/graphql$") == 2
+    assert data["rateLimit"]["cost"] == 1 and data["rateLimit"]["limit"] == 5000
+    widgets = next(n for n in page["nodes"] if n["name"] == "widgets")
+    assert widgets["defaultBranchRef"] == {"name": "main"}
+    assert widgets["visibility"] == "PUBLIC" and widgets["hasWikiEnabled"] is True
+    assert widgets["branchProtectionRules"]["nodes"] == [{
+        "pattern": "main", "requiresApprovingReviews": True, "requiredApprovingReviewCount": 1,
+        "dismissesStaleReviews": False, "requiresCodeOwnerReviews": False,
+        "requiresStatusChecks": False, "requiresStrictStatusChecks": False,
+        "requiredStatusCheckContexts": [], "isAdminEnforced": False, "restrictsPushes": False,
+    }]
+    assert fake.calls[-1].graphql_query == REPOSITORIES
+
+
+async def test_graphql_aliases_and_not_found(fake, gh):
+    fake.put_file(ORG, "widgets", ".github/moko.yml", "version: 1\n")
+    query = """query {
+      r0: repository(owner: "acme", name: "widgets") { name isEmpty
+        object(expression: "HEAD:.github/moko.yml") { ... on Blob { text } } }
+      r1: repository(owner: "acme", name: "empty") { name isEmpty defaultBranchRef { name } }
+      r2: repository(owner: "acme", name: "missing") { name }
+    }"""
+
+    with pytest.raises(GraphQLException) as error:
+        await gh.graphql(query, endpoint=fake.graphql_url)
+
+    body = error.value.response
+    assert body["data"]["r0"] == {"name": "widgets", "isEmpty": False,
+                                  "object": {"text": "version: 1\n"}}
+    assert body["data"]["r1"] == {"name": "empty", "isEmpty": True, "defaultBranchRef": None}
+    assert body["data"]["r2"] is None
+    [not_found] = body["errors"]
+    assert not_found["type"] == "NOT_FOUND" and not_found["path"] == ["r2"]
+    assert fake.violations == []
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ('{ organization(login: "acme") { bogus } }', "Cannot query field 'bogus'"),
+    ('{ organization(login: "acme") { repositories { totalCount } } }',
+     "You must provide a `first` or `last` value"),
+    ('{ organization(login: "acme") { repositories(first: 101) { totalCount } } }',
+     "exceeds the `first` limit of 100 records"),
+    ('{ organization(login: "acme") { ', "Syntax Error"),
+])
+async def test_invalid_graphql_is_rejected_like_github(fake, gh, query, message):
+    with pytest.raises(QueryError) as error:
+        await gh.graphql(query, endpoint=fake.graphql_url)
+
+    assert message in str(error.value)
+    assert fake.calls[-1].status == 200
+    [violation] = fake.take_violations()
+    assert message in violation
+
+
+async def test_graphql_needs_an_installation_or_personal_token(fake, session):
+    async with session.post(fake.graphql_url, json={"query": "{ rateLimit { cost } }"}) as answer:
+        assert answer.status == 401
+
+
+# --- violations fail the test -----------------------------------------------------------------
+
+
+async def test_the_fixture_fails_a_test_that_left_violations(fake, gh):
+    with pytest.raises(InvalidField):
+        await gh.patch(f"/repos/{ORG}/widgets", data={"has_wikki": True})
+
+    with pytest.raises(pytest.fail.Exception, match="has_wikki"):
+        assert_no_violations(fake)
+    fake.take_violations()
+    assert_no_violations(fake)
+
+
+# --- webhooks -----------------------------------------------------------------------------------
+
+WEBHOOKS = json.loads((FIXTURES / "github-webhooks-subset.json").read_text())
+
+
+def webhook_errors(key: str, payload: dict[str, Any]) -> list[str]:
+    operation = WEBHOOKS["webhooks"][key]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    validator = Draft202012Validator({**schema, "components": WEBHOOKS["components"]})
+    return [f"{list(e.absolute_path)}: {e.message[:200]}" for e in validator.iter_errors(payload)]
+
+
+@pytest.mark.parametrize(("event", "action", "key", "options"), [
+    ("repository", "created", "repository-created", {}),
+    ("repository", "edited", "repository-edited",
+     {"changes": {"default_branch": {"from": "master"}}}),
+    ("repository", "unarchived", "repository-unarchived", {}),
+    ("repository", "renamed", "repository-renamed", {}),
+    ("repository", "transferred", "repository-transferred", {}),
+    ("branch_protection_rule", "created", "branch-protection-rule-created",
+     {"protection": PROTECTION}),
+    ("branch_protection_rule", "edited", "branch-protection-rule-edited",
+     {"protection": PROTECTION, "sender": "moko[bot]"}),
+    ("branch_protection_rule", "deleted", "branch-protection-rule-deleted", {}),
+    ("create", None, "create", {"ref": "main"}),
+    ("installation", "created", "installation-created", {}),
+    ("installation_repositories", "added", "installation-repositories-added",
+     {"repositories_added": ["one", "two"]}),
+    ("issue_comment", "created", "issue-comment-created", {"body": "/moko apply", "user": "alice"}),
+    ("push", None, "push", {"repo": ".github", "modified": [".github/moko.yml"]}),
+    ("ping", None, "ping", {}),
+])
+def test_built_events_fit_githubs_webhook_schemas(event, action, key, options):
+    payload = build_event(event, action, **options)
+
+    assert webhook_errors(key, payload) == []
+    if event != "ping":
+        assert payload["installation"]["id"] == 1
+    if event == "issue_comment":
+        assert payload["comment"]["body"] == "/moko apply"
+        assert payload["comment"]["user"]["login"] == "alice"
+    if event == "push":
+        assert payload["repository"]["name"] == ".github"
+        assert payload["head_commit"]["modified"] == [".github/moko.yml"]
+    if options.get("sender") == "moko[bot]":
+        assert payload["sender"]["type"] == "Bot"
+
+
+def test_events_from_the_fakes_state(fake):
+    fake.repo(ORG, "widgets")["has_wiki"] = False
+
+    created = fake.event("repository", "created", owner=ORG, repo="widgets")
+    command = fake.event("issue_comment", "created", owner=ORG, repo="widgets",
+                         body="/moko plan", user="alice", issue_number=3)
+
+    assert created["repository"]["has_wiki"] is False
+    assert created["installation"]["id"] == INSTALLATION
+    assert webhook_errors("repository-created", created) == []
+    assert webhook_errors("issue-comment-created", command) == []
+    assert fake.comments(ORG, "widgets", 3)[0]["id"] == command["comment"]["id"]
+
+
+def test_examples_signatures_and_headers():
+    body = b"Hello, World!"
+    # GitHub's documented test vector for X-Hub-Signature-256.
+    assert sign(body, "It's a Secret to Everybody") == (
+        "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+    headers = webhook_headers("push", "d-1", body, "It's a Secret to Everybody")
+    documented = json.loads((FIXTURES / "webhook-examples" / "headers.json").read_text())
+    assert {h.lower() for h in documented["headers"]} <= {h.lower() for h in headers}
+    assert headers["X-GitHub-Event"] == "push" and headers["X-GitHub-Delivery"] == "d-1"
+    assert headers["X-Hub-Signature"].startswith("sha1=")
+    assert headers["User-Agent"].startswith("GitHub-Hookshot/")
+    assert load_example("push")["ref"] == "refs/heads/master"
+    assert load_example("repository.created")["action"] == "created"
+
+
+def test_openapi_nullable_and_closed_objects():
+    converted = to_json_schema({"type": "object", "nullable": True,
+                                "properties": {"a": {"type": "string", "nullable": True,
+                                                     "example": "x", "x-foo": 1}}})
+
+    assert converted == {"type": ["object", "null"], "additionalProperties": False,
+                         "properties": {"a": {"type": ["string", "null"]}}}
+
+
+async def test_enterprise_server_paths_checks_issues_and_rulesets(fake, session):
+    token = fake.installation_token(INSTALLATION)
+    ghes = GitHubAPI(session, "moko-tests", base_url=f"{fake.url}/api/v3", oauth_token=token)
+    ruleset = {"name": "default", "enforcement": "active", "target": "branch",
+               "conditions": {"ref_name": {"include": ["~DEFAULT_BRANCH"], "exclude": []}},
+               "rules": [{"type": "deletion"}, {"type": "non_fast_forward"}]}
+
+    repo = await ghes.getitem(f"/repos/{ORG}/widgets")
+    created = await ghes.post(f"/repos/{ORG}/widgets/rulesets", data=ruleset)
+    await ghes.put(f"/repos/{ORG}/widgets/rulesets/{created['id']}",
+                   data={**ruleset, "enforcement": "evaluate"})
+    run = await ghes.post(f"/repos/{ORG}/widgets/check-runs",
+                          data={"name": "moko", "head_sha": "a" * 40, "status": "completed",
+                                "conclusion": "success",
+                                "output": {"title": "Compliant", "summary": "All good."}})
+    issue = await ghes.post(f"/repos/{ORG}/widgets/issues", data={"title": "Drift"})
+    data = await ghes.graphql("{ rateLimit { cost } }", endpoint=f"{fake.url}/api/graphql")
+
+    assert repo["name"] == "widgets" and data == {"rateLimit": {"cost": 1}}
+    assert [r["enforcement"] for r in fake.rulesets(ORG, "widgets")] == ["evaluate"]
+    assert fake.check_runs(ORG, "widgets")[0]["id"] == run["id"]
+    assert issue["number"] == 1 and issue["user"]["login"] == "moko[bot]"
+    assert [c.path for c in fake.calls][:2] == [f"/repos/{ORG}/widgets",
+                                               f"/repos/{ORG}/widgets/rulesets"]
+    check_response(fake, "repos/create-repo-ruleset", 201, created)
+    check_response(fake, "checks/create", 201, run)
+    check_response(fake, "issues/create", 201, issue)
