@@ -1,0 +1,175 @@
+"""The GitHub App as Moko uses it: clients for the App and its installations, sharing state per installation."""
+
+from __future__ import annotations
+
+import asyncio
+import random as _random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from bot.github_auth import AppAuth
+from bot.github_client import (
+    DEFAULT_OPTIONS,
+    ClientOptions,
+    MokoGitHubAPI,
+    RateLimitSnapshot,
+    Timing,
+)
+from bot.github_limits import InstallationLimits
+from bot.redact import REDACTOR
+
+APP_KEY = "app"  # the limits of requests made as the App itself (JWT)
+TOKEN_INSTALLATION = 0  # the one pseudo-installation a personal token stands for
+
+
+class GitHubCredentialsMissing(RuntimeError):
+    """The App's id and private key are needed for this and were not configured."""
+
+
+class GitHubApp:
+    """Clients for the App and its installations; one per process, over one shared aiohttp session.
+
+    The session belongs to the caller, who closes it on shutdown. Per-installation
+    state (ETag cache, rate-limit budget, in-flight bound, write lock, bulk pacing)
+    is kept here and shared by every client of that installation.
+    """
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        api_url: str,
+        graphql_url: str,
+        app_id: str | None = None,
+        private_key: str | None = None,
+        token: str | None = None,
+        options: ClientOptions = DEFAULT_OPTIONS,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        random: Callable[[], float] = _random.random,
+        user_agent: str = "moko",
+    ) -> None:
+        self.session = session
+        self.api_url = api_url
+        self.graphql_url = graphql_url
+        self.options = options
+        self.user_agent = user_agent
+        self.requests_sent = 0
+        self._timing = Timing(clock=clock, wall_clock=wall_clock, sleep=sleep, random=random)
+        # Missing credentials fail when used, not here: readiness reports them.
+        self._auth = (
+            AppAuth(str(app_id), private_key, clock=clock, wall_clock=wall_clock)
+            if app_id and private_key
+            else None
+        )
+        self._token = token or None
+        REDACTOR.add(self._token)
+        self._limits: dict[int | str, InstallationLimits] = {}
+        self._bot_login: str | None = None
+        self._bot_login_lock = asyncio.Lock()
+
+    # -- clients -----------------------------------------------------------------------
+
+    def app_client(self) -> MokoGitHubAPI:
+        """A client authenticated as the App (JWT), for /app endpoints."""
+        auth = self._require_app()
+        return self._client(
+            self.limits(APP_KEY),
+            app_id=auth.app_id,
+            private_key=auth.private_key,
+            app_jwt_source=auth.app_jwt,
+        )
+
+    async def installation_client(self, installation_id: int, *, bulk: bool = False) -> MokoGitHubAPI:
+        """A client acting as the installation (or as the personal `token`, for the CLI).
+
+        `bulk=True` for sweeps and reconciliation: its mutating requests are spaced
+        `bulk_write_interval` apart; a webhook's client (bulk=False) is never slowed by that.
+        """
+        limits = self.limits(installation_id)
+        if self._token is not None:
+            return self._client(limits, bulk=bulk, oauth_token=self._token)
+        auth = self._require_app()
+
+        async def token_source(refused: str | None = None) -> str:
+            return await auth.installation_token(installation_id, self.app_client, refused=refused)
+
+        return self._client(
+            limits, bulk=bulk, oauth_token=await token_source(), token_source=token_source
+        )
+
+    def _client(self, limits: InstallationLimits, **kwargs: Any) -> MokoGitHubAPI:
+        return MokoGitHubAPI(
+            self.session,
+            self.user_agent,
+            limits=limits,
+            base_url=self.api_url,
+            graphql_url=self.graphql_url,
+            options=self.options,
+            timing=self._timing,
+            on_send=self._count_send,
+            **kwargs,
+        )
+
+    def _count_send(self) -> None:
+        self.requests_sent += 1
+
+    def _require_app(self) -> AppAuth:
+        if self._auth is None:
+            raise GitHubCredentialsMissing(
+                "GITHUB_APP_ID and GITHUB_PRIVATE_KEY are needed to act as the GitHub App"
+            )
+        return self._auth
+
+    # -- per-installation state --------------------------------------------------------
+
+    def limits(self, installation_id: int | str) -> InstallationLimits:
+        """The state shared by every client of one installation (`APP_KEY` for the App itself)."""
+        limits = self._limits.get(installation_id)
+        if limits is None:
+            limits = InstallationLimits(str(installation_id), self.options, self._timing)
+            self._limits[installation_id] = limits
+        return limits
+
+    def rate_limit(self, installation_id: int | str, resource: str = "core") -> RateLimitSnapshot | None:
+        """The installation's budget as GitHub last reported it (None before any answer)."""
+        return self.limits(installation_id).budget(resource)
+
+    # -- App-level questions -----------------------------------------------------------
+
+    async def bot_login(self) -> str:
+        """The login Moko's own changes appear under: "<slug>[bot]" (the token's user for the CLI)."""
+        async with self._bot_login_lock:
+            if self._bot_login is None:
+                if self._auth is not None:
+                    app = await self.app_client().getitem("/app")
+                    self._bot_login = f"{app['slug']}[bot]"
+                else:
+                    client = await self.installation_client(TOKEN_INSTALLATION)
+                    self._bot_login = (await client.getitem("/user"))["login"]
+        return self._bot_login
+
+    async def org_installation_id(self, org: str) -> int:
+        """The App's installation on `org` (TOKEN_INSTALLATION when only a personal token is set)."""
+        if self._auth is None and self._token is not None:
+            return TOKEN_INSTALLATION
+        installation = await self.app_client().getitem("/orgs/{org}/installation", {"org": org})
+        return int(installation["id"])
+
+    async def installation_ids(self) -> list[int]:
+        """Every installation of the App, all pages."""
+        if self._auth is None and self._token is not None:
+            return [TOKEN_INSTALLATION]
+        client = self.app_client()
+        return [int(item["id"]) async for item in client.getiter("/app/installations?per_page=100")]
+
+    def secrets(self) -> list[str]:
+        """Every live secret (private key, App JWT, installation tokens, personal token), for redaction."""
+        secrets = self._auth.secrets() if self._auth is not None else []
+        if self._token is not None:
+            secrets.append(self._token)
+        return secrets

@@ -1,0 +1,396 @@
+"""Moko's one GitHub client: gidgethub with timeouts, retries, rate-limit handling and a per-installation ETag cache.
+
+Every attempt is admitted by the installation's shared `InstallationLimits` (bounded
+in-flight requests, one mutating request at a time, bulk spacing, primary-limit
+pacing, pauses after a secondary limit). Inside `_request`, 5xx answers,
+connection errors and timeouts are retried with exponential backoff and full
+jitter on the raw status, before gidgethub would turn a 5xx into `GitHubBroken`.
+Rate-limit answers (403/429) reach gidgethub's `handle_rate_limit_error` hook,
+which waits as GitHub asks and retries. A 304 is answered from gidgethub's
+cache, and the budget is read from each answer's headers, so it costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import http
+import json
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import gidgethub
+import gidgethub.aiohttp
+from gidgethub import BadGraphQLRequest, HTTPException, QueryError
+
+from bot.github_limits import (
+    MUTATING_METHODS,
+    Admission,
+    InstallationLimits,
+    RateLimitSnapshot,
+    Send,
+)
+from bot.logs import get_logger
+from bot.metrics import (
+    GITHUB_REQUEST_SECONDS,
+    GITHUB_REQUESTS,
+    GITHUB_RETRIES,
+    GITHUB_WAIT_SECONDS,
+)
+
+__all__ = [
+    "ClientOptions",
+    "GitHubUnavailable",
+    "MokoGitHubAPI",
+    "RateLimitSnapshot",
+    "Timing",
+]
+
+log = get_logger("moko.github")
+
+# x-ratelimit-reset comes from GitHub's clock; wait a little past it.
+RESET_MARGIN = 1.0
+_GRAPHQL_MUTATION = re.compile(r"\s*mutation\b")
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How the GitHub client behaves under limits and faults."""
+
+    max_attempts: int = 4  # total tries for 5xx / connection errors / timeouts, and for rate-limit waits
+    base_delay: float = 0.5  # seconds; full jitter: uniform(0, base_delay * 2**(attempt-1)), capped
+    max_delay: float = 30.0
+    request_timeout: float = 10.0  # every request
+    rate_limit_reserve: float = 0.10  # fraction of the limit below which requests are paced
+    max_in_flight: int = 8  # per installation
+    bulk_write_interval: float = 1.0  # min seconds between mutating requests during bulk work
+    secondary_min_wait: float = 60.0
+    etag_cache_size: int = 500  # per installation
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The clocks, sleep and randomness the client uses; injectable so tests run instantly."""
+
+    clock: Callable[[], float] = time.monotonic  # intervals
+    wall_clock: Callable[[], float] = time.time  # GitHub's epoch-based x-ratelimit-reset
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+    random: Callable[[], float] = random.random
+
+
+DEFAULT_OPTIONS = ClientOptions()
+DEFAULT_TIMING = Timing()
+
+
+class GitHubUnavailable(gidgethub.GitHubException):
+    """GitHub could not be reached (connection errors or timeouts) in any attempt."""
+
+
+# The admission won in manage_rate_limit, handed to the _request that follows it in
+# the same task (gidgethub calls one right after the other, with no await between).
+_ADMISSION: ContextVar[Admission | None] = ContextVar("moko_github_admission", default=None)
+# The last answer's headers in this task, for GraphQL errors (gidgethub drops them).
+_LAST_HEADERS: ContextVar[Mapping[str, str] | None] = ContextVar("moko_github_headers", default=None)
+
+
+class MokoGitHubAPI(gidgethub.aiohttp.GitHubAPI):
+    """One per unit of work; shares per-installation state (limiter, write lock, ETag cache) held by GitHubApp."""
+
+    requests_sent: int  # HTTP requests actually sent by this client (retries included)
+    graphql_url: str
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        requester: str,
+        *,
+        limits: InstallationLimits,
+        base_url: str,
+        graphql_url: str,
+        options: ClientOptions = DEFAULT_OPTIONS,
+        timing: Timing = DEFAULT_TIMING,
+        bulk: bool = False,
+        oauth_token: str | None = None,
+        app_id: str | None = None,
+        private_key: str | None = None,
+        token_source: Callable[[str | None], Awaitable[str]] | None = None,
+        app_jwt_source: Callable[[], str] | None = None,
+        on_send: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(
+            session,
+            requester,
+            oauth_token=oauth_token,
+            app_id=app_id,
+            private_key=private_key,
+            cache=limits.etag_cache,
+            base_url=base_url,
+        )
+        self.graphql_url = graphql_url
+        self.bulk = bulk
+        self.requests_sent = 0
+        self._limits = limits
+        self._options = options
+        self._timing = timing
+        self._token_source = token_source
+        self._app_jwt_source = app_jwt_source
+        self._on_send = on_send
+        self._stale_auth: set[str] = set()
+
+    # -- gidgethub hooks ---------------------------------------------------------------
+
+    async def sleep(self, seconds: float) -> None:
+        await self._timing.sleep(seconds)
+
+    def _get_app_jwt(self) -> str | None:
+        # One App JWT for the whole process (GitHubApp's), so it can be named for redaction.
+        if self._app_jwt_source is not None:
+            return self._app_jwt_source()
+        return super()._get_app_jwt()
+
+    async def manage_rate_limit(self, *, method: str, url: str) -> None:
+        """Before each attempt gidgethub makes: wait for this installation's admission."""
+        _ADMISSION.set(await self._admit(self._describe(method, url, b"")))
+
+    async def handle_rate_limit_error(
+        self, *, method: str, url: str, exception: HTTPException, attempt: int
+    ) -> bool:
+        """Primary and secondary rate limits: wait as GitHub asks, then have gidgethub retry."""
+        status = int(exception.status_code)
+        wait = self._rate_limit_wait(status, exception.headers, str(exception), attempt)
+        if wait is None or attempt >= self._options.max_attempts:
+            return False
+        reason, delay = wait
+        if reason == "secondary_rate_limit":
+            # The limit holds for the whole installation: its other requests wait too.
+            # (An exhausted primary budget is already known to them from the answer's headers.)
+            self._limits.pause(delay)
+        self._log_retry(reason, self._describe(method, url, b""), attempt, delay, status=status)
+        await self._timing.sleep(delay)
+        return True
+
+    async def _request(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes = b""
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        send = self._describe(method, url, body)
+        admission = _ADMISSION.get()
+        _ADMISSION.set(None)
+        if admission is None:  # not through _make_request (GraphQL): admit here
+            admission = await self._admit(send)
+        try:
+            return await self._send_with_retries(send, url, self._current_auth(headers), body)
+        finally:
+            admission.release()
+
+    # -- GraphQL -----------------------------------------------------------------------
+
+    async def graphql(self, query: str, *, endpoint: str | None = None, **variables: Any) -> Any:
+        """Query GitHub's GraphQL API at `graphql_url`, with the same limits and retries as REST."""
+        endpoint = endpoint or self.graphql_url
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await super().graphql(query, endpoint=endpoint, **variables)
+            except (BadGraphQLRequest, QueryError) as exc:
+                limited = _graphql_rate_limit(exc, _LAST_HEADERS.get() or {})
+                if limited is None or not await self.handle_rate_limit_error(
+                    method="POST", url=endpoint, exception=limited, attempt=attempt
+                ):
+                    raise
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _describe(self, method: str, url: str, body: bytes) -> Send:
+        path = urlsplit(url).path
+        if url.rstrip("/") == self.graphql_url.rstrip("/"):
+            resource, write = "graphql", _is_graphql_mutation(body)
+        else:
+            resource = "search" if "/search/" in path else "core"
+            write = method in MUTATING_METHODS
+        return Send(method=method, path=path, resource=resource, write=write, bulk=self.bulk)
+
+    async def _admit(self, send: Send) -> Admission:
+        await self._refresh_token()
+        return await self._limits.admit(send)
+
+    async def _refresh_token(self, refused: str | None = None) -> None:
+        """Installation tokens are renewed before they expire, even for a long-lived client."""
+        if self._token_source is None:
+            return
+        token = await self._token_source(refused)
+        if token != self.oauth_token:
+            if self.oauth_token is not None:
+                self._stale_auth.add(f"token {self.oauth_token}")
+            self.oauth_token = token
+
+    def _installation_token_in(self, headers: Mapping[str, str]) -> str | None:
+        """The installation token these headers carry, if it is one this client was given."""
+        authorization = headers.get("authorization")
+        if self._token_source is None or authorization is None:
+            return None
+        if authorization == f"token {self.oauth_token}" or authorization in self._stale_auth:
+            return authorization.removeprefix("token ")
+        return None
+
+    def _current_auth(self, headers: Mapping[str, str]) -> Mapping[str, str]:
+        # gidgethub wrote the headers before manage_rate_limit could renew the token.
+        if headers.get("authorization") in self._stale_auth:
+            return {**headers, "authorization": f"token {self.oauth_token}"}
+        return headers
+
+    async def _send_with_retries(
+        self, send: Send, url: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        attempt = 1
+        token_renewed = False
+        while True:
+            status: int | None = None
+            failure: BaseException | None = None
+            try:
+                answer = await self._send_once(send, url, headers, body)
+            except TimeoutError as exc:
+                reason, failure = "timeout", exc
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                reason, failure = "connection_error", exc
+            else:
+                status = answer[0]
+                refused = self._installation_token_in(headers) if status == 401 else None
+                if refused is not None and not token_renewed:
+                    # Revoked or expired early: one new token, one more try.
+                    token_renewed = True
+                    self._log_retry("token_refused", send, attempt, 0.0, status=status)
+                    await self._refresh_token(refused=refused)
+                    headers = self._current_auth(headers)
+                    continue
+                if status < 500 or attempt >= self._options.max_attempts:
+                    return answer  # gidgethub turns a last 5xx into GitHubBroken
+                reason = "server_error"
+            if attempt >= self._options.max_attempts:
+                raise GitHubUnavailable(
+                    f"{send.method} {send.path}: {reason} in all {attempt} attempts"
+                ) from failure
+            delay = self._backoff(attempt)
+            self._log_retry(reason, send, attempt, delay, status=status)
+            await self._timing.sleep(delay)
+            attempt += 1
+            await self._limits.wait_turn(send, attempt=attempt)
+
+    async def _send_once(
+        self, send: Send, url: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        started = self._timing.clock()
+        outcome = "error"
+        try:
+            async with self._session.request(
+                send.method,
+                url,
+                headers=headers,
+                data=body,
+                timeout=aiohttp.ClientTimeout(total=self._options.request_timeout),
+            ) as response:
+                answer = response.status, response.headers, await response.read()
+            outcome = str(answer[0])
+        except TimeoutError:
+            outcome = "timeout"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self.requests_sent += 1
+            if self._on_send is not None:
+                self._on_send()
+            GITHUB_REQUESTS.labels(send.method, outcome).inc()
+            GITHUB_REQUEST_SECONDS.labels(send.method).observe(self._timing.clock() - started)
+            if send.write:
+                self._limits.write_sent()
+        self._limits.record_answer(send, answer[1])
+        _LAST_HEADERS.set(answer[1])
+        return answer
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform(0, min(max_delay, base_delay * 2**(attempt-1)))."""
+        ceiling = min(self._options.max_delay, self._options.base_delay * 2 ** (attempt - 1))
+        return ceiling * self._timing.random()
+
+    def _rate_limit_wait(
+        self, status: int, headers: Mapping[str, str], message: str, attempt: int
+    ) -> tuple[str, float] | None:
+        """GitHub's documented order: retry-after; else an exhausted budget's reset; else >= 60 s, growing."""
+        if status not in (403, 429):
+            return None
+        now = self._timing.wall_clock()
+        retry_after = _retry_after_seconds(headers.get("retry-after"), now)
+        if retry_after is not None:
+            return "secondary_rate_limit", retry_after
+        reset = headers.get("x-ratelimit-reset")
+        if headers.get("x-ratelimit-remaining") == "0" and reset is not None:
+            try:
+                return "primary_rate_limit", max(0.0, float(reset) - now) + RESET_MARGIN
+            except ValueError:
+                pass
+        text = message.lower()
+        if status == 429 or "secondary rate limit" in text or "abuse" in text:
+            return "secondary_rate_limit", self._options.secondary_min_wait * 2 ** (attempt - 1)
+        return None
+
+    def _log_retry(
+        self, reason: str, send: Send, attempt: int, delay: float, *, status: int | None
+    ) -> None:
+        log.info(
+            "github_retry",
+            reason=reason,
+            method=send.method,
+            path=send.path,
+            installation=self._limits.label,
+            status=status,
+            attempt=attempt,
+            delay=round(delay, 3),
+        )
+        GITHUB_RETRIES.labels(reason).inc()
+        GITHUB_WAIT_SECONDS.labels(reason).inc(delay)
+
+
+def _is_graphql_mutation(body: bytes) -> bool:
+    try:
+        query = json.loads(body).get("query", "")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(query, str) and bool(_GRAPHQL_MUTATION.match(query))
+
+
+def _retry_after_seconds(value: str | None, now: float) -> float | None:
+    """retry-after is seconds (what GitHub sends) or an HTTP date."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now)
+    except (TypeError, ValueError):
+        return None
+
+
+def _graphql_rate_limit(
+    exc: BadGraphQLRequest | QueryError, headers: Mapping[str, str]
+) -> HTTPException | None:
+    """A GraphQL error that is a rate limit, as the HTTPException the REST hook understands."""
+    if isinstance(exc, BadGraphQLRequest):
+        if int(exc.status_code) in (403, 429):
+            return HTTPException(exc.status_code, str(exc), headers=headers)
+        return None
+    errors = exc.response.get("errors") if isinstance(exc.response, dict) else None
+    if any(isinstance(e, dict) and e.get("type") == "RATE_LIMITED" for e in errors or ()):
+        # 200 with RATE_LIMITED: the budget's headers say whether to wait for the reset.
+        return HTTPException(http.HTTPStatus.TOO_MANY_REQUESTS, str(exc), headers=headers)
+    return None

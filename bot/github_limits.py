@@ -1,0 +1,177 @@
+"""Per-installation admission to GitHub: in-flight bound, one write at a time, bulk spacing, rate-limit pacing."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cachetools import LRUCache
+
+from bot.logs import get_logger
+from bot.metrics import GITHUB_RATE_LIMIT_REMAINING, GITHUB_WAIT_SECONDS
+
+if TYPE_CHECKING:
+    from bot.github_client import ClientOptions, Timing
+
+log = get_logger("moko.github")
+
+MUTATING_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+
+
+@dataclass(frozen=True)
+class RateLimitSnapshot:
+    """The primary rate limit of one resource (core, graphql, search) as GitHub last reported it."""
+
+    resource: str
+    limit: int
+    remaining: int
+    reset: float  # epoch seconds
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str], resource: str) -> RateLimitSnapshot | None:
+        try:
+            return cls(
+                resource=resource,
+                limit=int(headers["x-ratelimit-limit"]),
+                remaining=int(headers["x-ratelimit-remaining"]),
+                reset=float(headers["x-ratelimit-reset"]),
+            )
+        except (KeyError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class Send:
+    """What admission needs to know about one request."""
+
+    method: str
+    path: str  # for logs: never the full URL
+    resource: str
+    write: bool
+    bulk: bool
+
+
+@dataclass
+class Admission:
+    """The locks one request holds while it is sent; released once, whatever happens."""
+
+    held: list[asyncio.Lock | asyncio.Semaphore] = field(default_factory=list)
+
+    def release(self) -> None:
+        while self.held:
+            self.held.pop().release()
+
+
+class InstallationLimits:
+    """State shared by every client of one installation (or of the App itself)."""
+
+    def __init__(self, label: str, options: ClientOptions, timing: Timing) -> None:
+        self.label = label  # metrics and logs: the installation id, or "app"
+        self.etag_cache: LRUCache[str, Any] = LRUCache(maxsize=options.etag_cache_size)
+        self._options = options
+        self._timing = timing
+        self._in_flight = asyncio.Semaphore(options.max_in_flight)
+        self._write_lock = asyncio.Lock()
+        # Bulk writers queue here, not on the write lock, so a webhook's write never waits
+        # behind a queue of bulk writes sleeping out their spacing.
+        self._bulk_lane = asyncio.Lock()
+        self._budgets: dict[str, RateLimitSnapshot] = {}
+        self._last_slot: dict[str, float] = {}
+        self._last_write_end = -math.inf
+        self._paused_until = -math.inf
+
+    def budget(self, resource: str = "core") -> RateLimitSnapshot | None:
+        return self._budgets.get(resource)
+
+    async def admit(self, send: Send) -> Admission:
+        """Wait for this request's turn; the caller must release the admission after sending."""
+        admission = Admission()
+        try:
+            if send.write and send.bulk:
+                await self._bulk_lane.acquire()
+                admission.held.append(self._bulk_lane)
+            if send.write:
+                await self._acquire_write_lock(send)
+                admission.held.append(self._write_lock)
+            await self._in_flight.acquire()
+            admission.held.append(self._in_flight)
+            await self.wait_turn(send, attempt=1)
+        except BaseException:
+            admission.release()
+            raise
+        return admission
+
+    async def _acquire_write_lock(self, send: Send) -> None:
+        while True:
+            if send.bulk:
+                await self._space_bulk_write(send, attempt=1)
+            await self._write_lock.acquire()
+            if not send.bulk or self._bulk_spacing_left() <= 0:
+                return
+            # Another write went out while we slept: wait again without blocking it.
+            self._write_lock.release()
+
+    async def wait_turn(self, send: Send, *, attempt: int) -> None:
+        """The waits before each attempt: a paused installation, primary-limit pacing, bulk spacing."""
+        while (pause := self._paused_until - self._timing.clock()) > 0:
+            await self._wait("installation_paused", pause, send, attempt)
+        pacing = self._pacing_delay(send.resource)
+        if pacing > 0:
+            await self._wait("rate_limit_pacing", pacing, send, attempt)
+        if send.write and send.bulk:
+            await self._space_bulk_write(send, attempt=attempt)
+
+    def _pacing_delay(self, resource: str) -> float:
+        """Reserve this request's slot: evenly spaced so the budget lasts until the reset."""
+        now = self._timing.clock()
+        slot = now
+        budget = self._budgets.get(resource)
+        if budget is not None:
+            until_reset = budget.reset - self._timing.wall_clock()
+            paced = budget.remaining < self._options.rate_limit_reserve * budget.limit
+            if until_reset > 0 and paced:
+                interval = until_reset / max(budget.remaining, 1)
+                slot = max(now, self._last_slot.get(resource, -math.inf) + interval)
+                if budget.remaining <= 0:
+                    slot = max(slot, now + until_reset)
+        self._last_slot[resource] = max(self._last_slot.get(resource, -math.inf), slot)
+        return slot - now
+
+    def _bulk_spacing_left(self) -> float:
+        return self._last_write_end + self._options.bulk_write_interval - self._timing.clock()
+
+    async def _space_bulk_write(self, send: Send, *, attempt: int) -> None:
+        while (left := self._bulk_spacing_left()) > 0:
+            await self._wait("bulk_write_spacing", left, send, attempt)
+
+    async def _wait(self, reason: str, delay: float, send: Send, attempt: int) -> None:
+        log.info(
+            "github_wait",
+            reason=reason,
+            method=send.method,
+            path=send.path,
+            installation=self.label,
+            attempt=attempt,
+            delay=round(delay, 3),
+        )
+        GITHUB_WAIT_SECONDS.labels(reason).inc(delay)
+        await self._timing.sleep(delay)
+
+    def record_answer(self, send: Send, headers: Mapping[str, str]) -> None:
+        """Every answer, 304s included, carries the budget as GitHub counts it; nothing is guessed."""
+        budget = RateLimitSnapshot.from_headers(headers, send.resource)
+        if budget is None:
+            return
+        self._budgets[send.resource] = budget
+        if send.resource == "core":
+            GITHUB_RATE_LIMIT_REMAINING.labels(self.label).set(budget.remaining)
+
+    def write_sent(self) -> None:
+        self._last_write_end = self._timing.clock()
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request of this installation (a secondary limit applies to all of them)."""
+        self._paused_until = max(self._paused_until, self._timing.clock() + seconds)

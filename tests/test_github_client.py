@@ -1,0 +1,496 @@
+"""The GitHub client under the conditions GitHub really produces, against the fake GitHub.
+
+Clocks and sleeps are injected: the waits asserted are the real ones, and no test sleeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from gidgethub import BadRequest, GitHubBroken
+from structlog.testing import capture_logs
+
+from bot.github_app import GitHubApp
+from bot.github_client import ClientOptions, GitHubUnavailable
+from bot.metrics import REGISTRY
+
+INSTALLATION = 41
+ORG = "octo-org"
+REPO = f"/repos/{ORG}/widgets"
+
+
+class FakeTime:
+    """Monotonic and wall clocks that move only when Moko sleeps; every sleep is recorded."""
+
+    def __init__(self) -> None:
+        self.monotonic = 1_000.0
+        self.wall = time.time()
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.monotonic
+
+    def wall_clock(self) -> float:
+        return self.wall
+
+    def advance(self, seconds: float) -> None:
+        self.monotonic += seconds
+        self.wall += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.advance(seconds)
+        await asyncio.sleep(0)
+
+
+def make_app(fake: Any, session: aiohttp.ClientSession, clock: FakeTime, **options: Any) -> GitHubApp:
+    return GitHubApp(
+        session=session,
+        api_url=fake.url,
+        graphql_url=fake.graphql_url,
+        app_id=str(fake.app_id),
+        private_key=fake.private_key_pem,
+        options=ClientOptions(**options),
+        clock=clock.clock,
+        wall_clock=clock.wall_clock,
+        sleep=clock.sleep,
+        random=lambda: 1.0,  # the top of the jitter range, so delays are exact
+    )
+
+
+@pytest.fixture
+def clock() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def fake(fake_github: Any) -> Any:
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "widgets")
+    return fake_github
+
+
+@pytest.fixture
+def github(fake: Any, session: aiohttp.ClientSession, clock: FakeTime) -> GitHubApp:
+    return make_app(fake, session, clock)
+
+
+def retries(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [line for line in logs if line["event"] == "github_retry"]
+
+
+def waits(logs: list[dict[str, Any]], reason: str) -> list[dict[str, Any]]:
+    return [line for line in logs if line["event"] == "github_wait" and line["reason"] == reason]
+
+
+def requests_metric(method: str, status: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "moko_github_requests_total", {"method": method, "status": status}
+    )
+    return value or 0.0
+
+
+# -- retries -----------------------------------------------------------------------------
+
+
+async def test_502_twice_then_200_succeeds_after_two_retries(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    fake.fail("GET", rf"^{REPO}$", 502, times=2)
+    bad_before = requests_metric("GET", "502")
+
+    with capture_logs() as logs:
+        repo = await client.getitem(REPO)
+
+    assert repo["name"] == "widgets"
+    assert fake.count("GET", rf"^{REPO}$") == 3
+    assert client.requests_sent == 3
+    # Full jitter with random() at its top: base 0.5 s, then 1 s.
+    assert clock.sleeps == [pytest.approx(0.5), pytest.approx(1.0)]
+    assert [(r["reason"], r["status"], r["attempt"]) for r in retries(logs)] == [
+        ("server_error", 502, 1),
+        ("server_error", 502, 2),
+    ]
+    assert all(r["path"] == REPO and r["method"] == "GET" for r in retries(logs))
+    assert requests_metric("GET", "502") - bad_before == 2
+
+
+async def test_backoff_grows_and_is_capped(fake, session, clock):
+    github = make_app(fake, session, clock, max_attempts=5, base_delay=2.0, max_delay=5.0)
+    client = await github.installation_client(INSTALLATION)
+    fake.fail("GET", rf"^{REPO}$", 503, times=4)
+
+    await client.getitem(REPO)
+
+    assert clock.sleeps == [pytest.approx(2.0), pytest.approx(4.0), pytest.approx(5.0), pytest.approx(5.0)]
+
+
+async def test_5xx_on_every_attempt_gives_up_with_github_broken(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    fake.fail("GET", rf"^{REPO}$", 500, times=10)
+
+    with pytest.raises(GitHubBroken):
+        await client.getitem(REPO)
+
+    assert fake.count("GET", rf"^{REPO}$") == ClientOptions().max_attempts
+
+
+async def test_a_reset_connection_is_retried(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    fake.fail("GET", rf"^{REPO}$", 502, reset_connection=True)
+
+    with capture_logs() as logs:
+        repo = await client.getitem(REPO)
+
+    assert repo["name"] == "widgets"
+    assert [r["reason"] for r in retries(logs)] == ["connection_error"]
+    assert client.requests_sent == 2
+
+
+async def test_a_request_that_times_out_is_retried(fake, session, clock):
+    # The timeout is configuration; the fake really answers too late once.
+    github = make_app(fake, session, clock, request_timeout=0.2)
+    client = await github.installation_client(INSTALLATION)
+    fake.fail("GET", rf"^{REPO}$", 502, delay=2.0)  # never seen: the client gave up waiting
+
+    with capture_logs() as logs:
+        repo = await client.getitem(REPO)
+
+    assert repo["name"] == "widgets"
+    assert [r["reason"] for r in retries(logs)] == ["timeout"]
+
+
+async def test_connection_failures_on_every_attempt_raise_github_unavailable(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    fake.fail("GET", rf"^{REPO}$", 502, reset_connection=True, times=10)
+
+    with pytest.raises(GitHubUnavailable, match=f"GET {REPO}"):
+        await client.getitem(REPO)
+    assert client.requests_sent == ClientOptions().max_attempts
+
+
+async def test_a_404_is_not_retried(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+
+    with pytest.raises(BadRequest) as error:
+        await client.getitem(f"/repos/{ORG}/no-such-repo")
+
+    assert error.value.status_code == 404
+    assert fake.count("GET", rf"^/repos/{ORG}/no-such-repo$") == 1
+    assert clock.sleeps == []
+
+
+async def test_a_plain_403_is_not_retried(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    fake.fail("PATCH", rf"^{REPO}$", 403, body={"message": "Resource not accessible by integration"})
+
+    with pytest.raises(BadRequest):
+        await client.patch(REPO, data={"has_wiki": False})
+
+    assert fake.count("PATCH", rf"^{REPO}$") == 1
+    assert clock.sleeps == []
+
+
+# -- rate limits -------------------------------------------------------------------------
+
+
+async def test_secondary_limit_403_waits_retry_after_then_succeeds(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    fake.fail(
+        "GET",
+        rf"^{REPO}$",
+        403,
+        headers={"retry-after": "1"},
+        body={"message": "You have exceeded a secondary rate limit. Please wait a few minutes."},
+    )
+
+    with capture_logs() as logs:
+        repo = await client.getitem(REPO)
+
+    assert repo["name"] == "widgets"
+    assert clock.sleeps == [pytest.approx(1.0)]
+    assert fake.count("GET", rf"^{REPO}$") == 2
+    [retry] = retries(logs)
+    assert (retry["reason"], retry["status"], retry["delay"]) == ("secondary_rate_limit", 403, 1.0)
+
+
+async def test_429_without_retry_after_backs_off_from_a_minute(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    fake.fail("GET", rf"^{REPO}$", 429, times=2, body={"message": "Too many requests"})
+
+    repo = await client.getitem(REPO)
+
+    assert repo["name"] == "widgets"
+    assert clock.sleeps == [pytest.approx(60.0), pytest.approx(120.0)]
+
+
+async def test_secondary_limit_without_retry_after_recognised_by_message(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    fake.fail(
+        "PATCH",
+        rf"^{REPO}$",
+        403,
+        body={"message": "You have triggered an abuse detection mechanism."},
+    )
+
+    await client.patch(REPO, data={"has_wiki": False})
+
+    assert clock.sleeps == [pytest.approx(60.0)]
+
+
+async def test_secondary_limit_pauses_the_whole_installation(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    fake.fail("GET", rf"^{REPO}$", 403, headers={"retry-after": "30"},
+              body={"message": "You have exceeded a secondary rate limit."})
+    await client.getitem(REPO)
+    clock.sleeps.clear()
+    clock.monotonic -= 20  # the next request comes 10 s into the 30 s pause
+
+    with capture_logs() as logs:
+        await client.getitem(f"/orgs/{ORG}")
+
+    assert [w["reason"] for w in waits(logs, "installation_paused")] == ["installation_paused"]
+    assert clock.sleeps == [pytest.approx(20.0)]
+
+
+async def test_exhausted_primary_limit_waits_for_the_reset(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    start = clock.wall
+    reset = int(start) + 30
+    fake.fail(
+        "GET",
+        rf"^{REPO}$",
+        403,
+        headers={
+            "x-ratelimit-limit": "5000",
+            "x-ratelimit-remaining": "0",
+            "x-ratelimit-reset": str(reset),
+        },
+        body={"message": "API rate limit exceeded for installation ID 41."},
+    )
+
+    with capture_logs() as logs:
+        repo = await client.getitem(REPO)
+
+    assert repo["name"] == "widgets"
+    [retry] = retries(logs)
+    assert retry["reason"] == "primary_rate_limit"
+    # Until the reset, plus a second for clock skew.
+    assert clock.sleeps == [pytest.approx(reset - start + 1.0)]
+
+
+async def test_low_budget_spaces_requests_until_the_reset(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    fake.set_rate_limit(INSTALLATION, remaining=20, reset_in=600)
+    names = [f"gadget-{n}" for n in range(4)]  # distinct reads: a 304 would cost nothing
+    for name in names:
+        fake.add_repo(ORG, name)
+
+    with capture_logs() as logs:
+        for name in names:
+            await client.getitem(f"/repos/{ORG}/{name}")
+
+    budget = github.rate_limit(INSTALLATION)
+    assert budget is not None and budget.remaining == 16
+    # After the first answer 19 requests are left for ~600 s: one every ~31.6 s.
+    assert clock.sleeps == [pytest.approx(600 / 19, rel=0.02)] * 3
+    assert len(waits(logs, "rate_limit_pacing")) == 3
+    # At that pace what is left lasts until the reset instead of running dry.
+    assert clock.sleeps[-1] * budget.remaining == pytest.approx(budget.reset - clock.wall, rel=0.03)
+
+
+async def test_budget_above_the_reserve_is_not_paced(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    fake.set_rate_limit(INSTALLATION, remaining=4000, reset_in=600)
+
+    for _ in range(4):
+        await client.getitem(REPO)
+
+    assert clock.sleeps == []
+    remaining = REGISTRY.get_sample_value(
+        "moko_github_rate_limit_remaining", {"installation": str(INSTALLATION)}
+    )
+    assert remaining == github.rate_limit(INSTALLATION).remaining
+
+
+# -- conditional requests ----------------------------------------------------------------
+
+
+async def test_second_get_sends_if_none_match_and_is_served_from_cache(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    first = await client.getitem(REPO)
+    etag = fake.calls[-1].response_headers["etag"]
+    budget_after_first = github.rate_limit(INSTALLATION).remaining
+
+    # A different client of the same installation shares the cache.
+    other = await github.installation_client(INSTALLATION)
+    second = await other.getitem(REPO)
+
+    last = fake.calls[-1]
+    assert last.headers["if-none-match"] == etag
+    assert last.status == 304
+    assert second == first
+    # A 304 costs no budget, and Moko does not count it either.
+    assert github.rate_limit(INSTALLATION).remaining == budget_after_first
+
+
+async def test_etag_caches_are_per_installation(fake, github, clock):
+    fake.add_installation(42, "other-org")
+    fake.add_repo("other-org", "widgets")
+    await (await github.installation_client(INSTALLATION)).getitem("/rate_limit")
+
+    await (await github.installation_client(42)).getitem("/rate_limit")
+
+    assert "if-none-match" not in fake.calls[-1].headers
+    assert fake.calls[-1].status == 200
+
+
+# -- concurrency and writes --------------------------------------------------------------
+
+
+def concurrency_tracer() -> tuple[aiohttp.TraceConfig, dict[str, int]]:
+    """Counts, per method, the most requests the client had open at once; each takes 20 ms more."""
+    open_now: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    trace = aiohttp.TraceConfig()
+
+    async def started(_session: Any, _ctx: Any, params: Any) -> None:
+        for key in (params.method, "all"):
+            open_now[key] = open_now.get(key, 0) + 1
+            peak[key] = max(peak.get(key, 0), open_now[key])
+        await asyncio.sleep(0.02)  # a slow network, so that requests would overlap
+
+    async def finished(_session: Any, _ctx: Any, params: Any) -> None:
+        for key in (params.method, "all"):
+            open_now[key] -= 1
+
+    trace.on_request_start.append(started)
+    trace.on_request_end.append(finished)
+    trace.on_request_exception.append(finished)
+    return trace, peak
+
+
+async def test_writes_are_sent_one_at_a_time_and_reads_are_bounded(fake, clock):
+    trace, peak = concurrency_tracer()
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+        github = make_app(fake, session, clock, max_in_flight=3)
+        client = await github.installation_client(INSTALLATION)
+
+        await asyncio.gather(
+            *[client.getitem(REPO) for _ in range(12)],
+            *[client.patch(REPO, data={"has_wiki": False}) for _ in range(4)],
+        )
+
+    assert peak["PATCH"] == 1
+    assert 2 <= peak["GET"] <= 3
+    assert peak["all"] <= 3
+
+
+async def test_bulk_writes_are_a_second_apart(fake, github, clock):
+    sweep = await github.installation_client(INSTALLATION, bulk=True)
+
+    with capture_logs() as logs:
+        for wiki in (False, True, False):
+            await sweep.patch(REPO, data={"has_wiki": wiki})
+        await sweep.getitem(REPO)  # reads are not spaced
+
+    assert clock.sleeps == [pytest.approx(1.0), pytest.approx(1.0)]
+    assert len(waits(logs, "bulk_write_spacing")) == 2
+
+
+async def test_a_webhook_remediation_is_not_slowed_by_bulk_spacing(fake, github, clock):
+    sweep = await github.installation_client(INSTALLATION, bulk=True)
+    webhook = await github.installation_client(INSTALLATION)
+    await sweep.patch(REPO, data={"has_wiki": False})
+
+    for wiki in (True, False, True):
+        await webhook.patch(REPO, data={"has_wiki": wiki})
+
+    assert clock.sleeps == []
+
+
+async def test_bulk_spacing_is_per_installation(fake, github, clock):
+    fake.add_installation(42, "other-org")
+    fake.add_repo("other-org", "widgets")
+    first = await github.installation_client(INSTALLATION, bulk=True)
+    second = await github.installation_client(42, bulk=True)
+
+    await first.patch(REPO, data={"has_wiki": False})
+    await second.patch("/repos/other-org/widgets", data={"has_wiki": False})
+
+    assert clock.sleeps == []
+
+
+# -- GraphQL, counting, logs ------------------------------------------------------------
+
+
+async def test_graphql_goes_to_the_graphql_url_and_is_retried(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    fake.fail("POST", r"graphql$", 502)
+
+    data = await client.graphql(
+        "query($owner: String!, $name: String!) { repository(owner: $owner, name: $name) { name } }",
+        owner=ORG,
+        name="widgets",
+    )
+
+    assert data["repository"]["name"] == "widgets"
+    assert client.requests_sent == 2
+    assert clock.sleeps == [pytest.approx(0.5)]
+
+
+async def test_requests_are_counted_per_client_and_for_the_app(fake, github, clock):
+    first = await github.installation_client(INSTALLATION)
+    second = await github.installation_client(INSTALLATION)
+    fake.fail("GET", rf"^{REPO}$", 502)
+
+    await first.getitem(REPO)
+    await second.getitem(f"/orgs/{ORG}")
+
+    assert (first.requests_sent, second.requests_sent) == (2, 1)
+    # Plus the one token request, made as the App.
+    assert github.requests_sent == 4
+
+
+async def test_retry_logs_name_paths_never_tokens(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    fake.fail("GET", rf"^/orgs/{ORG}/repos", 502)
+
+    with capture_logs() as logs:
+        await client.getitem(f"/orgs/{ORG}/repos?per_page=100")
+
+    [retry] = retries(logs)
+    assert retry["path"] == f"/orgs/{ORG}/repos"
+    text = repr(logs)
+    for secret in github.secrets():
+        assert secret not in text
+
+
+async def test_graphql_rate_limited_waits_for_the_reset_then_succeeds(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    start = clock.wall
+    fake.set_rate_limit(INSTALLATION, remaining=0, reset_in=30, resource="graphql")
+    reset = fake.rate_limit(INSTALLATION, "graphql")["reset"]
+
+    def budget_back(call: Any) -> None:  # GitHub's reset, which the fake's real clock would not reach
+        fake.set_rate_limit(INSTALLATION, remaining=5000, resource="graphql")
+
+    fake.on_request(budget_back)
+
+    with capture_logs() as logs:
+        data = await client.graphql("query { viewer { login } }")
+
+    assert "viewer" in data
+    assert fake.count("POST", r"^/graphql$") == 2
+    assert [r["reason"] for r in retries(logs)] == ["primary_rate_limit"]
+    assert clock.sleeps == [pytest.approx(reset - start + 1.0)]
