@@ -108,7 +108,10 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
         )
         app[SERVICES] = services
         app[WORKERS] = workers
-        intake = WebhookIntake(secret=settings.webhook_secret or "", store=store, workers=workers)
+        intake = WebhookIntake(
+            secret=settings.webhook_secret or "", store=store, workers=workers,
+            owner=services.owner, lease_seconds=settings.lease_seconds,
+        )
         app[INTAKE] = intake
         await workers.start()
         background = [asyncio.create_task(loop(services)) for loop in hooks.background]

@@ -50,13 +50,15 @@ def _installation_id(data: Mapping[str, object]) -> int | None:
 class WebhookIntake:
     """POST /api/github/webhooks."""
 
-    def __init__(self, *, secret: str, store: Store, workers: WorkerPool) -> None:
+    def __init__(self, *, secret: str, store: Store, workers: WorkerPool, owner: str, lease_seconds: float) -> None:
         if not secret:
             # gidgethub accepts unsigned payloads when it has no secret: never run like that.
             raise ValueError("a webhook secret is required")
         self._secret = secret
         self._store = store
         self._workers = workers
+        self._owner = owner
+        self._lease = lease_seconds
 
     async def handle(self, request: web.Request) -> web.Response:
         event_name = request.headers.get("X-GitHub-Event", "unknown")
@@ -101,11 +103,13 @@ class WebhookIntake:
             body=body if headers.get("content-type", "").startswith("application/json") else json.dumps(event.data).encode(),
         )
         try:
-            queued = await self._store.add_delivery(delivery)
+            # Stored and claimed by this replica in one write: its own workers take it next.
+            queued, claimed = await self._store.add_and_claim(delivery, self._owner, self._lease)
         except Exception as exc:
             log.error("delivery_not_stored", delivery=event.delivery_id, event=event.event, error=str(exc))
             return _answer(503, event.event, "store_unavailable", {"error": "store unavailable"}, {"Retry-After": RETRY_AFTER_SECONDS})
         if not queued:
             return _answer(200, event.event, "duplicate", {"status": "duplicate"})
-        self._workers.submit(event.delivery_id)
+        if claimed is not None:
+            self._workers.submit(event.delivery_id, event.data, claimed)
         return _answer(202, event.event, "queued", {"delivery": event.delivery_id, "status": "queued"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import structlog
 from gidgethub.routing import Router
@@ -32,12 +33,13 @@ class DeliveryProcessor:
         self._services = services
         self._router = router
 
-    async def __call__(self, delivery: Delivery) -> str | None:
+    async def __call__(self, delivery: Delivery, data: Any = None) -> str | None:
         started = time.perf_counter()
-        try:
-            data = json.loads(delivery.body)
-        except ValueError:
-            return "stored body is not JSON"
+        if data is None:
+            try:
+                data = json.loads(delivery.body)
+            except ValueError:
+                return "stored body is not JSON"
         event = Event(data, event=delivery.event, delivery_id=delivery.id)
         action = data.get("action") if isinstance(data, dict) else None
         bound = {

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from bot.logs import get_logger
 from bot.metrics import DELIVERIES_FINISHED, QUEUE_DEPTH
@@ -19,8 +21,9 @@ from bot.store.base import DONE, FAILED, Delivery, Store
 
 log = get_logger("moko.worker")
 
-# What processing a delivery returns: None when it is done, else the failure message.
-Processor = Callable[[Delivery], Awaitable[str | None]]
+# Processing a delivery (with its payload when the intake already parsed it) returns None
+# when it is done, else the failure message.
+Processor = Callable[[Delivery, Any], Awaitable[str | None]]
 
 
 class WorkerPool:
@@ -42,10 +45,11 @@ class WorkerPool:
         self._workers = workers
         self._queue_max = queue_max
         self._lease = lease_seconds
-        self._queue: asyncio.Queue[tuple[str, Delivery | None]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, Delivery | None, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight: set[str] = set()
         self._settled = asyncio.Condition()
+        self._claimed_at: dict[str, float] = {}
         self._accepting = False
         self._wakeup = asyncio.Event()
 
@@ -58,9 +62,12 @@ class WorkerPool:
     def has_room(self) -> bool:
         return self._accepting and self._queue.qsize() + len(self._in_flight) < self._queue_max
 
-    def submit(self, delivery_id: str) -> None:
-        """Hand over a delivery the intake has just stored."""
-        self._queue.put_nowait((delivery_id, None))
+    def submit(self, delivery_id: str, payload: Any = None, claimed: Delivery | None = None) -> None:
+        """Hand over a delivery the intake has just stored (with its parsed payload, and the
+        claim the intake took for this replica, if any)."""
+        self._queue.put_nowait((delivery_id, claimed, payload))
+        if claimed is not None:
+            self._claimed_at[delivery_id] = time.monotonic()
         QUEUE_DEPTH.set(self._queue.qsize())
 
     # --- lifecycle -----------------------------------------------------------
@@ -80,7 +87,7 @@ class WorkerPool:
                 return taken
             claimed = await self._store.claim_pending(self._owner, self._lease, min(room, 100))
             for delivery in claimed:
-                self._queue.put_nowait((delivery.id, delivery))
+                self._queue.put_nowait((delivery.id, delivery, None))
             taken += len(claimed)
             QUEUE_DEPTH.set(self._queue.qsize())
             if len(claimed) < min(room, 100):
@@ -103,10 +110,10 @@ class WorkerPool:
         """Stop taking work, let in-flight deliveries finish (up to grace), give back the rest."""
         self._accepting = False
         self._wakeup.set()
-        pending: list[tuple[str, Delivery | None]] = []
+        pending: list[tuple[str, Delivery | None, Any]] = []
         while not self._queue.empty():
             pending.append(self._queue.get_nowait())
-        for delivery_id, claimed in pending:
+        for delivery_id, claimed, _ in pending:
             if claimed is not None:
                 await self._store.release_delivery(delivery_id, self._owner)
         if self._in_flight:
@@ -132,7 +139,7 @@ class WorkerPool:
 
     async def _work(self) -> None:
         while True:
-            delivery_id, claimed = await self._queue.get()
+            delivery_id, claimed, payload = await self._queue.get()
             QUEUE_DEPTH.set(self._queue.qsize())
             if not self._accepting and claimed is None:
                 async with self._settled:
@@ -140,9 +147,14 @@ class WorkerPool:
                 continue
             self._in_flight.add(delivery_id)
             try:
+                claimed_at = self._claimed_at.pop(delivery_id, None)
+                if claimed is not None and claimed_at is not None and time.monotonic() - claimed_at > self._lease / 2:
+                    # It waited long in the queue: make sure the claim still holds before acting.
+                    if not await self._store.renew_lease(delivery_id, self._owner, self._lease):
+                        continue
                 delivery = claimed or await self._store.claim_delivery(delivery_id, self._owner, self._lease)
                 if delivery is not None:
-                    await self._run(delivery)
+                    await self._run(delivery, payload)
             except Exception as exc:
                 log.error("worker_error", delivery=delivery_id, error=REDACTOR.text(str(exc)), exc_info=True)
             finally:
@@ -150,10 +162,10 @@ class WorkerPool:
                 async with self._settled:
                     self._settled.notify_all()
 
-    async def _run(self, delivery: Delivery) -> None:
+    async def _run(self, delivery: Delivery, payload: Any) -> None:
         renewer = asyncio.create_task(self._keep_lease(delivery.id))
         try:
-            error = await self._process(delivery)
+            error = await self._process(delivery, payload)
         except asyncio.CancelledError:
             # Shutdown outlasted the grace period: give the delivery back for the next start.
             await asyncio.shield(self._store.release_delivery(delivery.id, self._owner))

@@ -22,8 +22,7 @@ from bot.store.base import (
     Store,
 )
 
-# The fixtures store, store_url, postgres_url and open_test_store are tests/pg.py's.
-pytest_plugins = ("tests.pg",)
+# The fixtures store, store_url, postgres_url and open_test_store are tests/pg.py's (conftest loads it).
 
 # A lease short enough to let expire in a test, and a wait that is surely past it.
 SHORT_LEASE = 0.05
@@ -119,6 +118,26 @@ async def test_schema_is_created_at_the_current_version_and_survives_reopening(s
 
 
 # --- deliveries -----------------------------------------------------------------------
+
+
+async def test_the_intake_stores_and_claims_in_one_step(store: Store):
+    stored, claimed = await store.add_and_claim(new_delivery("d-claim"), "intake", LONG_LEASE)
+    assert stored and claimed is not None and claimed.state == PROCESSING and claimed.attempts == 1
+    assert json_body(claimed) == {"zen": "ok"}
+    # Its own worker holds it: nobody else can claim it, and a second copy is a duplicate.
+    assert await store.claim_delivery("d-claim", "other", LONG_LEASE) is None
+    assert await store.add_and_claim(new_delivery("d-claim"), "intake", LONG_LEASE) == (False, None)
+    await store.finish_delivery("d-claim", "intake", FAILED, "boom")
+    stored, again = await store.add_and_claim(new_delivery("d-claim"), "intake-2", LONG_LEASE)
+    assert stored and again is not None and again.attempts == 2
+    await store.finish_delivery("d-claim", "intake-2", DONE)
+    assert (await store.get_delivery("d-claim")).state == DONE
+
+
+def json_body(delivery) -> object:
+    import json
+
+    return json.loads(delivery.body)
 
 
 async def test_a_new_delivery_is_queued_and_a_second_copy_is_a_duplicate(store: Store):

@@ -129,6 +129,19 @@ class Store(abc.ABC):
         an ID already stored that is queued, processing or done.
         """
 
+    async def add_and_claim(
+        self, delivery: NewDelivery, owner: str, lease_seconds: float
+    ) -> tuple[bool, Delivery | None]:
+        """Store a delivery claimed at once by owner (the intake that will process it).
+
+        (stored, claimed): stored is add_delivery's answer; claimed is the Delivery when owner
+        holds it. Stores may do this in one statement; this default takes two, and another
+        worker may claim the delivery in between (stored, not claimed: still not a duplicate).
+        """
+        if not await self.add_delivery(delivery):
+            return False, None
+        return True, await self.claim_delivery(delivery.id, owner, lease_seconds)
+
     @abc.abstractmethod
     async def claim_delivery(self, delivery_id: str, owner: str, lease_seconds: float) -> Delivery | None:
         """Atomically move a queued delivery (or one whose lease expired) to processing for owner.

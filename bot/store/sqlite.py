@@ -153,21 +153,29 @@ def _record(row: sqlite3.Row) -> AuditRecord:
 
 
 class _Job:
-    __slots__ = ("fn", "future", "loop")
+    __slots__ = ("fn", "future", "loop", "atomic")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+        atomic: bool,
+    ) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
+        self.atomic = atomic
 
 
-def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+def _resolve_all(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    for job, result, error in outcomes:
+        if job.future.done():
+            continue
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
 
 
 class SQLiteStore(Store):
@@ -221,6 +229,13 @@ class SQLiteStore(Store):
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
+                if job.atomic:
+                    # One statement: SQLite undoes a failed statement on its own.
+                    try:
+                        outcomes.append((job, job.fn(conn), None))
+                    except Exception as exc:
+                        outcomes.append((job, None, exc))
+                    continue
                 conn.execute("SAVEPOINT op")
                 try:
                     result = job.fn(conn)
@@ -237,15 +252,21 @@ class SQLiteStore(Store):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             outcomes = [(job, None, exc) for job in batch]
-        for job, result, error in outcomes:
-            job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
+        # One wake-up per event loop for the whole batch, not one per operation.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
+        for outcome in outcomes:
+            by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        for loop, done in by_loop.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve_all, done)
 
-    async def _call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def _call(self, fn: Callable[[sqlite3.Connection], Any], *, atomic: bool = False) -> Any:
+        """Run fn in the writer thread's next batch; atomic: fn is a single statement."""
         if self._thread is None:
             raise RuntimeError("store is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._jobs.put(_Job(fn, future, loop))
+        self._jobs.put(_Job(fn, future, loop, atomic))
         return await future
 
     # --- lifecycle ---------------------------------------------------------
@@ -311,7 +332,35 @@ class SQLiteStore(Store):
             )
             return cursor.rowcount == 1
 
-        return bool(await self._call(add))
+        return bool(await self._call(add, atomic=True))
+
+    async def add_and_claim(
+        self, delivery: NewDelivery, owner: str, lease_seconds: float
+    ) -> tuple[bool, Delivery | None]:
+        now = self._clock()
+        headers = json.dumps(dict(delivery.headers))
+
+        def add(conn: sqlite3.Connection) -> tuple[bool, Delivery | None]:
+            row = conn.execute(
+                "INSERT INTO deliveries (id, event, installation_id, headers, body, state, attempts, owner, "
+                "lease_until, received_at) VALUES (?, ?, ?, ?, ?, 'processing', 1, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET state = 'processing', headers = excluded.headers, "
+                "body = excluded.body, error = NULL, owner = excluded.owner, lease_until = excluded.lease_until, "
+                "attempts = deliveries.attempts + 1, received_at = excluded.received_at, finished_at = NULL "
+                "WHERE deliveries.state = 'failed' "
+                "RETURNING id, event, installation_id, state, attempts, error, received_at",
+                (delivery.id, delivery.event, delivery.installation_id, headers, delivery.body,
+                 owner, now + lease_seconds, now),
+            ).fetchone()
+            if row is None:
+                return False, None
+            return True, Delivery(
+                id=row["id"], event=row["event"], installation_id=row["installation_id"],
+                headers=delivery.headers, body=delivery.body, state=row["state"], attempts=row["attempts"],
+                error=None, received_at=datetime.fromtimestamp(row["received_at"], UTC),
+            )
+
+        return await self._call(add, atomic=True)
 
     async def claim_delivery(self, delivery_id: str, owner: str, lease_seconds: float) -> Delivery | None:
         now = self._clock()
@@ -325,7 +374,7 @@ class SQLiteStore(Store):
             ).fetchone()
             return _delivery(row) if row else None
 
-        return await self._call(claim)
+        return await self._call(claim, atomic=True)
 
     async def claim_pending(self, owner: str, lease_seconds: float, limit: int) -> list[Delivery]:
         now = self._clock()
@@ -340,7 +389,7 @@ class SQLiteStore(Store):
             ).fetchall()
             return sorted((_delivery(row) for row in rows), key=lambda d: d.received_at)
 
-        return await self._call(claim)
+        return await self._call(claim, atomic=True)
 
     async def renew_lease(self, delivery_id: str, owner: str, lease_seconds: float) -> bool:
         until = self._clock() + lease_seconds
@@ -352,7 +401,7 @@ class SQLiteStore(Store):
             )
             return cursor.rowcount == 1
 
-        return bool(await self._call(renew))
+        return bool(await self._call(renew, atomic=True))
 
     async def release_delivery(self, delivery_id: str, owner: str) -> None:
         await self._call(
@@ -360,7 +409,8 @@ class SQLiteStore(Store):
                 "UPDATE deliveries SET state = 'queued', owner = NULL, lease_until = NULL "
                 "WHERE id = ? AND owner = ? AND state = 'processing'",
                 (delivery_id, owner),
-            )
+            ),
+            atomic=True,
         )
 
     async def finish_delivery(self, delivery_id: str, owner: str, state: str, error: str | None = None) -> None:
@@ -372,7 +422,8 @@ class SQLiteStore(Store):
                 "UPDATE deliveries SET state = ?, error = ?, owner = NULL, lease_until = NULL, finished_at = ? "
                 "WHERE id = ? AND owner = ? AND state = 'processing'",
                 (state, error, now, delivery_id, owner),
-            )
+            ),
+            atomic=True,
         )
 
     async def get_delivery(self, delivery_id: str) -> Delivery | None:
@@ -380,7 +431,7 @@ class SQLiteStore(Store):
             row = conn.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
             return _delivery(row) if row else None
 
-        return await self._call(get)
+        return await self._call(get, atomic=True)
 
     async def count_deliveries(self, state: str) -> int:
         if state not in (QUEUED, PROCESSING, DONE, FAILED):
