@@ -1,0 +1,188 @@
+"""The answers to `status`, `plan`, `apply` and `audit` as Markdown: pure, from the engine's
+results and the audit trail. Every value not written by Moko is escaped."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bot.store.base import AuditRecord
+from handlers import command_text as text
+from handlers.command_markdown import escape, escape_settings, escape_value, show, table
+from policies.apply import ChangeOutcome
+from policies.branch_protection import diff_protection, normalize_written, resolve_branch_rules
+from policies.defaults import DEFAULT_BRANCH_RULE
+from policies.model import BRANCH_PROTECTION, REPOSITORY, Change, Plan, Policy
+
+STATUS_CELL_LIMIT = 200
+AUDIT_VALUE_LIMIT = 160
+
+
+def _drift_keys(change: Change, policy: Policy | None, default_branch: str | None) -> str:
+    """Which keys of a protected branch differ from its rule, e.g. ``enforce_admins``."""
+    rule = resolve_branch_rules(policy, default_branch).get(change.field) if policy else None
+    if rule is None or rule.protection is None:
+        return escape_settings(change.after, STATUS_CELL_LIMIT)
+    drift = diff_protection(normalize_written(change.before), rule.protection).drift
+    return escape(", ".join(drift) or "protection", STATUS_CELL_LIMIT)
+
+
+def describe_change(change: Change, policy: Policy | None, default_branch: str | None) -> str:
+    """One change as a line of text (escaped)."""
+    if change.policy == REPOSITORY:
+        return text.CHANGE_SETTING.format(
+            field=escape(change.field), before=escape_value(change.before), after=escape_value(change.after)
+        )
+    branch = escape(change.target or change.field)
+    if change.target is None and change.field == DEFAULT_BRANCH_RULE:
+        branch = escape(text.NO_DEFAULT_BRANCH)
+    if change.method == "DELETE":
+        return text.CHANGE_UNPROTECT.format(branch=branch)
+    if change.before is None:
+        return text.CHANGE_PROTECT.format(branch=branch, after=escape_settings(change.after, STATUS_CELL_LIMIT))
+    keys = text.DIFFERS_IN.format(keys=_drift_keys(change, policy, default_branch))
+    return text.CHANGE_REPROTECT.format(branch=branch, keys=keys)
+
+
+def _by_field(changes: Sequence[Change], policy: str) -> dict[str, Change]:
+    return {change.field: change for change in changes if change.policy == policy}
+
+
+def status_rows(policy: Policy, plan: Plan, default_branch: str | None) -> list[tuple[str, ...]]:
+    """policy, field, wanted, actual, compliant: one row per field and branch the policy names."""
+    rows: list[tuple[str, ...]] = []
+    settings = _by_field(plan.changes, REPOSITORY)
+    unread = set(plan.settings_to_read)
+    for field, wanted in policy.repository.items():
+        if field in settings:
+            actual, compliant = escape_value(settings[field].before), text.NO
+        elif field in unread:
+            actual, compliant = text.UNKNOWN, text.UNKNOWN
+        else:
+            # Compliant means equal as the engine compares (e.g. "" and null descriptions).
+            actual, compliant = escape_value(wanted), text.YES
+        rows.append((escape(REPOSITORY), escape(field), escape_value(wanted), actual, compliant))
+    protections = _by_field(plan.changes, BRANCH_PROTECTION)
+    deferred = _by_field(plan.deferred, BRANCH_PROTECTION)
+    unread = set(plan.branches_to_read)
+    rules = resolve_branch_rules(policy, default_branch)
+    if default_branch is None and any(rule.name == DEFAULT_BRANCH_RULE for rule in policy.branches):
+        rule = next(rule for rule in policy.branches if rule.name == DEFAULT_BRANCH_RULE)
+        rules = {DEFAULT_BRANCH_RULE: rule, **rules}
+    for branch, rule in rules.items():
+        if branch == DEFAULT_BRANCH_RULE and default_branch is None:
+            label = text.NO_DEFAULT_BRANCH
+        elif branch == default_branch:
+            label = text.DEFAULT_BRANCH.format(branch=branch)
+        else:
+            label = branch
+        if rule.protection is None:
+            wanted = text.NOT_PROTECTED
+        else:
+            wanted = text.PROTECTED + ": " + escape_settings(rule.protection, STATUS_CELL_LIMIT)
+        if branch in deferred:
+            actual, compliant = text.BRANCH_MISSING, text.NO
+        elif branch in unread or (branch == DEFAULT_BRANCH_RULE and default_branch is None):
+            actual, compliant = text.UNKNOWN, text.UNKNOWN
+        elif branch in protections:
+            change = protections[branch]
+            if change.before is None:
+                actual = text.NOT_PROTECTED
+            elif change.method == "DELETE":
+                actual = text.PROTECTED
+            else:
+                actual = text.DIFFERS_IN.format(keys=_drift_keys(change, policy, default_branch))
+            compliant = text.NO
+        else:
+            actual, compliant = text.AS_WANTED, text.YES
+        rows.append((escape(BRANCH_PROTECTION), escape(label), wanted, actual, compliant))
+    return rows
+
+
+def render_status(repo: str, policy: Policy, plan: Plan, default_branch: str | None) -> str:
+    rows = status_rows(policy, plan, default_branch)
+    drifted = sum(1 for row in rows if row[-1] != text.YES)
+    verdict = (
+        text.STATUS_COMPLIANT if not drifted else text.STATUS_DRIFT.format(count=drifted, total=len(rows))
+    )
+    title = text.STATUS_TITLE.format(repo=escape(repo))
+    return f"{title}\n\n{verdict}\n\n{table(text.STATUS_HEADERS, rows)}"
+
+
+def _bullets(lines: Sequence[str]) -> str:
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def render_plan(repo: str, policy: Policy, plan: Plan, default_branch: str | None) -> str:
+    lines = [describe_change(change, policy, default_branch) for change in plan.changes]
+    lines += [
+        text.CHANGE_DEFERRED.format(
+            branch=escape(change.target or text.NO_DEFAULT_BRANCH),
+            after=escape_settings(change.after, STATUS_CELL_LIMIT),
+        )
+        for change in plan.deferred
+    ]
+    title = text.PLAN_TITLE.format(repo=escape(repo))
+    return f"{title}\n\n{_bullets(lines) if lines else text.PLAN_NOTHING}"
+
+
+def outcome_text(outcome: ChangeOutcome) -> str:
+    template = text.OUTCOMES.get(outcome.outcome, "{outcome}")
+    return template.format(outcome=escape(outcome.outcome), error=escape(outcome.error or "", 300))
+
+
+def render_apply(
+    repo: str, policy: Policy | None, outcomes: Sequence[ChangeOutcome], default_branch: str | None, dry_run: bool
+) -> str:
+    title = text.APPLY_TITLE.format(repo=escape(repo))
+    if not outcomes:
+        return f"{title}\n\n{text.APPLY_NOTHING}"
+    lines = [
+        f"{describe_change(o.change, policy, default_branch)} — **{outcome_text(o)}**" for o in outcomes
+    ]
+    body = f"{title}\n\n{_bullets(lines)}"
+    return f"{body}\n\n{text.APPLY_DRY_RUN}" if dry_run else body
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return escape(value if isinstance(value, str) else show(value), AUDIT_VALUE_LIMIT)
+
+
+def audit_row(record: AuditRecord) -> tuple[str, ...]:
+    return (
+        escape(record.time.strftime("%Y-%m-%d %H:%M:%SZ")),
+        escape(record.actor),
+        escape(record.trigger),
+        escape(record.policy),
+        escape(record.field),
+        _cell(record.before),
+        _cell(record.after),
+        escape(record.outcome),
+        escape(record.error or "", AUDIT_VALUE_LIMIT),
+    )
+
+
+def render_audit(repo: str, records: Sequence[AuditRecord]) -> str:
+    if not records:
+        return text.AUDIT_NOTHING.format(repo=escape(repo))
+    title = text.AUDIT_TITLE.format(count=len(records), repo=escape(repo))
+    return f"{title}\n\n{table(text.AUDIT_HEADERS, [audit_row(r) for r in records])}"
+
+
+def render_problems(lines: Sequence[str]) -> str:
+    """Error lines (e.g. a policy file's ``FILE:LINE: message``), escaped, as a list."""
+    return _bullets([escape(line, 300) for line in lines])
+
+
+def policy_problems(error: Any) -> list[str]:
+    problems = getattr(error, "problems", None)
+    if problems:
+        return [str(problem) for problem in problems]
+    return [line for line in str(error).splitlines() if line.strip()] or [str(error)]
+
+
+def default_branch_of(repo: Mapping[str, Any]) -> str | None:
+    branch = repo.get("default_branch")
+    return str(branch) if branch else None

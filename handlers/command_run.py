@@ -1,0 +1,184 @@
+"""Running one parsed `/moko` command: authorization, the policy engine or the audit trail,
+and the answer it gives (its Markdown and the outcome of the command's audit record)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bot.store.base import Store
+from handlers import command_text as text
+from handlers.command_access import AUDIT_PERMISSION, at_least, commenter_role
+from handlers.command_markdown import escape, plain
+from handlers.command_parsing import Command, InvalidCommand
+from handlers.command_report import (
+    default_branch_of,
+    policy_problems,
+    render_apply,
+    render_audit,
+    render_plan,
+    render_problems,
+    render_status,
+)
+from policies.apply import APPLIED, DRY_RUN, FAILED, Run
+from policies.engine import REPO_FAILED, SKIPPED, PolicyEngine, RepoResult
+from policies.loader import PolicyError
+
+DENIED = "denied"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One command to run, and what running it needs."""
+
+    gh: Any
+    engine: PolicyEngine
+    store: Store
+    run: Run
+    repo: Mapping[str, Any]  # the payload's repository: it holds the settings
+    user: str
+    command: Command | InvalidCommand
+
+    @property
+    def full_name(self) -> str:
+        return str(self.repo["full_name"])
+
+    @property
+    def owner_and_name(self) -> tuple[str, str]:
+        owner, name = self.full_name.split("/", 1)
+        return owner, name
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What Moko answers, and the outcome of the command's own audit record.
+
+    ``outcome``: ``applied`` (the command was carried out), ``dry-run`` (an apply that only
+    recorded), ``failed`` or ``denied``. ``broken``: the work itself failed (GitHub, the
+    engine, an invalid policy file), so the delivery ends failed once answered.
+    """
+
+    body: str
+    outcome: str
+    error: str | None = None
+    broken: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.outcome in (APPLIED, DRY_RUN)
+
+
+def failed(error: str) -> Answer:
+    return Answer(text.FAILED.format(error=escape(error, 500)), FAILED, plain(error, 500), broken=True)
+
+
+def invalid_policy(problems: list[str]) -> Answer:
+    body = text.INVALID_POLICY.format(problems=render_problems(problems))
+    return Answer(body, FAILED, plain("; ".join(problems), 1000), broken=True)
+
+
+def denied(command: str, needed: str, role: str) -> Answer:
+    body = text.DENIED.format(command=command, needed=escape(needed), role=escape(role))
+    if command == "apply":
+        body += " " + text.NOTHING_CHANGED
+    return Answer(body, DENIED, f"/moko {command} needs {needed} or higher; {plain(role, 40)} has not")
+
+
+def with_dry_run_note(answer: Answer, dry_run: bool) -> Answer:
+    if not dry_run:
+        return answer
+    return Answer(f"{answer.body}\n\n{text.DRY_RUN_NOTE}", answer.outcome, answer.error, answer.broken)
+
+
+def _unplanned(result: RepoResult) -> Answer | None:
+    """The answer when the engine made no plan: an invalid policy, a failed read, or a
+    repository out of the policy's scope."""
+    if result.outcome == REPO_FAILED and result.plan is None:
+        if result.policy is None:  # the engine could not use the policy file
+            return invalid_policy(policy_problems(result.error or ""))
+        return failed(result.error or "")
+    if result.outcome == SKIPPED:
+        reason = result.plan.skipped if result.plan else None
+        body = text.SKIPPED.format(repo=escape(result.repo), reason=escape(reason or "out of scope"))
+        return Answer(body, APPLIED)
+    return None
+
+
+async def answer_help(request: Request) -> Answer:
+    """Help, preceded by what was wrong when the command could not be run."""
+    command = request.command
+    if not isinstance(command, InvalidCommand):
+        return with_dry_run_note(Answer(text.HELP, APPLIED), request.engine.global_dry_run)
+    template = text.PROBLEMS[command.problem]
+    shown = template.format(given=escape(command.given, 80), command=escape(command.name))
+    body = text.PROBLEM.format(problem=shown) + "\n\n" + text.HELP
+    error = template.format(given=plain(command.given, 80), command=command.name)
+    return Answer(body, FAILED, error)
+
+
+async def answer_status(request: Request) -> Answer:
+    result = await request.engine.remediate(request.gh, request.run, request.repo, apply=False)
+    unplanned = _unplanned(result)
+    if unplanned is not None or result.plan is None or result.policy is None:
+        return with_dry_run_note(unplanned or failed("no plan"), result.dry_run)
+    body = render_status(result.repo, result.policy, result.plan, default_branch_of(request.repo))
+    return with_dry_run_note(Answer(body, APPLIED), result.dry_run)
+
+
+async def answer_plan(request: Request) -> Answer:
+    result = await request.engine.remediate(request.gh, request.run, request.repo, apply=False)
+    unplanned = _unplanned(result)
+    if unplanned is not None or result.plan is None or result.policy is None:
+        return with_dry_run_note(unplanned or failed("no plan"), result.dry_run)
+    body = render_plan(result.repo, result.policy, result.plan, default_branch_of(request.repo))
+    return with_dry_run_note(Answer(body, APPLIED), result.dry_run)
+
+
+async def answer_apply(request: Request) -> Answer:
+    """Remediate now, if the commenter's role reaches the policy's apply_permission."""
+    try:
+        policy = await request.engine.policy_for(request.gh, request.run, request.full_name)
+    except PolicyError as exc:
+        return invalid_policy(policy_problems(exc))
+    role = await commenter_role(request.gh, *request.owner_and_name, request.user)
+    if not at_least(role, policy.apply_permission):
+        return denied("apply", policy.apply_permission, role)
+    result = await request.engine.remediate(request.gh, request.run, request.repo)
+    unplanned = _unplanned(result)
+    if unplanned is not None:
+        return with_dry_run_note(unplanned, result.dry_run)
+    body = render_apply(
+        result.repo, result.policy, result.changes, default_branch_of(request.repo), result.dry_run
+    )
+    if result.outcome == REPO_FAILED:
+        error = result.error or "a change failed"
+        return Answer(body, FAILED, plain(error, 500), broken=True)
+    return with_dry_run_note(Answer(body, DRY_RUN if result.dry_run else APPLIED), result.dry_run)
+
+
+async def answer_audit(request: Request) -> Answer:
+    """The repository's last records, for triage or higher (the trail names people and values)."""
+    role = await commenter_role(request.gh, *request.owner_and_name, request.user)
+    if not at_least(role, AUDIT_PERMISSION):
+        return denied("audit", AUDIT_PERMISSION, role)
+    command = request.command
+    limit = command.count if isinstance(command, Command) else None
+    records = await request.store.audit_records(repo=request.full_name, newest_first=True, limit=limit)
+    answer = Answer(render_audit(request.full_name, records), APPLIED)
+    return with_dry_run_note(answer, request.engine.global_dry_run)
+
+
+ANSWERS: dict[str, Callable[[Request], Awaitable[Answer]]] = {
+    "help": answer_help,
+    "status": answer_status,
+    "plan": answer_plan,
+    "apply": answer_apply,
+    "audit": answer_audit,
+}
+
+
+async def run_command(request: Request) -> Answer:
+    if isinstance(request.command, InvalidCommand):
+        return await answer_help(request)
+    return await ANSWERS[request.command.name](request)

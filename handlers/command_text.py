@@ -1,0 +1,96 @@
+"""What Moko says in answer to `/moko` commands: every user-facing text, in one place.
+
+Templates take only values already escaped by ``handlers.command_markdown`` (or Moko's own
+words); ``MARKER`` starts every answer so Moko's comments can be found again.
+"""
+
+from __future__ import annotations
+
+MARKER = "<!-- moko:command -->"
+
+HELP = """\
+**Moko commands.** Write one on its own line of an issue or pull-request comment:
+
+| command | what Moko does | who may use it |
+|---|---|---|
+| `/moko help` | shows this help | anyone who can comment |
+| `/moko status` | shows how this repository compares with the policy | anyone who can comment |
+| `/moko plan` | lists the changes `/moko apply` would make | anyone who can comment |
+| `/moko apply` | brings this repository in line with the policy now | the policy's `commands.apply_permission` role (default: maintain) or higher |
+| `/moko audit [N]` | shows the last N audit records of this repository (N from 1 to 50, default 10) | triage or higher |
+
+Each person may send 5 commands per repository per minute."""
+
+# Why a command could not be run; {given} is the commenter's text, escaped.
+PROBLEM = "Moko could not run that command: {problem}"
+PROBLEMS = {
+    "unknown": "there is no command “{given}”.",
+    "arguments": "`{command}` takes no arguments, but was given “{given}”.",
+    "count": "`audit` takes one number from 1 to 50, not “{given}”.",
+}
+
+DRY_RUN_NOTE = "_Moko runs in dry-run: it changes nothing and only records what it would do._"
+
+THROTTLED = (
+    "You have sent more than 5 Moko commands in this repository within a minute, "
+    "so Moko does not answer your next ones here until a minute has passed."
+)
+
+DENIED = (
+    "Sorry, `/moko {command}` needs the **{needed}** role or higher on this repository, "
+    "and you have **{role}**."
+)
+NOTHING_CHANGED = "Nothing was changed."
+
+INVALID_POLICY = (
+    "The policy file is invalid, so Moko changes nothing until it is fixed:\n\n{problems}"
+)
+
+SKIPPED = "Moko leaves {repo} alone: {reason}."
+
+FAILED = "Moko could not finish: {error}"
+
+STATUS_TITLE = "**Status of {repo}**"
+STATUS_COMPLIANT = "✅ It complies with the policy."
+STATUS_DRIFT = (
+    "❌ {count} of {total} items differ from the policy; "
+    "`/moko plan` lists what `/moko apply` would change."
+)
+STATUS_HEADERS = ("policy", "field", "wanted", "actual", "compliant")
+
+PLAN_TITLE = "**What `/moko apply` would change in {repo}**"
+PLAN_NOTHING = "Nothing: it complies with the policy."
+
+APPLY_TITLE = "**What Moko did in {repo}**"
+APPLY_NOTHING = "Nothing to do: it complies with the policy."
+APPLY_DRY_RUN = "Nothing was changed; the changes above were recorded as dry-run."
+
+AUDIT_TITLE = "**The last {count} audit records of {repo}**, newest first"
+AUDIT_NOTHING = "No audit records yet for {repo}."
+AUDIT_HEADERS = ("time", "actor", "trigger", "policy", "field", "before", "after", "outcome", "error")
+
+ROWS_LEFT_OUT = "_{count} more rows left out: the comment would be too long._"
+
+# Cells of the status table.
+YES, NO, UNKNOWN = "yes", "no", "unknown"
+NOT_PROTECTED = "not protected"
+PROTECTED = "protected"
+AS_WANTED = "as wanted"
+DIFFERS_IN = "differs in {keys}"
+BRANCH_MISSING = "branch does not exist yet"
+DEFAULT_BRANCH = "{branch} (default branch)"
+NO_DEFAULT_BRANCH = "default branch (none yet)"
+
+# One line per change in plan and apply answers.
+CHANGE_SETTING = "{field}: {before} → {after}"
+CHANGE_PROTECT = "protect branch {branch}: {after}"
+CHANGE_REPROTECT = "update the protection of branch {branch}: {keys}"
+CHANGE_UNPROTECT = "remove the protection of branch {branch}"
+CHANGE_DEFERRED = "protect branch {branch} once it is first pushed: {after}"
+OUTCOMES = {
+    "applied": "done",
+    "dry-run": "dry-run, not changed",
+    "failed": "failed: {error}",
+    "rolled-back": "undone, because a later change failed",
+    "deferred": "waits for the branch's first push",
+}

@@ -1,0 +1,155 @@
+"""issue_comment.created: `/moko` commands in issue and pull-request comments.
+
+Each command: ignored unless a person wrote it (bots, Moko included, are ignored, and so are
+edits and bodies over 64 KiB); counted against the commenter's rate limit; 👀 on the comment;
+run (see ``command_run``); answered with one comment; 🚀 when done, 😕 when not; and recorded.
+
+The audit trail: every command run or refused is one transaction whose run id is
+``cmd-<delivery id>``, trigger ``command:<name>`` and actor the commenter. It holds one
+record with policy ``command`` and field the command's name (``unknown`` for an unknown
+one): outcome ``applied`` when the command was carried out (for ``status``, ``plan``,
+``help`` and ``audit`` that means answered: they change nothing), ``dry-run`` for an
+``apply`` in dry-run, ``denied`` when the commenter's role is too low or the rate limit was
+reached, ``failed`` otherwise, with the reason in ``error``. An ``apply`` also writes the
+engine's records of each change under the same run id, before the command's record.
+Commands silenced by the rate limit (after its one notice) are only logged.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gidgethub import GitHubException
+from gidgethub.routing import Router
+from gidgethub.sansio import Event
+
+from bot.context import EventContext
+from bot.metrics import COMMANDS
+from bot.redact import REDACTOR
+from bot.store.base import AuditEntry
+from handlers import command_text as text
+from handlers.command_access import CLOCK, Turn, rate_turn
+from handlers.command_parsing import Command, InvalidCommand, parse_command
+from handlers.command_run import DENIED, Answer, Request, failed, run_command
+from handlers.common import engine_of
+from policies.apply import FAILED, Run, github_error
+
+router = Router()
+
+COMMAND_POLICY = "command"
+EYES, ROCKET, CONFUSED = "eyes", "rocket", "confused"
+
+
+class CommandFailed(Exception):
+    """A command's work or its answer failed: the delivery ends failed."""
+
+
+@dataclass(frozen=True)
+class Thread:
+    """Where the command was written: the repository, the issue or pull request, the comment."""
+
+    owner: str
+    repo: str
+    issue_number: int
+    comment_id: int
+    comment_url: str
+
+    @property
+    def url_vars(self) -> dict[str, str]:
+        return {"owner": self.owner, "repo": self.repo}
+
+
+def written_by_bot(comment: dict[str, Any]) -> bool:
+    """Bots' comments (Moko's own included) are never commands; Moko's answers also carry its
+    marker, which covers Moko running with a person's token."""
+    user = comment.get("user") or {}
+    login = str(user.get("login") or "")
+    return user.get("type") == "Bot" or login.endswith("[bot]") or text.MARKER in (comment.get("body") or "")
+
+
+async def react(gh: Any, thread: Thread, content: str) -> None:
+    await gh.post(
+        "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions",
+        url_vars={**thread.url_vars, "comment_id": str(thread.comment_id)},
+        data={"content": content},
+    )
+
+
+async def reply(gh: Any, thread: Thread, body: str) -> None:
+    # Escaping already removed secrets from what was echoed; this also covers Moko's own words.
+    await gh.post(
+        "/repos/{owner}/{repo}/issues/{issue_number}/comments",
+        url_vars={**thread.url_vars, "issue_number": str(thread.issue_number)},
+        data={"body": REDACTOR.text(f"{text.MARKER}\n{body}")},
+    )
+
+
+async def record(ctx: EventContext, run: Run, full_name: str, command: Command | InvalidCommand,
+                 thread: Thread, outcome: str, error: str | None) -> None:
+    after: dict[str, Any] = {"comment": thread.comment_url}
+    if isinstance(command, Command):
+        after["command"] = command.text
+    await ctx.services.audit.write([
+        AuditEntry(
+            time=ctx.services.audit.now(), run_id=run.run_id, trigger=run.trigger,
+            installation=run.installation, repo=full_name, actor=run.actor, policy=COMMAND_POLICY,
+            field=command.name, before=None, after=after, outcome=outcome, error=error,
+        )
+    ])
+
+
+@router.register("issue_comment", action="created")
+async def answer_command(event: Event, ctx: EventContext) -> None:
+    comment = event.data.get("comment") or {}
+    if written_by_bot(comment):
+        return
+    command = parse_command(str(comment.get("body") or ""))
+    if command is None:
+        return
+    repo = event.data["repository"]
+    full_name, user = str(repo["full_name"]), str(comment["user"]["login"])
+    owner, name = full_name.split("/", 1)
+    thread = Thread(owner, name, int(event.data["issue"]["number"]), int(comment["id"]),
+                    str(comment.get("html_url") or ""))
+    run = Run(f"cmd-{ctx.delivery_id}", f"command:{command.name}", user, ctx.installation_id)
+    log = ctx.log.bind(command=command.name, user=user, repo=full_name)
+
+    clock = ctx.services.components.get(CLOCK, time.time)
+    turn = await rate_turn(ctx.services.store, full_name, user, clock)
+    if turn is not Turn.ALLOWED:
+        COMMANDS.labels(command=command.name, outcome="throttled").inc()
+        log.warning("command_throttled", notice=turn is Turn.NOTICE)
+        if turn is Turn.NOTICE:
+            await reply(await ctx.github(), thread, text.THROTTLED)
+            await record(ctx, run, full_name, command, thread, DENIED, "rate limit: over 5 commands a minute")
+        return
+
+    gh = await ctx.github()
+    await react(gh, thread, EYES)
+    request = Request(gh, engine_of(ctx), ctx.services.store, run, repo, user, command)
+    try:
+        answer = await run_command(request)
+    except GitHubException as exc:
+        answer = failed(github_error(exc))
+    try:
+        await reply(gh, thread, answer.body)
+    except Exception as exc:
+        error = f"the answer could not be posted: {github_error(exc)}"
+        await record(ctx, run, full_name, command, thread, FAILED, error)
+        COMMANDS.labels(command=command.name, outcome="failed").inc()
+        raise CommandFailed(error) from exc
+    await record(ctx, run, full_name, command, thread, answer.outcome, answer.error)
+    await react(gh, thread, ROCKET if answer.done else CONFUSED)
+    COMMANDS.labels(command=command.name, outcome=_metric_outcome(command, answer)).inc()
+    log.info("command_answered", outcome=answer.outcome, error=answer.error)
+    if answer.broken:
+        raise CommandFailed(answer.error or "the command failed")
+
+
+def _metric_outcome(command: Command | InvalidCommand, answer: Answer) -> str:
+    if isinstance(command, InvalidCommand):
+        return "invalid"
+    return "done" if answer.done else answer.outcome
+

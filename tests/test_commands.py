@@ -1,0 +1,434 @@
+"""`/moko` commands from outside: signed issue_comment webhooks drive Moko against the fake
+GitHub; answers, reactions, every API call and the audit trail are checked."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.store.base import DONE, FAILED
+from handlers import command_text as text
+from handlers.command_access import CLOCK
+from tests.support.harness import run_moko
+
+ORG = "acme"
+REPO = "widgets"
+INSTALLATION = 1
+DEFAULT_PROTECTION = {
+    "required_status_checks": None,
+    "enforce_admins": False,
+    "required_pull_request_reviews": {"required_approving_review_count": 1},
+    "restrictions": None,
+}
+COMPLIANT = {"has_issues": True, "has_wiki": False, "has_projects": False}
+PROTECTION_CELL = (
+    "protected: required\\_status\\_checks=null, enforce\\_admins=false, "
+    "required\\_pull\\_request\\_reviews.required\\_approving\\_review\\_count=1, restrictions=null"
+)
+COMMENTS = f"/repos/{ORG}/{REPO}/issues/1/comments"
+
+
+def reactions_path(comment_id: int) -> str:
+    return f"/repos/{ORG}/{REPO}/issues/comments/{comment_id}/reactions"
+
+
+@pytest.fixture
+def org(fake_github):
+    fake_github.add_installation(INSTALLATION, ORG)
+    return fake_github
+
+
+@pytest.fixture
+def drifted(org):
+    """A repository with its wiki on and its default branch unprotected."""
+    org.add_repo(ORG, REPO, has_wiki=True, has_issues=True, has_projects=False)
+    return org
+
+
+def comment(fake, body: str, user: str = "alice", action: str = "created", **kwargs):
+    return fake.event("issue_comment", action, owner=ORG, repo=REPO, body=body, sender=user, **kwargs)
+
+
+async def command(moko, fake, body: str, user: str = "alice", delivery: str | None = None):
+    """Send a command; return the commenter's comment (as the payload holds it) and the reply."""
+    payload = comment(fake, body, user)
+    fake.reset_calls()
+    reply = await moko.deliver("issue_comment", payload, delivery=delivery)
+    assert reply.status == 202
+    return payload["comment"], reply
+
+
+def answers(fake) -> list[str]:
+    """The bodies of Moko's comments on issue 1."""
+    return [c["body"] for c in fake.comments(ORG, REPO, 1) if c["user"]["login"] == fake.bot_login]
+
+
+def reactions(fake, comment_id: int) -> list[str]:
+    return [r["content"] for r in fake.reactions(comment_id)]
+
+
+def calls(fake) -> list[tuple[str, str]]:
+    return [(c.method, c.path) for c in fake.calls if not c.path.startswith("/app/")]
+
+
+def writes(fake) -> list[tuple[str, str]]:
+    return [(c.method, c.path) for c in fake.calls if c.method in ("PATCH", "PUT", "DELETE")]
+
+
+async def trail(moko, policy: str | None = None):
+    records = await moko.services.store.audit_records(repo=f"{ORG}/{REPO}")
+    return [r for r in records if policy in (None, r.policy)]
+
+
+async def test_status_answers_a_table_and_writes_nothing(drifted, moko):
+    asked, _ = await command(moko, drifted, "/moko status")
+    assert answers(drifted) == [
+        "<!-- moko:command -->\n"
+        "**Status of acme/widgets**\n\n"
+        "❌ 2 of 4 items differ from the policy; `/moko plan` lists what `/moko apply` would change.\n\n"
+        "| policy | field | wanted | actual | compliant |\n"
+        "|---|---|---|---|---|\n"
+        "| repository | has\\_issues | true | true | yes |\n"
+        "| repository | has\\_wiki | false | true | no |\n"
+        "| repository | has\\_projects | false | false | yes |\n"
+        f"| branch\\_protection | main \\(default branch\\) | {PROTECTION_CELL} | not protected | no |"
+    ]
+    assert reactions(drifted, asked["id"]) == ["eyes", "rocket"]
+    # The payload holds the settings: no repository read; the protection is read once.
+    assert calls(drifted) == [
+        ("POST", reactions_path(asked["id"])),
+        ("GET", f"/repos/{ORG}/.github/contents/.github/moko.yml"),
+        ("GET", f"/repos/{ORG}/{REPO}/branches/main/protection"),
+        ("POST", COMMENTS),
+        ("POST", reactions_path(asked["id"])),
+    ]
+    assert drifted.repo(ORG, REPO)["has_wiki"] is True
+    [record] = await trail(moko)
+    assert (record.policy, record.field, record.outcome, record.actor, record.trigger) == (
+        "command", "status", "applied", "alice", "command:status")
+    assert record.run_id.startswith("cmd-")
+    assert record.after["command"] == "/moko status"
+
+
+async def test_status_of_a_compliant_repository(org, moko):
+    org.add_repo(ORG, REPO, **COMPLIANT)
+    org.set_protection(ORG, REPO, "main", {**DEFAULT_PROTECTION, "required_linear_history": True})
+    await command(moko, org, "/moko status")
+    [answer] = answers(org)
+    assert "✅ It complies with the policy." in answer
+    assert answer.endswith(f"| branch\\_protection | main \\(default branch\\) | {PROTECTION_CELL} | as wanted | yes |")
+    assert writes(org) == []
+
+
+async def test_status_names_the_protection_keys_that_differ(org, moko):
+    org.add_repo(ORG, REPO, **COMPLIANT)
+    org.set_protection(ORG, REPO, "main", {
+        **DEFAULT_PROTECTION, "required_pull_request_reviews": {"required_approving_review_count": 0}})
+    await command(moko, org, "/moko status")
+    [answer] = answers(org)
+    assert answer.endswith(
+        f"| {PROTECTION_CELL} | differs in required\\_pull\\_request\\_reviews.required\\_approving\\_review\\_count | no |")
+
+
+async def test_plan_lists_the_changes_apply_would_make(drifted, moko):
+    asked, _ = await command(moko, drifted, "/moko plan")
+    assert answers(drifted) == [
+        "<!-- moko:command -->\n"
+        "**What `/moko apply` would change in acme/widgets**\n\n"
+        "- has\\_wiki: true → false\n"
+        "- protect branch main: " + PROTECTION_CELL.removeprefix("protected: ")
+    ]
+    assert reactions(drifted, asked["id"]) == ["eyes", "rocket"]
+    assert writes(drifted) == []
+    assert [(r.field, r.outcome) for r in await trail(moko)] == [("plan", "applied")]
+
+
+async def test_help_answers_with_the_help_text(drifted, moko):
+    asked, _ = await command(moko, drifted, "Could you tell me?\n/moko help")
+    assert answers(drifted) == [f"{text.MARKER}\n{text.HELP}"]
+    assert reactions(drifted, asked["id"]) == ["eyes", "rocket"]
+    # Help needs neither the policy nor the repository.
+    assert calls(drifted) == [
+        ("POST", reactions_path(asked["id"])), ("POST", COMMENTS), ("POST", reactions_path(asked["id"]))]
+
+
+async def test_unknown_command_gets_help_and_what_was_wrong(drifted, moko):
+    asked, _ = await command(moko, drifted, "/moko deploy")
+    assert answers(drifted) == [
+        f"{text.MARKER}\nMoko could not run that command: there is no command “deploy”.\n\n{text.HELP}"]
+    assert reactions(drifted, asked["id"]) == ["eyes", "confused"]
+    [record] = await trail(moko)
+    assert (record.field, record.outcome, record.error) == ("unknown", "failed", "there is no command “deploy”.")
+
+
+async def test_bad_audit_count_gets_help(drifted, moko):
+    await command(moko, drifted, "/moko audit 500")
+    [answer] = answers(drifted)
+    assert "`audit` takes one number from 1 to 50, not “500”." in answer and text.HELP in answer
+
+
+async def test_echoed_text_cannot_mention_or_inject_html(drifted, moko):
+    await command(moko, drifted, "/moko status @org/team <script>alert('x')</script> **now**")
+    [answer] = answers(drifted)
+    assert "@org/team" not in answer and "<script>" not in answer and "**now**" not in answer
+    assert (
+        "`status` takes no arguments, but was given "
+        "“@&#8203;org/team &lt;script&gt;alert\\('x'\\)&lt;/script&gt; \\*\\*now\\*\\*”."
+    ) in answer
+    assert writes(drifted) == []
+
+
+async def test_apply_by_a_read_user_is_denied_and_changes_nothing(drifted, moko):
+    drifted.set_permission(ORG, REPO, "rita", "read")
+    asked, reply = await command(moko, drifted, "/moko apply", user="rita", delivery="deny-1")
+    assert answers(drifted) == [
+        f"{text.MARKER}\nSorry, `/moko apply` needs the **maintain** role or higher on this repository, "
+        "and you have **read**. Nothing was changed."
+    ]
+    assert reactions(drifted, asked["id"]) == ["eyes", "confused"]
+    assert writes(drifted) == []
+    assert calls(drifted) == [
+        ("POST", reactions_path(asked["id"])),
+        ("GET", f"/repos/{ORG}/.github/contents/.github/moko.yml"),
+        ("GET", f"/repos/{ORG}/{REPO}/collaborators/rita/permission"),
+        ("POST", COMMENTS),
+        ("POST", reactions_path(asked["id"])),
+    ]
+    assert drifted.repo(ORG, REPO)["has_wiki"] is True
+    [record] = await trail(moko)
+    assert (record.run_id, record.trigger, record.actor, record.policy, record.field, record.outcome) == (
+        "cmd-deny-1", "command:apply", "rita", "command", "apply", "denied")
+    assert record.error == "/moko apply needs maintain or higher; read has not"
+    assert (await moko.services.store.get_delivery("deny-1")).state == DONE
+
+
+async def test_apply_by_a_maintainer_remediates(drifted, moko):
+    drifted.set_permission(ORG, REPO, "mia", "maintain")
+    asked, _ = await command(moko, drifted, "/moko apply", user="mia", delivery="apply-1")
+    assert drifted.repo(ORG, REPO)["has_wiki"] is False
+    assert drifted.protection(ORG, REPO, "main") is not None
+    assert answers(drifted) == [
+        "<!-- moko:command -->\n"
+        "**What Moko did in acme/widgets**\n\n"
+        "- has\\_wiki: true → false — **done**\n"
+        "- protect branch main: " + PROTECTION_CELL.removeprefix("protected: ") + " — **done**"
+    ]
+    assert reactions(drifted, asked["id"]) == ["eyes", "rocket"]
+    assert writes(drifted) == [
+        ("PATCH", f"/repos/{ORG}/{REPO}"), ("PUT", f"/repos/{ORG}/{REPO}/branches/main/protection")]
+    records = await trail(moko)
+    assert [(r.policy, r.field, r.outcome) for r in records] == [
+        ("repository", "has_wiki", "applied"),
+        ("branch_protection", "main", "applied"),
+        ("command", "apply", "applied"),
+    ]
+    assert {(r.run_id, r.trigger, r.actor) for r in records} == {("cmd-apply-1", "command:apply", "mia")}
+
+    # Applied again, a compliant repository costs no write.
+    await command(moko, drifted, "/moko apply", user="mia")
+    assert answers(drifted)[-1].endswith("Nothing to do: it complies with the policy.")
+    assert writes(drifted) == []
+
+
+@pytest.mark.parametrize(("role", "allowed"), [("write", True), ("triage", False)])
+async def test_apply_permission_comes_from_the_policy(org, moko, role, allowed):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\ncommands:\n  apply_permission: write\n")
+    org.add_repo(ORG, REPO, has_wiki=True)
+    org.set_permission(ORG, REPO, "wes", role)
+    await command(moko, org, "/moko apply", user="wes")
+    assert (org.repo(ORG, REPO)["has_wiki"] is False) is allowed
+    assert ("needs the **write** role" in answers(org)[0]) is not allowed
+
+
+async def test_apply_in_dry_run_says_so_and_changes_nothing(drifted, env):
+    drifted.set_permission(ORG, REPO, "mia", "admin")
+    async with run_moko({**env, "MOKO_DRY_RUN": "true"}) as moko:
+        asked, _ = await command(moko, drifted, "/moko apply", user="mia")
+        records = await trail(moko)
+    [answer] = answers(drifted)
+    assert "- has\\_wiki: true → false — **dry-run, not changed**" in answer
+    assert answer.endswith(f"{text.APPLY_DRY_RUN}\n\n{text.DRY_RUN_NOTE}")
+    assert writes(drifted) == []
+    assert reactions(drifted, asked["id"]) == ["eyes", "rocket"]
+    assert [(r.field, r.outcome) for r in records] == [
+        ("has_wiki", "dry-run"), ("main", "dry-run"), ("apply", "dry-run")]
+
+
+async def test_status_says_when_the_policy_runs_in_dry_run(org, moko):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\nmode: dry-run\n")
+    org.add_repo(ORG, REPO, has_wiki=True)
+    await command(moko, org, "/moko status")
+    assert answers(org)[0].endswith(text.DRY_RUN_NOTE)
+
+
+async def test_audit_shows_the_last_records_to_triage_and_up(drifted, moko):
+    drifted.set_permission(ORG, REPO, "mia", "maintain")
+    drifted.set_permission(ORG, REPO, "tess", "triage")
+    await command(moko, drifted, "/moko apply", user="mia", delivery="apply-2")
+    asked, _ = await command(moko, drifted, "/moko audit 2", user="tess")
+    [_, answer] = answers(drifted)
+    lines = answer.splitlines()
+    assert lines[:5] == [
+        text.MARKER,
+        "**The last 2 audit records of acme/widgets**, newest first",
+        "",
+        "| time | actor | trigger | policy | field | before | after | outcome | error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    assert len(lines) == 7
+    # Newest first: the apply command's own record, then its protection change; all escaped.
+    assert "| mia | command&#58;apply | command | apply |   | " in lines[5]
+    assert "https://" not in lines[5] and "github.com/acme/widgets/issues/1#&#8203;issuecomment" in lines[5]
+    assert lines[6].startswith("| ") and "| branch\\_protection | main | " in lines[6]
+    assert reactions(drifted, asked["id"]) == ["eyes", "rocket"]
+    assert calls(drifted) == [
+        ("POST", reactions_path(asked["id"])),
+        ("GET", f"/repos/{ORG}/{REPO}/collaborators/tess/permission"),
+        ("POST", COMMENTS),
+        ("POST", reactions_path(asked["id"])),
+    ]
+
+
+async def test_audit_is_denied_below_triage(drifted, moko):
+    asked, _ = await command(moko, drifted, "/moko audit", user="randal")
+    assert answers(drifted) == [
+        f"{text.MARKER}\nSorry, `/moko audit` needs the **triage** role or higher on this repository, "
+        "and you have **none**."
+    ]
+    assert reactions(drifted, asked["id"]) == ["eyes", "confused"]
+    assert [(r.field, r.outcome) for r in await trail(moko)] == [("audit", "denied")]
+
+
+async def test_audit_records_from_github_are_escaped(drifted, moko):
+    drifted.set_permission(ORG, REPO, "tess", "triage")
+    drifted.set_permission(ORG, REPO, "mia", "maintain")
+    drifted.fail("PATCH", f"^/repos/{ORG}/{REPO}$", 422,
+                 body={"message": "Nope <img src=x onerror=alert(1)> @org/admins | `x`"})
+    await command(moko, drifted, "/moko apply", user="mia")
+    await command(moko, drifted, "/moko audit", user="tess")
+    answer = answers(drifted)[-1]
+    assert "<img" not in answer and "@org/admins" not in answer and "| `x`" not in answer
+    assert "&lt;img src=x onerror=alert\\(1\\)&gt; @&#8203;org/admins \\| \\`x\\`" in answer
+
+
+async def test_comments_by_moko_itself_do_nothing(drifted, moko):
+    payload = comment(drifted, "/moko apply", user=drifted.bot_login)
+    assert payload["comment"]["user"]["type"] == "Bot"
+    drifted.reset_calls()
+    await moko.deliver("issue_comment", payload)
+    assert drifted.calls == []
+    assert answers(drifted) == [payload["comment"]["body"]]
+    assert await trail(moko) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "user", "action"),
+    [
+        ("/moko status", "dependabot[bot]", "created"),  # another bot
+        ("/moko status", "alice", "edited"),  # edits are not commands
+        ("/moko status\n" + "x" * 65_536, "alice", "created"),  # over 64 KiB
+        ("LGTM, ship it", "alice", "created"),
+        ("/mokox status", "alice", "created"),
+        (f"{text.MARKER}\n/moko status", "alice", "created"),  # Moko's answer, posted with a token
+    ],
+)
+async def test_comments_that_are_not_commands_are_ignored(drifted, moko, body, user, action):
+    payload = comment(drifted, body, user=user, action=action)
+    drifted.reset_calls()
+    reply = await moko.deliver("issue_comment", payload)
+    assert reply.status == 202
+    assert drifted.calls == []
+    assert await trail(moko) == []
+
+
+async def test_six_commands_in_a_minute_get_one_throttle_answer(drifted, moko):
+    now = [1_000_000.0]
+    moko.services.components[CLOCK] = lambda: now[0]
+    asked = []
+    for _ in range(7):
+        asked.append((await command(moko, drifted, "/moko help", user="spammer"))[0])
+        now[0] += 5
+    bodies = answers(drifted)
+    assert bodies == [f"{text.MARKER}\n{text.HELP}"] * 5 + [f"{text.MARKER}\n{text.THROTTLED}"]
+    assert [reactions(drifted, c["id"]) for c in asked] == [["eyes", "rocket"]] * 5 + [[], []]
+    assert drifted.calls == []  # the 7th costs nothing at all
+    assert [r.outcome for r in await trail(moko)] == ["applied"] * 5 + ["denied"]
+
+    # Someone else is not held back; nor is the spammer once a quiet minute has passed.
+    await command(moko, drifted, "/moko help", user="bob")
+    now[0] += 120
+    await command(moko, drifted, "/moko help", user="spammer")
+    assert answers(drifted)[-2:] == [f"{text.MARKER}\n{text.HELP}"] * 2
+
+
+async def test_the_same_delivery_twice_answers_once(drifted, moko):
+    payload = comment(drifted, "/moko status")
+    first = await moko.deliver("issue_comment", payload, delivery="twice")
+    second = await moko.deliver("issue_comment", payload, delivery="twice")
+    assert (first.status, second.status, second.body) == (202, 200, {"status": "duplicate"})
+    assert len(answers(drifted)) == 1
+    assert reactions(drifted, payload["comment"]["id"]) == ["eyes", "rocket"]
+
+
+async def test_invalid_policy_is_answered_with_its_errors(org, moko):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\nrepository:\n  has_wikki: <false>\n")
+    org.add_repo(ORG, REPO, has_wiki=True)
+    asked, _ = await command(moko, org, "/moko status", delivery="bad-policy")
+    [answer] = answers(org)
+    assert answer.startswith(f"{text.MARKER}\nThe policy file is invalid, so Moko changes nothing until it is fixed:\n\n- ")
+    assert "acme/.github/.github/moko.yml&#58;3&#58; repository.has\\_wikki" in answer
+    assert "<false>" not in answer
+    assert reactions(org, asked["id"]) == ["eyes", "confused"]
+    assert writes(org) == []
+    assert [(r.policy, r.outcome) for r in await trail(moko)] == [("config", "failed"), ("command", "failed")]
+    assert (await moko.services.store.get_delivery("bad-policy")).state == FAILED
+
+
+async def test_a_failed_apply_is_answered_and_fails_the_delivery_without_leaking_secrets(drifted, moko):
+    drifted.set_permission(ORG, REPO, "mia", "admin")
+    token = "ghs_" + "S3cr3tT0k3n" * 4
+    drifted.fail("PUT", f"^/repos/{ORG}/{REPO}/branches/main/protection$", 422,
+                 body={"message": f"Validation Failed for {token}"})
+    asked, _ = await command(moko, drifted, "/moko apply", user="mia", delivery="apply-fail")
+    [answer] = answers(drifted)
+    assert "S3cr3t" not in answer
+    assert "- has\\_wiki: true → false — **undone, because a later change failed**" in answer
+    assert "**failed: 422 Validation Failed for \\[REDACTED\\]**" in answer
+    assert reactions(drifted, asked["id"]) == ["eyes", "confused"]
+    assert drifted.repo(ORG, REPO)["has_wiki"] is True
+    assert (await moko.services.store.get_delivery("apply-fail")).state == FAILED
+    assert (await trail(moko, "command"))[0].outcome == "failed"
+
+
+async def test_github_failure_while_running_is_answered(drifted, moko):
+    drifted.fail("GET", f"^/repos/{ORG}/{REPO}/collaborators/", 500, times=10)
+    asked, _ = await command(moko, drifted, "/moko audit", user="tess", delivery="perm-fail")
+    [answer] = answers(drifted)
+    assert answer.startswith(f"{text.MARKER}\nMoko could not finish: ")
+    assert reactions(drifted, asked["id"]) == ["eyes", "confused"]
+    assert (await moko.services.store.get_delivery("perm-fail")).state == FAILED
+
+
+async def test_an_answer_that_cannot_be_posted_fails_the_delivery(drifted, moko):
+    drifted.fail("POST", f"^{COMMENTS}$", 502, times=10)
+    asked, _ = await command(moko, drifted, "/moko help", delivery="no-answer")
+    assert answers(drifted) == []
+    assert reactions(drifted, asked["id"]) == ["eyes"]
+    delivery = await moko.services.store.get_delivery("no-answer")
+    assert delivery.state == FAILED and "could not be posted" in delivery.error
+    [record] = await trail(moko)
+    assert record.outcome == "failed" and "could not be posted" in record.error
+
+
+async def test_a_repository_out_of_scope_is_left_alone(org, moko):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\nscope:\n  exclude: ['widg*']\n")
+    org.add_repo(ORG, REPO, has_wiki=True)
+    org.set_permission(ORG, REPO, "mia", "admin")
+    for body in ("/moko status", "/moko apply"):
+        await command(moko, org, body, user="mia")
+    assert answers(org) == [
+        f"{text.MARKER}\nMoko leaves acme/widgets alone: excluded by scope.exclude 'widg\\*'."] * 2
+    assert writes(org) == []
