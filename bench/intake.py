@@ -151,10 +151,15 @@ def run(seconds: int, connections: int, replicas: int, database: str | None, thr
     try:
         for port, server in zip(ports, servers, strict=True):
             asyncio.run(wait_healthy(port, server))
-        script = workdir / "ping.lua"
-        script.write_text(
-            f"BODY = {lua_string(body)}\nSIGNATURE = {lua_string(signature)}\nRUN = {lua_string(run_id)}\n" + WRK_SCRIPT
-        )
+        scripts = []
+        for index in range(replicas):
+            # Each load generator has its own delivery IDs: every request is a new delivery.
+            script = workdir / f"ping{index}.lua"
+            script.write_text(
+                f"BODY = {lua_string(body)}\nSIGNATURE = {lua_string(signature)}\n"
+                f"RUN = {lua_string(f'{run_id}-{index}')}\n" + WRK_SCRIPT
+            )
+            scripts.append(script)
         cpu_before = [cpu_seconds(s.pid) for s in servers]
         per_replica = max(1, connections // replicas)
         loads = [
@@ -163,7 +168,7 @@ def run(seconds: int, connections: int, replicas: int, database: str | None, thr
                  f"http://127.0.0.1:{port}"],
                 stdout=subprocess.PIPE, text=True,
             )
-            for port in ports
+            for port, script in zip(ports, scripts, strict=True)
         ]
         outputs = [load.communicate()[0] for load in loads]
         cpu = sum(cpu_seconds(s.pid) - before for s, before in zip(servers, cpu_before, strict=True))

@@ -20,7 +20,8 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+        # Plain tracebacks: rich's would print local variables, secrets among them.
+        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
     numeric = getattr(logging, level.upper(), logging.INFO)
     structlog.configure(

@@ -277,6 +277,39 @@ class PostgresStore(Store):
         )
         return row is not None
 
+    async def add_and_claim(
+        self, delivery: NewDelivery, owner: str, lease_seconds: float
+    ) -> tuple[bool, Delivery | None]:
+        # add_delivery's statement, storing the delivery already claimed: one round trip.
+        row = await self._pool.fetchrow(
+            f"""
+            INSERT INTO deliveries (id, event, installation_id, headers, body, state, owner, lease_until, attempts)
+            VALUES ($1, $2, $3, $4::jsonb, $5, 'processing', $6, {_LEASE.format("$7")}, 1)
+            ON CONFLICT (id) DO UPDATE SET
+                event = EXCLUDED.event,
+                installation_id = EXCLUDED.installation_id,
+                headers = EXCLUDED.headers,
+                body = EXCLUDED.body,
+                state = 'processing',
+                error = NULL,
+                owner = EXCLUDED.owner,
+                lease_until = EXCLUDED.lease_until,
+                attempts = deliveries.attempts + 1,
+                finished_at = NULL,
+                received_at = clock_timestamp()
+            WHERE deliveries.state = 'failed'
+            RETURNING {_DELIVERY_COLUMNS}
+            """,
+            delivery.id,
+            delivery.event,
+            delivery.installation_id,
+            json.dumps(dict(delivery.headers)),
+            bytes(delivery.body),
+            owner,
+            float(lease_seconds),
+        )
+        return (True, _delivery(row)) if row is not None else (False, None)
+
     async def claim_delivery(self, delivery_id: str, owner: str, lease_seconds: float) -> Delivery | None:
         row = await self._pool.fetchrow(
             f"""
