@@ -12,10 +12,13 @@ from typing import Any
 from gidgethub import GitHubException
 
 from bot.audit import AuditWriter
+from bot.logs import get_logger
 from bot.metrics import REMEDIATIONS
 from bot.store.base import AuditEntry
 from policies.model import BRANCH_PROTECTION, REPOSITORY, Change
 from policies.repository_settings import patch_body
+
+log = get_logger("moko.apply")
 
 APPLIED, DRY_RUN, FAILED, ROLLED_BACK, DEFERRED = "applied", "dry-run", "failed", "rolled-back", "deferred"
 
@@ -128,6 +131,11 @@ class Transaction:
             for change in changes
         ]
         await self._audit.write(entries)
+        if outcome == FAILED:
+            log.warning(
+                "remediation_step_failed", repo=self.full_name, policy=changes[0].policy,
+                fields=[c.field for c in changes], error=error,
+            )
         for change in changes:
             REMEDIATIONS.labels(policy=change.policy, outcome=outcome).inc()
             self.outcomes.append(ChangeOutcome(change, outcome, error))
