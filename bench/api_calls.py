@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bot.logs import configure_logging  # noqa: E402
 from tests.fakegithub.server import FakeGitHub  # noqa: E402
 from tests.support.harness import RunningMoko, moko_environ, run_moko  # noqa: E402
 
@@ -152,6 +153,7 @@ async def measure(scenario: Scenario) -> tuple[int, int, str]:
 
 
 async def main() -> None:
+    configure_logging("warning", "json")
     print("| scenario | calls about the repository | all calls, cold process | which |")
     print("|---|---:|---:|---|")
     for name, scenario in SCENARIOS:

@@ -106,7 +106,7 @@ class WebhookIntake:
             # Stored and claimed by this replica in one write: its own workers take it next.
             queued, claimed = await self._store.add_and_claim(delivery, self._owner, self._lease)
         except Exception as exc:
-            log.error("delivery_not_stored", delivery=event.delivery_id, event=event.event, error=str(exc))
+            log.error("delivery_not_stored", delivery=event.delivery_id, github_event=event.event, error=str(exc))
             return _answer(503, event.event, "store_unavailable", {"error": "store unavailable"}, {"Retry-After": RETRY_AFTER_SECONDS})
         if not queued:
             return _answer(200, event.event, "duplicate", {"status": "duplicate"})

@@ -21,7 +21,9 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         structlog.processors.JSONRenderer()
         if fmt == "json"
         # Plain tracebacks: rich's would print local variables, secrets among them.
-        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
+        else structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback, event_key="message"
+        )
     )
     numeric = getattr(logging, level.upper(), logging.INFO)
     structlog.configure(
@@ -30,6 +32,8 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            # The line's name goes to "message", so "event" can be the GitHub event (bound as _event).
+            structlog.processors.EventRenamer("message", replace_by="_event"),
             _redact,
             renderer,
         ],

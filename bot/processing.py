@@ -44,7 +44,7 @@ class DeliveryProcessor:
         action = data.get("action") if isinstance(data, dict) else None
         bound = {
             "delivery": delivery.id,
-            "event": delivery.event,
+            "_event": delivery.event,  # rendered as "event" (see bot.logs)
             "installation": delivery.installation_id,
             "repository": _repository(data),
         }

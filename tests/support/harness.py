@@ -23,7 +23,6 @@ from gidgethub.routing import Router
 from bot.app import SERVICES, WORKERS, Hooks, create_app
 from bot.config import load_settings
 from bot.context import Services
-from bot.logs import configure_logging
 from bot.worker import WorkerPool
 from tests.fakegithub.webhooks import webhook_headers
 
@@ -121,7 +120,6 @@ async def run_moko(
     environ: Mapping[str, str], *, router: Router | None = None, hooks: Hooks | None = None
 ) -> AsyncIterator[RunningMoko]:
     settings = load_settings(environ)
-    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings, router=router, hooks=hooks)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
