@@ -21,15 +21,8 @@ sys.path.insert(0, str(ROOT))
 from bot.logs import configure_logging  # noqa: E402
 from tests.fakegithub.server import FakeGitHub  # noqa: E402
 from tests.support.harness import RunningMoko, moko_environ, run_moko  # noqa: E402
-
-ORG = "acme"
-PROTECTION = {
-    "required_status_checks": None,
-    "enforce_admins": False,
-    "required_pull_request_reviews": {"required_approving_review_count": 1},
-    "restrictions": None,
-}
-COMPLIANT = {"has_issues": True, "has_wiki": False, "has_projects": False}
+from tests.support.org import COMPLIANT, ORG  # noqa: E402
+from tests.support.org import DEFAULT_PROTECTION as PROTECTION  # noqa: E402
 
 Scenario = Callable[[FakeGitHub, RunningMoko], Awaitable[None]]
 

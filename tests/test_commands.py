@@ -9,17 +9,9 @@ from bot.store.base import DONE, FAILED
 from handlers import command_text as text
 from handlers.command_access import CLOCK
 from tests.support.harness import run_moko
+from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
 
-ORG = "acme"
 REPO = "widgets"
-INSTALLATION = 1
-DEFAULT_PROTECTION = {
-    "required_status_checks": None,
-    "enforce_admins": False,
-    "required_pull_request_reviews": {"required_approving_review_count": 1},
-    "restrictions": None,
-}
-COMPLIANT = {"has_issues": True, "has_wiki": False, "has_projects": False}
 PROTECTION_CELL = (
     "protected: required\\_status\\_checks=null, enforce\\_admins=false, "
     "required\\_pull\\_request\\_reviews.required\\_approving\\_review\\_count=1, restrictions=null"

@@ -6,16 +6,7 @@ import pytest
 
 from bot.store.base import DONE, FAILED
 from tests.support.harness import run_moko
-
-ORG = "acme"
-INSTALLATION = 1
-DEFAULT_PROTECTION = {
-    "required_status_checks": None,
-    "enforce_admins": False,
-    "required_pull_request_reviews": {"required_approving_review_count": 1},
-    "restrictions": None,
-}
-COMPLIANT = {"has_issues": True, "has_wiki": False, "has_projects": False}
+from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
 
 
 @pytest.fixture

@@ -11,15 +11,8 @@ import aiohttp
 import asyncpg
 
 from tests.support.harness import moko_environ, post_webhook, start_moko_process
-
-ORG = "acme"
-PROTECTION = {
-    "required_status_checks": None,
-    "enforce_admins": False,
-    "required_pull_request_reviews": {"required_approving_review_count": 1},
-    "restrictions": None,
-}
-COMPLIANT = {"has_issues": True, "has_wiki": False, "has_projects": False}
+from tests.support.org import COMPLIANT, ORG
+from tests.support.org import DEFAULT_PROTECTION as PROTECTION
 
 
 def protected_org(fake, names):
