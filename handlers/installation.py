@@ -9,7 +9,7 @@ from gidgethub.sansio import Event
 
 from bot.context import EventContext
 from handlers.common import engine_of, raise_on_failures, run_of
-from policies.reconcile import installation_repositories, reconcile_repositories
+from policies.reconcile import reconcile_owner, reconcile_repositories
 
 router = Router()
 
@@ -17,10 +17,12 @@ router = Router()
 async def _remediate_added(event: Event, ctx: EventContext, added: list[dict[str, Any]] | None) -> None:
     # Bulk work: GitHub asks integrators to space writes out when touching many repositories.
     gh = await ctx.github(bulk=True)
-    names = {repo["full_name"].lower() for repo in added or []}
-    # One listing (100 repositories a page) holds every added repository's settings.
-    repositories = [r for r in await installation_repositories(gh) if added is None or r["full_name"].lower() in names]
-    results = await reconcile_repositories(engine_of(ctx), gh, run_of(event, ctx), repositories)
+    # Settings and protection are read in GraphQL batches of 100 repositories.
+    if added is None:
+        owner = event.data["installation"]["account"]["login"]
+        results = await reconcile_owner(engine_of(ctx), gh, run_of(event, ctx), owner)
+    else:
+        results = await reconcile_repositories(engine_of(ctx), gh, run_of(event, ctx), added)
     raise_on_failures(results, ctx)
 
 

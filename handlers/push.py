@@ -11,7 +11,7 @@ from gidgethub.sansio import Event
 from bot.context import EventContext
 from handlers.common import engine_of, raise_on_failures, repository_of, run_of
 from policies.engine import ALL
-from policies.reconcile import installation_repositories, reconcile_repositories
+from policies.reconcile import reconcile_owner
 from policies.source import POLICY_PATH, POLICY_REPO
 
 router = Router()
@@ -42,7 +42,7 @@ async def reconcile_on_policy_change(event: Event, ctx: EventContext) -> None:
         engine.source.invalidate(ctx.installation_id, owner)
         gh = await ctx.github(bulk=True)
         ctx.log.info("policy_changed", org=owner)
-        results = await reconcile_repositories(engine, gh, run_of(event, ctx), await installation_repositories(gh))
+        results = await reconcile_owner(engine, gh, run_of(event, ctx), owner)
         raise_on_failures(results, ctx)
     else:
         # The repository's own overrides changed: only it is concerned.

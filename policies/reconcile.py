@@ -1,25 +1,152 @@
-"""Reconciling many repositories of one installation (installation events, policy changes)."""
+"""Reconciling many repositories of one installation (installation events, policy changes,
+sweeps): state read in GraphQL batches of 100, then each repository remediated."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
-from policies.apply import Run
-from policies.engine import Known, PolicyEngine, RepoResult
+from gidgethub import GitHubException
+
+from bot.logs import get_logger
+from policies.apply import Run, github_error
+from policies.batch_read import PAGE_SIZE, ReadFields, RepoSnapshot, read_owner, read_repositories
+from policies.engine import (
+    COMPLIANT,
+    REPO_DEFERRED,
+    REPO_FAILED,
+    SETTINGS_ONLY,
+    SKIPPED,
+    PolicyEngine,
+    RepoResult,
+)
+from policies.loader import PolicyError
+from policies.preloaded_source import PreloadedPolicySource, with_preloaded_policies
+
+log = get_logger("moko.reconcile")
+
+# Repositories remediated at once. Writes are serialized (and spaced) per installation anyway;
+# this overlaps the store's locks and checkpoints and any REST reads the planner asks for.
+CONCURRENCY = 8
 
 
-async def installation_repositories(gh: Any) -> list[dict[str, Any]]:
-    """Every repository the installation can reach, as full REST objects (100 a page)."""
-    return [repo async for repo in gh.getiter("/installation/repositories?per_page=100", iterable_key="repositories")]
+async def fields_for(engine: PolicyEngine, gh: Any, run: Run, owner: str) -> ReadFields:
+    """What to read for the owner's repositories: what its policy (and overrides) name.
+
+    An invalid policy file is not an error here: each repository's remediation records it.
+    """
+    try:
+        policy = await engine.source.org_policy(gh, run.installation, owner)
+    except PolicyError:  # remediate() records it for each repository, as it always has
+        return ReadFields()
+    return ReadFields.for_policy(policy)
+
+
+async def remediate_snapshot(engine: PolicyEngine, gh: Any, run: Run, snapshot: RepoSnapshot) -> RepoResult:
+    """One repository from a batched read; a GitHub error fails this repository, not the batch.
+
+    With an engine from ``with_preloaded_policies``, the repository's own policy file comes
+    from the read too.
+    """
+    if snapshot.own_policy_read and isinstance(engine.source, PreloadedPolicySource):
+        engine.source.remember(snapshot.full_name, snapshot.own_policy)
+    scope_protection_waits = False
+    try:
+        if snapshot.empty and await engine.protection_deferred(snapshot.full_name, "default"):
+            # Already recorded as waiting for the first push: do not record it again every round.
+            scope_protection_waits = True
+            result = await engine.remediate(gh, run, snapshot.repo, known=snapshot.known(), scope=SETTINGS_ONLY)
+        else:
+            result = await engine.remediate(gh, run, snapshot.repo, known=snapshot.known())
+    except GitHubException as exc:  # e.g. the policy file could not be read
+        error = github_error(exc)
+        log.error("repository_remediation_failed", repo=snapshot.full_name, error=error)
+        return RepoResult(snapshot.full_name, REPO_FAILED, error=error)
+    if scope_protection_waits and result.outcome == COMPLIANT:
+        return replace(result, outcome=REPO_DEFERRED)
+    return result
+
+
+async def for_each(
+    snapshots: AsyncIterator[RepoSnapshot],
+    work: Callable[[RepoSnapshot], Awaitable[None]],
+    *,
+    concurrency: int = CONCURRENCY,
+) -> None:
+    """Run ``work`` on every snapshot, ``concurrency`` at a time, reading ahead of the workers.
+
+    A failed read stops the reading; the repositories already read are finished first, then
+    the error is raised.
+    """
+    # Room for a whole page, so the next page is read while the workers go through this one.
+    queue: asyncio.Queue[RepoSnapshot | None] = asyncio.Queue(maxsize=PAGE_SIZE + concurrency)
+    failure: list[BaseException] = []
+
+    async def produce() -> None:
+        try:
+            async for snapshot in snapshots:
+                await queue.put(snapshot)
+        except Exception as exc:  # re-raised below, once the workers are done
+            failure.append(exc)
+        # Not on cancellation: the workers are being cancelled too, and would never take these.
+        for _ in range(concurrency):
+            await queue.put(None)
+
+    async def consume() -> None:
+        while (snapshot := await queue.get()) is not None:
+            await work(snapshot)
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(produce())
+        for _ in range(concurrency):
+            group.create_task(consume())
+    if failure:
+        raise failure[0]
+
+
+async def owner_snapshots(gh: Any, owner: str, fields: ReadFields) -> AsyncIterator[RepoSnapshot]:
+    async for _total, page in read_owner(gh, owner, fields):
+        for snapshot in page:
+            yield snapshot
+
+
+async def _listed(snapshots: Iterable[RepoSnapshot]) -> AsyncIterator[RepoSnapshot]:
+    for snapshot in snapshots:
+        yield snapshot
+
+
+async def _remediate_all(
+    engine: PolicyEngine, gh: Any, run: Run, snapshots: AsyncIterator[RepoSnapshot]
+) -> list[RepoResult]:
+    results: list[RepoResult] = []
+    batch_engine = with_preloaded_policies(engine)
+
+    async def one(snapshot: RepoSnapshot) -> None:
+        results.append(await remediate_snapshot(batch_engine, gh, run, snapshot))
+
+    await for_each(snapshots, one)
+    return sorted(results, key=lambda r: r.repo.lower())
 
 
 async def reconcile_repositories(
-    engine: PolicyEngine, gh: Any, run: Run, repositories: Iterable[dict[str, Any]]
+    engine: PolicyEngine, gh: Any, run: Run, repositories: Iterable[Mapping[str, Any]]
 ) -> list[RepoResult]:
-    """Remediate each repository; the list answers already hold their settings, so only what
-    they lack (branch protection) is read."""
-    results = []
-    for repo in repositories:
-        results.append(await engine.remediate(gh, run, repo, known=Known()))
-    return results
+    """Remediate the named repositories (objects with ``full_name``, e.g. a webhook's list):
+    their settings and protection are read in GraphQL batches of 100 first."""
+    names = [str(repo["full_name"]) for repo in repositories]
+    if not names:
+        return []
+    owner = names[0].split("/", 1)[0]
+    fields = await fields_for(engine, gh, run, owner)
+    snapshots, missing = await read_repositories(gh, names, fields)
+    # Gone since the event was sent (deleted, transferred): nothing to remediate.
+    results = [RepoResult(name, SKIPPED, error="repository not found") for name in missing]
+    return sorted(results + await _remediate_all(engine, gh, run, _listed(snapshots)), key=lambda r: r.repo.lower())
+
+
+async def reconcile_owner(engine: PolicyEngine, gh: Any, run: Run, owner: str) -> list[RepoResult]:
+    """Remediate every repository of the account the installation is on (100 read a query)."""
+    fields = await fields_for(engine, gh, run, owner)
+    return await _remediate_all(engine, gh, run, owner_snapshots(gh, owner, fields))

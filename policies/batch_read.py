@@ -1,0 +1,230 @@
+"""Reading many repositories' settings and branch protection at once: GraphQL, 100 a query.
+
+A sweep or a reconcile asks GitHub for exactly the repository fields the policy names
+(``GRAPHQL_FIELDS``) and every repository's ``branchProtectionRules``, 100 repositories per
+query, and turns each node into what ``PolicyEngine.remediate`` takes: a REST-shaped
+repository object and a ``Known``. Whatever GraphQL cannot decide (a field it does not have,
+a wildcard rule, more rules than one page) is left unknown, and the planner reads it with REST.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gidgethub import QueryError
+
+from policies.branch_protection import (
+    GRAPHQL_RULE_FIELDS,
+    ProtectionUnknown,
+    protection_from_graphql_rules,
+)
+from policies.defaults import DEFAULT_BRANCH_RULE
+from policies.engine import Known
+from policies.model import Policy
+from policies.repository_settings import GRAPHQL_FIELDS, rest_settings_from_graphql
+
+PAGE_SIZE = 100  # GitHub's most per connection page, and the most aliases Moko puts in a query
+RULES_PAGE = 20  # branch protection rules per repository; a repository with more may need REST
+_ALWAYS = ("name", "nameWithOwner", "isArchived", "isEmpty", "defaultBranchRef { name }", "owner { login }")
+# Every query is named, so GitHub's logs (and the fake's) say what Moko was asking for.
+_OWNER_QUERY = """
+query MokoOwnerRepositories($owner: String!, $after: String) {
+  repositoryOwner(login: $owner) {
+    login
+    repositories(first: %(page)d, after: $after, ownerAffiliations: [OWNER],
+                 orderBy: {field: NAME, direction: ASC}) {
+      totalCount
+      pageInfo { hasNextPage endCursor }
+      nodes { %(selection)s }
+    }
+  }
+}
+"""
+_VIEWER_QUERY = "query MokoViewer { viewer { login } }"
+# A repository's own policy file, when the organization's policy allows overrides.
+_OWN_POLICY = 'ownPolicy: object(expression: "HEAD:.github/moko.yml") { ... on Blob { text isBinary isTruncated } }'
+
+
+class OwnerNotFound(LookupError):
+    """GitHub knows no such account, or the credentials cannot see it."""
+
+
+@dataclass(frozen=True)
+class ReadFields:
+    """What to ask GitHub about each repository: REST setting names, and the branches whose
+    protection the policy manages (``"default"`` is the default branch)."""
+
+    settings: frozenset[str] = frozenset()
+    protection: bool = True
+    branches: tuple[str, ...] = ()  # exact branch names besides the default one
+    own_policy: bool = False  # each repository's .github/moko.yml (the policy allows overrides)
+
+    @classmethod
+    def for_policy(cls, policy: Policy) -> ReadFields:
+        """The organization policy's fields, and those a repository may override."""
+        settings = set(policy.repository)
+        branches = [rule.name for rule in policy.branches if rule.name != DEFAULT_BRANCH_RULE]
+        protection = bool(policy.branches)
+        for key in policy.overrides:
+            section, _, name = key.partition(".")
+            if section == "repository":
+                settings.update([name] if name else GRAPHQL_FIELDS)
+            elif section == "branches":
+                protection = True
+                if name and name != DEFAULT_BRANCH_RULE:
+                    branches.append(name)
+        return cls(frozenset(settings), protection, tuple(dict.fromkeys(branches)), bool(policy.overrides))
+
+    def selection(self) -> str:
+        """The selection set of one ``Repository`` node."""
+        wanted = dict.fromkeys(_ALWAYS)
+        wanted.update(dict.fromkeys(GRAPHQL_FIELDS[name] for name in sorted(self.settings) if name in GRAPHQL_FIELDS))
+        parts = list(wanted)
+        if self.protection:
+            rule = " ".join(GRAPHQL_RULE_FIELDS.split())
+            parts.append(f"branchProtectionRules(first: {RULES_PAGE}) {{ totalCount nodes {{ {rule} }} }}")
+        for index, branch in enumerate(self.branches):
+            # Whether the branch exists: protection cannot be put on a branch that does not.
+            parts.append(f"branch{index}: ref(qualifiedName: {json.dumps('refs/heads/' + branch)}) {{ name }}")
+        if self.own_policy:
+            parts.append(_OWN_POLICY)
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class RepoSnapshot:
+    """One repository as a batched read saw it: the REST-shaped object and what is known."""
+
+    repo: Mapping[str, Any]
+    settings: Mapping[str, Any]
+    protections: Mapping[str, Any] = field(default_factory=dict)
+    empty: bool = False
+    existing_branches: frozenset[str] | None = None
+    own_policy_read: bool = False  # whether own_policy says what the repository's file holds
+    own_policy: str | None = None  # its .github/moko.yml, or None when it has none
+
+    @property
+    def full_name(self) -> str:
+        return str(self.repo["full_name"])
+
+    def known(self) -> Known:
+        """A fresh Known for the engine (it adds to it when it reads more)."""
+        return Known(
+            settings=dict(self.settings),
+            protections=dict(self.protections),
+            empty=self.empty,
+            existing_branches=self.existing_branches,
+        )
+
+
+def snapshot_of(node: Mapping[str, Any], fields: ReadFields) -> RepoSnapshot:
+    """Turn one GraphQL ``Repository`` node (queried with ``fields.selection()``) into a snapshot."""
+    settings = rest_settings_from_graphql(node)
+    owner = (node.get("owner") or {}).get("login") or str(node["nameWithOwner"]).split("/", 1)[0]
+    default = settings.get("default_branch")
+    repo = {
+        **settings,
+        "full_name": node["nameWithOwner"],
+        "name": node["name"],
+        "archived": bool(node.get("isArchived")),
+        "default_branch": default,
+        "owner": {"login": owner},
+    }
+    empty = bool(node.get("isEmpty"))
+    existing: frozenset[str] | None = None
+    if fields.branches:
+        found = {node[f"branch{i}"]["name"] for i in range(len(fields.branches)) if node.get(f"branch{i}")}
+        existing = frozenset(found | ({default} if default else set()))
+    protections: dict[str, Any] = {}
+    if fields.protection and not empty:
+        connection = node.get("branchProtectionRules") or {}
+        rules = list(connection.get("nodes") or ())
+        complete = int(connection.get("totalCount") or 0) <= len(rules)
+        for branch in [default, *fields.branches]:
+            if not branch or (existing is not None and branch not in existing):
+                continue
+            exact = any(rule.get("pattern") == branch for rule in rules)
+            if not exact and not complete:
+                continue  # an exact rule could be on a page not read: let REST say
+            try:
+                protections[branch] = protection_from_graphql_rules(rules, branch)
+            except ProtectionUnknown:
+                continue  # a wildcard rule applies: GitHub's own matching decides, via REST
+    own_read, own_text = False, None
+    if fields.own_policy:
+        blob = node.get("ownPolicy")
+        # A binary or truncated file is left to the REST read, which reports it as it is.
+        if blob is None or not (blob.get("isBinary") or blob.get("isTruncated") or blob.get("text") is None):
+            own_read, own_text = True, None if blob is None else blob["text"]
+    return RepoSnapshot(repo, settings, protections, empty, existing, own_read, own_text)
+
+
+async def read_owner(gh: Any, owner: str, fields: ReadFields) -> AsyncIterator[tuple[int, list[RepoSnapshot]]]:
+    """Every repository the credentials see in an organization (or user account), in pages of
+    100 ordered by name: yields (total count, the page's snapshots). One query per page."""
+    query = _OWNER_QUERY % {"page": PAGE_SIZE, "selection": fields.selection()}
+    after: str | None = None
+    while True:
+        try:
+            data = await gh.graphql(query, owner=owner, after=after)
+        except QueryError as exc:
+            if _only_not_found(exc):
+                raise OwnerNotFound(owner) from exc
+            raise
+        account = data.get("repositoryOwner")
+        if account is None:
+            raise OwnerNotFound(owner)
+        connection = account["repositories"]
+        nodes = [n for n in connection["nodes"] or () if n is not None]
+        # An account's repositories, not ones it only collaborates on.
+        page = [snapshot_of(n, fields) for n in nodes if str(n["nameWithOwner"]).lower().startswith(owner.lower() + "/")]
+        yield int(connection["totalCount"]), page
+        info = connection["pageInfo"]
+        if not info["hasNextPage"]:
+            return
+        after = info["endCursor"]
+
+
+async def read_repositories(
+    gh: Any, full_names: Iterable[str], fields: ReadFields
+) -> tuple[list[RepoSnapshot], list[str]]:
+    """Named repositories (``owner/name``), 100 per query as aliased ``repository`` fields:
+    returns the snapshots, and the names GitHub could not resolve."""
+    names = list(dict.fromkeys(full_names))
+    snapshots: list[RepoSnapshot] = []
+    missing: list[str] = []
+    selection = fields.selection()
+    for start in range(0, len(names), PAGE_SIZE):
+        chunk = names[start : start + PAGE_SIZE]
+        aliases = " ".join(
+            f"r{i}: repository(owner: {json.dumps(n.split('/', 1)[0])}, name: {json.dumps(n.split('/', 1)[1])})"
+            f" {{ {selection} }}"
+            for i, n in enumerate(chunk)
+        )
+        try:
+            data = await gh.graphql(f"query MokoRepositories {{ {aliases} }}")
+        except QueryError as exc:
+            if not _only_not_found(exc):
+                raise
+            data = exc.response.get("data") or {}
+        for i, name in enumerate(chunk):
+            node = data.get(f"r{i}")
+            if node is None:
+                missing.append(name)
+            else:
+                snapshots.append(snapshot_of(node, fields))
+    return snapshots, missing
+
+
+async def viewer_login(gh: Any) -> str:
+    """Who the credentials act as (a personal token's user), in one GraphQL query."""
+    data = await gh.graphql(_VIEWER_QUERY)
+    return str(data["viewer"]["login"])
+
+
+def _only_not_found(exc: QueryError) -> bool:
+    errors = exc.response.get("errors") if isinstance(exc.response, dict) else None
+    return bool(errors) and all(isinstance(e, dict) and e.get("type") == "NOT_FOUND" for e in errors)
