@@ -1,0 +1,223 @@
+"""A sweep: every repository of one account reconciled once, with a checkpoint per repository
+in the store, so that an interrupted sweep resumes where it stopped (`moko sweep`, and the
+scheduled reconciliation inside `moko serve`)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gidgethub import GitHubException
+
+from bot.logs import get_logger
+from bot.store.base import Store
+from policies.apply import Run
+from policies.batch_read import (
+    OwnerNotFound,
+    ReadFields,
+    RepoSnapshot,
+    read_owner,
+    read_repositories,
+)
+from policies.engine import (
+    COMPLIANT,
+    FIXED,
+    PLANNED,
+    REPO_DEFERRED,
+    REPO_FAILED,
+    SKIPPED,
+    PolicyEngine,
+)
+from policies.loader import PolicyError
+from policies.preloaded_source import with_preloaded_policies
+from policies.reconcile import CONCURRENCY, for_each, remediate_snapshot
+from policies.source import POLICY_REPO
+
+log = get_logger("moko.sweep")
+
+# The summary's columns, in order. A dry run's "planned" repositories count as "fixed":
+# what the sweep would fix (their results say "planned").
+COUNTED = (COMPLIANT, FIXED, REPO_FAILED, REPO_DEFERRED, SKIPPED)
+_COUNTED_AS = {PLANNED: FIXED}
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """What to sweep: an account's repositories (all, or the named ones), and how."""
+
+    owner: str
+    repos: tuple[str, ...] = ()  # repository names without the owner; empty: every repository
+    retry_failed: bool = False
+    trigger: str = "sweep"
+
+    def checkpoint_key(self, dry_run: bool) -> str:
+        """The store's key for this sweep's checkpoints. A sweep of some repositories, or a dry
+        run, keeps its own, so it never resumes or ends the full sweep of the account."""
+        key = self.owner.lower()
+        if self.repos:
+            key += ":" + ",".join(sorted({name.lower() for name in self.repos}))
+        return key + ("#dry-run" if dry_run else "")
+
+
+@dataclass
+class SweepReport:
+    """What a sweep came to: one result per repository, carried ones included."""
+
+    owner: str
+    sweep_id: str
+    resumed: bool
+    dry_run: bool
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(COUNTED, 0)
+        for result in self.results:
+            outcome = _COUNTED_AS.get(result["outcome"], result["outcome"])
+            counts[outcome] = counts.get(outcome, 0) + 1
+        return counts
+
+    @property
+    def failed(self) -> int:
+        return self.counts()[REPO_FAILED]
+
+    def to_json(self, requests: int) -> dict[str, Any]:
+        """The document `moko sweep --json` prints."""
+        return {
+            "org": self.owner,
+            "repositories": len(self.results),
+            **self.counts(),
+            "requests": requests,
+            "results": sorted(self.results, key=lambda r: r["repo"].lower()),
+        }
+
+
+class SweepObserver:
+    """Told how a sweep goes (the CLI's progress bar); does nothing by default."""
+
+    def total(self, repositories: int) -> None:
+        """How many repositories the sweep will go through (known after the first page)."""
+
+    def advance(self, result: dict[str, Any]) -> None:
+        """One repository is done (or was done by an earlier, interrupted run)."""
+
+
+async def sweep_owner(
+    engine: PolicyEngine,
+    gh: Any,
+    request: SweepRequest,
+    *,
+    store: Store,
+    actor: str,
+    installation: int | None,
+    observer: SweepObserver | None = None,
+    concurrency: int = CONCURRENCY,
+    new_sweep_id: Callable[[], str] = lambda: f"sweep-{uuid.uuid4()}",
+) -> SweepReport:
+    """Reconcile an account's repositories, skipping those the unfinished sweep already did.
+
+    Raises PolicyError (recorded in the audit trail first) when the account's policy file is
+    invalid, OwnerNotFound when the account cannot be seen, and a GitHub error when a batched
+    read fails: the sweep then stays unfinished, and the next run resumes it.
+    """
+    observer = observer or SweepObserver()
+    engine = with_preloaded_policies(engine)
+    dry_run = engine.global_dry_run
+    sweep_id = new_sweep_id()
+    try:
+        policy = await engine.source.org_policy(gh, installation, request.owner)
+    except PolicyError as exc:
+        run = Run(sweep_id, request.trigger, actor, installation)
+        await engine.record_config_error(run, f"{request.owner}/{POLICY_REPO}", str(exc))
+        raise
+    fields = ReadFields.for_policy(policy)
+    progress = await store.start_sweep(
+        request.checkpoint_key(dry_run), sweep_id=sweep_id, retry_failed=request.retry_failed
+    )
+    run = Run(progress.sweep_id, request.trigger, actor, installation)
+    done = {name.lower(): outcome for name, outcome in progress.outcomes.items()}
+    report = SweepReport(request.owner, progress.sweep_id, progress.resumed, dry_run)
+    log.info("sweep_started", owner=request.owner, sweep=progress.sweep_id, resumed=progress.resumed,
+             done=len(done), trigger=request.trigger)
+
+    async def one(snapshot: RepoSnapshot) -> None:
+        outcome = done.get(snapshot.full_name.lower())
+        if outcome is not None:  # finished by an earlier run of this sweep
+            entry: dict[str, Any] = {"repo": snapshot.full_name, "outcome": outcome, "changes": []}
+        else:
+            result = await remediate_snapshot(engine, gh, run, snapshot)
+            await store.checkpoint(run.run_id, snapshot.full_name, result.outcome, result.error)
+            entry = result.to_dict()
+        report.results.append(entry)
+        observer.advance(entry)
+
+    await for_each(_snapshots(gh, request, fields, observer, report, run, store, done), one,
+                   concurrency=concurrency)
+    # Every repository has its checkpoint now: the next run starts afresh.
+    await store.finish_sweep(run.run_id)
+    counts = report.counts()
+    log.info("sweep_finished", owner=request.owner, sweep=run.run_id, repositories=len(report.results), **counts)
+    return report
+
+
+async def _snapshots(
+    gh: Any,
+    request: SweepRequest,
+    fields: ReadFields,
+    observer: SweepObserver,
+    report: SweepReport,
+    run: Run,
+    store: Store,
+    done: dict[str, str],
+) -> AsyncIterator[RepoSnapshot]:
+    if not request.repos:
+        first = True
+        async for total, page in read_owner(gh, request.owner, fields):
+            if first:
+                observer.total(total)
+                first = False
+            for snapshot in page:
+                yield snapshot
+        return
+    names = [f"{request.owner}/{name}" for name in dict.fromkeys(request.repos)]
+    observer.total(len(names))
+    snapshots, missing = await read_repositories(gh, names, fields)
+    for name in missing:
+        if name.lower() in done:
+            entry = {"repo": name, "outcome": done[name.lower()], "changes": []}
+        else:
+            error = "repository not found, or not accessible to these credentials"
+            await store.checkpoint(run.run_id, name, REPO_FAILED, error)
+            entry = {"repo": name, "outcome": REPO_FAILED, "changes": [], "error": error}
+        report.results.append(entry)
+        observer.advance(entry)
+    for snapshot in snapshots:
+        yield snapshot
+
+
+async def sweep_installations(
+    engine: PolicyEngine, github: Any, store: Store, *, trigger: str = "schedule"
+) -> list[SweepReport]:
+    """Sweep every account the App is installed on, one after the other (the scheduled
+    reconciliation). One account's failure is logged and does not stop the others."""
+    client = github.app_client()
+    accounts = [
+        (int(item["id"]), str(item["account"]["login"]))
+        async for item in client.getiter("/app/installations?per_page=100")
+        if (item.get("account") or {}).get("login")  # an enterprise installation has no repositories
+    ]
+    actor = await github.bot_login()
+    reports = []
+    for installation, owner in accounts:
+        try:
+            gh = await github.installation_client(installation, bulk=True)
+            report = await sweep_owner(
+                engine, gh, SweepRequest(owner, trigger=trigger),
+                store=store, actor=actor, installation=installation,
+            )
+        except (GitHubException, PolicyError, OwnerNotFound) as exc:
+            log.error("scheduled_sweep_failed", owner=owner, installation=installation, error=str(exc))
+            continue
+        reports.append(report)
+    return reports
