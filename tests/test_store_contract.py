@@ -627,3 +627,20 @@ async def test_postgres_is_chosen_by_the_database_url(postgres_url: str):
             chosen = await chosen
             await chosen.close()
         assert isinstance(chosen, PostgresStore)
+
+
+async def test_a_task_cancelled_while_taking_a_repository_lock_leaves_nothing_behind(
+    store_url: str, store: Store, open_test_store
+):
+    other = await open_test_store(store_url)  # another process on the same database
+    try:
+        for _ in range(3):
+            taking = asyncio.create_task(store.repository_lock("acme/busy").__aenter__())
+            await asyncio.sleep(0)  # it has asked the database, and is cancelled before hearing back
+            taking.cancel()
+            await asyncio.gather(taking, return_exceptions=True)
+            async with asyncio.timeout(2.0):
+                async with other.repository_lock("acme/busy"):
+                    pass
+    finally:
+        await other.close()

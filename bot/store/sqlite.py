@@ -622,8 +622,13 @@ class SQLiteStore(Store):
         async with lock:
             name, owner = f"repo:{repo}", uuid.uuid4().hex
             # Another process holds it: poll its lease row (there is nothing to wait on across processes).
-            while not await self.try_lock(name, owner, self._lock_ttl):  # noqa: ASYNC110
-                await asyncio.sleep(_REPO_LOCK_POLL)
+            try:
+                while not await self.try_lock(name, owner, self._lock_ttl):  # noqa: ASYNC110
+                    await asyncio.sleep(_REPO_LOCK_POLL)
+            except asyncio.CancelledError:
+                # Cancelled while asking: the row may have been taken all the same; give it back.
+                await asyncio.shield(self.unlock(name, owner))
+                raise
             keeper = asyncio.create_task(self._keep_lock(name, owner))
             try:
                 yield
