@@ -50,6 +50,7 @@ class WorkerPool:
         self._in_flight: set[str] = set()
         self._settled = asyncio.Condition()
         self._claimed_at: dict[str, float] = {}
+        self._holding: dict[str, float] = {}  # delivery id -> when its lease was last renewed
         self._accepting = False
         self._wakeup = asyncio.Event()
 
@@ -77,6 +78,7 @@ class WorkerPool:
         self._accepting = True
         self._tasks = [asyncio.create_task(self._work(), name=f"moko-worker-{i}") for i in range(self._workers)]
         self._tasks.append(asyncio.create_task(self._recover_forever(), name="moko-recovery"))
+        self._tasks.append(asyncio.create_task(self._keep_leases(), name="moko-leases"))
 
     async def recover_once(self) -> int:
         """Claim unfinished deliveries from the store while there is room; return how many."""
@@ -163,7 +165,7 @@ class WorkerPool:
                     self._settled.notify_all()
 
     async def _run(self, delivery: Delivery, payload: Any) -> None:
-        renewer = asyncio.create_task(self._keep_lease(delivery.id))
+        self._holding[delivery.id] = time.monotonic()
         try:
             error = await self._process(delivery, payload)
         except asyncio.CancelledError:
@@ -174,16 +176,26 @@ class WorkerPool:
             error = REDACTOR.text(f"{type(exc).__name__}: {exc}")
             log.error("delivery_crashed", delivery=delivery.id, error=error, exc_info=True)
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            self._holding.pop(delivery.id, None)
         state = DONE if error is None else FAILED
         await self._store.finish_delivery(delivery.id, self._owner, state, error)
         DELIVERIES_FINISHED.labels(state=state).inc()
 
-    async def _keep_lease(self, delivery_id: str) -> None:
+    async def _keep_leases(self) -> None:
+        """One task renews the lease of every delivery held longer than a third of it
+        (most finish well before, and cost no renewal)."""
+        period = self._lease / 3
         while True:
-            await asyncio.sleep(self._lease / 3)
-            if not await self._store.renew_lease(delivery_id, self._owner, self._lease):
-                log.warning("lease_lost", delivery=delivery_id)
-                return
+            await asyncio.sleep(period / 2)
+            now = time.monotonic()
+            for delivery_id, renewed in list(self._holding.items()):
+                if now - renewed < period or delivery_id not in self._holding:
+                    continue
+                self._holding[delivery_id] = now
+                try:
+                    held = await self._store.renew_lease(delivery_id, self._owner, self._lease)
+                except Exception as exc:  # the store may be briefly away; the next round tries again
+                    log.warning("lease_renewal_failed", delivery=delivery_id, error=REDACTOR.text(str(exc)))
+                    continue
+                if not held:
+                    log.warning("lease_lost", delivery=delivery_id)

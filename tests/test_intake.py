@@ -204,3 +204,19 @@ async def test_readyz_is_503_once_the_store_is_gone(env):
         await moko.services.store.open()
 
 
+
+
+async def test_a_long_delivery_keeps_its_lease_so_no_other_replica_takes_it(env):
+    gate = asyncio.Event()
+    seen: list[str] = []
+    async with run_moko({**env, "MOKO_LEASE_SECONDS": "1"}, router=counting_router(seen, gate=gate)) as moko:
+        assert (await moko.send("ping", PING, delivery="long")).status == 202
+        while seen != ["long"]:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(2.5)  # well past one lease: only renewals keep it
+        stolen = await moko.services.store.claim_pending("another-replica", 60, 10)
+        gate.set()
+        await moko.settle()
+        stored = await moko.services.store.get_delivery("long")
+    assert stolen == []
+    assert stored.state == DONE and stored.attempts == 1
