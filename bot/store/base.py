@@ -8,6 +8,7 @@ read-then-write that two replicas could interleave.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -87,6 +88,42 @@ class AuditRecord:
     error: str | None
     prev_hash: str
     hash: str
+
+
+def delivery_from_row(row: Mapping[str, Any], received_at: datetime) -> Delivery:
+    """A stored delivery from a database row (each store converts its own time type)."""
+    return Delivery(
+        id=row["id"],
+        event=row["event"],
+        installation_id=row["installation_id"],
+        headers=json.loads(row["headers"]),
+        body=bytes(row["body"]),
+        state=row["state"],
+        attempts=row["attempts"],
+        error=row["error"],
+        received_at=received_at,
+    )
+
+
+def audit_record_from_row(row: Mapping[str, Any], time: datetime) -> AuditRecord:
+    """An audit record from a database row; before and after are stored as JSON text."""
+    return AuditRecord(
+        seq=row["seq"],
+        time=time,
+        run_id=row["run_id"],
+        trigger=row["trigger"],
+        installation=row["installation"],
+        repo=row["repo"],
+        actor=row["actor"],
+        policy=row["policy"],
+        field=row["field"],
+        before=json.loads(row["before"]),
+        after=json.loads(row["after"]),
+        outcome=row["outcome"],
+        error=row["error"],
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
 
 
 @dataclass(frozen=True)

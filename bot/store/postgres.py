@@ -40,6 +40,8 @@ from bot.store.base import (
     NewDelivery,
     Store,
     SweepProgress,
+    audit_record_from_row,
+    delivery_from_row,
 )
 
 
@@ -621,17 +623,7 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _delivery(row: asyncpg.Record) -> Delivery:
-    return Delivery(
-        id=row["id"],
-        event=row["event"],
-        installation_id=row["installation_id"],
-        headers=json.loads(row["headers"]),
-        body=bytes(row["body"]),
-        state=row["state"],
-        attempts=row["attempts"],
-        error=row["error"],
-        received_at=row["received_at"],
-    )
+    return delivery_from_row(row, row["received_at"])
 
 
 def _json_text(value: Any) -> str:
@@ -660,23 +652,7 @@ def _audit_row(record: AuditRecord) -> tuple[Any, ...]:
 
 
 def _audit_record(row: asyncpg.Record) -> AuditRecord:
-    return AuditRecord(
-        seq=row["seq"],
-        time=row["time"],
-        run_id=row["run_id"],
-        trigger=row["trigger"],
-        installation=row["installation"],
-        repo=row["repo"],
-        actor=row["actor"],
-        policy=row["policy"],
-        field=row["field"],
-        before=json.loads(row["before"]),
-        after=json.loads(row["after"]),
-        outcome=row["outcome"],
-        error=row["error"],
-        prev_hash=row["prev_hash"],
-        hash=row["hash"],
-    )
+    return audit_record_from_row(row, row["time"])
 
 
 async def _anchor(conn: asyncpg.Connection) -> tuple[str, int]:

@@ -36,6 +36,8 @@ from bot.store.base import (
     NewDelivery,
     Store,
     SweepProgress,
+    audit_record_from_row,
+    delivery_from_row,
 )
 
 # Ordered migrations: index i brings the schema from version i to i + 1.
@@ -119,37 +121,11 @@ def _dumps(value: Any) -> str:
 
 
 def _delivery(row: sqlite3.Row) -> Delivery:
-    return Delivery(
-        id=row["id"],
-        event=row["event"],
-        installation_id=row["installation_id"],
-        headers=json.loads(row["headers"]),
-        body=bytes(row["body"]),
-        state=row["state"],
-        attempts=row["attempts"],
-        error=row["error"],
-        received_at=datetime.fromtimestamp(row["received_at"], UTC),
-    )
+    return delivery_from_row(row, datetime.fromtimestamp(row["received_at"], UTC))
 
 
 def _record(row: sqlite3.Row) -> AuditRecord:
-    return AuditRecord(
-        seq=row["seq"],
-        time=datetime.fromisoformat(row["time"].replace("Z", "+00:00")),
-        run_id=row["run_id"],
-        trigger=row["trigger"],
-        installation=row["installation"],
-        repo=row["repo"],
-        actor=row["actor"],
-        policy=row["policy"],
-        field=row["field"],
-        before=json.loads(row["before"]),
-        after=json.loads(row["after"]),
-        outcome=row["outcome"],
-        error=row["error"],
-        prev_hash=row["prev_hash"],
-        hash=row["hash"],
-    )
+    return audit_record_from_row(row, datetime.fromisoformat(row["time"].replace("Z", "+00:00")))
 
 
 class _Job:
