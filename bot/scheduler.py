@@ -48,12 +48,20 @@ class ScheduledSweeps:
         self.poll_seconds = min(poll_seconds, self.interval) if self.interval > 0 else poll_seconds
         self._sleep = sleep
         self._now = now
+        # This replica holds the lock between sweeps too: it must not take its own hold for a
+        # sign that a sweep is due, so it remembers when the next one is.
+        self._next_due: datetime | None = None
 
     async def run_forever(self) -> None:
         """Poll until cancelled (when the server stops); MOKO_SWEEP_INTERVAL=0 turns it off."""
         if self.interval <= 0:
             log.info("scheduled_sweeps_off")
             return
+        # The first sweep is one interval after the first replica starts, not at every start:
+        # webhooks keep repositories in line meanwhile, and restarts cost no sweep.
+        if await self.services.store.try_lock(LOCK_NAME, self.services.owner, self.interval):
+            self._next_due = self._now() + timedelta(seconds=self.interval)
+            log.info("scheduled_sweep_first", in_seconds=self.interval)
         while True:
             try:
                 await self.run_once()
@@ -64,8 +72,11 @@ class ScheduledSweeps:
     async def run_once(self) -> bool:
         """Sweep if the sweep is due and no other replica is at it; True when this one swept."""
         store, owner = self.services.store, self.services.owner
+        if self._next_due is not None and self._now() < self._next_due:
+            return False
         if not await store.try_lock(LOCK_NAME, owner, self.lease_seconds):
             return False
+        self._next_due = None
         log.info("scheduled_sweep_started", replica=owner)
         renewal = asyncio.create_task(self._renew())
         completed = False
@@ -80,6 +91,7 @@ class ScheduledSweeps:
             await asyncio.gather(renewal, return_exceptions=True)
             if completed:
                 await store.try_lock(LOCK_NAME, owner, self.interval)
+                self._next_due = self._now() + timedelta(seconds=self.interval)
                 log.info("scheduled_sweep_finished", next_in_seconds=self.interval)
             else:
                 await store.unlock(LOCK_NAME, owner)
