@@ -138,7 +138,7 @@ def run(seconds: int, connections: int, replicas: int, database: str | None, thr
         "MOKO_DATABASE_URL": database,
         "MOKO_SWEEP_INTERVAL": "0",
         "MOKO_QUEUE_MAX": "1000000",
-        "LOG_LEVEL": "warning",
+        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning"),
     }
     ports = [20000 + (os.getpid() % 1000) * 4 + i for i in range(replicas)]
     servers = [
