@@ -15,7 +15,7 @@ from bot.audit import AuditWriter
 from bot.logs import get_logger
 from bot.metrics import REMEDIATIONS
 from bot.store.base import AuditEntry
-from policies.model import BRANCH_PROTECTION, REPOSITORY, Change
+from policies.model import REPOSITORY, Change
 from policies.repository_settings import patch_body
 
 log = get_logger("moko.apply")
@@ -171,6 +171,3 @@ class Transaction:
             else:
                 await self.record(step.changes, ROLLED_BACK)
 
-
-def is_protection(change: Change) -> bool:
-    return change.policy == BRANCH_PROTECTION

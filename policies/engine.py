@@ -14,7 +14,7 @@ from bot.logs import get_logger
 from bot.store.base import AuditEntry, Store
 from policies.apply import DEFERRED, DRY_RUN, FAILED, ChangeOutcome, Run, Transaction, github_error
 from policies.loader import PolicyError
-from policies.model import BRANCH_PROTECTION, REPOSITORY, Change, Plan, Policy, RepoState
+from policies.model import BRANCH_PROTECTION, REPOSITORY, Plan, Policy, RepoState
 from policies.plan import plan_repository
 from policies.source import POLICY_PATH, POLICY_REPO, PolicySource
 
@@ -240,10 +240,6 @@ def _outcome(plan: Plan, outcomes: list[ChangeOutcome], ok: bool, dry_run: bool)
     if any(o.outcome == DEFERRED for o in outcomes):
         return REPO_DEFERRED
     return COMPLIANT
-
-
-def changes_of(result: RepoResult, policy_name: str | None = None) -> list[Change]:
-    return [o.change for o in result.changes if policy_name in (None, o.change.policy)]
 
 
 __all__ = [
