@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from bot.logs import get_logger
@@ -24,6 +25,17 @@ log = get_logger("moko.worker")
 # Processing a delivery (with its payload when the intake already parsed it) returns None
 # when it is done, else the failure message.
 Processor = Callable[[Delivery, Any], Awaitable[str | None]]
+
+
+@dataclass(frozen=True)
+class _Item:
+    """A delivery waiting for a worker: its claim (if this replica holds one already), its
+    parsed payload (if the intake parsed it), and when it was queued."""
+
+    delivery_id: str
+    claimed: Delivery | None
+    payload: Any
+    queued_at: float
 
 
 class WorkerPool:
@@ -45,11 +57,11 @@ class WorkerPool:
         self._workers = workers
         self._queue_max = queue_max
         self._lease = lease_seconds
-        self._queue: asyncio.Queue[tuple[str, Delivery | None, Any]] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight: set[str] = set()
+        self._waiting: set[str] = set()  # deliveries in the queue that this replica has claimed
         self._settled = asyncio.Condition()
-        self._claimed_at: dict[str, float] = {}
         self._holding: dict[str, float] = {}  # delivery id -> when its lease was last renewed
         self._accepting = False
         self._wakeup = asyncio.Event()
@@ -66,9 +78,7 @@ class WorkerPool:
     def submit(self, delivery_id: str, payload: Any = None, claimed: Delivery | None = None) -> None:
         """Hand over a delivery the intake has just stored (with its parsed payload, and the
         claim the intake took for this replica, if any)."""
-        self._queue.put_nowait((delivery_id, claimed, payload))
-        if claimed is not None:
-            self._claimed_at[delivery_id] = time.monotonic()
+        self._enqueue(_Item(delivery_id, claimed, payload, time.monotonic()))
         QUEUE_DEPTH.set(self._queue.qsize())
 
     # --- lifecycle -----------------------------------------------------------
@@ -80,6 +90,11 @@ class WorkerPool:
         self._tasks.append(asyncio.create_task(self._recover_forever(), name="moko-recovery"))
         self._tasks.append(asyncio.create_task(self._keep_leases(), name="moko-leases"))
 
+    def _enqueue(self, item: _Item) -> None:
+        if item.claimed is not None:
+            self._waiting.add(item.delivery_id)
+        self._queue.put_nowait(item)
+
     async def recover_once(self) -> int:
         """Claim unfinished deliveries from the store while there is room; return how many."""
         taken = 0
@@ -89,7 +104,9 @@ class WorkerPool:
                 return taken
             claimed = await self._store.claim_pending(self._owner, self._lease, min(room, 100))
             for delivery in claimed:
-                self._queue.put_nowait((delivery.id, delivery, None))
+                if delivery.id in self._waiting or delivery.id in self._in_flight:
+                    continue  # ours already, its lease expired while queued: the claim renewed it
+                self._enqueue(_Item(delivery.id, delivery, None, time.monotonic()))
             taken += len(claimed)
             QUEUE_DEPTH.set(self._queue.qsize())
             if len(claimed) < min(room, 100):
@@ -112,12 +129,13 @@ class WorkerPool:
         """Stop taking work, let in-flight deliveries finish (up to grace), give back the rest."""
         self._accepting = False
         self._wakeup.set()
-        pending: list[tuple[str, Delivery | None, Any]] = []
+        pending: list[_Item] = []
         while not self._queue.empty():
             pending.append(self._queue.get_nowait())
-        for delivery_id, claimed, _ in pending:
-            if claimed is not None:
-                await self._store.release_delivery(delivery_id, self._owner)
+        self._waiting.clear()
+        for item in pending:
+            if item.claimed is not None:
+                await self._store.release_delivery(item.delivery_id, self._owner)
         if self._in_flight:
             log.info("draining", in_flight=len(self._in_flight))
             with contextlib.suppress(TimeoutError):
@@ -141,7 +159,9 @@ class WorkerPool:
 
     async def _work(self) -> None:
         while True:
-            delivery_id, claimed, payload = await self._queue.get()
+            item = await self._queue.get()
+            delivery_id, claimed, payload = item.delivery_id, item.claimed, item.payload
+            self._waiting.discard(delivery_id)
             QUEUE_DEPTH.set(self._queue.qsize())
             if not self._accepting and claimed is None:
                 async with self._settled:
@@ -149,8 +169,7 @@ class WorkerPool:
                 continue
             self._in_flight.add(delivery_id)
             try:
-                claimed_at = self._claimed_at.pop(delivery_id, None)
-                if claimed is not None and claimed_at is not None and time.monotonic() - claimed_at > self._lease / 2:
+                if claimed is not None and time.monotonic() - item.queued_at > self._lease / 2:
                     # It waited long in the queue: make sure the claim still holds before acting.
                     if not await self._store.renew_lease(delivery_id, self._owner, self._lease):
                         continue

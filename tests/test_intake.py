@@ -8,7 +8,7 @@ import json
 import pytest
 from gidgethub.routing import Router
 
-from bot.store.base import DONE, FAILED, PROCESSING, QUEUED
+from bot.store.base import DONE, FAILED, PROCESSING, QUEUED, NewDelivery
 from tests.fakegithub.webhooks import load_example, sign_sha1
 from tests.support.harness import run_moko
 
@@ -220,3 +220,23 @@ async def test_a_long_delivery_keeps_its_lease_so_no_other_replica_takes_it(env)
         stored = await moko.services.store.get_delivery("long")
     assert stolen == []
     assert stored.state == DONE and stored.attempts == 1
+
+
+async def test_a_claimed_delivery_whose_lease_expires_in_the_queue_is_processed_once(env):
+    gate = asyncio.Event()
+    seen: list[str] = []
+    env = {**env, "MOKO_WORKERS": "1", "MOKO_LEASE_SECONDS": "1"}
+    async with run_moko(env, router=counting_router(seen, gate=gate)) as moko:
+        assert (await moko.send("ping", PING, delivery="blocking")).status == 202
+        while seen != ["blocking"]:
+            await asyncio.sleep(0.01)
+        # A delivery left by another process: this replica claims it; it waits behind "blocking".
+        store = moko.services.store
+        assert await store.add_delivery(NewDelivery("left", "ping", None, {}, json.dumps(PING).encode()))
+        assert await moko.workers.recover_once() == 1
+        await asyncio.sleep(2.0)  # its lease expires while it waits; recovery claims it again
+        gate.set()
+        await moko.settle()
+        stored = await store.get_delivery("left")
+    assert seen == ["blocking", "left"]
+    assert stored.state == DONE
