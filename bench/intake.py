@@ -2,7 +2,9 @@
 
 Starts `moko serve` (one or more replicas) on a database, drives it with wrk (Debian's
 package `wrk`) at 50 concurrent connections, each request a signed `ping` with its own
-delivery ID, then checks that every acknowledged delivery is in the database.
+delivery ID, then checks that every acknowledged delivery is in the database. The CPU figure is the
+server's CPU time from the first request until the last delivery is processed, divided
+by the deliveries acknowledged (the intake's share alone is printed beside it).
 
     python bench/intake.py [--seconds 10] [--connections 50] [--replicas 1] [--database URL]
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -105,20 +108,30 @@ async def wait_healthy(port: int, process: subprocess.Popen[bytes]) -> None:
     raise SystemExit("moko serve did not become ready")
 
 
-def count_stored(database: str, run: str) -> int:
+def count_stored(database: str, run: str, *, unfinished: bool = False) -> int:
+    """The run's deliveries in the database (unfinished: only those not yet done or failed)."""
+    where = "id LIKE ?" + (" AND state NOT IN ('done', 'failed')" if unfinished else "")
     if database.startswith("sqlite:///"):
-        with sqlite3.connect(database[len("sqlite:///"):]) as conn:
-            return conn.execute("SELECT count(*) FROM deliveries WHERE id LIKE ?", (run + "-%",)).fetchone()[0]
+        with contextlib.closing(sqlite3.connect(database[len("sqlite:///"):], timeout=30)) as conn:
+            return conn.execute(f"SELECT count(*) FROM deliveries WHERE {where}", (run + "-%",)).fetchone()[0]
     import asyncpg
 
     async def count() -> int:
         conn = await asyncpg.connect(database)
         try:
-            return await conn.fetchval("SELECT count(*) FROM deliveries WHERE id LIKE $1", run + "-%")
+            return await conn.fetchval(f"SELECT count(*) FROM deliveries WHERE {where.replace('?', '$1')}", run + "-%")
         finally:
             await conn.close()
 
     return asyncio.run(count())
+
+
+def wait_processed(database: str, run: str, limit: float = 120.0) -> float:
+    """Wait until every delivery of the run is done or failed; return how long that took."""
+    started = time.monotonic()
+    while count_stored(database, run, unfinished=True) and time.monotonic() - started < limit:
+        time.sleep(0.2)
+    return time.monotonic() - started
 
 
 def run(seconds: int, connections: int, replicas: int, database: str | None, threads: int) -> dict[str, object]:
@@ -171,6 +184,10 @@ def run(seconds: int, connections: int, replicas: int, database: str | None, thr
             for port, script in zip(ports, scripts, strict=True)
         ]
         outputs = [load.communicate()[0] for load in loads]
+        intake_cpu = sum(cpu_seconds(s.pid) - before for s, before in zip(servers, cpu_before, strict=True))
+        # Deliveries acknowledged faster than they are processed wait in the queue: the
+        # CPU figure counts their processing too, so wait for the last one.
+        backlog_seconds = wait_processed(database, run_id)
         cpu = sum(cpu_seconds(s.pid) - before for s, before in zip(servers, cpu_before, strict=True))
         results = [parse_wrk(output) for output in outputs]
     finally:
@@ -191,6 +208,8 @@ def run(seconds: int, connections: int, replicas: int, database: str | None, thr
         "p50_ms": max(float(r["p50_ms"]) for r in results),
         "p99_ms": max(float(r["p99_ms"]) for r in results),
         "cpu_ms_per_delivery": round(cpu * 1000 / max(acknowledged, 1), 3),
+        "intake_cpu_ms_per_delivery": round(intake_cpu * 1000 / max(acknowledged, 1), 3),
+        "backlog_processed_in_s": round(backlog_seconds, 1),
         "stored": stored,
         "socket_errors": [r["socket_errors"] for r in results if r["socket_errors"]],
     }

@@ -42,9 +42,11 @@ DEFAULTS: dict[str, str | None] = {
     "HOST": "0.0.0.0",
     "LOG_LEVEL": "info",
     "LOG_FORMAT": "json",
+    "MOKO_EVENT_LOOP": "auto",
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -77,6 +79,7 @@ class Settings:
     host: str
     log_level: str
     log_format: str
+    event_loop: str = "auto"  # auto (uvloop where installed), uvloop or asyncio
 
     def secrets(self) -> list[str]:
         """The configured secrets, for redaction."""
@@ -259,6 +262,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     log_format = get("LOG_FORMAT").lower()
     if log_format not in ("json", "console"):
         raise ConfigError(f"LOG_FORMAT: {get('LOG_FORMAT')!r} is not json or console")
+    event_loop = get("MOKO_EVENT_LOOP").lower()
+    if event_loop not in EVENT_LOOPS:
+        raise ConfigError(f"MOKO_EVENT_LOOP: {get('MOKO_EVENT_LOOP')!r} is not one of {', '.join(EVENT_LOOPS)}")
     app_id = get("GITHUB_APP_ID").strip() or None
     if app_id is not None and not app_id.isdigit():
         raise ConfigError(f"GITHUB_APP_ID: {app_id!r} is not a number")
@@ -286,4 +292,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         host=get("HOST") or "0.0.0.0",
         log_level=log_level,
         log_format=log_format,
+        event_loop=event_loop,
     )

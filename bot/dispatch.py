@@ -7,13 +7,14 @@ and each outcome is counted.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from gidgethub.routing import Router
 from gidgethub.sansio import Event
 
 from bot.context import EventContext
-from bot.metrics import HANDLER_OUTCOMES
+from bot.metrics import HANDLER_OUTCOMES, labelled
 from bot.redact import REDACTOR
 
 
@@ -25,6 +26,7 @@ class HandlerFailure:
     error: str
 
 
+@functools.cache
 def handler_name(callback: object) -> str:
     module = getattr(callback, "__module__", "?")
     return f"{module}.{getattr(callback, '__qualname__', repr(callback))}"
@@ -41,8 +43,8 @@ async def dispatch_event(router: Router, event: Event, ctx: EventContext) -> lis
         except Exception as exc:
             message = REDACTOR.text(f"{type(exc).__name__}: {exc}")
             ctx.log.error("handler_failed", handler=name, error=message, exc_info=True)
-            HANDLER_OUTCOMES.labels(handler=name, outcome="failed").inc()
+            labelled(HANDLER_OUTCOMES, name, "failed").inc()
             failures.append(HandlerFailure(name, message))
         else:
-            HANDLER_OUTCOMES.labels(handler=name, outcome="ok").inc()
+            labelled(HANDLER_OUTCOMES, name, "ok").inc()
     return failures

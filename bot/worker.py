@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.logs import get_logger
-from bot.metrics import DELIVERIES_FINISHED, QUEUE_DEPTH
+from bot.metrics import DELIVERIES_FINISHED, QUEUE_DEPTH, labelled
 from bot.redact import REDACTOR
 from bot.store.base import DONE, FAILED, Delivery, Store
 
@@ -62,6 +62,7 @@ class WorkerPool:
         self._in_flight: set[str] = set()
         self._waiting: set[str] = set()  # deliveries in the queue that this replica has claimed
         self._settled = asyncio.Condition()
+        self._watchers = 0  # callers waiting on _settled
         self._holding: dict[str, float] = {}  # delivery id -> when its lease was last renewed
         self._accepting = False
         self._wakeup = asyncio.Event()
@@ -75,17 +76,25 @@ class WorkerPool:
     def has_room(self) -> bool:
         return self._accepting and self._queue.qsize() + len(self._in_flight) < self._queue_max
 
+    def keeps_payloads(self) -> bool:
+        """Whether a delivery queued now should carry its parsed payload. Only when a worker
+        takes it soon: a long queue of parsed payloads is millions of objects for the garbage
+        collector to walk (pauses of 100 ms were measured); a queued body is one bytes object,
+        parsed again when its turn comes."""
+        return self._queue.qsize() < self._workers
+
     def submit(self, delivery_id: str, payload: Any = None, claimed: Delivery | None = None) -> None:
         """Hand over a delivery the intake has just stored (with its parsed payload, and the
         claim the intake took for this replica, if any)."""
         self._enqueue(_Item(delivery_id, claimed, payload, time.monotonic()))
-        QUEUE_DEPTH.set(self._queue.qsize())
 
     # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
         """Start the workers and the recovery loop (which first takes what a crash left)."""
         self._accepting = True
+        # Read when /metrics is scraped, not set on every queue change.
+        QUEUE_DEPTH.set_function(self._queue.qsize)
         self._tasks = [asyncio.create_task(self._work(), name=f"moko-worker-{i}") for i in range(self._workers)]
         self._tasks.append(asyncio.create_task(self._recover_forever(), name="moko-recovery"))
         self._tasks.append(asyncio.create_task(self._keep_leases(), name="moko-leases"))
@@ -108,7 +117,6 @@ class WorkerPool:
                     continue  # ours already, its lease expired while queued: the claim renewed it
                 self._enqueue(_Item(delivery.id, delivery, None, time.monotonic()))
             taken += len(claimed)
-            QUEUE_DEPTH.set(self._queue.qsize())
             if len(claimed) < min(room, 100):
                 return taken
 
@@ -133,9 +141,10 @@ class WorkerPool:
         while not self._queue.empty():
             pending.append(self._queue.get_nowait())
         self._waiting.clear()
-        for item in pending:
-            if item.claimed is not None:
-                await self._store.release_delivery(item.delivery_id, self._owner)
+        # All at once: the store writes them in one transaction, not one commit each.
+        await asyncio.gather(
+            *(self._store.release_delivery(item.delivery_id, self._owner) for item in pending if item.claimed is not None)
+        )
         if self._in_flight:
             log.info("draining", in_flight=len(self._in_flight))
             with contextlib.suppress(TimeoutError):
@@ -144,16 +153,21 @@ class WorkerPool:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        QUEUE_DEPTH.set(0)
 
     async def _wait_in_flight(self) -> None:
-        async with self._settled:
-            await self._settled.wait_for(lambda: not self._in_flight)
+        await self._wait_until(lambda: not self._in_flight)
 
     async def wait_idle(self) -> None:
         """Wait until the queue is empty and nothing is in flight (tests and benchmarks)."""
-        async with self._settled:
-            await self._settled.wait_for(lambda: not self._queue.qsize() and not self._in_flight)
+        await self._wait_until(lambda: not self._queue.qsize() and not self._in_flight)
+
+    async def _wait_until(self, settled: Callable[[], bool]) -> None:
+        self._watchers += 1
+        try:
+            async with self._settled:
+                await self._settled.wait_for(settled)
+        finally:
+            self._watchers -= 1
 
     # --- the workers ---------------------------------------------------------
 
@@ -162,10 +176,8 @@ class WorkerPool:
             item = await self._queue.get()
             delivery_id, claimed, payload = item.delivery_id, item.claimed, item.payload
             self._waiting.discard(delivery_id)
-            QUEUE_DEPTH.set(self._queue.qsize())
             if not self._accepting and claimed is None:
-                async with self._settled:
-                    self._settled.notify_all()
+                await self._notify_settled()
                 continue
             self._in_flight.add(delivery_id)
             try:
@@ -180,8 +192,12 @@ class WorkerPool:
                 log.error("worker_error", delivery=delivery_id, error=REDACTOR.text(str(exc)), exc_info=True)
             finally:
                 self._in_flight.discard(delivery_id)
-                async with self._settled:
-                    self._settled.notify_all()
+                await self._notify_settled()
+
+    async def _notify_settled(self) -> None:
+        if self._watchers:  # nobody waits, most of the time
+            async with self._settled:
+                self._settled.notify_all()
 
     async def _run(self, delivery: Delivery, payload: Any) -> None:
         self._holding[delivery.id] = time.monotonic()
@@ -198,7 +214,7 @@ class WorkerPool:
             self._holding.pop(delivery.id, None)
         state = DONE if error is None else FAILED
         await self._store.finish_delivery(delivery.id, self._owner, state, error)
-        DELIVERIES_FINISHED.labels(state=state).inc()
+        labelled(DELIVERIES_FINISHED, state).inc()
 
     async def _keep_leases(self) -> None:
         """One task renews the lease of every delivery held longer than a third of it

@@ -8,9 +8,10 @@ import json
 import pytest
 from gidgethub.routing import Router
 
+from bot.store import open_store
 from bot.store.base import DONE, FAILED, PROCESSING, QUEUED, NewDelivery
 from tests.fakegithub.webhooks import load_example, sign_sha1
-from tests.support.harness import run_moko
+from tests.support.harness import WEBHOOK_SECRET, run_moko
 
 PING = load_example("ping")
 
@@ -79,6 +80,84 @@ async def test_bad_input_is_refused_and_nothing_is_stored(moko, case, status):
     assert reply.status == status, reply.body
     await moko.settle()
     assert await stored_states(moko) == {QUEUED: 0, PROCESSING: 0, DONE: 0, FAILED: 0}
+
+
+async def test_a_sha1_signature_in_the_sha256_header_is_refused(moko):
+    body = json.dumps(PING).encode()
+    reply = await moko.send("ping", body, headers={"X-Hub-Signature-256": sign_sha1(body, WEBHOOK_SECRET)})
+    assert reply.status == 401
+    assert await stored_states(moko) == {QUEUED: 0, PROCESSING: 0, DONE: 0, FAILED: 0}
+
+
+async def test_refused_requests_are_counted_under_githubs_event_names_only(moko):
+    # Anyone can send any header: a made-up event name must not become a metric label.
+    assert (await moko.send("ping", PING, secret="wrong")).status == 401
+    assert (await moko.send("made-up-event-7f3a", PING, secret="wrong")).status == 401
+    async with moko.session.get(moko.url + "/metrics") as metrics:
+        text = await metrics.text()
+    assert 'moko_webhooks_received_total{event="ping",outcome="bad_signature"}' in text
+    assert 'moko_webhooks_received_total{event="unknown",outcome="bad_signature"}' in text
+    assert "made-up-event-7f3a" not in text
+
+
+async def test_json_that_only_pythons_parser_accepts_is_still_a_delivery(env):
+    # An escaped lone surrogate and an integer beyond 64 bits: valid JSON that orjson refuses.
+    body = b'{"zen": "half an emoji \\ud83d", "hook_id": 18446744073709551616, "hook": {}}'
+    body = body.replace(b"\\\\", b"\\")
+    seen: list[object] = []
+    router = Router()
+
+    @router.register("ping")
+    async def record(event, ctx):
+        seen.append((event.data["zen"], event.data["hook_id"]))
+
+    async with run_moko(env, router=router) as moko:
+        reply = await moko.deliver("ping", body, delivery="odd-json")
+        stored = await moko.services.store.get_delivery("odd-json")
+    assert reply.status == 202
+    assert stored.state == DONE and stored.body == body
+    assert seen == [("half an emoji \ud83d", 18446744073709551616)]
+
+
+async def test_deliveries_queued_behind_a_busy_worker_are_processed_with_their_own_payloads(env):
+    # Past a short queue the parsed payload is not kept in memory: the worker parses the stored body.
+    gate = asyncio.Event()
+    zens: list[str] = []
+    router = Router()
+
+    @router.register("ping")
+    async def record(event, ctx):
+        await gate.wait()
+        zens.append(event.data["zen"])
+
+    async with run_moko({**env, "MOKO_WORKERS": "1"}, router=router) as moko:
+        for i in range(6):
+            assert (await moko.send("ping", {**PING, "zen": f"zen {i}"}, delivery=f"z{i}")).status == 202
+        gate.set()
+        await moko.settle()
+    assert zens == [f"zen {i}" for i in range(6)]
+
+
+async def test_a_stop_gives_back_every_queued_delivery_and_the_next_start_processes_them(env):
+    gate = asyncio.Event()
+    seen: list[str] = []
+    env = {**env, "MOKO_WORKERS": "1", "MOKO_SHUTDOWN_GRACE": "0"}
+    async with run_moko(env, router=counting_router(seen, gate=gate)) as moko:
+        for i in range(200):
+            assert (await moko.send("ping", PING, delivery=f"s{i:03}")).status == 202
+        # One is in flight (given back too, as the grace is 0); 199 wait in the queue.
+    assert len(seen) == 1
+    store = open_store(env["MOKO_DATABASE_URL"])
+    await store.open()
+    try:
+        assert await store.count_deliveries(QUEUED) == 200
+    finally:
+        await store.close()
+    async with run_moko(env, router=counting_router(seen)) as moko:
+        await moko.workers.recover_once()
+        await moko.settle()
+        assert await moko.services.store.count_deliveries(DONE) == 200
+    assert sorted(set(seen)) == [f"s{i:03}" for i in range(200)]
 
 
 async def test_body_over_25_mib_is_413(moko):

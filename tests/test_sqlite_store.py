@@ -1,0 +1,88 @@
+"""The SQLite store's group commit: what it promises beyond the Store contract."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.store.base import NewDelivery
+from bot.store.sqlite import SQLiteStore
+
+
+def delivery(delivery_id: str) -> NewDelivery:
+    return NewDelivery(delivery_id, "ping", None, {"x-github-event": "ping"}, b'{"zen": "ok"}')
+
+
+def stored_ids(path: Path) -> set[str]:
+    with sqlite3.connect(path) as db:
+        return {row[0] for row in db.execute("SELECT id FROM deliveries")}
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    opened = SQLiteStore(f"sqlite:///{tmp_path}/moko.db")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+async def test_fifty_concurrent_writes_share_one_commit_and_all_are_on_disk(store: SQLiteStore, tmp_path: Path):
+    before = store.commits
+    results = await asyncio.gather(*(store.add_and_claim(delivery(f"d{i}"), "me", 60) for i in range(50)))
+    assert all(queued for queued, _ in results)
+    assert store.commits - before <= 2  # one batch, or two if a commit was already under way
+    # Another connection (another process) sees every acknowledged write.
+    assert stored_ids(tmp_path / "moko.db") == {f"d{i}" for i in range(50)}
+
+
+async def test_a_write_waits_for_another_process_holding_the_lock_and_the_loop_keeps_running(
+    store: SQLiteStore, tmp_path: Path
+):
+    other = sqlite3.connect(tmp_path / "moko.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process is writing
+    try:
+        write = asyncio.create_task(store.add_and_claim(delivery("late"), "me", 60))
+        ticks = 0
+        started = time.monotonic()
+        while time.monotonic() - started < 0.3:
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not write.done()
+        assert ticks >= 15  # the loop was not blocked while the write waited
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    queued, claimed = await asyncio.wait_for(write, 5)
+    assert queued and claimed is not None
+    assert stored_ids(tmp_path / "moko.db") == {"late"}
+
+
+async def test_closing_writes_what_callers_still_wait_for(tmp_path: Path):
+    store = SQLiteStore(f"sqlite:///{tmp_path}/moko.db")
+    await store.open()
+    writes = [asyncio.create_task(store.add_and_claim(delivery(f"c{i}"), "me", 60)) for i in range(20)]
+    await asyncio.sleep(0)  # queued, not yet committed
+    await store.close()
+    assert all(queued for queued, _ in [await write for write in writes])
+    assert stored_ids(tmp_path / "moko.db") == {f"c{i}" for i in range(20)}
+
+
+async def test_the_store_refuses_a_second_event_loop(store: SQLiteStore):
+    failures: list[BaseException] = []
+
+    def elsewhere() -> None:
+        try:
+            asyncio.run(store.ping())
+        except RuntimeError as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    assert failures and "event loop that opened it" in str(failures[0])
+    await store.ping()  # still fine where it was opened
