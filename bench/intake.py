@@ -7,6 +7,12 @@ server's CPU time from the first request until the last delivery is processed, d
 by the deliveries acknowledged (the intake's share alone is printed beside it).
 
     python bench/intake.py [--seconds 10] [--connections 50] [--replicas 1] [--database URL]
+
+With --reference, the same load goes to the issue's reference instead: a minimal Probot app
+that stores nothing (bench/probot_reference, installed with npm on first use), so that both
+are measured on one machine under one load.
+
+    python bench/intake.py --reference
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -134,7 +141,29 @@ def wait_processed(database: str, run: str, limit: float = 120.0) -> float:
     return time.monotonic() - started
 
 
-def run(seconds: int, connections: int, replicas: int, database: str | None, threads: int) -> dict[str, object]:
+def warm_up(ports: list[int], workdir: Path, body: str, signature: str, seconds: int, connections: int) -> None:
+    """A short load first, not measured: both servers are measured warm (Node's JIT most of all)."""
+    if seconds <= 0:
+        return
+    loads = []
+    for index, port in enumerate(ports):
+        script = workdir / f"warmup{index}.lua"
+        script.write_text(
+            f"BODY = {lua_string(body)}\nSIGNATURE = {lua_string(signature)}\n"
+            f"RUN = {lua_string(f'warmup-{index}')}\n" + WRK_SCRIPT
+        )
+        loads.append(subprocess.Popen(
+            ["wrk", "-t1", f"-c{max(1, connections // len(ports))}", f"-d{seconds}s", "-s", str(script),
+             f"http://127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+        ))
+    for load in loads:
+        load.wait()
+
+
+def run(
+    seconds: int, connections: int, replicas: int, database: str | None, threads: int, warmup: int = 2
+) -> dict[str, object]:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install -y wrk")
     workdir = Path(tempfile.mkdtemp(prefix="moko-bench-"))
@@ -164,6 +193,8 @@ def run(seconds: int, connections: int, replicas: int, database: str | None, thr
     try:
         for port, server in zip(ports, servers, strict=True):
             asyncio.run(wait_healthy(port, server))
+        warm_up(ports, workdir, body, signature, warmup, connections)
+        wait_processed(database, "warmup")
         scripts = []
         for index in range(replicas):
             # Each load generator has its own delivery IDs: every request is a new delivery.
@@ -215,6 +246,63 @@ def run(seconds: int, connections: int, replicas: int, database: str | None, thr
     }
 
 
+REFERENCE = ROOT / "bench" / "probot_reference"
+
+
+def run_reference(seconds: int, connections: int, threads: int, warmup: int = 2) -> dict[str, object]:
+    """The same load against the minimal Probot app; its CPU is the node process's."""
+    if shutil.which("wrk") is None or shutil.which("node") is None or shutil.which("npm") is None:
+        raise SystemExit("wrk, node and npm are needed")
+    if not (REFERENCE / "node_modules" / "probot").is_dir():
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=REFERENCE, check=True)
+    workdir = Path(tempfile.mkdtemp(prefix="moko-bench-reference-"))
+    body = json.dumps(json.loads(PING.read_text()), separators=(",", ":"))
+    signature = "sha256=" + hmac.new(SECRET.encode(), body.encode(), hashlib.sha256).hexdigest()
+    port = 20000 + (os.getpid() % 1000) * 4
+    env = {
+        **os.environ, "APP_ID": "1", "PRIVATE_KEY": private_key_pem(), "WEBHOOK_SECRET": SECRET,
+        "PORT": str(port), "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warn"),
+    }
+    server = subprocess.Popen(["node", "index.js"], cwd=REFERENCE, env=env, stdout=subprocess.DEVNULL,
+                              stderr=(workdir / "probot.log").open("wb"))
+    try:
+        for _ in range(200):
+            if server.poll() is not None:
+                raise SystemExit(f"the reference exited {server.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
+                break
+            time.sleep(0.05)
+        warm_up([port], workdir, body, signature, warmup, connections)
+        script = workdir / "ping.lua"
+        script.write_text(
+            f"BODY = {lua_string(body)}\nSIGNATURE = {lua_string(signature)}\nRUN = {lua_string('reference')}\n"
+            + WRK_SCRIPT
+        )
+        before = cpu_seconds(server.pid)
+        output = subprocess.run(
+            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
+             f"http://127.0.0.1:{port}"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        cpu = cpu_seconds(server.pid) - before
+    finally:
+        server.terminate()
+        server.wait(30)
+    result = parse_wrk(output)
+    acknowledged = int(result["requests"]) - int(result["non2xx"])
+    return {
+        "server": "probot " + json.loads((REFERENCE / "node_modules" / "probot" / "package.json").read_text())["version"],
+        "connections": connections,
+        "seconds": seconds,
+        "acknowledged": acknowledged,
+        "deliveries_per_second": round(acknowledged / seconds),
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+        "cpu_ms_per_delivery": round(cpu * 1000 / max(acknowledged, 1), 3),
+        "socket_errors": result["socket_errors"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -222,8 +310,13 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads per replica")
     parser.add_argument("--database", help="default: a fresh SQLite file")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load first")
+    parser.add_argument("--reference", action="store_true", help="measure the minimal Probot app instead")
     args = parser.parse_args()
-    result = run(args.seconds, args.connections, args.replicas, args.database, args.threads)
+    if args.reference:
+        print(json.dumps(run_reference(args.seconds, args.connections, args.threads, args.warmup), indent=2))
+        return
+    result = run(args.seconds, args.connections, args.replicas, args.database, args.threads, args.warmup)
     print(json.dumps(result, indent=2))
     if result["stored"] < result["acknowledged"]:
         raise SystemExit("an acknowledged delivery is missing from the store")
