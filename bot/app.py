@@ -173,8 +173,11 @@ async def serve(settings: Settings, *, host: str, port: int) -> None:
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     # Everything built so far (modules, the app, the policy engine) lives as long as the
-    # process: out of the collector's sight, so its full passes stay short.
+    # process: out of the collector's sight, so its full passes stay short. Each delivery
+    # allocates a few hundred short-lived objects: collecting the youngest generation every
+    # 10,000 allocations instead of 700 cut p99 by a millisecond or two in bench/intake.py.
     gc.freeze()
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])
     log.info("listening", host=host, port=port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -37,6 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from bot.audit_chain import GENESIS_HASH, chain
 from bot.store.base import (
     DONE,
@@ -387,7 +389,7 @@ class SQLiteStore(Store):
 
     async def add_delivery(self, delivery: NewDelivery) -> bool:
         now = self._clock()
-        headers = json.dumps(dict(delivery.headers))
+        headers = orjson.dumps(dict(delivery.headers)).decode()
 
         def add(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
@@ -407,7 +409,7 @@ class SQLiteStore(Store):
         self, delivery: NewDelivery, owner: str, lease_seconds: float
     ) -> tuple[bool, Delivery | None]:
         now = self._clock()
-        headers = json.dumps(dict(delivery.headers))
+        headers = orjson.dumps(dict(delivery.headers)).decode()
 
         def add(conn: sqlite3.Connection) -> tuple[bool, Delivery | None]:
             row = conn.execute(
