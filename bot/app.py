@@ -106,6 +106,7 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
             workers=settings.workers,
             queue_max=settings.queue_max,
             lease_seconds=settings.lease_seconds,
+            retention_seconds=settings.delivery_retention_days * 86400.0,
         )
         app[SERVICES] = services
         app[WORKERS] = workers

@@ -30,6 +30,7 @@ DEFAULTS: dict[str, str | None] = {
     "MOKO_ENV": "development",
     "MOKO_SWEEP_INTERVAL": "6h",
     "MOKO_AUDIT_RETENTION_DAYS": "90",
+    "MOKO_DELIVERY_RETENTION_DAYS": "7",
     "MOKO_WORKERS": "8",
     "MOKO_QUEUE_MAX": "10000",
     "MOKO_LEASE_SECONDS": "120",
@@ -67,6 +68,7 @@ class Settings:
     env: str
     sweep_interval: float
     audit_retention_days: int
+    delivery_retention_days: int
     workers: int
     queue_max: int
     lease_seconds: float
@@ -280,6 +282,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         env=env_name,
         sweep_interval=parse_duration("MOKO_SWEEP_INTERVAL", get("MOKO_SWEEP_INTERVAL")),
         audit_retention_days=_int("MOKO_AUDIT_RETENTION_DAYS", get("MOKO_AUDIT_RETENTION_DAYS"), 1),
+        # GitHub redelivers a delivery (same ID) for 3 days: its ID must be known that long
+        # for a redelivery of a done one to be recognised as a duplicate.
+        delivery_retention_days=_int("MOKO_DELIVERY_RETENTION_DAYS", get("MOKO_DELIVERY_RETENTION_DAYS"), 3),
         workers=_int("MOKO_WORKERS", get("MOKO_WORKERS"), 1, 256),
         queue_max=_int("MOKO_QUEUE_MAX", get("MOKO_QUEUE_MAX"), 1),
         lease_seconds=_float("MOKO_LEASE_SECONDS", get("MOKO_LEASE_SECONDS"), 1.0),

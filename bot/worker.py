@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from bot.logs import get_logger
@@ -21,6 +22,11 @@ from bot.redact import REDACTOR
 from bot.store.base import DONE, FAILED, Delivery, Store
 
 log = get_logger("moko.worker")
+
+# Finished deliveries past the retention are deleted this often, this many per statement.
+_PRUNE_FIRST = 60.0
+_PRUNE_EVERY = 3600.0
+_PRUNE_CHUNK = 2000
 
 # Processing a delivery (with its payload when the intake already parsed it) returns None
 # when it is done, else the failure message.
@@ -50,8 +56,12 @@ class WorkerPool:
         workers: int,
         queue_max: int,
         lease_seconds: float,
+        retention_seconds: float = 7 * 86400.0,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._retention = retention_seconds
+        self._now = now
         self._process = process
         self._owner = owner
         self._workers = workers
@@ -98,6 +108,7 @@ class WorkerPool:
         self._tasks = [asyncio.create_task(self._work(), name=f"moko-worker-{i}") for i in range(self._workers)]
         self._tasks.append(asyncio.create_task(self._recover_forever(), name="moko-recovery"))
         self._tasks.append(asyncio.create_task(self._keep_leases(), name="moko-leases"))
+        self._tasks.append(asyncio.create_task(self._prune_forever(), name="moko-prune"))
 
     def _enqueue(self, item: _Item) -> None:
         if item.claimed is not None:
@@ -215,6 +226,31 @@ class WorkerPool:
         state = DONE if error is None else FAILED
         await self._store.finish_delivery(delivery.id, self._owner, state, error)
         labelled(DELIVERIES_FINISHED, state).inc()
+
+    async def prune_once(self, now: float | None = None) -> int:
+        """Delete finished deliveries older than the retention, a chunk at a time (the SQLite
+        store runs on the event loop: one huge DELETE would hold it); return how many went."""
+        cutoff = datetime.fromtimestamp((self._now() if now is None else now) - self._retention, UTC)
+        pruned = 0
+        while True:
+            deleted = await self._store.prune_deliveries(cutoff, _PRUNE_CHUNK)
+            pruned += deleted
+            if deleted < _PRUNE_CHUNK:
+                return pruned
+            await asyncio.sleep(0)  # let the intake in between chunks
+
+    async def _prune_forever(self) -> None:
+        # Soon after start (a process may not live an hour), then every _PRUNE_EVERY.
+        delay = _PRUNE_FIRST
+        while True:
+            await asyncio.sleep(delay)
+            delay = _PRUNE_EVERY
+            try:
+                pruned = await self.prune_once()
+                if pruned:
+                    log.info("deliveries_pruned", count=pruned, retention_days=round(self._retention / 86400, 2))
+            except Exception as exc:  # the store may be briefly away; the next round tries again
+                log.warning("delivery_pruning_failed", error=REDACTOR.text(str(exc)))
 
     async def _keep_leases(self) -> None:
         """One task renews the lease of every delivery held longer than a third of it

@@ -49,7 +49,8 @@ def test_key_file_is_read(tmp_path):
 @pytest.mark.parametrize(
     ("name", "value"),
     [("GITHUB_API_URL", "ftp://x"), ("MOKO_DATABASE_URL", "mysql://db"), ("MOKO_DRY_RUN", "maybe"),
-     ("PORT", "70000"), ("LOG_FORMAT", "xml"), ("GITHUB_APP_ID", "abc"), ("MOKO_SWEEP_INTERVAL", "-1h")],
+     ("PORT", "70000"), ("LOG_FORMAT", "xml"), ("GITHUB_APP_ID", "abc"), ("MOKO_SWEEP_INTERVAL", "-1h"),
+     ("MOKO_EVENT_LOOP", "trio"), ("MOKO_DELIVERY_RETENTION_DAYS", "2")],
 )
 def test_malformed_settings_are_named(name, value):
     with pytest.raises(ConfigError, match=name):

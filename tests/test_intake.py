@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 from gidgethub.routing import Router
@@ -158,6 +159,30 @@ async def test_a_stop_gives_back_every_queued_delivery_and_the_next_start_proces
         await moko.settle()
         assert await moko.services.store.count_deliveries(DONE) == 200
     assert sorted(set(seen)) == [f"s{i:03}" for i in range(200)]
+
+
+async def test_finished_deliveries_are_pruned_after_the_retention_and_unfinished_ones_stay(env):
+    gate = asyncio.Event()
+    seen: list[str] = []
+    env = {**env, "MOKO_DELIVERY_RETENTION_DAYS": "3"}
+    async with run_moko(env, router=counting_router(seen, fail_first={"p-failed"}, gate=gate)) as moko:
+        gate.set()
+        for name in ("p-1", "p-2", "p-failed"):
+            await moko.deliver("ping", PING, delivery=name)
+        gate.clear()
+        assert (await moko.send("ping", PING, delivery="p-running")).status == 202
+        while "p-running" not in seen:
+            await asyncio.sleep(0.01)
+        assert await moko.workers.prune_once() == 0  # nothing is 3 days old yet
+        assert await moko.workers.prune_once(now=time.time() + 3 * 86400 + 60) == 3
+        store = moko.services.store
+        assert [await store.get_delivery(n) for n in ("p-1", "p-2", "p-failed")] == [None, None, None]
+        assert (await store.get_delivery("p-running")).state == PROCESSING
+        gate.set()
+        await moko.settle()
+        # Past the retention an ID is new again (GitHub redelivers for 3 days only).
+        assert (await moko.deliver("ping", PING, delivery="p-1")).status == 202
+    assert seen.count("p-1") == 2
 
 
 async def test_body_over_25_mib_is_413(moko):

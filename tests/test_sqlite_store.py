@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.store.base import NewDelivery
+from bot.store.base import SCHEMA_VERSION, NewDelivery
 from bot.store.sqlite import SQLiteStore
 
 
@@ -86,3 +86,23 @@ async def test_the_store_refuses_a_second_event_loop(store: SQLiteStore):
     thread.join()
     assert failures and "event loop that opened it" in str(failures[0])
     await store.ping()  # still fine where it was opened
+
+
+async def test_a_database_of_schema_version_1_is_migrated(tmp_path: Path):
+    store = SQLiteStore(f"sqlite:///{tmp_path}/moko.db")
+    await store.open()
+    await store.add_and_claim(delivery("old"), "me", 60)
+    await store.close()
+    with sqlite3.connect(tmp_path / "moko.db") as db:  # as the previous Moko left it
+        db.execute("DROP INDEX deliveries_finished")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    store = SQLiteStore(f"sqlite:///{tmp_path}/moko.db")
+    await store.open()
+    try:
+        assert await store.schema_version() == SCHEMA_VERSION == 2
+        assert (await store.get_delivery("old")) is not None
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "moko.db") as db:
+        indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "deliveries_finished" in indexes

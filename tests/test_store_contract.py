@@ -190,6 +190,27 @@ async def test_a_failed_delivery_sent_again_is_queued_again(store: Store):
     assert claimed.attempts == 2  # attempts count claims, across redeliveries
 
 
+async def test_pruning_removes_only_finished_deliveries_received_before_the_cutoff(store: Store):
+    for name in ("done-1", "done-2", "failed", "queued", "processing"):
+        await store.add_delivery(new_delivery(name))
+    for name in ("done-1", "done-2", "failed", "processing"):
+        await store.claim_delivery(name, "worker-a", LONG_LEASE)
+    await store.finish_delivery("done-1", "worker-a", DONE)
+    await store.finish_delivery("done-2", "worker-a", DONE)
+    await store.finish_delivery("failed", "worker-a", FAILED, "boom")
+    # Received after this cutoff: nothing goes.
+    assert await store.prune_deliveries(datetime.now(UTC) - timedelta(hours=1), 100) == 0
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    assert await store.prune_deliveries(later, 2) == 2  # the limit holds
+    assert await store.prune_deliveries(later, 100) == 1
+    assert await store.prune_deliveries(later, 100) == 0
+    remaining = {name for name in ("done-1", "done-2", "failed", "queued", "processing")
+                 if await store.get_delivery(name) is not None}
+    assert remaining == {"queued", "processing"}
+    # A pruned ID is unknown again: sent once more, it is a new delivery.
+    assert await store.add_delivery(new_delivery("done-1"))
+
+
 async def test_fifty_concurrent_copies_of_one_delivery_are_stored_once(store: Store):
     results = await asyncio.gather(*(store.add_delivery(new_delivery("d-burst")) for _ in range(50)))
     assert results.count(True) == 1

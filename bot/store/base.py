@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Delivery states. A delivery goes queued -> processing -> done | failed;
 # a failed one sent again goes back to queued.
@@ -209,6 +209,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def count_deliveries(self, state: str) -> int:
         """How many deliveries are in a state."""
+
+    @abc.abstractmethod
+    async def prune_deliveries(self, received_before: datetime, limit: int) -> int:
+        """Delete up to limit finished (done or failed) deliveries received before the cutoff;
+        return how many went. Unfinished ones always stay."""
 
     # --- audit trail ------------------------------------------------------
 

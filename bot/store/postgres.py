@@ -141,6 +141,10 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX rate_hits_key_at ON rate_hits (key, at)",
         "CREATE INDEX rate_hits_at ON rate_hits (at)",
     ],
+    # 2: finished deliveries are pruned after MOKO_DELIVERY_RETENTION_DAYS (by received_at).
+    [
+        "CREATE INDEX deliveries_finished ON deliveries (received_at) WHERE state IN ('done', 'failed')",
+    ],
 ]
 
 _DELIVERY_FIELDS = ("id", "event", "installation_id", "headers", "body", "state", "attempts", "error", "received_at")
@@ -398,6 +402,15 @@ class PostgresStore(Store):
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id = $1", delivery_id
         )
         return _delivery(row) if row is not None else None
+
+    async def prune_deliveries(self, received_before: datetime, limit: int) -> int:
+        status = await self._pool.execute(
+            "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries "
+            "WHERE state IN ('done', 'failed') AND received_at < $1 LIMIT $2)",
+            received_before,
+            limit,
+        )
+        return int(status.split()[-1])
 
     async def count_deliveries(self, state: str) -> int:
         if state not in (QUEUED, PROCESSING, DONE, FAILED):

@@ -112,6 +112,10 @@ MIGRATIONS: list[str] = [
     CREATE TABLE IF NOT EXISTS hits (key TEXT NOT NULL, at REAL NOT NULL);
     CREATE INDEX IF NOT EXISTS hits_key ON hits (key, at);
     """,
+    # 2: finished deliveries are pruned after MOKO_DELIVERY_RETENTION_DAYS (by received_at).
+    """
+    CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries (received_at) WHERE state IN ('done', 'failed');
+    """,
 ]
 
 _BATCH_LIMIT = 512
@@ -503,6 +507,19 @@ class SQLiteStore(Store):
             return _delivery(row) if row else None
 
         return await self._call(get, atomic=True)
+
+    async def prune_deliveries(self, received_before: datetime, limit: int) -> int:
+        cutoff = received_before.timestamp()
+        return int(
+            await self._call(
+                lambda conn: conn.execute(
+                    "DELETE FROM deliveries WHERE rowid IN (SELECT rowid FROM deliveries "
+                    "WHERE state IN ('done', 'failed') AND received_at < ? LIMIT ?)",
+                    (cutoff, limit),
+                ).rowcount,
+                atomic=True,
+            )
+        )
 
     async def count_deliveries(self, state: str) -> int:
         if state not in (QUEUED, PROCESSING, DONE, FAILED):
