@@ -48,7 +48,10 @@ class DeliveryProcessor:
             "installation": delivery.installation_id,
             "repository": _repository(data),
         }
-        with structlog.contextvars.bound_contextvars(**bound):
+        # bind and reset by token: structlog's bound_contextvars() reads every bound variable
+        # first, which is measurable at thousands of deliveries a second.
+        tokens = structlog.contextvars.bind_contextvars(**bound)
+        try:
             ctx = EventContext(
                 services=self._services,
                 delivery_id=delivery.id,
@@ -68,3 +71,5 @@ class DeliveryProcessor:
             # store keeps every delivery's state and the metrics count them.
             log.debug("delivery_done", action=action, seconds=round(elapsed, 4))
             return None
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
