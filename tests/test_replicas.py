@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -70,6 +71,43 @@ async def test_the_same_delivery_posted_to_two_replicas_is_applied_once(fake_git
     # Each delivery was processed once: one protection read each, and nothing to write.
     assert fake_github.count("GET", r"^/repos/acme/core/branches/main/protection$") == 100
     assert fake_github.count("PUT") == 0
+
+
+async def test_two_processes_on_one_sqlite_file_apply_a_delivery_posted_to_both_once(fake_github, tmp_path):
+    # SQLite's write lock is taken without waiting inside SQLite (that would block the event
+    # loop): the loser of each race retries from its loop. Both must answer, never fail.
+    protected_org(fake_github, ["core"])
+    url = f"sqlite:///{tmp_path}/shared.db"
+    env = moko_environ(fake_github, url)
+    first = await start_moko_process(env, tmp_path / "a.log")
+    second = await start_moko_process(env, tmp_path / "b.log")
+    try:
+        event = fake_github.event("branch_protection_rule", "edited", owner=ORG, repo="core", branch="main",
+                                  protection=PROTECTION)
+        async with aiohttp.ClientSession() as session:
+            statuses = []
+            for i in range(50):
+                replies = await asyncio.gather(
+                    post_webhook(session, first.url, "branch_protection_rule", event, delivery=f"lite-{i}"),
+                    post_webhook(session, second.url, "branch_protection_rule", event, delivery=f"lite-{i}"),
+                )
+                statuses.append(sorted(r.status for r in replies))
+
+        def states() -> list[tuple[str, int]]:
+            with sqlite3.connect(tmp_path / "shared.db", timeout=30) as db:
+                return db.execute("SELECT state, attempts FROM deliveries").fetchall()
+
+        async def settled() -> bool:
+            rows = await asyncio.to_thread(states)
+            return len(rows) == 50 and all(state == "done" for state, _ in rows)
+
+        await wait_for(settled)
+    finally:
+        assert await first.stop() == 0, first.log()
+        assert await second.stop() == 0, second.log()
+    assert statuses == [[200, 202]] * 50
+    assert {attempts for _, attempts in states()} == {1}
+    assert fake_github.count("GET", r"^/repos/acme/core/branches/main/protection$") == 50
 
 
 async def test_a_killed_replica_s_deliveries_are_finished_by_the_other(fake_github, postgres_url, tmp_path):
