@@ -45,22 +45,29 @@ async def all_done(url: str, count: int) -> bool:
     return len(rows) == count and all(r["state"] == "done" for r in rows)
 
 
+async def post_each_to_both(fake, first_url: str, second_url: str, count: int, prefix: str) -> list[list[int]]:
+    """Post count deliveries about acme/core, each to both replicas at the same moment;
+    return the two statuses of each, sorted."""
+    event = fake.event("branch_protection_rule", "edited", owner=ORG, repo="core", branch="main",
+                       protection=PROTECTION)
+    statuses = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(count):
+            replies = await asyncio.gather(
+                post_webhook(session, first_url, "branch_protection_rule", event, delivery=f"{prefix}-{i}"),
+                post_webhook(session, second_url, "branch_protection_rule", event, delivery=f"{prefix}-{i}"),
+            )
+            statuses.append(sorted(r.status for r in replies))
+    return statuses
+
+
 async def test_the_same_delivery_posted_to_two_replicas_is_applied_once(fake_github, postgres_url, tmp_path):
     protected_org(fake_github, ["core"])
     env = moko_environ(fake_github, postgres_url)
     first = await start_moko_process(env, tmp_path / "a.log")
     second = await start_moko_process(env, tmp_path / "b.log")
     try:
-        event = fake_github.event("branch_protection_rule", "edited", owner=ORG, repo="core", branch="main",
-                                  protection=PROTECTION)
-        async with aiohttp.ClientSession() as session:
-            statuses = []
-            for i in range(100):
-                replies = await asyncio.gather(
-                    post_webhook(session, first.url, "branch_protection_rule", event, delivery=f"same-{i}"),
-                    post_webhook(session, second.url, "branch_protection_rule", event, delivery=f"same-{i}"),
-                )
-                statuses.append(sorted(r.status for r in replies))
+        statuses = await post_each_to_both(fake_github, first.url, second.url, 100, "same")
         await wait_for(lambda: all_done(postgres_url, 100))
     finally:
         assert await first.stop() == 0, first.log()
@@ -82,16 +89,7 @@ async def test_two_processes_on_one_sqlite_file_apply_a_delivery_posted_to_both_
     first = await start_moko_process(env, tmp_path / "a.log")
     second = await start_moko_process(env, tmp_path / "b.log")
     try:
-        event = fake_github.event("branch_protection_rule", "edited", owner=ORG, repo="core", branch="main",
-                                  protection=PROTECTION)
-        async with aiohttp.ClientSession() as session:
-            statuses = []
-            for i in range(50):
-                replies = await asyncio.gather(
-                    post_webhook(session, first.url, "branch_protection_rule", event, delivery=f"lite-{i}"),
-                    post_webhook(session, second.url, "branch_protection_rule", event, delivery=f"lite-{i}"),
-                )
-                statuses.append(sorted(r.status for r in replies))
+        statuses = await post_each_to_both(fake_github, first.url, second.url, 50, "lite")
 
         def states() -> list[tuple[str, int]]:
             with sqlite3.connect(tmp_path / "shared.db", timeout=30) as db:
