@@ -94,19 +94,21 @@ class PolicyEngine:
         try:
             resolved = await self.source.policy_for(gh, run.installation, owner, name)
         except PolicyError as exc:
-            await self.record_config_error(run, full_name, str(exc))
+            await self.record_config_error(run, full_name, str(exc), exc.source)
             raise
         for warning in resolved.warnings:
             log.warning("policy_override_ignored", repo=full_name, problem=str(warning))
         return resolved.policy
 
-    async def record_config_error(self, run: Run, full_name: str, message: str) -> None:
+    async def record_config_error(self, run: Run, full_name: str, message: str, source: str | None = None) -> None:
+        """An audit record (policy "config", field: the invalid file) for a repository the
+        invalid policy file kept Moko from handling."""
         log.error("policy_invalid", repo=full_name, error=message)
         owner = full_name.split("/", 1)[0]
         await self.audit.write([
             AuditEntry(
                 time=self.audit.now(), run_id=run.run_id, trigger=run.trigger, installation=run.installation,
-                repo=full_name, actor=run.actor, policy="config", field=f"{owner}/{POLICY_REPO}/{POLICY_PATH}",
+                repo=full_name, actor=run.actor, policy="config", field=source or f"{owner}/{POLICY_REPO}/{POLICY_PATH}",
                 before=None, after=None, outcome=FAILED, error=message,
             )
         ])

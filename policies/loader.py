@@ -195,11 +195,13 @@ def merge_overrides(
     org: Policy, repo_text: str, source: str = ".github/moko.yml"
 ) -> tuple[Policy, list[PolicyProblem]]:
     """Apply a repository's own moko.yml on top of the organization's policy (see the module
-    docstring). Returns the policy and the problems: keys it may not override (ignored, the
-    allowed ones still apply), or — for an invalid file — its errors (nothing applied)."""
+    docstring). Returns the policy and the keys it may not override (ignored, the allowed ones
+    still apply). An invalid file raises PolicyError: like an invalid organization file it
+    changes nothing for that repository (applying the organization's policy alone would undo
+    what the file meant to keep, e.g. a wiki it meant to leave on)."""
     doc, lines, problems = _load(repo_text, source)
     if problems:
-        return org, problems
+        raise PolicyError(problems, source)
     if doc is None:
         return org, []
     allowed = set(org.overrides)

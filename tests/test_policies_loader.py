@@ -432,11 +432,12 @@ def test_no_overrides_allowed_by_default() -> None:
     ]
 
 
-def test_invalid_repository_file_changes_nothing() -> None:
+def test_invalid_repository_file_is_an_error_naming_the_file_and_line() -> None:
     org = parse_policy(ORG)
-    policy, problems = merge_overrides(org, "repository:\n  has_wiki: maybe\n")
-    assert policy == org
-    assert [(p.line, p.message) for p in problems] == [
+    with pytest.raises(PolicyError) as raised:
+        merge_overrides(org, "repository:\n  has_wiki: maybe\n", "acme/docs/.github/moko.yml")
+    assert raised.value.source == "acme/docs/.github/moko.yml"
+    assert [(p.line, p.message) for p in raised.value.problems] == [
         (2, "repository.has_wiki: must be true or false, not 'maybe'")
     ]
 

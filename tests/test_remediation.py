@@ -133,6 +133,24 @@ async def test_invalid_policy_file_changes_nothing_and_says_why(org, moko):
     assert delivery.state == FAILED and "has_wikki" in delivery.error
 
 
+async def test_invalid_repository_file_changes_nothing_for_that_repository_and_says_why(org, moko):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\noverrides: [repository.has_wiki]\n")
+    # The owner meant to keep the wiki on, with a typo: Moko must not turn it off.
+    org.add_repo(ORG, "docs", has_wiki=True)
+    org.put_file(ORG, "docs", ".github/moko.yml", "version: 1\nrepository:\n  has_wiki: yes please\n")
+    org.add_repo(ORG, "other", has_wiki=True)
+    await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="docs"), delivery="bad-repo-file")
+    await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="other"))
+    assert org.repo(ORG, "docs")["has_wiki"] is True
+    assert org.count("PATCH", f"^/repos/{ORG}/docs$") == 0 and org.count("PUT", f"^/repos/{ORG}/docs/") == 0
+    trail = await records(moko, "docs")
+    assert [(r.policy, r.field, r.outcome) for r in trail] == [("config", f"{ORG}/docs/.github/moko.yml", "failed")]
+    assert f"{ORG}/docs/.github/moko.yml:3: repository.has_wiki" in trail[0].error
+    assert (await moko.services.store.get_delivery("bad-repo-file")).state == FAILED
+    assert org.repo(ORG, "other")["has_wiki"] is False  # the organization's policy still holds elsewhere
+
+
 async def test_forbidden_repository_does_not_stop_the_others(org, moko):
     for name in ("one", "two", "three"):
         org.add_repo(ORG, name, has_wiki=True, has_issues=True, has_projects=False)

@@ -372,11 +372,12 @@ async def test_repositories_own_policy_files_come_with_the_batched_read(org, env
     compliant_repo(org, "broken")
     org.put_file(ORG, "broken", ".github/moko.yml", "version: 1\nrepository: [\n")
     code, doc, _ = await sweep(env)
-    assert code == 0
-    outcomes = {r["repo"]: r["outcome"] for r in doc["results"]}
-    # An invalid override file is reported and ignored, as when it is read with REST.
-    assert outcomes[f"{ORG}/docs"] == "fixed" and outcomes[f"{ORG}/broken"] == "compliant"
-    assert doc["compliant"] == 152
+    assert code == 1  # one repository failed: its own file is invalid
+    results = {r["repo"]: r for r in doc["results"]}
+    # An invalid file changes nothing for its repository, as when it is read with REST.
+    assert results[f"{ORG}/docs"]["outcome"] == "fixed" and results[f"{ORG}/broken"]["outcome"] == "failed"
+    assert results[f"{ORG}/broken"]["error"].startswith(f"{ORG}/broken/.github/moko.yml:3: invalid YAML")
+    assert doc["compliant"] == 151
     assert org.repo(ORG, "docs")["has_wiki"] is True  # allowed override
     assert org.repo(ORG, "docs")["has_issues"] is True  # not allowed: ignored
     # Each repository's file came with its page: no contents read one by one.

@@ -722,8 +722,9 @@ class SQLiteStore(Store):
                 yield
             finally:
                 keeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keeper
+                # Not suppress(CancelledError): that would also swallow this task's own
+                # cancellation arriving here, and the cancelled work would carry on.
+                await asyncio.gather(keeper, return_exceptions=True)
                 await self.unlock(name, owner)
                 if not lock._waiters:  # type: ignore[attr-defined]
                     self._repo_locks.pop(repo, None)
