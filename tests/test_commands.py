@@ -378,6 +378,20 @@ async def test_invalid_policy_is_answered_with_its_errors(org, moko):
     assert (await moko.services.store.get_delivery("bad-policy")).state == FAILED
 
 
+async def test_an_invalid_repository_file_is_answered_with_its_errors(org, moko):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\noverrides: [repository.has_wiki]\n")
+    org.add_repo(ORG, REPO, has_wiki=True)
+    org.put_file(ORG, REPO, ".github/moko.yml", "version: 1\nrepository:\n  has_wiki: sometimes\n")
+    await command(moko, org, "/moko apply", delivery="bad-repo-policy")
+    [answer] = answers(org)
+    assert answer.startswith(f"{text.MARKER}\nThe policy file is invalid, so Moko changes nothing until it is fixed:")
+    assert f"{ORG}/{REPO}/.github/moko.yml&#58;3&#58; repository.has\\_wiki" in answer
+    assert writes(org) == [] and org.repo(ORG, REPO)["has_wiki"] is True
+    trail_ = [(r.policy, r.field, r.outcome) for r in await trail(moko)]
+    assert trail_[0] == ("config", f"{ORG}/{REPO}/.github/moko.yml", "failed")
+
+
 async def test_a_failed_apply_is_answered_and_fails_the_delivery_without_leaking_secrets(drifted, moko):
     drifted.set_permission(ORG, REPO, "mia", "admin")
     token = "ghs_" + "S3cr3tT0k3n" * 4
