@@ -1,5 +1,6 @@
-"""push and create events: a changed policy file reconciles the installation; a repository's
-first default branch gets the protection that had to wait for it."""
+"""push and create events: a changed policy file reconciles the installation; a new branch
+(a repository's first default branch, or one a branch rule names) gets the protection that
+had to wait for it."""
 
 from __future__ import annotations
 
@@ -58,16 +59,19 @@ async def _apply_waiting_protection(event: Event, ctx: EventContext, repo: dict[
 
 
 @router.register("push")
-async def protect_first_default_branch_push(event: Event, ctx: EventContext) -> None:
+async def protect_first_push_of_a_branch(event: Event, ctx: EventContext) -> None:
     repo = repository_of(event)
-    if event.data.get("before") != NO_COMMIT or not event.data.get("created") or not _on_default_branch(event):
+    ref = str(event.data.get("ref") or "")
+    if event.data.get("before") != NO_COMMIT or not event.data.get("created") or not ref.startswith("refs/heads/"):
         return
-    await _apply_waiting_protection(event, ctx, repo, repo["default_branch"])
+    await _apply_waiting_protection(event, ctx, repo, ref.removeprefix("refs/heads/"))
 
 
 @router.register("create")
-async def protect_created_default_branch(event: Event, ctx: EventContext) -> None:
+async def protect_created_branch(event: Event, ctx: EventContext) -> None:
+    # GitHub sends both create and push for a new branch; the repository's lock and the
+    # audit trail make the waiting protection go on once.
     repo = repository_of(event)
-    if event.data.get("ref_type") != "branch" or event.data.get("ref") != repo.get("default_branch"):
+    if event.data.get("ref_type") != "branch" or not event.data.get("ref"):
         return
-    await _apply_waiting_protection(event, ctx, repo, repo["default_branch"])
+    await _apply_waiting_protection(event, ctx, repo, str(event.data["ref"]))

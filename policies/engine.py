@@ -13,6 +13,7 @@ from bot.audit import AuditWriter
 from bot.logs import get_logger
 from bot.store.base import AuditEntry, Store
 from policies.apply import DEFERRED, DRY_RUN, FAILED, ChangeOutcome, Run, Transaction, github_error
+from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.loader import PolicyError
 from policies.model import BRANCH_PROTECTION, REPOSITORY, Plan, Policy, RepoState
 from policies.plan import plan_repository
@@ -199,7 +200,10 @@ class PolicyEngine:
             else:
                 ok = await transaction.apply(plan.changes)
                 if ok and plan.deferred:
-                    await transaction.record(plan.deferred, DEFERRED, "branch does not exist yet")
+                    # Recorded once while the branch is missing, not again at every reconcile.
+                    fresh = [c for c in plan.deferred if not await self._still_deferred(full_name, (c.field,))]
+                    if fresh:
+                        await transaction.record(fresh, DEFERRED, "branch does not exist yet")
         return RepoResult(
             full_name,
             _outcome(plan, transaction.outcomes, ok, dry_run),
@@ -211,24 +215,28 @@ class PolicyEngine:
         )
 
     async def protection_deferred(self, full_name: str, branch: str) -> bool:
-        """Whether the repository's last protection record for the branch is still deferred."""
+        """Whether the repository's last protection record for the branch (or for its default
+        branch rule) is still deferred."""
+        return await self._still_deferred(full_name, (branch, "default"))
+
+    async def _still_deferred(self, full_name: str, fields: tuple[str, ...]) -> bool:
         for record in await self.store.audit_records(repo=full_name, newest_first=True, limit=50):
-            if record.policy != BRANCH_PROTECTION:
-                continue
-            if record.field in (branch, "default"):
+            if record.policy == BRANCH_PROTECTION and record.field in fields:
                 return record.outcome == DEFERRED
         return False
 
     async def apply_deferred(self, gh: Any, run: Run, repo: Mapping[str, Any], branch: str) -> RepoResult | None:
-        """On a branch's first push: apply the protection that waited for it, once."""
+        """On a branch's creation or first push: apply the protection that waited for it, once.
+        The default branch rule waits for the default branch; a named rule for its branch."""
         full_name = str(repo["full_name"])
-        if not await self.protection_deferred(full_name, branch):
+        fields = (branch, DEFAULT_BRANCH_RULE) if branch == repo.get("default_branch") else (branch,)
+        if not await self._still_deferred(full_name, fields):
             return None
         # A branch that was just created has no protection to read.
         known = Known(protections={branch: None}, existing_branches=frozenset({branch}))
         return await self.remediate(
             gh, run, repo, known=known, scope=PROTECTION_ONLY,
-            only_if=lambda: self.protection_deferred(full_name, branch),
+            only_if=lambda: self._still_deferred(full_name, fields),
         )
 
 
@@ -239,7 +247,7 @@ def _outcome(plan: Plan, outcomes: list[ChangeOutcome], ok: bool, dry_run: bool)
         return COMPLIANT if not (plan.changes or plan.deferred) else PLANNED
     if any(o.outcome == "applied" for o in outcomes):
         return FIXED
-    if any(o.outcome == DEFERRED for o in outcomes):
+    if plan.deferred:  # recorded now, or still waiting since an earlier record
         return REPO_DEFERRED
     return COMPLIANT
 

@@ -79,6 +79,27 @@ async def test_empty_repository_is_protected_when_its_first_push_arrives(org, mo
     assert [r.outcome for r in await records(moko, "fresh")] == ["deferred", "applied"]
 
 
+async def test_protection_for_a_missing_branch_is_recorded_as_waiting_once(org, moko):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", (
+        "version: 1\nbranches:\n  - name: release\n    protection:\n      required_status_checks: null\n"
+        "      enforce_admins: false\n      required_pull_request_reviews: null\n      restrictions: null\n"
+    ))
+    org.add_repo(ORG, "svc", **COMPLIANT)
+    await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="svc"))
+    for _ in range(2):  # the policy file is pushed again: every repository is reconciled again
+        await moko.deliver("push", org.event("push", owner=ORG, repo=".github", ref="refs/heads/main",
+                                             modified=[".github/moko.yml"]))
+    assert [(r.field, r.outcome) for r in await records(moko, "svc")] == [("release", "deferred")]
+    assert org.count("PUT") == 0
+
+    org.add_branch(ORG, "svc", "release")
+    push = org.event("push", owner=ORG, repo="svc", ref="refs/heads/release", before="0" * 40, created=True)
+    await moko.deliver("push", push)
+    assert org.protection(ORG, "svc", "release") is not None
+    assert [(r.field, r.outcome) for r in await records(moko, "svc")] == [("release", "deferred"), ("release", "applied")]
+
+
 async def test_wiki_turned_back_on_is_turned_off_once_with_no_second_round(org, moko):
     compliant_repo(org, "app")
     org.repo(ORG, "app")["has_wiki"] = True
