@@ -50,8 +50,9 @@ class RepoResult:
 
 
 @dataclass(frozen=True)
-class Scope:
-    """Which policy kinds an event concerns (an edit of settings needs no protection read)."""
+class Concern:
+    """Which policy kinds an event concerns (an edit of settings needs no protection read).
+    Not to be confused with policies.model.Scope, which repositories a policy manages."""
 
     settings: bool = True
     protection: bool = True
@@ -64,9 +65,9 @@ class Scope:
         return policy
 
 
-ALL = Scope()
-SETTINGS_ONLY = Scope(protection=False)
-PROTECTION_ONLY = Scope(settings=False)
+ALL = Concern()
+SETTINGS_ONLY = Concern(protection=False)
+PROTECTION_ONLY = Concern(settings=False)
 
 
 @dataclass
@@ -163,7 +164,7 @@ class PolicyEngine:
         repo: Mapping[str, Any],
         *,
         known: Known | None = None,
-        scope: Scope = ALL,
+        scope: Concern = ALL,
         apply: bool = True,
         only_if: Callable[[], Awaitable[bool]] | None = None,
     ) -> RepoResult:
@@ -254,5 +255,5 @@ def _outcome(plan: Plan, outcomes: list[ChangeOutcome], ok: bool, dry_run: bool)
 
 __all__ = [
     "ALL", "COMPLIANT", "DRY_RUN", "FIXED", "PLANNED", "PROTECTION_ONLY", "REPOSITORY", "REPO_DEFERRED",
-    "REPO_FAILED", "SETTINGS_ONLY", "SKIPPED", "Known", "PolicyEngine", "RepoResult", "Run", "Scope",
+    "REPO_FAILED", "SETTINGS_ONLY", "SKIPPED", "Concern", "Known", "PolicyEngine", "RepoResult", "Run",
 ]
