@@ -8,7 +8,7 @@ import pytest_asyncio
 
 from tests.support.harness import RunningMoko, moko_environ, run_moko
 
-pytest_plugins = ("tests.fakegithub.plugin", "tests.pg")
+pytest_plugins = ("tests.fakegithub.plugin", "tests.pg", "tests.support.github_client")
 
 
 @pytest_asyncio.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -12,34 +11,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from bot.github_app import TOKEN_INSTALLATION, GitHubApp, GitHubCredentialsMissing
-from tests.test_github_client import FakeTime, make_app
+from tests.support.github_client import INSTALLATION, ORG
 
-INSTALLATION = 41
-ORG = "octo-org"
 TOKEN_PATH = rf"^/app/installations/{INSTALLATION}/access_tokens$"
-
-
-@pytest.fixture
-def clock() -> FakeTime:
-    return FakeTime()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def fake(fake_github: Any) -> Any:
-    fake_github.add_installation(INSTALLATION, ORG)
-    fake_github.add_repo(ORG, "widgets")
-    return fake_github
-
-
-@pytest.fixture
-def github(fake: Any, session: aiohttp.ClientSession, clock: FakeTime) -> GitHubApp:
-    return make_app(fake, session, clock)
 
 
 def public_key(fake: Any) -> Any:
