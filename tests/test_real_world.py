@@ -24,6 +24,17 @@ async def test_form_encoded_delivery_is_verified_and_processed(fake_github, moko
     assert fake_github.repo(ORG, "legacy-hook")["has_wiki"] is False
 
 
+async def test_json_with_a_charset_parameter_is_a_delivery(fake_github, moko):
+    fake_github.add_installation(1, ORG)
+    for name, content_type in (("spaced", "application/json; charset=utf-8"), ("upper", "Application/JSON;charset=UTF-8")):
+        fake_github.add_repo(ORG, name, has_wiki=True, has_issues=True, has_projects=False)
+        body = json.dumps(fake_github.event("repository", "created", owner=ORG, repo=name)).encode()
+        reply = await moko.deliver("repository", body, delivery=f"ct-{name}", headers={"Content-Type": content_type})
+        assert reply.status == 202
+        assert fake_github.repo(ORG, name)["has_wiki"] is False
+        assert (await moko.services.store.get_delivery(f"ct-{name}")).body == body
+
+
 async def test_installation_payload_with_epoch_timestamps_is_accepted(fake_github, moko):
     fake_github.add_installation(1, ORG)
     fake_github.add_repo(ORG, "epoch", has_wiki=True, has_issues=True, has_projects=False)
