@@ -106,3 +106,16 @@ async def test_a_database_of_schema_version_1_is_migrated(tmp_path: Path):
     with sqlite3.connect(tmp_path / "moko.db") as db:
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "deliveries_finished" in indexes
+
+
+async def test_reads_neither_wait_for_nor_hold_the_write_lock(store: SQLiteStore, tmp_path: Path):
+    await store.add_and_claim(delivery("seen"), "me", 60)
+    other = sqlite3.connect(tmp_path / "moko.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # e.g. another process in the middle of a long write
+    try:
+        found = await asyncio.wait_for(store.get_delivery("seen"), 0.5)
+        assert found is not None and found.id == "seen"
+        assert await asyncio.wait_for(store.audit_records(), 0.5) == []
+    finally:
+        other.execute("ROLLBACK")
+        other.close()

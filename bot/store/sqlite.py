@@ -180,6 +180,7 @@ class SQLiteStore(Store):
         self._lock_ttl = lock_ttl
         self._clock = clock
         self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[_Job] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -218,6 +219,17 @@ class SQLiteStore(Store):
         if self._flush_handle is None and self._commit is None:
             self._schedule_flush(self._loop)
         return await future
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run a read on the reader connection, outside the write batches: in WAL mode it sees
+        every committed write, and neither waits for nor holds up a writer (this process's
+        commit in flight, or another process's batch). A batch would take the write lock for
+        the read's whole length: a long `moko audit` would have stalled a server's intake."""
+        if self._reader is None or self._loop is None:
+            raise RuntimeError("store is not open")
+        if asyncio.get_running_loop() is not self._loop:
+            raise RuntimeError("the SQLite store is used from the event loop that opened it")
+        return fn(self._reader)
 
     def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         due = self._last_begin + _COMMIT_INTERVAL
@@ -332,6 +344,11 @@ class SQLiteStore(Store):
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="moko-sqlite-commit")
         try:
             await self._call(self._migrate)
+            if self.path == ":memory:":
+                self._reader = self._conn  # one in-memory database per connection
+            else:
+                self._reader = sqlite3.connect(self.path, isolation_level=None, timeout=1.0)
+                self._reader.row_factory = sqlite3.Row
         except BaseException:
             await self.close()
             raise
@@ -373,7 +390,9 @@ class SQLiteStore(Store):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        conn, self._conn, self._loop = self._conn, None, None
+        conn, reader, self._conn, self._reader, self._loop = self._conn, self._reader, None, None, None
+        if reader is not None and reader is not conn:
+            reader.close()
         conn.close()
         if self._committer is not None:
             self._committer.shutdown(wait=False)
@@ -506,7 +525,7 @@ class SQLiteStore(Store):
             row = conn.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
             return _delivery(row) if row else None
 
-        return await self._call(get, atomic=True)
+        return await self._read(get)
 
     async def prune_deliveries(self, received_before: datetime, limit: int) -> int:
         cutoff = received_before.timestamp()
@@ -524,7 +543,7 @@ class SQLiteStore(Store):
     async def count_deliveries(self, state: str) -> int:
         if state not in (QUEUED, PROCESSING, DONE, FAILED):
             raise ValueError(f"unknown delivery state {state}")
-        return await self._call(
+        return await self._read(
             lambda conn: conn.execute("SELECT count(*) FROM deliveries WHERE state = ?", (state,)).fetchone()[0]
         )
 
@@ -591,10 +610,10 @@ class SQLiteStore(Store):
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return await self._call(lambda conn: [_record(row) for row in conn.execute(sql, params)])
+        return await self._read(lambda conn: [_record(row) for row in conn.execute(sql, params)])
 
     async def audit_anchor(self) -> str:
-        return await self._call(self._anchor)
+        return await self._read(self._anchor)
 
     async def prune_audit(self, older_than: datetime) -> int:
         cutoff = _iso(older_than)
@@ -679,7 +698,7 @@ class SQLiteStore(Store):
         )
 
     async def sweep_outcomes(self, sweep_id: str) -> dict[str, str]:
-        return await self._call(lambda conn: self._outcomes(conn, sweep_id))
+        return await self._read(lambda conn: self._outcomes(conn, sweep_id))
 
     # --- locks and counters ------------------------------------------------
 
