@@ -75,8 +75,8 @@ async def read_records(store: Store, repo: str | None, since: datetime | None) -
 
 
 async def verify(store: Store, out: IO[str], err: IO[str]) -> int:
-    records = await store.audit_records()
-    broken = verify_chain(records, await store.audit_anchor())
+    anchor, records = await store.audit_chain()
+    broken = verify_chain(records, anchor)
     if broken is not None:
         err.write(f"moko: audit chain broken at record {broken.seq}: {broken.reason}\n")
         return EXIT_FAILURES

@@ -368,6 +368,28 @@ async def test_pruning_keeps_what_remains_verifiable(store: Store):
     assert verify_chain(await store.audit_records(), await store.audit_anchor()) is None
 
 
+async def test_the_chain_read_in_one_snapshot_verifies_while_pruning_runs(store: Store):
+    await store.append_audit([audit_entry(n, time=T0 + timedelta(days=n)) for n in range(40)])
+
+    async def prune_step_by_step() -> None:
+        for day in range(1, 40, 3):
+            await store.prune_audit(T0 + timedelta(days=day))
+            await asyncio.sleep(0)
+
+    async def verify_meanwhile() -> list[object]:
+        outcomes = []
+        for _ in range(20):
+            anchor, records = await store.audit_chain()
+            outcomes.append(verify_chain(records, anchor))
+            await asyncio.sleep(0)
+        return outcomes
+
+    _, outcomes = await asyncio.gather(prune_step_by_step(), verify_meanwhile())
+    assert outcomes == [None] * 20
+    anchor, records = await store.audit_chain()
+    assert (anchor, records) == (await store.audit_anchor(), await store.audit_records())
+
+
 async def test_pruning_only_removes_the_start_of_the_chain(store: Store):
     # A late record with an early time does not get pruned ahead of newer ones.
     times = [T0, T0 + timedelta(days=5), T0 + timedelta(days=1)]

@@ -238,6 +238,11 @@ class Store(abc.ABC):
         """The hash the oldest kept record must chain to (genesis, or the last pruned record's hash)."""
 
     @abc.abstractmethod
+    async def audit_chain(self) -> tuple[str, list[AuditRecord]]:
+        """The anchor and every record, read in one snapshot: a prune between two separate
+        reads would make a sound chain look broken."""
+
+    @abc.abstractmethod
     async def prune_audit(self, older_than: datetime) -> int:
         """Delete records older than a time from the start of the chain, keeping it verifiable."""
 

@@ -474,6 +474,12 @@ class PostgresStore(Store):
             anchor, _seq = await _anchor(conn)
         return anchor
 
+    async def audit_chain(self) -> tuple[str, list[AuditRecord]]:
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            anchor, _seq = await _anchor(conn)
+            rows = await conn.fetch(f"SELECT {_AUDIT_COLUMNS} FROM audit_log ORDER BY seq")
+        return anchor, [_audit_record(row) for row in rows]
+
     async def prune_audit(self, older_than: datetime) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_CHAIN_LOCK)

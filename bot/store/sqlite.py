@@ -615,6 +615,20 @@ class SQLiteStore(Store):
     async def audit_anchor(self) -> str:
         return await self._read(self._anchor)
 
+    async def audit_chain(self) -> tuple[str, list[AuditRecord]]:
+        def read(conn: sqlite3.Connection) -> tuple[str, list[AuditRecord]]:
+            conn.execute("BEGIN")  # one read transaction: one snapshot of the WAL
+            try:
+                return self._anchor(conn), [_record(row) for row in conn.execute("SELECT * FROM audit ORDER BY seq")]
+            finally:
+                conn.execute("COMMIT")
+
+        if self._reader is self._conn:  # in memory: the writer's connection, inside a batch
+            return await self._call(lambda conn: (self._anchor(conn), [
+                _record(row) for row in conn.execute("SELECT * FROM audit ORDER BY seq")
+            ]))
+        return await self._read(read)
+
     async def prune_audit(self, older_than: datetime) -> int:
         cutoff = _iso(older_than)
 
