@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import replace
 from typing import Any
 
 from gidgethub import GitHubException
@@ -14,10 +13,7 @@ from bot.logs import get_logger
 from policies.apply import Run, github_error
 from policies.batch_read import PAGE_SIZE, ReadFields, RepoSnapshot, read_owner, read_repositories
 from policies.engine import (
-    COMPLIANT,
-    REPO_DEFERRED,
     REPO_FAILED,
-    SETTINGS_ONLY,
     SKIPPED,
     PolicyEngine,
     RepoResult,
@@ -52,21 +48,14 @@ async def remediate_snapshot(engine: PolicyEngine, gh: Any, run: Run, snapshot: 
     """
     if snapshot.own_policy_read and isinstance(engine.source, PreloadedPolicySource):
         engine.source.remember(snapshot.full_name, snapshot.own_policy)
-    scope_protection_waits = False
     try:
-        if snapshot.empty and await engine.protection_deferred(snapshot.full_name, "default"):
-            # Already recorded as waiting for the first push: do not record it again every round.
-            scope_protection_waits = True
-            result = await engine.remediate(gh, run, snapshot.repo, known=snapshot.known(), scope=SETTINGS_ONLY)
-        else:
-            result = await engine.remediate(gh, run, snapshot.repo, known=snapshot.known())
+        # An empty repository's protection waits for its first push; the engine records that
+        # once, not at every round.
+        return await engine.remediate(gh, run, snapshot.repo, known=snapshot.known())
     except GitHubException as exc:  # e.g. the policy file could not be read
         error = github_error(exc)
         log.error("repository_remediation_failed", repo=snapshot.full_name, error=error)
         return RepoResult(snapshot.full_name, REPO_FAILED, error=error)
-    if scope_protection_waits and result.outcome == COMPLIANT:
-        return replace(result, outcome=REPO_DEFERRED)
-    return result
 
 
 async def for_each(

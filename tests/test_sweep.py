@@ -166,6 +166,9 @@ async def test_sweep_of_250_repositories_fixes_every_drift_and_counts_right(org,
     assert code == 0 and again["fixed"] == 0 and writes(org) == []
     assert again["compliant"] == count(expected, "compliant") + count(expected, "fixed")
     records = await trail(env)
+    # Empty repositories still wait for their first push; that was recorded once, not twice.
+    assert again["deferred"] == count(expected, "deferred") > 0
+    assert len([r for r in records if r.outcome == "deferred"]) == count(expected, "deferred")
     assert {r.trigger for r in records} == {"sweep"} and {r.actor for r in records} == {org.bot_login}
     assert all(r.run_id.startswith("sweep-") and r.installation == INSTALLATION for r in records)
 
