@@ -3,7 +3,8 @@
 Deliveries reach it two ways: the intake hands over the ID it just stored, and a
 recovery loop claims what the store holds unfinished (left by a crash, a restart,
 or a replica whose lease expired). The store's atomic claim makes sure only one
-worker of one replica processes a delivery.
+worker of one replica processes a delivery. The pool also deletes finished deliveries
+once they are older than MOKO_DELIVERY_RETENTION_DAYS.
 """
 
 from __future__ import annotations
