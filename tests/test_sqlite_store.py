@@ -119,3 +119,20 @@ async def test_reads_neither_wait_for_nor_hold_the_write_lock(store: SQLiteStore
     finally:
         other.execute("ROLLBACK")
         other.close()
+
+
+async def test_an_in_memory_store_reads_what_it_wrote_through_its_one_connection():
+    store = SQLiteStore("sqlite:///:memory:")
+    await store.open()
+    try:
+        writes = [store.add_and_claim(delivery(f"m{i}"), "me", 60) for i in range(20)]
+        # In memory a read shares the writer's connection: it joins the batch after the writes
+        # (never runs beside a commit in flight) and sees them.
+        reads = [store.get_delivery("m0") for _ in range(5)]
+        results = await asyncio.gather(*writes, *reads)
+        assert all(queued for queued, _ in results[:20])
+        assert all(found is not None and found.id == "m0" for found in results[20:])
+        assert (await store.get_delivery("m19")) is not None
+        assert await store.audit_chain() == (await store.audit_anchor(), [])
+    finally:
+        await store.close()

@@ -210,26 +210,44 @@ class SQLiteStore(Store):
 
     async def _call(self, fn: Callable[[sqlite3.Connection], Any], *, atomic: bool = False) -> Any:
         """Run fn in the next batch; atomic: fn is a single statement (no savepoint needed)."""
+        loop = self._own_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append(_Job(fn, future, atomic))
+        if self._commit is None:
+            self._flush_later(loop)
+        return await future
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], Any], *, snapshot: bool = False) -> Any:
+        """Run a read on the reader connection, outside the write batches: in WAL mode it sees
+        every committed write, and neither waits for nor holds up a writer (this process's
+        commit in flight, or another process's batch). A batch would take the write lock for
+        the read's whole length: a long `moko audit` would have stalled a server's intake.
+        snapshot: fn's statements read one state of the database (one read transaction)."""
+        self._own_loop()
+        reader = self._reader
+        if reader is None or reader is self._conn:
+            # In memory the database is the writer's connection: read inside a batch, which
+            # is one transaction too.
+            return await self._call(fn)
+        if not snapshot:
+            return fn(reader)
+        reader.execute("BEGIN")
+        try:
+            return fn(reader)
+        finally:
+            reader.execute("COMMIT")
+
+    def _own_loop(self) -> asyncio.AbstractEventLoop:
         if self._conn is None or self._loop is None:
             raise RuntimeError("store is not open")
         if asyncio.get_running_loop() is not self._loop:
             raise RuntimeError("the SQLite store is used from the event loop that opened it")
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._pending.append(_Job(fn, future, atomic))
-        if self._flush_handle is None and self._commit is None:
-            self._schedule_flush(self._loop)
-        return await future
+        return self._loop
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run a read on the reader connection, outside the write batches: in WAL mode it sees
-        every committed write, and neither waits for nor holds up a writer (this process's
-        commit in flight, or another process's batch). A batch would take the write lock for
-        the read's whole length: a long `moko audit` would have stalled a server's intake."""
-        if self._reader is None or self._loop is None:
-            raise RuntimeError("store is not open")
-        if asyncio.get_running_loop() is not self._loop:
-            raise RuntimeError("the SQLite store is used from the event loop that opened it")
-        return fn(self._reader)
+    def _flush_later(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Schedule the next batch if work waits and none is scheduled (see _COMMIT_INTERVAL)."""
+        if self._pending and self._flush_handle is None:
+            self._schedule_flush(loop)
 
     def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         due = self._last_begin + _COMMIT_INTERVAL
@@ -264,8 +282,7 @@ class SQLiteStore(Store):
                 return
         else:
             self._pending = rest
-        if self._pending and self._flush_handle is None:
-            self._flush_handle = loop.call_soon(self._flush)
+        self._flush_later(loop)
 
     def _waited_too_long(self) -> bool:
         now = time.monotonic()
@@ -298,8 +315,7 @@ class SQLiteStore(Store):
         except Exception as exc:  # the connection itself failed: nothing of the batch stands
             self._rollback(conn)
             _fail_all(batch, exc)
-            if self._pending and self._flush_handle is None:
-                self._flush_handle = loop.call_soon(self._flush)
+            self._flush_later(loop)
             return
         # The commit (WAL write and fsync, GIL released) runs beside the loop, which goes on
         # reading requests meanwhile: they make the next batch, so batches grow with load.
@@ -325,8 +341,8 @@ class SQLiteStore(Store):
                     job.future.set_exception(failure)
                 else:
                     job.future.set_result(result)
-        if self._pending and self._flush_handle is None and loop is not None:
-            self._schedule_flush(loop)
+        if loop is not None:
+            self._flush_later(loop)
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -616,18 +632,10 @@ class SQLiteStore(Store):
         return await self._read(self._anchor)
 
     async def audit_chain(self) -> tuple[str, list[AuditRecord]]:
-        def read(conn: sqlite3.Connection) -> tuple[str, list[AuditRecord]]:
-            conn.execute("BEGIN")  # one read transaction: one snapshot of the WAL
-            try:
-                return self._anchor(conn), [_record(row) for row in conn.execute("SELECT * FROM audit ORDER BY seq")]
-            finally:
-                conn.execute("COMMIT")
-
-        if self._reader is self._conn:  # in memory: the writer's connection, inside a batch
-            return await self._call(lambda conn: (self._anchor(conn), [
-                _record(row) for row in conn.execute("SELECT * FROM audit ORDER BY seq")
-            ]))
-        return await self._read(read)
+        return await self._read(
+            lambda conn: (self._anchor(conn), [_record(row) for row in conn.execute("SELECT * FROM audit ORDER BY seq")]),
+            snapshot=True,
+        )
 
     async def prune_audit(self, older_than: datetime) -> int:
         cutoff = _iso(older_than)
