@@ -24,10 +24,8 @@ def parse_payload(body: bytes) -> Any:
         return json.loads(body)
 
 
-def is_plain_json(content_type: str | None) -> bool:
+def is_plain_json(content_type: str) -> bool:
     """Whether a Content-Type is JSON in UTF-8 (what GitHub sends unless told otherwise)."""
-    if content_type is None:
-        return False
     mime, _, params = content_type.partition(";")
     if mime.strip().lower() != "application/json":
         return False

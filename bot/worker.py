@@ -58,11 +58,9 @@ class WorkerPool:
         queue_max: int,
         lease_seconds: float,
         retention_seconds: float = 7 * 86400.0,
-        now: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._retention = retention_seconds
-        self._now = now
         self._process = process
         self._owner = owner
         self._workers = workers
@@ -231,7 +229,7 @@ class WorkerPool:
     async def prune_once(self, now: float | None = None) -> int:
         """Delete finished deliveries older than the retention, a chunk at a time (the SQLite
         store runs on the event loop: one huge DELETE would hold it); return how many went."""
-        cutoff = datetime.fromtimestamp((self._now() if now is None else now) - self._retention, UTC)
+        cutoff = datetime.fromtimestamp((time.time() if now is None else now) - self._retention, UTC)
         pruned = 0
         while True:
             deleted = await self._store.prune_deliveries(cutoff, _PRUNE_CHUNK)

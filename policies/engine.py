@@ -11,7 +11,7 @@ from gidgethub import BadRequest, GitHubException
 
 from bot.audit import AuditWriter
 from bot.logs import get_logger
-from bot.store.base import AuditEntry, Store
+from bot.store.base import AuditEntry, AuditRecord, Store
 from policies.apply import DEFERRED, DRY_RUN, FAILED, ChangeOutcome, Run, Transaction, github_error
 from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.loader import PolicyError
@@ -202,7 +202,8 @@ class PolicyEngine:
                 ok = await transaction.apply(plan.changes)
                 if ok and plan.deferred:
                     # Recorded once while the branch is missing, not again at every reconcile.
-                    fresh = [c for c in plan.deferred if not await self._still_deferred(full_name, (c.field,))]
+                    records = await self._protection_records(full_name)
+                    fresh = [c for c in plan.deferred if not _waiting(records, (c.field,))]
                     if fresh:
                         await transaction.record(fresh, DEFERRED, "branch does not exist yet")
         return RepoResult(
@@ -215,16 +216,13 @@ class PolicyEngine:
             dry_run=dry_run,
         )
 
-    async def protection_deferred(self, full_name: str, branch: str) -> bool:
-        """Whether the repository's last protection record for the branch (or for its default
-        branch rule) is still deferred."""
-        return await self._still_deferred(full_name, (branch, "default"))
+    async def _protection_records(self, full_name: str) -> list[AuditRecord]:
+        """The repository's latest branch protection records, newest first."""
+        records = await self.store.audit_records(repo=full_name, newest_first=True, limit=50)
+        return [record for record in records if record.policy == BRANCH_PROTECTION]
 
     async def _still_deferred(self, full_name: str, fields: tuple[str, ...]) -> bool:
-        for record in await self.store.audit_records(repo=full_name, newest_first=True, limit=50):
-            if record.policy == BRANCH_PROTECTION and record.field in fields:
-                return record.outcome == DEFERRED
-        return False
+        return _waiting(await self._protection_records(full_name), fields)
 
     async def apply_deferred(self, gh: Any, run: Run, repo: Mapping[str, Any], branch: str) -> RepoResult | None:
         """On a branch's creation or first push: apply the protection that waited for it, once.
@@ -239,6 +237,14 @@ class PolicyEngine:
             gh, run, repo, known=known, scope=PROTECTION_ONLY,
             only_if=lambda: self._still_deferred(full_name, fields),
         )
+
+
+def _waiting(records: list[AuditRecord], fields: tuple[str, ...]) -> bool:
+    """Whether the newest of these protection records about any of the fields is deferred."""
+    for record in records:
+        if record.field in fields:
+            return record.outcome == DEFERRED
+    return False
 
 
 def _outcome(plan: Plan, outcomes: list[ChangeOutcome], ok: bool, dry_run: bool) -> str:
