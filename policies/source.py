@@ -33,6 +33,11 @@ class ResolvedPolicy:
 def _decode(content: Mapping[str, Any], source: str) -> str:
     if content.get("type") not in (None, "file"):
         raise PolicyError([PolicyProblem(1, f"{POLICY_PATH} is not a file", source)], source)
+    if content.get("encoding") == "none":
+        # Over 1 MB the contents API answers with no content at all: never an empty file.
+        size = content.get("size")
+        message = f"the file is too large ({size} bytes): GitHub gives no content over 1 MB"
+        raise PolicyError([PolicyProblem(1, message, source)], source)
     try:
         return base64.b64decode(content.get("content") or "").decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):

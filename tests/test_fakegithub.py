@@ -466,6 +466,20 @@ async def test_contents_api(fake, gh):
     assert bad_ref.value.status_code == 404
 
 
+async def test_contents_over_one_megabyte_come_without_content_except_raw(fake, gh):
+    big = b"# " + b"x" * (1024 * 1024)
+    fake.put_file(ORG, "widgets", "big.yml", big)
+    fake.put_file(ORG, "widgets", "small.yml", b"a: 1\n")
+
+    item = await gh.getitem(f"/repos/{ORG}/widgets/contents/big.yml")
+    small = await gh.getitem(f"/repos/{ORG}/widgets/contents/small.yml")
+    raw = await gh.getitem(f"/repos/{ORG}/widgets/contents/big.yml", accept="application/vnd.github.raw")
+
+    assert (item["encoding"], item["content"], item["size"]) == ("none", "", len(big))
+    assert (small["encoding"], base64.b64decode(small["content"])) == ("base64", b"a: 1\n")
+    assert raw in (big, big.decode())
+
+
 @pytest.mark.parametrize(("role", "permission"), [
     ("admin", "admin"), ("maintain", "write"), ("write", "write"),
     ("triage", "read"), ("read", "read"), ("none", "none"),

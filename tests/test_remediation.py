@@ -154,6 +154,23 @@ async def test_invalid_policy_file_changes_nothing_and_says_why(org, moko):
     assert delivery.state == FAILED and "has_wikki" in delivery.error
 
 
+async def test_policy_file_over_one_megabyte_is_invalid_not_empty(org, moko):
+    # Valid YAML padded to 1.5 MB: the contents API answers it with no content, which read
+    # as an empty file would silently mean the built-in default (wiki off, here).
+    padding = "# " + "x" * 78 + "\n"
+    text = "version: 1\nrepository:\n  has_wiki: true\n" + padding * (1536 * 1024 // len(padding))
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", text)
+    org.add_repo(ORG, "victim", has_wiki=True)
+    await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="victim"), delivery="big-policy")
+    assert org.count("PATCH") == 0 and org.count("PUT") == 0
+    assert org.repo(ORG, "victim")["has_wiki"] is True
+    [record] = await records(moko, "victim")
+    assert (record.policy, record.field, record.outcome) == ("config", f"{ORG}/.github/.github/moko.yml", "failed")
+    assert "too large" in record.error and str(len(text)) in record.error
+    assert (await moko.services.store.get_delivery("big-policy")).state == FAILED
+
+
 async def test_invalid_repository_file_changes_nothing_for_that_repository_and_says_why(org, moko):
     org.add_repo(ORG, ".github", **COMPLIANT)
     org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\noverrides: [repository.has_wiki]\n")

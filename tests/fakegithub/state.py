@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 HTML = "https://github.com"
+# The contents API gives a file's content only up to 1 MB; above, `encoding: none` and "".
+CONTENT_LIMIT = 1024 * 1024
 ROLES = ("admin", "maintain", "write", "triage", "read", "none")
 # GitHub's legacy `permission` field folds maintain into write and triage into read.
 LEGACY_PERMISSION = {"admin": "admin", "maintain": "write", "write": "write",
@@ -445,8 +447,13 @@ class State:
         git = f"{repo.data['url']}/git/blobs/{sha}"
         encoded = base64.b64encode(data).decode()
         wrapped = "".join(encoded[i:i + 60] + "\n" for i in range(0, len(encoded), 60))
+        encoding = "base64"
+        if len(data) > CONTENT_LIMIT:
+            # GitHub: "Between 1-100 MB ... the content field will be an empty string and the
+            # encoding field will be "none"" (the raw media type still gives the bytes).
+            encoding, wrapped = "none", ""
         return {
-            "type": "file", "encoding": "base64", "size": len(data),
+            "type": "file", "encoding": encoding, "size": len(data),
             "name": path.rsplit("/", 1)[-1], "path": path, "content": wrapped, "sha": sha,
             "url": f"{api}?ref={ref}", "git_url": git, "html_url": html,
             "download_url": f"https://raw.githubusercontent.com/{repo.data['full_name']}/{ref}/{path}",
