@@ -136,3 +136,32 @@ async def test_an_in_memory_store_reads_what_it_wrote_through_its_one_connection
         assert await store.audit_chain() == (await store.audit_anchor(), [])
     finally:
         await store.close()
+
+
+async def test_a_write_gives_up_after_two_seconds_of_another_process_holding_the_lock(
+    store: SQLiteStore, tmp_path: Path
+):
+    other = sqlite3.connect(tmp_path / "moko.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process keeps the write lock
+    try:
+        started = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await asyncio.wait_for(store.add_and_claim(delivery("stuck"), "me", 60), 10)
+        assert 1.9 <= time.monotonic() - started < 4
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    queued, _ = await store.add_and_claim(delivery("stuck"), "me", 60)  # free again: it is written
+    assert queued and stored_ids(tmp_path / "moko.db") == {"stuck"}
+
+
+async def test_throttle_hits_of_keys_nobody_counts_any_more_are_pruned(store: SQLiteStore, tmp_path: Path):
+    day = 86400.0
+    for i in range(10):
+        await store.count_hit(f"old-user-{i}", 60, 1_000_000.0)
+    # Two days later, other users comment: every 256th hit also deletes hits older than a day.
+    for i in range(300):
+        await store.count_hit(f"new-user-{i % 7}", 60, 1_000_000.0 + 2 * day + i)
+    with sqlite3.connect(tmp_path / "moko.db") as db:
+        keys = {row[0] for row in db.execute("SELECT DISTINCT key FROM hits")}
+    assert keys == {f"new-user-{i}" for i in range(7)}

@@ -121,12 +121,20 @@ MIGRATIONS: list[str] = [
 _BATCH_LIMIT = 512
 # At most one commit starts per this many seconds (see the module's docstring).
 _COMMIT_INTERVAL = 0.001
-# Another process holding the write lock: retry this often, give up after this long.
+# Another process holding the write lock: retry this often, give up after this long. Two
+# seconds, not more: the intake's acknowledgement waits on it, and GitHub gives up at 10 s;
+# the caller answers 503 with Retry-After instead.
 _BUSY_RETRY = 0.002
-_BUSY_TIMEOUT = 30.0
+_BUSY_TIMEOUT = 2.0
+# Opening the file (before the store serves anyone) may wait longer for another process.
+_OPEN_TIMEOUT = 30.0
 # A process that dies holding a repository's lock loses it after this long (renewed while held).
 REPO_LOCK_TTL = 30.0
 _REPO_LOCK_POLL = 0.05
+# Rate-limit hits older than this are deleted whatever their key, every so many hits (a
+# key's own old hits go each time it is counted), as the PostgreSQL store does.
+HIT_RETENTION_SECONDS = 86400.0
+_HIT_CLEANUP_EVERY = 256
 
 
 def sqlite_path(url: str) -> str:
@@ -189,6 +197,8 @@ class SQLiteStore(Store):
         self._committer: ThreadPoolExecutor | None = None
         self._busy_since: float | None = None
         self._repo_locks: dict[str, asyncio.Lock] = {}
+        self._hits_counted = 0
+        self._longest_window = 0.0
         self.commits = 0  # transactions committed, for the benchmark's group-commit figure
 
     # --- group commit on the event loop --------------------------------------
@@ -198,7 +208,7 @@ class SQLiteStore(Store):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         # Setting up may wait for another process (the store is not in use yet); later it may
         # not. The COMMIT runs in the helper thread, never at the same time as the loop's use.
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT, check_same_thread=False)
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=_OPEN_TIMEOUT, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on disk before the caller hears about it (group commit pays for it).
@@ -776,9 +786,16 @@ class SQLiteStore(Store):
             await self.try_lock(name, owner, self._lock_ttl)
 
     async def count_hit(self, key: str, window_seconds: float, now: float) -> int:
+        self._longest_window = max(self._longest_window, window_seconds)
+        self._hits_counted += 1
+        sweep_old = self._hits_counted % _HIT_CLEANUP_EVERY == 0
+        retention = max(HIT_RETENTION_SECONDS, self._longest_window)
+
         def hit(conn: sqlite3.Connection) -> int:
             conn.execute("DELETE FROM hits WHERE key = ? AND at <= ?", (key, now - window_seconds))
             conn.execute("INSERT INTO hits (key, at) VALUES (?, ?)", (key, now))
+            if sweep_old:  # keys nobody counts any more would otherwise stay for good
+                conn.execute("DELETE FROM hits WHERE at < ?", (now - retention,))
             return conn.execute("SELECT count(*) FROM hits WHERE key = ?", (key,)).fetchone()[0]
 
         return int(await self._call(hit))
