@@ -9,6 +9,8 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from bot.config import ConfigError, Settings, load_settings
+from bot.redact import mask_url_credentials
+from bot.store.base import StoreUnavailable
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 
@@ -108,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_sweep(args, load_settings())
     except ConfigError as error:
         return _fail_config(error)
+    except StoreUnavailable as error:
+        print(f"moko: store error: {mask_url_credentials(str(error))}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     return EXIT_USAGE

@@ -8,12 +8,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
+from bot.redact import mask_url_credentials
+
 
 class ConfigError(Exception):
-    """A missing or malformed setting; the message names it and fits on one line."""
+    """A missing or malformed setting; the message names it and fits on one line, with the
+    password of any URL in it masked (a malformed MOKO_DATABASE_URL may carry one)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(mask_url_credentials(message))
 
 
 # Every setting Moko reads, with its default (None: no default).
@@ -85,7 +92,7 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """The configured secrets, for redaction."""
-        return [s for s in (self.private_key, self.webhook_secret, self.token) if s]
+        return [s for s in (self.private_key, self.webhook_secret, self.token, _url_password(self.database_url)) if s]
 
     def require_app(self) -> None:
         """Stop unless the App's own credentials (id, key, webhook secret) are set, as serve needs."""
@@ -106,6 +113,13 @@ class Settings:
             raise ConfigError(
                 "GITHUB_TOKEN, or GITHUB_APP_ID with GITHUB_PRIVATE_KEY(_PATH), is required"
             )
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 def interpolate(value: str, environ: Mapping[str, str], setting: str) -> str:

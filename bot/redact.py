@@ -17,6 +17,13 @@ _PATTERNS = re.compile(
     r"|-----BEGIN[A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END[A-Z ]*PRIVATE KEY-----|$))"
 )
 _MIN_SECRET_LENGTH = 6
+# The password in a URL such as postgresql://moko:secret@db/moko (MOKO_DATABASE_URL).
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*):[^\s/]*@")
+
+
+def mask_url_credentials(text: str) -> str:
+    """The text with the password of every URL in it masked: postgresql://moko:***@db/moko."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
 class Redactor:
@@ -45,7 +52,7 @@ class Redactor:
         for secret in self._secrets:
             if secret in value:
                 value = value.replace(secret, REDACTED)
-        return _PATTERNS.sub(REDACTED, value)
+        return _PATTERNS.sub(REDACTED, mask_url_credentials(value))
 
     def value(self, value: Any) -> Any:
         """Any JSON-like value with every string redacted."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -54,6 +55,30 @@ def test_malformed_setting_stops_start_up_with_one_line(fake_github, tmp_path, n
     assert "Traceback" not in result.stderr
     # The key itself never appears in an error.
     assert fake_github.private_key_pem.splitlines()[1] not in result.stderr
+
+
+def test_a_malformed_database_url_is_named_with_its_password_masked(fake_github, tmp_path):
+    env = {**moko_environ(fake_github, ""), "MOKO_DATABASE_URL": "mysql://moko:hunter2-s3cret@db.internal/moko"}
+    result = run_cli("serve", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "moko: configuration error: MOKO_DATABASE_URL: 'mysql://moko:***@db.internal/moko' is neither "
+        "sqlite:///PATH nor postgresql://…"
+    ]
+
+
+@pytest.mark.parametrize("command", [["serve"], ["audit"], ["sweep", "--org", ORG]])
+def test_an_unreachable_postgresql_is_one_line_without_its_password_and_exit_2(fake_github, tmp_path, command):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://moko:hunter2-s3cret@127.0.0.1:{port}/moko"
+    result = run_cli(*command, env=moko_environ(fake_github, url))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith(f"moko: store error: cannot open the PostgreSQL store at postgresql://moko:***@127.0.0.1:{port}/moko: ")
+    assert "hunter2" not in result.stderr + result.stdout
 
 
 def test_config_file_with_interpolation_is_read_and_environment_wins(fake_github, tmp_path):

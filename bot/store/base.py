@@ -25,6 +25,11 @@ DONE = "done"
 FAILED = "failed"
 
 
+class StoreUnavailable(RuntimeError):
+    """The store could not be opened (unreachable, refused, or of a newer Moko); the message is
+    one line, with the password of the database URL masked."""
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One webhook delivery as stored before it was acknowledged."""

@@ -28,6 +28,7 @@ import asyncpg
 # Imported as a module, not by name: bot.audit_chain imports bot.store.base, so a
 # from-import here could meet a partially initialised module when bot.store imports us.
 from bot import audit_chain
+from bot.redact import mask_url_credentials
 from bot.store.base import (
     DONE,
     FAILED,
@@ -39,6 +40,7 @@ from bot.store.base import (
     Delivery,
     NewDelivery,
     Store,
+    StoreUnavailable,
     SweepProgress,
     audit_record_from_row,
     delivery_from_row,
@@ -54,6 +56,11 @@ def _advisory_key(name: str) -> int:
 # Advisory lock keys; the names keep them apart from repository keys.
 MIGRATION_LOCK = _advisory_key("moko:schema-migration")
 AUDIT_CHAIN_LOCK = _advisory_key("moko:audit-chain")
+
+# Opening the store gives up on a server that does not answer after this long.
+_CONNECT_TIMEOUT = 10.0
+# What an unreachable or refusing server raises while the store opens.
+_UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 # Rate-limit hits older than this are deleted whatever their key (a key's own old hits
 # are deleted each time it is counted); windows longer than this are not supported.
@@ -188,20 +195,30 @@ class PostgresStore(Store):
             raise RuntimeError(
                 f"bot.store.postgres has {len(MIGRATIONS)} migrations but SCHEMA_VERSION is {SCHEMA_VERSION}"
             )
-        pool = await asyncpg.create_pool(
-            self.url, min_size=self._min_connections, max_size=self._max_connections
-        )
+        try:
+            pool = await asyncpg.create_pool(
+                self.url, min_size=self._min_connections, max_size=self._max_connections,
+                timeout=_CONNECT_TIMEOUT,
+            )
+        except _UNREACHABLE as exc:
+            raise self._unavailable(exc) from None
         try:
             await self._migrate(pool)
             # Repository locks wait on their own connections, so any number of waiters
             # cannot take the connections that the lock holders need to finish.
             lock_pool = await asyncpg.create_pool(
-                self.url, min_size=0, max_size=self._max_lock_connections
+                self.url, min_size=0, max_size=self._max_lock_connections, timeout=_CONNECT_TIMEOUT
             )
-        except BaseException:
+        except BaseException as exc:
             await pool.close()
+            if isinstance(exc, _UNREACHABLE):
+                raise self._unavailable(exc) from None
             raise
         self._pool_handle, self._lock_pool_handle = pool, lock_pool
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        return StoreUnavailable(mask_url_credentials(f"cannot open the PostgreSQL store at {self.url}: {reason}"))
 
     async def _migrate(self, pool: asyncpg.Pool) -> None:
         """Bring the schema to SCHEMA_VERSION, one replica at a time, all or nothing."""
@@ -213,7 +230,7 @@ class PostgresStore(Store):
             stored = await conn.fetchval("SELECT value FROM moko_meta WHERE key = 'schema_version'")
             version = int(stored) if stored is not None else 0
             if version > SCHEMA_VERSION:
-                raise RuntimeError(
+                raise StoreUnavailable(
                     f"the database's schema version {version} is newer than this Moko's {SCHEMA_VERSION}"
                 )
             for steps in MIGRATIONS[version:]:

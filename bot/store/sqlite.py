@@ -51,6 +51,7 @@ from bot.store.base import (
     Delivery,
     NewDelivery,
     Store,
+    StoreUnavailable,
     SweepProgress,
     audit_record_from_row,
     delivery_from_row,
@@ -365,7 +366,10 @@ class SQLiteStore(Store):
     async def open(self) -> None:
         if self._conn is not None:
             return
-        self._conn = self._connect()
+        try:
+            self._conn = self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"cannot open the SQLite store at {self.path}: {exc}") from None
         self._loop = asyncio.get_running_loop()
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="moko-sqlite-commit")
         try:
@@ -375,8 +379,10 @@ class SQLiteStore(Store):
             else:
                 self._reader = sqlite3.connect(self.path, isolation_level=None, timeout=1.0)
                 self._reader.row_factory = sqlite3.Row
-        except BaseException:
+        except BaseException as exc:
             await self.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreUnavailable(f"cannot open the SQLite store at {self.path}: {exc}") from None
             raise
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -384,7 +390,7 @@ class SQLiteStore(Store):
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         version = int(row["value"]) if row else 0
         if version > SCHEMA_VERSION:
-            raise RuntimeError(
+            raise StoreUnavailable(
                 f"database schema version {version} is newer than this Moko ({SCHEMA_VERSION})"
             )
         for step in MIGRATIONS[version:]:
