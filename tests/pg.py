@@ -3,13 +3,13 @@
 The PostgreSQL server is the one MOKO_TEST_POSTGRES_URL names (an administrative URL
 that may CREATE and DROP databases). Each test session works in a fresh database
 `moko_test_<random>` that is dropped afterwards; each test starts from an empty schema.
-Without a reachable server the PostgreSQL cases are skipped, or fail when CI is set.
+Without a reachable server the PostgreSQL cases fail when CI is set; elsewhere they are
+skipped, and the end of the run says so in a banner that names the server and the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,6 +25,9 @@ DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 CONNECT_TIMEOUT_SECONDS = 5
 
 BACKENDS = ["sqlite", "postgres"]
+
+# Why the PostgreSQL cases were skipped in this run, for the closing banner; None: they ran.
+_skipped_because: list[str] = []
 
 
 def admin_url() -> str:
@@ -57,6 +60,7 @@ def postgres_database() -> Iterator[str]:
         reason = f"PostgreSQL at {server} ({POSTGRES_URL_VARIABLE}) is not usable: {error!r}"
         if os.environ.get("CI"):
             pytest.fail(reason + "; CI is set, so the PostgreSQL store tests must run")
+        _skipped_because.append(reason)
         pytest.skip(reason + "; run .ci/pg-start or set " + POSTGRES_URL_VARIABLE)
     try:
         yield with_database(server, database)
@@ -91,13 +95,9 @@ async def open_store_for_test(url: str) -> Store:
         store: Store = PostgresStore(url)
         await store.open()
         return store
-    try:
-        from bot.store import open_store
-    except ImportError as error:
-        pytest.skip(f"bot.store.open_store is not available yet: {error}")
+    from bot.store import open_store
+
     opened = open_store(url)
-    if inspect.isawaitable(opened):
-        return await opened  # an async open_store hands back an opened store
     await opened.open()
     return opened
 
@@ -116,3 +116,14 @@ async def store(store_url: str) -> AsyncIterator[Store]:
         yield opened
     finally:
         await opened.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """A green run that skipped the PostgreSQL store proved nothing about it: say so loudly."""
+    if not _skipped_because:
+        return
+    terminalreporter.section("PostgreSQL store NOT tested", sep="!", red=True, bold=True)
+    terminalreporter.write_line(_skipped_because[0], red=True)
+    terminalreporter.write_line(
+        "Every PostgreSQL case was skipped. Start the server (bash .ci/pg-start) or set "
+        f"{POSTGRES_URL_VARIABLE}; under CI=true this run would have failed.", red=True)
