@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from gidgethub import BadRequest
@@ -41,8 +42,46 @@ def role_from(answer: Any) -> str:
     return str(permission) if permission in ROLES else "none"
 
 
-async def commenter_role(gh: Any, owner: str, repo: str, username: str) -> str:
-    """The user's role on the repository, asked of GitHub each time (roles change)."""
+@dataclass(frozen=True)
+class Access:
+    """A commenter's access to a repository.
+
+    ``role`` is the level Moko goes by (one of ROLES); ``role_name`` what GitHub calls the
+    role, a custom repository role's own name too; ``fallback`` says that GitHub did not tell
+    a custom role's base role, so ``role`` is its legacy ``permission`` (maintain counted as
+    write, triage as read).
+    """
+
+    role: str
+    role_name: str
+    fallback: bool = False
+
+    @property
+    def custom(self) -> bool:
+        return self.role_name != self.role or self.fallback
+
+
+async def custom_role_base(gh: Any, org: str, name: str) -> str | None:
+    """A custom repository role's base role, or None when GitHub does not tell it.
+
+    The list needs an organization permission the App may not have (custom repository roles
+    or administration, read) and exists only for Enterprise Cloud: 403 and 404 mean unknown.
+    """
+    try:
+        answer = await gh.getitem("/orgs/{org}/custom-repository-roles", url_vars={"org": org})
+    except BadRequest as exc:
+        if exc.status_code in (403, 404):
+            return None
+        raise
+    roles = answer.get("custom_roles") if isinstance(answer, dict) else None
+    for role in roles or ():
+        if str(role.get("name", "")).lower() == name.lower() and role.get("base_role") in ROLES:
+            return str(role["base_role"])
+    return None
+
+
+async def commenter_access(gh: Any, owner: str, repo: str, username: str) -> Access:
+    """The user's access to the repository, asked of GitHub each time (roles change)."""
     try:
         answer = await gh.getitem(
             "/repos/{owner}/{repo}/collaborators/{username}/permission",
@@ -50,9 +89,21 @@ async def commenter_role(gh: Any, owner: str, repo: str, username: str) -> str:
         )
     except BadRequest as exc:
         if exc.status_code == 404:  # GitHub does not know the user here
-            return "none"
+            return Access("none", "none")
         raise
-    return role_from(answer)
+    legacy = role_from(answer)
+    name = answer.get("role_name") if isinstance(answer, dict) else None
+    if not isinstance(name, str) or not name or name in ROLES:
+        return Access(legacy, legacy)
+    base = await custom_role_base(gh, owner, name)
+    if base is not None:
+        return Access(base, name)
+    return Access(legacy, name, fallback=True)
+
+
+async def commenter_role(gh: Any, owner: str, repo: str, username: str) -> str:
+    """The level of the user's role on the repository (a custom role's base role)."""
+    return (await commenter_access(gh, owner, repo, username)).role
 
 
 class Turn(enum.Enum):

@@ -9,7 +9,7 @@ from typing import Any
 
 from bot.store.base import Store
 from handlers import command_text as text
-from handlers.command_access import AUDIT_PERMISSION, at_least, commenter_role
+from handlers.command_access import AUDIT_PERMISSION, Access, at_least, commenter_access
 from handlers.command_markdown import escape, plain
 from handlers.command_parsing import Command, InvalidCommand
 from handlers.command_report import (
@@ -78,11 +78,18 @@ def invalid_policy(problems: list[str]) -> Answer:
     return Answer(body, FAILED, plain("; ".join(problems), 1000), broken=True)
 
 
-def denied(command: str, needed: str, role: str) -> Answer:
-    body = text.DENIED.format(command=command, needed=escape(needed), role=escape(role))
+def denied(command: str, needed: str, access: Access) -> Answer:
+    name = access.role_name if access.custom else access.role
+    body = text.DENIED.format(command=command, needed=escape(needed), role=escape(name))
+    error = f"/moko {command} needs {needed} or higher; {plain(name, 40)} has not"
+    if access.custom:
+        template = text.CUSTOM_ROLE_FALLBACK if access.fallback else text.CUSTOM_ROLE
+        body += " " + template.format(name=escape(name), role=escape(access.role))
+        how = "its legacy permission, the organization's custom roles unreadable" if access.fallback else "its base role"
+        error += f" ({how}: {access.role})"
     if command == "apply":
         body += " " + text.NOTHING_CHANGED
-    return Answer(body, DENIED, f"/moko {command} needs {needed} or higher; {plain(role, 40)} has not")
+    return Answer(body, DENIED, error)
 
 
 def with_dry_run_note(answer: Answer, dry_run: bool) -> Answer:
@@ -141,9 +148,9 @@ async def answer_apply(request: Request) -> Answer:
         policy = await request.engine.policy_for(request.gh, request.run, request.full_name)
     except PolicyError as exc:
         return invalid_policy(policy_problems(exc))
-    role = await commenter_role(request.gh, *request.owner_and_name, request.user)
-    if not at_least(role, policy.apply_permission):
-        return denied("apply", policy.apply_permission, role)
+    access = await commenter_access(request.gh, *request.owner_and_name, request.user)
+    if not at_least(access.role, policy.apply_permission):
+        return denied("apply", policy.apply_permission, access)
     result = await request.engine.remediate(request.gh, request.run, request.repo)
     unplanned = _unplanned(result)
     if unplanned is not None:
@@ -159,9 +166,9 @@ async def answer_apply(request: Request) -> Answer:
 
 async def answer_audit(request: Request) -> Answer:
     """The repository's last records, for triage or higher (the trail names people and values)."""
-    role = await commenter_role(request.gh, *request.owner_and_name, request.user)
-    if not at_least(role, AUDIT_PERMISSION):
-        return denied("audit", AUDIT_PERMISSION, role)
+    access = await commenter_access(request.gh, *request.owner_and_name, request.user)
+    if not at_least(access.role, AUDIT_PERMISSION):
+        return denied("audit", AUDIT_PERMISSION, access)
     command = request.command
     limit = command.count if isinstance(command, Command) else None
     records = await request.store.audit_records(repo=request.full_name, newest_first=True, limit=limit)

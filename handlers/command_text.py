@@ -41,6 +41,13 @@ DENIED = (
     "and you have **{role}**."
 )
 NOTHING_CHANGED = "Nothing was changed."
+# After DENIED, for a custom repository role: its base role, or why Moko went by another.
+CUSTOM_ROLE = "**{name}** is a custom role based on **{role}**."
+CUSTOM_ROLE_FALLBACK = (
+    "**{name}** is a custom role, and Moko may not read the organization's custom roles to "
+    "learn its base role, so it fell back on GitHub's legacy permission **{role}** "
+    "(where maintain counts as write and triage as read)."
+)
 
 INVALID_POLICY = (
     "The policy file is invalid, so Moko changes nothing until it is fixed:\n\n{problems}"

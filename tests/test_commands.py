@@ -221,6 +221,46 @@ async def test_apply_by_a_maintainer_remediates(drifted, moko):
     assert writes(drifted) == []
 
 
+async def test_a_custom_role_based_on_maintain_may_apply_when_github_tells_its_base(fake_github, moko):
+    # The App was granted the organization permission that lists custom repository roles.
+    fake_github.add_installation(INSTALLATION, ORG, permissions={"organization_custom_roles": "read"})
+    fake_github.add_repo(ORG, REPO, has_wiki=True, has_issues=True, has_projects=False)
+    fake_github.set_permission(ORG, REPO, "rel", "release-manager", base_role="maintain")
+    asked, _ = await command(moko, fake_github, "/moko apply", user="rel", delivery="custom-ok")
+    assert fake_github.repo(ORG, REPO)["has_wiki"] is False
+    assert reactions(fake_github, asked["id"]) == ["eyes", "rocket"]
+    assert ("GET", f"/orgs/{ORG}/custom-repository-roles") in calls(fake_github)
+    assert [(r.field, r.outcome) for r in await trail(moko, "command")] == [("apply", "applied")]
+
+
+async def test_a_custom_role_without_the_org_permission_falls_back_and_says_so(drifted, moko):
+    # GitHub's legacy `permission` for a custom role based on maintain is write.
+    drifted.set_permission(ORG, REPO, "rel", "release-manager", base_role="maintain")
+    asked, _ = await command(moko, drifted, "/moko apply", user="rel", delivery="custom-fallback")
+    assert answers(drifted) == [
+        f"{text.MARKER}\nSorry, `/moko apply` needs the **maintain** role or higher on this repository, "
+        "and you have **release-manager**. **release-manager** is a custom role, and Moko may not read "
+        "the organization's custom roles to learn its base role, so it fell back on GitHub's legacy "
+        "permission **write** (where maintain counts as write and triage as read). Nothing was changed."
+    ]
+    assert drifted.calls_to("GET", f"^/orgs/{ORG}/custom-repository-roles$")[0].status == 403
+    assert writes(drifted) == [] and drifted.repo(ORG, REPO)["has_wiki"] is True
+    [record] = await trail(moko)
+    assert record.outcome == "denied"
+    assert record.error == ("/moko apply needs maintain or higher; release-manager has not "
+                            "(its legacy permission, the organization's custom roles unreadable: write)")
+
+
+async def test_a_custom_role_whose_base_is_too_low_is_denied_with_its_base(fake_github, moko):
+    fake_github.add_installation(INSTALLATION, ORG, permissions={"organization_administration": "read"})
+    fake_github.add_repo(ORG, REPO, has_wiki=True)
+    fake_github.set_permission(ORG, REPO, "tom", "bug-sorter", base_role="triage")
+    await command(moko, fake_github, "/moko apply", user="tom")
+    [answer] = answers(fake_github)
+    assert "you have **bug-sorter**. **bug-sorter** is a custom role based on **triage**. Nothing was changed." in answer
+    assert writes(fake_github) == []
+
+
 @pytest.mark.parametrize(("role", "allowed"), [("write", True), ("triage", False)])
 async def test_apply_permission_comes_from_the_policy(org, moko, role, allowed):
     org.add_repo(ORG, ".github", **COMPLIANT)

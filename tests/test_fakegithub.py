@@ -494,6 +494,31 @@ async def test_collaborator_permission_maps_roles_like_github(fake, gh, role, pe
     check_response(fake, "repos/get-collaborator-permission-level", 200, answer)
 
 
+async def test_custom_roles_answer_their_name_and_their_base_role_legacy_permission(fake, gh, session):
+    fake.set_permission(ORG, "widgets", "rel", "release-manager", base_role="maintain")
+    fake.set_permission(ORG, "widgets", "tri", "bug-sorter", base_role="triage")
+
+    rel = await gh.getitem(f"/repos/{ORG}/widgets/collaborators/rel/permission")
+    tri = await gh.getitem(f"/repos/{ORG}/widgets/collaborators/tri/permission")
+    with pytest.raises(BadRequest) as refused:
+        await gh.getitem(f"/orgs/{ORG}/custom-repository-roles")
+    fake.add_installation(8, "globex", permissions={"organization_custom_roles": "read"})
+    fake.add_repo("globex", "gadgets")
+    fake.set_permission("globex", "gadgets", "rel", "release-manager", base_role="write")
+    allowed = GitHubAPI(session, "moko-tests", base_url=fake.url, oauth_token=fake.installation_token(8))
+    listed = await allowed.getitem("/orgs/globex/custom-repository-roles")
+
+    assert (rel["role_name"], rel["permission"], rel["user"]["permissions"]["maintain"]) == (
+        "release-manager", "write", True)
+    assert (tri["role_name"], tri["permission"], tri["user"]["permissions"]["push"]) == ("bug-sorter", "read", False)
+    assert (refused.value.status_code, str(refused.value)) == (403, "Resource not accessible by integration")
+    assert [(r["name"], r["base_role"]) for r in listed["custom_roles"]] == [("release-manager", "write")]
+    assert listed["total_count"] == 1
+    check_response(fake, "orgs/list-custom-roles", 200, listed)
+    with pytest.raises(ValueError):
+        fake.set_permission(ORG, "widgets", "bob", "release-manager", base_role="read")
+
+
 async def test_comments_and_reactions(fake, gh):
     human = fake.add_comment(ORG, "widgets", 5, "/moko status", user="alice")
 

@@ -375,15 +375,37 @@ def get_permission(ctx: Context) -> Reply:
     repo = ctx.repo()
     login = ctx.params["username"]
     role = repo.permissions.get(login.lower(), "none")
+    # `role_name` is the role itself, a custom one too; `permission` and the flags come from
+    # its base role, with maintain folded into write and triage into read.
+    base = ctx.state.base_role(repo.owner, role)
     user = dict(ctx.state.user(login))
     user["permissions"] = {
-        "admin": role == "admin", "maintain": role in ("admin", "maintain"),
-        "push": role in ("admin", "maintain", "write"),
-        "triage": role in ("admin", "maintain", "write", "triage"),
-        "pull": role != "none",
+        "admin": base == "admin", "maintain": base in ("admin", "maintain"),
+        "push": base in ("admin", "maintain", "write"),
+        "triage": base in ("admin", "maintain", "write", "triage"),
+        "pull": base != "none",
     }
     user["role_name"] = role
-    return Reply(200, {"permission": LEGACY_PERMISSION[role], "role_name": role, "user": user})
+    return Reply(200, {"permission": LEGACY_PERMISSION[base], "role_name": role, "user": user})
+
+
+# Either organization permission lets an App list custom repository roles (GitHub's reference).
+CUSTOM_ROLES_PERMISSIONS = ("organization_custom_roles", "organization_administration")
+
+
+@handles("orgs/list-custom-roles")
+def list_custom_roles(ctx: Context) -> Reply:
+    org = ctx.params["org"]
+    installation = ctx.state.accounts.get(org.lower())
+    if installation is None or installation.account["type"] != "Organization" \
+            or not ctx.sees_account(org):
+        raise HTTPError(404, "Not Found")
+    if ctx.auth.kind == "installation" and not any(
+            ctx.auth.token.permissions.get(name) in ("read", "write")
+            for name in CUSTOM_ROLES_PERMISSIONS):
+        raise HTTPError(403, "Resource not accessible by integration")
+    roles = list(ctx.state.custom_roles.get(org.lower(), {}).values())
+    return Reply(200, {"total_count": len(roles), "custom_roles": roles})
 
 
 @handles("repos/get-content")

@@ -25,7 +25,16 @@ from . import graphql as gql
 from . import rest
 from .openapi import OpenAPIValidator, default_validator
 from .replies import HTTPError, Reply
-from .state import HTML, LEGACY_PERMISSION, ROLES, Installation, State, iso, node_id
+from .state import (
+    CUSTOM_ROLE_BASES,
+    HTML,
+    LEGACY_PERMISSION,
+    ROLES,
+    Installation,
+    State,
+    iso,
+    node_id,
+)
 from .webhooks import build_event
 
 REST_DOCS = "https://docs.github.com/rest"
@@ -219,10 +228,13 @@ class FakeGitHub:
     # --- state set-up ------------------------------------------------------------------------
     def add_installation(self, installation_id: int, account: str, *,
                          account_type: str = "Organization",
-                         repositories: list[str] | None = None) -> dict[str, Any]:
-        """Install the App on an account (all repositories, or only the named ones)."""
+                         repositories: list[str] | None = None,
+                         permissions: dict[str, str] | None = None) -> dict[str, Any]:
+        """Install the App on an account (all repositories, or only the named ones);
+        `permissions` are granted on top of the App's own (tokens issued later carry them)."""
         installation = self.state.add_installation(installation_id, account, account_type,
                                                    repositories)
+        installation.permissions.update(permissions or {})
         return self.state.installation_object(installation)
 
     def add_repo(self, owner: str, name: str, *, empty: bool = False,
@@ -271,11 +283,18 @@ class FakeGitHub:
         state_repo.files.pop(path.strip("/"), None)
         self.state.push(state_repo)
 
-    def set_permission(self, owner: str, repo: str, username: str, role: str) -> None:
-        """Give a user a role on a repository: admin, maintain, write, triage, read or none."""
+    def set_permission(self, owner: str, repo: str, username: str, role: str, *,
+                       base_role: str | None = None) -> None:
+        """Give a user a role on a repository: admin, maintain, write, triage, read or none, or
+        an organization's custom repository role (created with `base_role` on first use)."""
+        state_repo = self.state.get_repo(owner, repo)
         if role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES}")
-        self.state.get_repo(owner, repo).permissions[username.lower()] = role
+            if base_role not in CUSTOM_ROLE_BASES:
+                raise ValueError(f"a custom role needs base_role, one of {CUSTOM_ROLE_BASES}")
+            if state_repo.data["owner"]["type"] != "Organization":
+                raise ValueError("custom repository roles exist only in organizations")
+            self.state.custom_role(state_repo.owner, role, base_role)
+        state_repo.permissions[username.lower()] = role
         self.state.user(username)
 
     def add_issue(self, owner: str, repo: str, title: str = "An issue", *,

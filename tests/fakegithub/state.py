@@ -17,6 +17,8 @@ ROLES = ("admin", "maintain", "write", "triage", "read", "none")
 # GitHub's legacy `permission` field folds maintain into write and triage into read.
 LEGACY_PERMISSION = {"admin": "admin", "maintain": "write", "write": "write",
                      "triage": "read", "read": "read", "none": "none"}
+# What a custom repository role may be based on (GitHub Enterprise Cloud).
+CUSTOM_ROLE_BASES = ("read", "triage", "write", "maintain")
 PROTECTION_TOGGLES = ("required_linear_history", "allow_force_pushes", "allow_deletions",
                       "block_creations", "required_conversation_resolution", "lock_branch",
                       "allow_fork_syncing")
@@ -127,6 +129,8 @@ class State:
         self.reactions: dict[int, list[dict[str, Any]]] = {}
         self.users: dict[str, dict[str, Any]] = {}
         self.teams: dict[str, dict[str, Any]] = {}
+        # Organization (lower-case) -> custom repository role name (lower-case) -> role object.
+        self.custom_roles: dict[str, dict[str, dict[str, Any]]] = {}
         self._ids = itertools.count(1000)
         self._serial = itertools.count(1)
 
@@ -228,6 +232,27 @@ class State:
             "single_file_name": None, "has_multiple_single_files": False,
             "single_file_paths": [], "suspended_by": None, "suspended_at": None,
         }
+
+    def custom_role(self, org: str, name: str, base_role: str) -> dict[str, Any]:
+        """The organization's custom repository role of that name (created on first use)."""
+        roles = self.custom_roles.setdefault(org.lower(), {})
+        role = roles.get(name.lower())
+        if role is None:
+            number = self.next_id()
+            now = iso()
+            role = {"id": number, "name": name, "description": None, "base_role": base_role,
+                    "permissions": [], "organization": self.user(org, "Organization"),
+                    "created_at": now, "updated_at": now}
+            roles[name.lower()] = role
+        elif role["base_role"] != base_role:
+            raise ValueError(f"custom role {name} is based on {role['base_role']}, not {base_role}")
+        return role
+
+    def base_role(self, org: str, role: str) -> str:
+        """A role's base role: itself for GitHub's own roles, else the custom role's base."""
+        if role in ROLES:
+            return role
+        return str(self.custom_roles[org.lower()][role.lower()]["base_role"])
 
     # --- repositories -----------------------------------------------------------------
     def find_repo(self, owner: str, name: str) -> Repo | None:
