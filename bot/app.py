@@ -16,7 +16,7 @@ from aiohttp import web
 from gidgethub.routing import Router
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bot.audit import AuditWriter
+from bot.audit import AuditWriter, log_audit_head, log_audit_heads_forever
 from bot.config import Settings
 from bot.context import Services
 from bot.github_app import GitHubApp
@@ -87,7 +87,7 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
     app = web.Application(client_max_size=MAX_BODY + 1)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store = open_store(settings.database_url, lease_seconds=settings.lease_seconds)
+        store = open_store(settings.database_url, lease_seconds=settings.lease_seconds, audit_key=settings.audit_key)
         await store.open()
         session = aiohttp.ClientSession()
         services = Services(
@@ -117,6 +117,7 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
         app[INTAKE] = intake
         await workers.start()
         background = [asyncio.create_task(loop(services)) for loop in hooks.background]
+        background.append(asyncio.create_task(log_audit_heads_forever(store)))
         log.info("started", replica=services.owner, database=settings.database_url.split("://", 1)[0])
         try:
             yield
@@ -126,6 +127,10 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await session.close()
+            try:  # the last head, after the last write: the anchor to check the trail against
+                await log_audit_head(store)
+            except Exception as exc:
+                log.warning("audit_head_unavailable", error=REDACTOR.text(f"{type(exc).__name__}: {exc}"))
             await store.close()
             log.info("stopped", replica=services.owner)
 

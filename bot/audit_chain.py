@@ -1,8 +1,17 @@
-"""The audit trail's hash chain: canonical form of a record, its hash, and chain verification."""
+"""The audit trail's hash chain: canonical form of a record, its hash, and chain verification.
+
+A record's hash covers the previous record's hash and the record's content. Without a key it
+is SHA-256, which anyone able to write the database can recompute after rewriting a record;
+with MOKO_AUDIT_KEY (kept outside the database) it is an HMAC-SHA256 with that key, spelt
+`hmac-sha256:<hex>` so that a reader knows which a record carries. Cutting the newest
+records, or all of them, leaves a chain that still links: only a head noted outside the
+database (the `audit_head` log line) shows that, through verify_anchor.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,22 +46,34 @@ def canonical_fields(entry: AuditEntry | AuditRecord) -> dict[str, Any]:
     }
 
 
-def record_hash(entry: AuditEntry | AuditRecord, prev_hash: str) -> str:
-    """SHA-256 over the previous hash and the record's canonical JSON."""
+KEYED_PREFIX = "hmac-sha256:"
+
+
+def is_keyed(digest: str) -> bool:
+    """Whether a record's hash is an HMAC with the audit key (else a plain SHA-256)."""
+    return digest.startswith(KEYED_PREFIX)
+
+
+def record_hash(entry: AuditEntry | AuditRecord, prev_hash: str, key: bytes | None = None) -> str:
+    """SHA-256 (or, with a key, HMAC-SHA256) over the previous hash and the record's canonical JSON."""
     payload = json.dumps(
         {"prev_hash": prev_hash, **canonical_fields(entry)},
         sort_keys=True,
         separators=(",", ":"),
         default=str,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
+    ).encode()
+    if key is None:
+        return hashlib.sha256(payload).hexdigest()
+    return KEYED_PREFIX + hmac.new(key, payload, hashlib.sha256).hexdigest()
 
 
-def chain(entries: Iterable[AuditEntry], prev_hash: str, first_seq: int) -> list[AuditRecord]:
-    """Link entries after prev_hash, numbering them from first_seq."""
+def chain(
+    entries: Iterable[AuditEntry], prev_hash: str, first_seq: int, key: bytes | None = None
+) -> list[AuditRecord]:
+    """Link entries after prev_hash, numbering them from first_seq (keyed hashes with a key)."""
     records = []
     for offset, entry in enumerate(entries):
-        digest = record_hash(entry, prev_hash)
+        digest = record_hash(entry, prev_hash, key)
         records.append(
             AuditRecord(
                 seq=first_seq + offset,
@@ -79,16 +100,54 @@ class ChainBreak:
     reason: str
 
 
-def verify_chain(records: Iterable[AuditRecord], anchor: str) -> ChainBreak | None:
-    """Walk records in chain order from the anchor; None when every link and hash matches."""
+class KeyRequired(Exception):
+    """The chain holds keyed records and no key was given to check them."""
+
+
+def verify_chain(records: Iterable[AuditRecord], anchor: str, key: bytes | None = None) -> ChainBreak | None:
+    """Walk records in chain order from the anchor; None when every link and hash matches.
+
+    Records written before the key was set carry plain hashes and may only come first: a
+    plain record after a keyed one was rewritten by someone without the key. A keyed record
+    without a key to check it raises KeyRequired.
+    """
     expected_prev = anchor
+    keyed_seen = False
     for record in records:
         if record.prev_hash != expected_prev:
             return ChainBreak(record.seq, "prev_hash does not match the record before it")
-        if record_hash(record, record.prev_hash) != record.hash:
+        if is_keyed(record.hash):
+            if key is None:
+                raise KeyRequired(record.seq)
+            keyed_seen = True
+            if not hmac.compare_digest(record_hash(record, record.prev_hash, key), record.hash):
+                return ChainBreak(
+                    record.seq, "hash does not match the record's content (or MOKO_AUDIT_KEY is not its key)"
+                )
+        elif keyed_seen:
+            return ChainBreak(record.seq, "hash is not keyed although records before it are")
+        elif record_hash(record, record.prev_hash) != record.hash:
             return ChainBreak(record.seq, "hash does not match the record's content")
         expected_prev = record.hash
     return None
+
+
+def verify_anchor(records: list[AuditRecord], head: tuple[int, str], anchor: tuple[int, str]) -> str | None:
+    """Whether a head noted earlier (seq, hash) is still in the chain; None when it is, else why not.
+
+    records: the whole kept chain in order; head: the chain's current head (its newest record,
+    or the last pruned one when none is kept)."""
+    seq, digest = anchor
+    for record in records:
+        if record.seq == seq:
+            if hmac.compare_digest(record.hash, digest):
+                return None
+            return f"record {seq} no longer has the anchor's hash: the trail was rewritten"
+    if head == anchor:
+        return None  # every record up to the anchor was pruned, and nothing written since
+    if seq > head[0]:
+        return f"the trail ends at record {head[0]}, before the anchor's record {seq}: records were cut"
+    return f"record {seq} is no longer in the trail (cut, or pruned by retention)"
 
 
 def record_to_json(record: AuditRecord) -> dict[str, Any]:

@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--since", metavar="7d")
     audit.add_argument("--json", action="store_true")
     audit.add_argument("--verify", action="store_true")
+    audit.add_argument(
+        "--anchor", metavar="SEQ:HASH",
+        help="with --verify (implied): also fail unless this head, logged earlier as audit_head, is still in the chain",
+    )
 
     check = commands.add_parser("check-config", help="validate a policy file")
     check.add_argument("file")

@@ -1,4 +1,5 @@
-"""`moko audit`: read the audit trail as a table or JSON lines, prune it, verify its hash chain."""
+"""`moko audit`: read the audit trail as a table or JSON lines, verify its hash chain and an
+anchor noted outside the database. Reading never deletes: retention pruning is the server's."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from bot.audit_chain import format_time, record_to_json, verify_chain
+from bot.audit_chain import (
+    KeyRequired,
+    format_time,
+    is_keyed,
+    record_to_json,
+    verify_anchor,
+    verify_chain,
+)
 from bot.config import ConfigError, Settings, parse_duration
 from bot.store import open_store
 from bot.store.base import AuditRecord, Store
@@ -74,13 +82,36 @@ async def read_records(store: Store, repo: str | None, since: datetime | None) -
     return records
 
 
-async def verify(store: Store, out: IO[str], err: IO[str]) -> int:
-    anchor, records = await store.audit_chain()
-    broken = verify_chain(records, anchor)
+def parse_anchor(value: str) -> tuple[int, str]:
+    """SEQ:HASH as the audit_head log line gives them (a keyed hash has a colon of its own)."""
+    seq, _, digest = value.partition(":")
+    if not seq.isdigit() or not digest:
+        raise UsageError(f"--anchor: {value!r} is not SEQ:HASH (as logged in audit_head)")
+    return int(seq), digest
+
+
+async def verify(
+    store: Store, out: IO[str], err: IO[str], *, key: str | None, anchor: tuple[int, str] | None
+) -> int:
+    start, records = await store.audit_chain()
+    try:
+        broken = verify_chain(records, start, key.encode() if key else None)
+    except KeyRequired:
+        err.write("moko: error: the audit chain is keyed: set MOKO_AUDIT_KEY to verify it\n")
+        return EXIT_USAGE
     if broken is not None:
         err.write(f"moko: audit chain broken at record {broken.seq}: {broken.reason}\n")
         return EXIT_FAILURES
-    out.write(f"audit chain verified: {len(records)} records\n")
+    if anchor is not None:
+        head = (records[-1].seq, records[-1].hash) if records else await store.audit_head()
+        missing = verify_anchor(records, head, anchor)
+        if missing is not None:
+            err.write(f"moko: audit anchor {anchor[0]} not found: {missing}\n")
+            return EXIT_FAILURES
+    unkeyed = sum(1 for record in records if not is_keyed(record.hash)) if key else 0
+    note = f" ({unkeyed} written before MOKO_AUDIT_KEY was set)" if unkeyed else ""
+    held = f", anchor {anchor[0]} held" if anchor is not None else ""
+    out.write(f"audit chain verified: {len(records)} records{note}{held}\n")
     return EXIT_OK
 
 
@@ -97,17 +128,17 @@ async def audit_command(
     try:
         since = parse_since(args.since, now) if args.since else None
         repo = parse_repo(args.repo) if args.repo else None
+        anchor = parse_anchor(args.anchor) if getattr(args, "anchor", None) else None
     except UsageError as error:
         err.write(f"moko: error: {error}\n")
         return EXIT_USAGE
     store = open_store(settings.database_url)
     await store.open()
     try:
-        # Retention: records older than MOKO_AUDIT_RETENTION_DAYS go, from the start of the
-        # chain; the last one pruned becomes the anchor, so what stays still verifies.
-        await store.prune_audit(now - timedelta(days=settings.audit_retention_days))
-        if args.verify:
-            return await verify(store, out, err)
+        # Reading deletes nothing (retention is the server's): a reader that pruned could cut
+        # the very records it was asked to show or check.
+        if args.verify or anchor is not None:
+            return await verify(store, out, err, key=settings.audit_key, anchor=anchor)
         records = await read_records(store, repo, since)
     finally:
         await store.close()

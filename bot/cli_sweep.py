@@ -156,7 +156,7 @@ async def sweep_command(
         err.write(f"moko: {stopped}\n")
         return stopped.exit_code
     token_mode = bool(settings.token)
-    store = open_store(settings.database_url)
+    store = open_store(settings.database_url, audit_key=settings.audit_key)
     await store.open()
     try:
         async with aiohttp.ClientSession() as session:

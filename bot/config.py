@@ -51,6 +51,7 @@ DEFAULTS: dict[str, str | None] = {
     "LOG_LEVEL": "info",
     "LOG_FORMAT": "json",
     "MOKO_EVENT_LOOP": "auto",
+    "MOKO_AUDIT_KEY": None,
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -89,10 +90,16 @@ class Settings:
     log_level: str
     log_format: str
     event_loop: str = "auto"  # auto (uvloop where installed), uvloop or asyncio
+    # HMAC key of the audit chain's hashes, kept outside the database (None: plain SHA-256).
+    audit_key: str | None = field(default=None, repr=False)
 
     def secrets(self) -> list[str]:
         """The configured secrets, for redaction."""
-        return [s for s in (self.private_key, self.webhook_secret, self.token, _url_password(self.database_url)) if s]
+        return [
+            s
+            for s in (self.private_key, self.webhook_secret, self.token, self.audit_key, _url_password(self.database_url))
+            if s
+        ]
 
     def require_app(self) -> None:
         """Stop unless the App's own credentials (id, key, webhook secret) are set, as serve needs."""
@@ -312,4 +319,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         log_format=log_format,
         event_loop=event_loop,
+        audit_key=_audit_key(get("MOKO_AUDIT_KEY")),
     )
+
+
+_MIN_AUDIT_KEY_LENGTH = 16
+
+
+def _audit_key(value: str) -> str | None:
+    """MOKO_AUDIT_KEY: unset, or long enough that it cannot be guessed from the records."""
+    if not value:
+        return None
+    if len(value) < _MIN_AUDIT_KEY_LENGTH:
+        raise ConfigError(f"MOKO_AUDIT_KEY: at least {_MIN_AUDIT_KEY_LENGTH} characters are needed")
+    return value

@@ -3,12 +3,14 @@ verifiable, and --verify on a real trail and on one edited in the database."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bot import cli
@@ -17,6 +19,7 @@ from bot.cli_audit import audit_command
 from bot.config import load_settings
 from bot.store import open_store
 from bot.store.base import AuditEntry
+from tests.support.harness import post_webhook, start_moko_process
 from tests.test_sweep import ORG, compliant_repo, sweep
 
 FIELDS = ["time", "run_id", "trigger", "installation", "repo", "actor", "policy", "field", "before",
@@ -122,18 +125,128 @@ async def test_table_shows_the_records(swept):
     assert "moko[bot]" in out  # not taken for markup
 
 
-async def test_retention_prunes_old_records_and_the_chain_still_verifies(env):
-    await write_entries(env, [NOW - timedelta(days=200), NOW - timedelta(days=95), NOW - timedelta(days=89),
-                              NOW - timedelta(days=1)])
-    code, out, _ = await audit(env, "--json", now=NOW)  # MOKO_AUDIT_RETENTION_DAYS: 90 by default
-    assert code == 0 and [json.loads(line)["run_id"] for line in out.splitlines()] == ["run-2", "run-3"]
-    code, out, _ = await audit(env, "--verify", now=NOW)
-    assert (code, out) == (0, "audit chain verified: 2 records\n")
-    code, out, _ = await audit({**env, "MOKO_AUDIT_RETENTION_DAYS": "30"}, "--verify", now=NOW)
-    assert (code, out) == (0, "audit chain verified: 1 records\n")
-    await write_entries(env, [NOW])  # new records chain on after the pruned ones
-    code, out, _ = await audit(env, "--verify", now=NOW)
-    assert (code, out) == (0, "audit chain verified: 2 records\n")
+async def test_reading_the_trail_deletes_nothing_however_old(env):
+    await write_entries(env, [NOW - timedelta(days=200), NOW - timedelta(days=95), NOW - timedelta(days=1)])
+    short = {**env, "MOKO_AUDIT_RETENTION_DAYS": "1"}
+    for argv in (["--json"], ["--verify"], []):
+        code, _, _ = await audit(short, *argv, now=NOW)
+        assert code == 0
+    code, out, _ = await audit(env, "--json", now=NOW)
+    assert [json.loads(line)["run_id"] for line in out.splitlines()] == ["run-0", "run-1", "run-2"]
+    assert (await audit(env, "--verify", now=NOW))[1] == "audit chain verified: 3 records\n"
+
+
+def newest_head(env: dict[str, str]) -> str:
+    with sqlite3.connect(db_path(env)) as db:
+        seq, digest = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    return f"{seq}:{digest}"
+
+
+async def test_an_anchor_shows_the_newest_records_cut(swept):
+    head = newest_head(swept)
+    assert (await audit(swept, "--verify", "--anchor", head))[:2] == (
+        0, "audit chain verified: 6 records, anchor 6 held\n")
+    with sqlite3.connect(db_path(swept)) as db:
+        db.execute("DELETE FROM audit WHERE seq >= 5")
+    assert (await audit(swept, "--verify"))[0] == 0  # what is left still links
+    code, out, err = await audit(swept, "--verify", "--anchor", head)
+    assert (code, out) == (1, "")
+    assert err == "moko: audit anchor 6 not found: the trail ends at record 4, before the anchor's record 6: records were cut\n"
+
+
+async def test_an_anchor_shows_the_whole_trail_deleted(swept):
+    head = newest_head(swept)
+    with sqlite3.connect(db_path(swept)) as db:
+        db.execute("DELETE FROM audit")
+    assert (await audit(swept, "--verify"))[:2] == (0, "audit chain verified: 0 records\n")
+    code, _, err = await audit(swept, "--anchor", head)  # --anchor implies --verify
+    assert code == 1 and "records were cut" in err
+
+
+async def test_an_anchor_shows_a_trail_rewritten_with_recomputed_hashes(swept):
+    from bot.audit_chain import chain
+
+    head = newest_head(swept)
+    store = open_store(swept["MOKO_DATABASE_URL"])
+    await store.open()
+    records = await store.audit_records()
+    await store.close()
+    # Whoever can write the database rewrites record 2 and recomputes every hash after it.
+    forged = [records[0].__class__(**{**r.__dict__, "actor": "mallory"}) if r.seq == 2 else r for r in records]
+    rewritten = chain(forged[1:], records[0].hash, 2)
+    with sqlite3.connect(db_path(swept)) as db:
+        for r in rewritten:
+            db.execute("UPDATE audit SET actor = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                       (r.actor, r.prev_hash, r.hash, r.seq))
+    assert (await audit(swept, "--verify"))[0] == 0  # without a key the chain cannot tell
+    code, _, err = await audit(swept, "--verify", "--anchor", head)
+    assert code == 1
+    assert err == "moko: audit anchor 6 not found: record 6 no longer has the anchor's hash: the trail was rewritten\n"
+
+
+@pytest.mark.parametrize("anchor", ["6", "six:abc", "6:"])
+async def test_a_malformed_anchor_is_a_usage_error(env, anchor):
+    code, out, err = await audit(env, "--verify", "--anchor", anchor)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "--anchor" in err
+
+
+AUDIT_KEY = "correct horse battery staple"
+
+
+@pytest.fixture
+async def keyed(fake_github, env) -> dict[str, str]:
+    """A trail written with MOKO_AUDIT_KEY: a sweep that fixed three repositories."""
+    env = {**env, "MOKO_AUDIT_KEY": AUDIT_KEY}
+    fake_github.add_installation(1, ORG)
+    for name in ("alpha", "beta", "Gamma"):
+        compliant_repo(fake_github, name, has_wiki=True, has_projects=True)
+    code, doc, _ = await sweep(env)
+    assert code == 0 and doc["fixed"] == 3
+    return env
+
+
+async def test_with_a_key_every_hash_is_an_hmac_and_verifies_only_with_that_key(keyed):
+    code, out, _ = await audit(keyed, "--json")
+    assert {json.loads(line)["hash"].split(":")[0] for line in out.splitlines()} == {"hmac-sha256"}
+    assert await audit(keyed, "--verify") == (0, "audit chain verified: 6 records\n", "")
+    unkeyed = {k: v for k, v in keyed.items() if k != "MOKO_AUDIT_KEY"}
+    assert await audit(unkeyed, "--verify") == (
+        2, "", "moko: error: the audit chain is keyed: set MOKO_AUDIT_KEY to verify it\n")
+    code, _, err = await audit({**keyed, "MOKO_AUDIT_KEY": "another key, just as long"}, "--verify")
+    assert code == 1 and err.startswith("moko: audit chain broken at record 1: hash does not match")
+
+
+async def test_with_a_key_a_rewritten_record_cannot_be_given_a_hash_that_verifies(keyed):
+    from bot.audit_chain import chain
+
+    store = open_store(keyed["MOKO_DATABASE_URL"])
+    await store.open()
+    records = await store.audit_records()
+    await store.close()
+    # Without the key, the best a forger can do is plain SHA-256 from the rewritten record on.
+    forged = [records[0].__class__(**{**r.__dict__, "after": True}) if r.seq == 3 else r for r in records]
+    with sqlite3.connect(db_path(keyed)) as db:
+        for r in chain(forged[2:], records[1].hash, 3):
+            db.execute("UPDATE audit SET after = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                       (json.dumps(r.after, sort_keys=True), r.prev_hash, r.hash, r.seq))
+    code, _, err = await audit(keyed, "--verify")
+    assert code == 1
+    assert err == "moko: audit chain broken at record 3: hash is not keyed although records before it are\n"
+
+
+async def test_a_trail_begun_without_a_key_goes_on_keyed_and_says_so(env):
+    await write_entries(env, [NOW - timedelta(hours=2)])
+    keyed_env = {**env, "MOKO_AUDIT_KEY": AUDIT_KEY}
+    store = open_store(env["MOKO_DATABASE_URL"], audit_key=AUDIT_KEY)
+    await store.open()
+    try:
+        await AuditWriter(store, clock=lambda: NOW).write([AuditEntry(
+            time=NOW, run_id="run-keyed", trigger="repository.edited", installation=1, repo=f"{ORG}/x",
+            actor="octocat", policy="repository", field="has_wiki", before=True, after=False, outcome="applied")])
+    finally:
+        await store.close()
+    assert await audit(keyed_env, "--verify", now=NOW) == (
+        0, "audit chain verified: 2 records (1 written before MOKO_AUDIT_KEY was set)\n", "")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -149,3 +262,52 @@ def test_the_command_line_runs_it(monkeypatch, capsys, tmp_path: Any):
     monkeypatch.setenv("MOKO_DATABASE_URL", f"sqlite:///{tmp_path}/moko.db")
     assert cli.main(["audit", "--verify"]) == 0
     assert capsys.readouterr().out == "audit chain verified: 0 records\n"
+
+
+async def test_serve_logs_the_head_at_start_and_shutdown_and_it_anchors_the_trail(fake_github, env, tmp_path):
+    fake_github.add_installation(1, ORG)
+    fake_github.add_repo(ORG, "widgets", has_wiki=True, has_issues=True, has_projects=False)
+    server = await start_moko_process({**env, "LOG_LEVEL": "info"}, tmp_path / "serve.log")
+    async with aiohttp.ClientSession() as session:
+        created = fake_github.event("repository", "created", owner=ORG, repo="widgets")
+        assert (await post_webhook(session, server.url, "repository", created)).status == 202
+        for _ in range(400):
+            if fake_github.count("PUT", f"^/repos/{ORG}/widgets/branches/main/protection$"):
+                break
+            await asyncio.sleep(0.05)
+    assert await server.stop() == 0, server.log()
+    heads = [line for line in map(json.loads, server.log().splitlines()) if line.get("message") == "audit_head"]
+    assert heads[0]["seq"] == 0 and heads[0]["hash"] == "0" * 64  # at start: nothing written yet
+    last = heads[-1]
+    assert f"{last['seq']}:{last['hash']}" == newest_head(env)  # at shutdown: after the last write
+    assert last["seq"] >= 2
+    anchor = f"{last['seq']}:{last['hash']}"
+    assert (await audit(env, "--verify", "--anchor", anchor))[0] == 0
+    with sqlite3.connect(db_path(env)) as db:
+        db.execute("DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit)")
+    assert (await audit(env, "--verify", "--anchor", anchor))[0] == 1
+
+
+async def test_the_head_is_logged_every_five_minutes(env):
+    from structlog.testing import capture_logs
+
+    from bot.audit import log_audit_heads_forever
+
+    await write_entries(env, [NOW])
+    store = open_store(env["MOKO_DATABASE_URL"])
+    await store.open()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 3:
+            raise asyncio.CancelledError
+
+    try:
+        with capture_logs() as logs, pytest.raises(asyncio.CancelledError):
+            await log_audit_heads_forever(store, sleep=sleep)
+    finally:
+        await store.close()
+    assert waits == [300.0] * 3
+    assert [(e["event"], e["seq"]) for e in logs] == [("audit_head", 1)] * 3
+    assert f"1:{logs[0]['hash']}" == newest_head(env)

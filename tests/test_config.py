@@ -38,6 +38,14 @@ def test_inline_key_with_escaped_newlines_is_a_pem_and_secrets_stay_out_of_repr(
     assert "MIIB" not in repr(settings) and "s3cret-value" not in repr(settings)
 
 
+def test_the_audit_key_and_the_database_password_are_secrets_kept_out_of_repr():
+    settings = load_settings({"MOKO_AUDIT_KEY": "sixteen-or-more-chars",
+                              "MOKO_DATABASE_URL": "postgresql://moko:db-pass-word@db/moko"})
+    assert settings.audit_key == "sixteen-or-more-chars" and "sixteen-or-more" not in repr(settings)
+    assert {"sixteen-or-more-chars", "db-pass-word"} <= set(settings.secrets())
+    assert load_settings({}).audit_key is None
+
+
 def test_key_file_is_read(tmp_path):
     path = tmp_path / "key.pem"
     path.write_text(KEY)
@@ -50,7 +58,7 @@ def test_key_file_is_read(tmp_path):
     ("name", "value"),
     [("GITHUB_API_URL", "ftp://x"), ("MOKO_DATABASE_URL", "mysql://db"), ("MOKO_DRY_RUN", "maybe"),
      ("PORT", "70000"), ("LOG_FORMAT", "xml"), ("GITHUB_APP_ID", "abc"), ("MOKO_SWEEP_INTERVAL", "-1h"),
-     ("MOKO_EVENT_LOOP", "trio"), ("MOKO_DELIVERY_RETENTION_DAYS", "2")],
+     ("MOKO_EVENT_LOOP", "trio"), ("MOKO_DELIVERY_RETENTION_DAYS", "2"), ("MOKO_AUDIT_KEY", "short")],
 )
 def test_malformed_settings_are_named(name, value):
     with pytest.raises(ConfigError, match=name):

@@ -389,6 +389,35 @@ async def test_the_chain_read_in_one_snapshot_verifies_while_pruning_runs(store:
     assert (anchor, records) == (await store.audit_anchor(), await store.audit_records())
 
 
+async def test_the_head_is_the_newest_record_or_the_last_pruned_one(store: Store):
+    assert await store.audit_head() == (0, GENESIS_HASH)
+    written = await store.append_audit([audit_entry(n, time=T0 + timedelta(days=n)) for n in range(3)])
+    assert await store.audit_head() == (3, written[-1].hash)
+    assert await store.prune_audit(T0 + timedelta(days=10)) == 3
+    assert await store.audit_head() == (3, written[-1].hash)  # pruned: the head stays where it was
+
+
+async def test_a_keyed_store_writes_hmacs_that_verify_only_with_its_key(store_url: str, store: Store):
+    from bot.audit_chain import KeyRequired
+    from bot.store import open_store
+
+    key = "a key of sixteen or more"
+    await store.append_audit([audit_entry(0)])  # written before the key was set
+    keyed = open_store(store_url, audit_key=key)
+    await keyed.open()
+    try:
+        written = await keyed.append_audit([audit_entry(n) for n in range(1, 4)])
+        anchor, records = await keyed.audit_chain()
+    finally:
+        await keyed.close()
+    assert all(r.hash.startswith("hmac-sha256:") and len(r.hash) == 12 + 64 for r in written)
+    assert not records[0].hash.startswith("hmac-sha256:")
+    assert verify_chain(records, anchor, key.encode()) is None
+    with pytest.raises(KeyRequired):
+        verify_chain(records, anchor)
+    assert verify_chain(records, anchor, b"not the key at all").seq == 2
+
+
 async def test_pruning_only_removes_the_start_of_the_chain(store: Store):
     # A late record with an early time does not get pruned ahead of newer ones.
     times = [T0, T0 + timedelta(days=5), T0 + timedelta(days=1)]

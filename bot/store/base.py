@@ -248,6 +248,11 @@ class Store(abc.ABC):
         reads would make a sound chain look broken."""
 
     @abc.abstractmethod
+    async def audit_head(self) -> tuple[int, str]:
+        """The chain's head as (seq, hash): its newest record, or the last pruned one when
+        none is kept ((0, genesis) for a trail never written)."""
+
+    @abc.abstractmethod
     async def prune_audit(self, older_than: datetime) -> int:
         """Delete records older than a time from the start of the chain, keeping it verifiable."""
 

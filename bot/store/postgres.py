@@ -174,10 +174,12 @@ class PostgresStore(Store):
         min_connections: int = 1,
         max_connections: int = 10,
         max_lock_connections: int = 10,
+        audit_key: str | None = None,
     ) -> None:
         if not url.startswith(("postgresql://", "postgres://")):
             raise ValueError("a PostgreSQL store needs a postgresql:// or postgres:// URL")
         self.url = url
+        self._audit_key = audit_key.encode() if audit_key else None
         self._min_connections = min_connections
         self._max_connections = max_connections
         self._max_lock_connections = max_lock_connections
@@ -447,7 +449,7 @@ class PostgresStore(Store):
                 prev_hash, prev_seq = await _anchor(conn)
             else:
                 prev_hash, prev_seq = last["hash"], last["seq"]
-            records = audit_chain.chain(entries, prev_hash, prev_seq + 1)
+            records = audit_chain.chain(entries, prev_hash, prev_seq + 1, self._audit_key)
             await conn.executemany(
                 f"""
                 INSERT INTO audit_log ({_AUDIT_COLUMNS})
@@ -496,6 +498,14 @@ class PostgresStore(Store):
             anchor, _seq = await _anchor(conn)
             rows = await conn.fetch(f"SELECT {_AUDIT_COLUMNS} FROM audit_log ORDER BY seq")
         return anchor, [_audit_record(row) for row in rows]
+
+    async def audit_head(self) -> tuple[int, str]:
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            last = await conn.fetchrow("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            if last is not None:
+                return last["seq"], last["hash"]
+            anchor, seq = await _anchor(conn)
+        return seq, anchor
 
     async def prune_audit(self, older_than: datetime) -> int:
         async with self._pool.acquire() as conn, conn.transaction():

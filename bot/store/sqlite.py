@@ -184,8 +184,16 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 class SQLiteStore(Store):
     """Store on one SQLite file; safe for several processes on one machine (WAL, write lock retried)."""
 
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.time, lock_ttl: float = REPO_LOCK_TTL) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        lock_ttl: float = REPO_LOCK_TTL,
+        audit_key: str | None = None,
+    ) -> None:
         self.path = sqlite_path(url)
+        self._audit_key = audit_key.encode() if audit_key else None
         self._lock_ttl = lock_ttl
         self._clock = clock
         self._conn: sqlite3.Connection | None = None
@@ -599,7 +607,7 @@ class SQLiteStore(Store):
                 first_seq = int(seq_row["value"]) if seq_row else 1
             else:
                 prev_hash, first_seq = last["hash"], last["seq"] + 1
-            records = chain(entries, prev_hash, first_seq)
+            records = chain(entries, prev_hash, first_seq, self._audit_key)
             conn.executemany(
                 "INSERT INTO audit (seq, time, run_id, trigger, installation, repo, actor, policy, field, "
                 "before, after, outcome, error, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -652,6 +660,16 @@ class SQLiteStore(Store):
             lambda conn: (self._anchor(conn), [_record(row) for row in conn.execute("SELECT * FROM audit ORDER BY seq")]),
             snapshot=True,
         )
+
+    async def audit_head(self) -> tuple[int, str]:
+        def head(conn: sqlite3.Connection) -> tuple[int, str]:
+            last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            if last is not None:
+                return last["seq"], last["hash"]
+            next_seq = conn.execute("SELECT value FROM meta WHERE key = 'audit_next_seq'").fetchone()
+            return (int(next_seq["value"]) - 1 if next_seq else 0), self._anchor(conn)
+
+        return await self._read(head, snapshot=True)
 
     async def prune_audit(self, older_than: datetime) -> int:
         cutoff = _iso(older_than)
