@@ -25,6 +25,7 @@ from bot.intake import MAX_BODY, WebhookIntake
 from bot.logs import get_logger
 from bot.metrics import REGISTRY
 from bot.processing import DeliveryProcessor
+from bot.readiness import StoreWritable
 from bot.redact import REDACTOR
 from bot.store import open_store
 from bot.worker import WorkerPool
@@ -34,6 +35,7 @@ log = get_logger("moko.app")
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 WORKERS: web.AppKey[WorkerPool] = web.AppKey("workers", WorkerPool)
 INTAKE: web.AppKey[WebhookIntake] = web.AppKey("intake", WebhookIntake)
+STORE_WRITABLE: web.AppKey[StoreWritable] = web.AppKey("store_writable", StoreWritable)
 
 
 def replica_id() -> str:
@@ -115,6 +117,7 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
             owner=services.owner, lease_seconds=settings.lease_seconds,
         )
         app[INTAKE] = intake
+        app[STORE_WRITABLE] = StoreWritable(store)
         await workers.start()
         background = [asyncio.create_task(loop(services)) for loop in hooks.background]
         background.append(asyncio.create_task(log_audit_heads_forever(store)))
@@ -154,9 +157,7 @@ async def _readyz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     workers = request.app[WORKERS]
     problems = []
-    try:
-        await asyncio.wait_for(services.store.ping(), 2.0)
-    except Exception:
+    if not await request.app[STORE_WRITABLE].ok():
         problems.append("store")
     if not (services.settings.app_id and services.settings.private_key and services.settings.webhook_secret):
         problems.append("credentials")

@@ -157,6 +157,11 @@ class Store(abc.ABC):
         """Raise if the store does not answer (used by /readyz)."""
 
     @abc.abstractmethod
+    async def heartbeat(self) -> None:
+        """Raise unless the store can write: one tiny write (used by /readyz, which a full
+        disk or a read-only database must turn to 503, though reads still answer)."""
+
+    @abc.abstractmethod
     async def schema_version(self) -> int:
         """The schema version recorded in the database."""
 

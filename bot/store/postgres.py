@@ -266,6 +266,13 @@ class PostgresStore(Store):
         async with self._pool.acquire(timeout=5) as conn:
             await conn.fetchval("SELECT 1", timeout=5)
 
+    async def heartbeat(self) -> None:
+        await self._pool.execute(
+            "INSERT INTO moko_meta (key, value) VALUES ('heartbeat', clock_timestamp()::text) "
+            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            timeout=5,
+        )
+
     async def schema_version(self) -> int:
         value = await self._pool.fetchval("SELECT value FROM moko_meta WHERE key = 'schema_version'")
         return int(value) if value is not None else 0

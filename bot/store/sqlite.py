@@ -441,6 +441,17 @@ class SQLiteStore(Store):
     async def ping(self) -> None:
         await self._call(lambda conn: conn.execute("SELECT 1").fetchone())
 
+    async def heartbeat(self) -> None:
+        now = str(self._clock())
+        await self._call(
+            lambda conn: conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('heartbeat', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (now,),
+            ),
+            atomic=True,
+        )
+
     async def schema_version(self) -> int:
         def read(conn: sqlite3.Connection) -> int:
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
