@@ -44,6 +44,7 @@ from bot.metrics import (
     GITHUB_RETRIES,
     GITHUB_WAIT_SECONDS,
 )
+from bot.turns import give_back_turn
 
 __all__ = [
     "ClientOptions",
@@ -173,6 +174,7 @@ class MokoGitHubAPI(gidgethub.aiohttp.GitHubAPI):
             # (An exhausted primary budget is already known to them from the answer's headers.)
             self._limits.pause(delay)
         self._log_retry(reason, self._describe(method, url, b""), attempt, delay, status=status)
+        give_back_turn()  # a rate limit can last minutes: other installations' work goes on
         await self._timing.sleep(delay)
         return True
 

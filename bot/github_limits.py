@@ -12,6 +12,7 @@ from cachetools import LRUCache
 
 from bot.logs import get_logger
 from bot.metrics import GITHUB_RATE_LIMIT_REMAINING, GITHUB_WAIT_SECONDS
+from bot.turns import give_back_turn
 
 if TYPE_CHECKING:
     from bot.github_client import ClientOptions, Timing
@@ -91,11 +92,13 @@ class InstallationLimits:
         admission = Admission()
         try:
             if send.write and send.bulk:
+                self._give_back_if_taken(self._bulk_lane)
                 await self._bulk_lane.acquire()
                 admission.held.append(self._bulk_lane)
             if send.write:
                 await self._acquire_write_lock(send)
                 admission.held.append(self._write_lock)
+            self._give_back_if_taken(self._in_flight)
             await self._in_flight.acquire()
             admission.held.append(self._in_flight)
             await self.wait_turn(send, attempt=1)
@@ -108,11 +111,18 @@ class InstallationLimits:
         while True:
             if send.bulk:
                 await self._space_bulk_write(send, attempt=1)
+            self._give_back_if_taken(self._write_lock)
             await self._write_lock.acquire()
             if not send.bulk or self._bulk_spacing_left() <= 0:
                 return
             # Another write went out while we slept: wait again without blocking it.
             self._write_lock.release()
+
+    @staticmethod
+    def _give_back_if_taken(gate: asyncio.Lock | asyncio.Semaphore) -> None:
+        """Waiting on this installation's gate: the worker can serve another installation meanwhile."""
+        if gate.locked():
+            give_back_turn()
 
     async def wait_turn(self, send: Send, *, attempt: int) -> None:
         """The waits before each attempt: a paused installation, primary-limit pacing, bulk spacing."""
@@ -158,6 +168,7 @@ class InstallationLimits:
             delay=round(delay, 3),
         )
         GITHUB_WAIT_SECONDS.labels(reason).inc(delay)
+        give_back_turn()
         await self._timing.sleep(delay)
 
     def record_answer(self, send: Send, headers: Mapping[str, str]) -> None:

@@ -5,6 +5,11 @@ recovery loop claims what the store holds unfinished (left by a crash, a restart
 or a replica whose lease expired). The store's atomic claim makes sure only one
 worker of one replica processes a delivery. The pool also deletes finished deliveries
 once they are older than MOKO_DELIVERY_RETENTION_DAYS.
+
+Turns are fair across installations: a delivery about to wait on its installation (writes go
+one at a time per installation) gives its worker back (bot.turns), and a new worker takes
+the next delivery, so one installation's queue of writes never holds every worker. The
+delivery carries on in its own task once its turn comes.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from bot.logs import get_logger
 from bot.metrics import DELIVERIES_FINISHED, QUEUE_DEPTH, labelled
 from bot.redact import REDACTOR
 from bot.store.base import DONE, FAILED, Delivery, Store
+from bot.turns import Turn, hold_turn
 
 log = get_logger("moko.worker")
 
@@ -67,7 +73,7 @@ class WorkerPool:
         self._queue_max = queue_max
         self._lease = lease_seconds
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: set[str] = set()
         self._waiting: set[str] = set()  # deliveries in the queue that this replica has claimed
         self._settled = asyncio.Condition()
@@ -104,10 +110,21 @@ class WorkerPool:
         self._accepting = True
         # Read when /metrics is scraped, not set on every queue change.
         QUEUE_DEPTH.set_function(self._queue.qsize)
-        self._tasks = [asyncio.create_task(self._work(), name=f"moko-worker-{i}") for i in range(self._workers)]
-        self._tasks.append(asyncio.create_task(self._recover_forever(), name="moko-recovery"))
-        self._tasks.append(asyncio.create_task(self._keep_leases(), name="moko-leases"))
-        self._tasks.append(asyncio.create_task(self._prune_forever(), name="moko-prune"))
+        for _ in range(self._workers):
+            self._start_worker()
+        self._tasks.add(asyncio.create_task(self._recover_forever(), name="moko-recovery"))
+        self._tasks.add(asyncio.create_task(self._keep_leases(), name="moko-leases"))
+        self._tasks.add(asyncio.create_task(self._prune_forever(), name="moko-prune"))
+
+    def _start_worker(self) -> None:
+        task = asyncio.create_task(self._work(), name="moko-worker")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _worker_given_back(self) -> None:
+        """A delivery waits on its installation: a new worker takes its place in the pool."""
+        if self._accepting:
+            self._start_worker()
 
     def _enqueue(self, item: _Item) -> None:
         if item.claimed is not None:
@@ -159,10 +176,11 @@ class WorkerPool:
             log.info("draining", in_flight=len(self._in_flight))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wait_in_flight(), grace)
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
 
     async def _wait_in_flight(self) -> None:
         await self._wait_until(lambda: not self._in_flight)
@@ -182,7 +200,9 @@ class WorkerPool:
     # --- the workers ---------------------------------------------------------
 
     async def _work(self) -> None:
-        while True:
+        turn = Turn(self._worker_given_back)
+        hold_turn(turn)  # this task's own context
+        while not turn.given_back:
             item = await self._queue.get()
             delivery_id, claimed, payload = item.delivery_id, item.claimed, item.payload
             self._waiting.discard(delivery_id)
