@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,7 +19,7 @@ from gidgethub.routing import Router
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot.audit import AuditWriter, log_audit_head, log_audit_heads_forever
-from bot.config import Settings
+from bot.config import Settings, load_settings
 from bot.context import Services
 from bot.github_app import GitHubApp
 from bot.github_client import ClientOptions
@@ -172,8 +174,21 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def serve(settings: Settings, *, host: str, port: int) -> None:
-    """Run until SIGTERM or SIGINT; then refuse new deliveries, finish in-flight work, exit."""
+async def serve(settings: Settings, *, host: str, port: int, env_path: Path | None = None) -> None:
+    """Run until SIGTERM or SIGINT; then refuse new deliveries, finish in-flight work, exit.
+
+    Without App credentials, serve the setup page first; once GitHub has created the App and
+    its credentials are in .env (env_path), carry on as the App in the same process.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if not settings.has_app_credentials:
+        registered = await _serve_setup(settings, host=host, port=port, env_path=env_path or Path(".env"), stop=stop)
+        if registered is None:
+            return
+        settings = registered
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -186,12 +201,36 @@ async def serve(settings: Settings, *, host: str, port: int) -> None:
     gc.freeze()
     gc.set_threshold(10_000, *gc.get_threshold()[1:])
     log.info("listening", host=host, port=port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("shutdown_requested")
     # Keep answering (503) while the workers drain, then close the listener.
     await app[WORKERS].drain(settings.shutdown_grace)
     await runner.cleanup()
+
+
+async def _serve_setup(
+    settings: Settings, *, host: str, port: int, env_path: Path, stop: asyncio.Event
+) -> Settings | None:
+    """Serve the setup page until the App is registered (its settings) or a signal (None)."""
+    from bot.setup_mode import SetupMode
+
+    setup = SetupMode(settings, env_path=env_path)
+    runner = web.AppRunner(setup.application(), access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    shown = "localhost" if host in ("0.0.0.0", "::", "") else host
+    log.info("setup_mode", url=f"http://{shown}:{port}/",
+             message="no GitHub App credentials: open this page to register the App")
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({stopped, setup.registered}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        # The page that says the App is registered is sent before the listener moves on.
+        await runner.cleanup()
+    if not setup.registered.done():
+        log.info("shutdown_requested")
+        return None
+    registration = setup.registered.result()
+    return load_settings({**registration.values, **os.environ})

@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
-from bot.config import ConfigError, Settings, load_settings
+from bot.config import ConfigError, Settings, environ_with_dotenv, load_settings
 from bot.redact import mask_url_credentials
 from bot.store.base import StoreUnavailable
 
@@ -70,13 +71,15 @@ def run_serve(args: argparse.Namespace) -> int:
     from bot.app import serve
     from bot.logs import configure_logging
 
-    settings = load_settings()
-    settings.require_app()
-    _validate_private_key(settings)
+    env_path = Path.cwd() / ".env"
+    settings = load_settings(environ_with_dotenv(env_path))
+    if settings.has_app_credentials:  # else: setup mode, which registers the App
+        settings.require_app()
+        _validate_private_key(settings)
     configure_logging(settings.log_level, settings.log_format)
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
-    run_event_loop(serve(settings, host=host, port=port), settings.event_loop)
+    run_event_loop(serve(settings, host=host, port=port, env_path=env_path), settings.event_loop)
     return EXIT_OK
 
 

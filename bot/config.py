@@ -32,6 +32,10 @@ DEFAULTS: dict[str, str | None] = {
     "GITHUB_API_URL": "https://api.github.com",
     "GITHUB_GRAPHQL_URL": None,
     "GITHUB_TOKEN": None,
+    "GITHUB_URL": None,
+    "GITHUB_CLIENT_ID": None,
+    "GITHUB_CLIENT_SECRET": None,
+    "MOKO_SESSION_SECRET": None,
     "MOKO_DATABASE_URL": "sqlite:///moko.db",
     "MOKO_DRY_RUN": "false",
     "MOKO_ENV": "development",
@@ -92,14 +96,21 @@ class Settings:
     event_loop: str = "auto"  # auto (uvloop where installed), uvloop or asyncio
     # HMAC key of the audit chain's hashes, kept outside the database (None: plain SHA-256).
     audit_key: str | None = field(default=None, repr=False)
+    github_url: str = "https://github.com"  # GitHub's web address: the setup page, links
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    session_secret: str | None = field(default=None, repr=False)
 
     def secrets(self) -> list[str]:
         """The configured secrets, for redaction."""
-        return [
-            s
-            for s in (self.private_key, self.webhook_secret, self.token, self.audit_key, _url_password(self.database_url))
-            if s
-        ]
+        candidates = (self.private_key, self.webhook_secret, self.token, self.audit_key, self.client_secret,
+                      self.session_secret, _url_password(self.database_url))
+        return [s for s in candidates if s]
+
+    @property
+    def has_app_credentials(self) -> bool:
+        """Whether any of the App's own credentials is set; with none, serve runs in setup mode."""
+        return bool(self.app_id or self.private_key or self.webhook_secret)
 
     def require_app(self) -> None:
         """Stop unless the App's own credentials (id, key, webhook secret) are set, as serve needs."""
@@ -226,6 +237,19 @@ def graphql_url_for(api_url: str) -> str:
     return base + "/graphql"
 
 
+def github_url_for(api_url: str) -> str:
+    """GitHub's web address for an API address: api.github.com is github.com, and a GitHub
+    Enterprise Server's https://HOST/api/v3 is https://HOST; anything else (a test double)
+    serves both at the same address."""
+    base = api_url.rstrip("/")
+    parts = urlsplit(base)
+    if parts.hostname == "api.github.com":
+        return f"{parts.scheme}://github.com"
+    if base.endswith("/api/v3"):
+        return base[: -len("/api/v3")]
+    return base
+
+
 def _url(name: str, value: str) -> str:
     if not re.match(r"^https?://[^\s/]+", value):
         raise ConfigError(f"{name}: {value!r} is not an http(s) URL")
@@ -250,6 +274,20 @@ def _private_key(raw: Mapping[str, str | None]) -> str | None:
     if "-----BEGIN" not in key or "PRIVATE KEY-----" not in key:
         raise ConfigError(f"{name}: not a PEM private key")
     return key
+
+
+def environ_with_dotenv(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment over a .env file's `NAME=value` lines (the environment wins)."""
+    from dotenv import dotenv_values
+
+    env = dict(os.environ if environ is None else environ)
+    if not path.is_file():
+        return env
+    try:
+        values = dotenv_values(path, interpolate=False)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the file: {exc}") from None
+    return {**{k: v for k, v in values.items() if v is not None}, **env}
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -320,6 +358,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_format=log_format,
         event_loop=event_loop,
         audit_key=_audit_key(get("MOKO_AUDIT_KEY")),
+        github_url=_url("GITHUB_URL", get("GITHUB_URL")) if get("GITHUB_URL") else github_url_for(api_url),
+        client_id=get("GITHUB_CLIENT_ID") or None,
+        client_secret=get("GITHUB_CLIENT_SECRET") or None,
+        session_secret=get("MOKO_SESSION_SECRET") or None,
     )
 
 

@@ -25,6 +25,8 @@ OPERATIONS: list[tuple[str, str]] = [
     ("get", "/repos/{owner}/{repo}/rulesets/{ruleset_id}"),
     ("delete", "/repos/{owner}/{repo}/rulesets/{ruleset_id}"),
     ("get", "/repos/{owner}/{repo}/rules/branches/{branch}"),
+    ("post", "/app-manifests/{code}/conversions"),
+    ("get", "/app/hook/config"),
 ]
 
 # Operations of GitHub Enterprise Cloud that the api.github.com description lacks, written

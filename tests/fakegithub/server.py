@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import graphql as gql
 from . import rest
+from .manifests import FORM_PATH, ManifestFlow, form_page
 from .openapi import OpenAPIValidator, default_validator
 from .replies import HTTPError, Reply
 from .state import (
@@ -44,6 +45,8 @@ JWT_OPERATIONS = {
     "apps/get-repo-installation", "apps/get-user-installation",
 }
 FREE_OPERATIONS = {"rate-limit/get"}  # GitHub does not charge /rate_limit
+# The manifest flow's code is the credential: the conversion takes no token at all.
+UNAUTHENTICATED_OPERATIONS = {"apps/create-from-manifest"}
 IDEMPOTENT = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"}
 
 
@@ -186,6 +189,7 @@ class FakeGitHub:
         self._faults: list[Fault] = []
         self._hooks: list[Callable[[Call], Any]] = []
         self._runner: web.AppRunner | None = None
+        self.manifest_flow = ManifestFlow()
         created = "2024-01-01T00:00:00Z"
         self.app: dict[str, Any] = {
             "id": app_id, "slug": app_slug, "node_id": node_id("Integration", app_id),
@@ -443,6 +447,9 @@ class FakeGitHub:
     # --- request handling -------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.rel_url.raw_path
+        form_match = FORM_PATH.match(raw_path)
+        if form_match is not None and request.method == "POST":  # github.com's web form, not the API
+            return await self._manifest_form(request, form_match["org"])
         if raw_path.startswith("/api/v3/"):
             raw_path = raw_path[len("/api/v3"):]
         elif raw_path == "/api/graphql":
@@ -516,6 +523,13 @@ class FakeGitHub:
                            {k.lower(): v for k, v in response.headers.items()})
         return response
 
+    async def _manifest_form(self, request: web.Request, org: str | None) -> web.Response:
+        form = {key: str(value) for key, value in (await request.post()).items()}
+        status, page = form_page(self, org, form, request.query.get("state"))
+        await self._record("POST", request.rel_url.path, dict(request.rel_url.query), {}, form, status,
+                           False, None, [], {})
+        return web.Response(status=status, text=page, content_type="text/html")
+
     async def _record(self, method: str, path: str, query: dict[str, Any],
                       headers: dict[str, str], body: Any, status: int, is_graphql: bool,
                       installation_id: int | None, problems: list[str],
@@ -585,6 +599,8 @@ class FakeGitHub:
         if op.operation_id in JWT_OPERATIONS:
             if auth.kind != "app":
                 raise HTTPError(401, auth.error or "A JSON web token could not be decoded")
+        elif op.operation_id in UNAUTHENTICATED_OPERATIONS:
+            pass
         elif auth.kind == "none":
             raise HTTPError(401, "Requires authentication")
         elif auth.kind not in ("installation", "personal"):
