@@ -450,6 +450,8 @@ class FakeGitHub:
         form_match = FORM_PATH.match(raw_path)
         if form_match is not None and request.method == "POST":  # github.com's web form, not the API
             return await self._manifest_form(request, form_match["org"])
+        if raw_path == "/favicon.ico":  # a browser on github.com's pages asks for it; not the API
+            return web.Response(status=404)
         if raw_path.startswith("/api/v3/"):
             raw_path = raw_path[len("/api/v3"):]
         elif raw_path == "/api/graphql":

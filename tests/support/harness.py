@@ -30,6 +30,9 @@ WEBHOOK_SECRET = "It's a Secret to Everybody"
 WEBHOOK_PATH = "/api/github/webhooks"
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -163,13 +166,19 @@ class MokoProcess:
         self.process.wait(10)
 
 
-async def start_moko_process(environ: Mapping[str, str], log_path: Path, *, port: int | None = None) -> MokoProcess:
-    """Start `moko serve` and wait until /healthz answers."""
+async def start_moko_process(environ: Mapping[str, str], log_path: Path, *, port: int | None = None,
+                             cwd: Path | None = None, without: tuple[str, ...] = ()) -> MokoProcess:
+    """Start `moko serve` (in cwd, with the named variables taken out of this process's
+    environment) and wait until /healthz answers."""
     port = port or free_port()
-    env = {**os.environ, **environ, "PORT": str(port), "HOST": "127.0.0.1"}
+    inherited = {k: v for k, v in os.environ.items() if k not in without}
+    env = {**inherited, **environ, "PORT": str(port), "HOST": "127.0.0.1"}
+    if cwd is not None:  # `python -m bot.cli` must still find Moko's code
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     log_file = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "bot.cli", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        cwd=cwd,
     )
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as session:
