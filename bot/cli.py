@@ -22,33 +22,56 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"moko: error: {message}\n")
 
 
+def version() -> str:
+    try:
+        from importlib.metadata import version as installed_version
+
+        return installed_version("moko")
+    except Exception:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="moko", description="Keep every repository of an organization in line with its policy.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"moko {version()}",
+                        help="print Moko's version and exit")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the GitHub App")
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
+    serve = commands.add_parser(
+        "serve", help="run the GitHub App",
+        description="Run the GitHub App: webhooks, /moko commands, continuous reconciliation. Without App "
+                    "credentials it serves the setup page that registers the App.")
+    serve.add_argument("--host", default=None, help="listening address (default: HOST, else 0.0.0.0)")
+    serve.add_argument("--port", type=int, default=None, help="listening port (default: PORT, else 3000)")
 
-    sweep = commands.add_parser("sweep", help="reconcile an organization with its policy")
-    sweep.add_argument("--org", required=True)
-    sweep.add_argument("--repo", action="append", default=[], metavar="NAME")
-    sweep.add_argument("--dry-run", action="store_true")
-    sweep.add_argument("--retry-failed", action="store_true")
-    sweep.add_argument("--json", action="store_true")
+    sweep = commands.add_parser(
+        "sweep", help="reconcile an organization with its policy",
+        description="Reconcile every repository of an organization (or the named ones) with its policy, "
+                    "with per-repository checkpoints: an interrupted sweep resumes when run again.")
+    sweep.add_argument("--org", required=True, help="the organization (or user account) to sweep")
+    sweep.add_argument("--repo", action="append", default=[], metavar="NAME",
+                       help="sweep only this repository (NAME or OWNER/NAME); may be repeated")
+    sweep.add_argument("--dry-run", action="store_true", help="plan and record, change nothing")
+    sweep.add_argument("--retry-failed", action="store_true",
+                       help="take again only the repositories that failed in the last sweep")
+    sweep.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
 
-    audit = commands.add_parser("audit", help="read the audit trail")
-    audit.add_argument("--repo", metavar="OWNER/NAME")
-    audit.add_argument("--since", metavar="7d")
-    audit.add_argument("--json", action="store_true")
-    audit.add_argument("--verify", action="store_true")
+    audit = commands.add_parser(
+        "audit", help="read the audit trail",
+        description="Print the audit trail, newest last; --verify checks its hash chain.")
+    audit.add_argument("--repo", metavar="OWNER/NAME", help="only this repository's records")
+    audit.add_argument("--since", metavar="7d", help="only records since then: a duration (7d, 12h) or an ISO time")
+    audit.add_argument("--json", action="store_true", help="one JSON record a line")
+    audit.add_argument("--verify", action="store_true", help="check the hash chain; exit 1 when it is broken")
     audit.add_argument(
         "--anchor", metavar="SEQ:HASH",
         help="with --verify (implied): also fail unless this head, logged earlier as audit_head, is still in the chain",
     )
 
-    check = commands.add_parser("check-config", help="validate a policy file")
-    check.add_argument("file")
+    check = commands.add_parser(
+        "check-config", help="validate a policy file",
+        description="Validate a policy file: exit 0 when valid, 2 with one FILE:LINE: message line per error.")
+    check.add_argument("file", help="the policy file, e.g. .github/moko.yml")
     return parser
 
 
