@@ -1,4 +1,4 @@
-"""The `moko` command: serve, sweep, audit, check-config."""
+"""The `moko` command: serve, sweep, audit, check-config, doctor."""
 
 from __future__ import annotations
 
@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --verify (implied): also fail unless this head, logged earlier as audit_head, is still in the chain",
     )
 
+    doctor = commands.add_parser(
+        "doctor", help="check the App's setup as GitHub sees it",
+        description="Check, as the App: its key, the webhook configuration, the events it is subscribed to, "
+                    "each installation and its policy file, recent failed deliveries, and the store. One line "
+                    "per check (ok, warn or fail, and what to do); exit 1 on any failure.")
+    doctor.add_argument("--json", action="store_true", help="print the checks as one JSON document")
+
     check = commands.add_parser(
         "check-config", help="validate a policy file",
         description="Validate a policy file: exit 0 when valid, 2 with one FILE:LINE: message line per error.")
@@ -130,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bot.cli_check import run_check_config
 
             return run_check_config(args.file)
+        if args.command == "doctor":
+            from bot.cli_doctor import run_doctor
+
+            return run_doctor(args, load_settings(environ_with_dotenv(Path.cwd() / ".env")))
         if args.command == "audit":
             from bot.cli_audit import run_audit
 

@@ -27,6 +27,7 @@ OPERATIONS: list[tuple[str, str]] = [
     ("get", "/repos/{owner}/{repo}/rules/branches/{branch}"),
     ("post", "/app-manifests/{code}/conversions"),
     ("get", "/app/hook/config"),
+    ("get", "/app/hook/deliveries"),
 ]
 
 # Operations of GitHub Enterprise Cloud that the api.github.com description lacks, written

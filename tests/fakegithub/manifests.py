@@ -108,4 +108,6 @@ def convert_manifest(ctx: Context) -> Reply:
         "pem": ctx.fake.private_key_pem,
     }
     ctx.fake.manifest_flow.conversions.append(answer)
+    ctx.fake.hook_config = {"url": manifest["hook_attributes"]["url"], "content_type": "json",
+                            "insecure_ssl": "0", "secret": webhook_secret}
     return Reply(201, answer)

@@ -103,6 +103,14 @@ def get_app(ctx: Context) -> Reply:
     return Reply(200, {**ctx.state.app, "installations_count": len(ctx.state.installations)})
 
 
+@handles("apps/get-webhook-config-for-app")
+def get_webhook_config(ctx: Context) -> Reply:
+    config = dict(ctx.fake.hook_config)
+    if config.get("secret"):
+        config["secret"] = "********"  # GitHub never shows the secret, only that one is set
+    return Reply(200, config)
+
+
 @handles("apps/list-installations")
 def list_installations(ctx: Context) -> Reply:
     items = [ctx.state.installation_object(i) for i in ctx.state.installations.values()]

@@ -43,6 +43,7 @@ JWT_OPERATIONS = {
     "apps/get-authenticated", "apps/list-installations", "apps/get-installation",
     "apps/create-installation-access-token", "apps/get-org-installation",
     "apps/get-repo-installation", "apps/get-user-installation",
+    "apps/get-webhook-config-for-app", "apps/list-webhook-deliveries",
 }
 FREE_OPERATIONS = {"rate-limit/get"}  # GitHub does not charge /rate_limit
 # The manifest flow's code is the credential: the conversion takes no token at all.
@@ -190,6 +191,10 @@ class FakeGitHub:
         self._hooks: list[Callable[[Call], Any]] = []
         self._runner: web.AppRunner | None = None
         self.manifest_flow = ManifestFlow()
+        # The App's webhook configuration (GET /app/hook/config); the secret is write-only there.
+        self.hook_config: dict[str, Any] = {"url": "https://moko.example.com/api/github/webhooks",
+                                             "content_type": "json", "insecure_ssl": "0",
+                                             "secret": "It's a Secret to Everybody"}
         created = "2024-01-01T00:00:00Z"
         self.app: dict[str, Any] = {
             "id": app_id, "slug": app_slug, "node_id": node_id("Integration", app_id),
