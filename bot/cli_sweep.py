@@ -76,16 +76,19 @@ def repository_names(org: str, repos: list[str]) -> tuple[str, ...]:
 
 
 class ProgressBar(SweepObserver):
-    """A rich progress bar: repositories done of the total, with failures so far."""
+    """A rich progress bar: repositories done of the total, how many were fixed and failed so
+    far, and the time left."""
 
     def __init__(self, progress: Progress, org: str) -> None:
         self._progress = progress
         self._org = org
+        self._fixed = 0
         self._failed = 0
         self._task = progress.add_task(self._describe(), total=None)
 
     def _describe(self) -> str:
-        return f"sweeping {self._org}" + (f" ([red]{self._failed} failed[/red])" if self._failed else "")
+        failed = f"[red]{self._failed} failed[/red]" if self._failed else "0 failed"
+        return f"sweeping {self._org}: {self._fixed} fixed, {failed}"
 
     def total(self, repositories: int) -> None:
         self._progress.update(self._task, total=repositories)
@@ -93,6 +96,8 @@ class ProgressBar(SweepObserver):
     def advance(self, result: dict[str, Any]) -> None:
         if result["outcome"] == "failed":
             self._failed += 1
+        elif result["outcome"] in ("fixed", "planned"):
+            self._fixed += 1
         self._progress.update(self._task, advance=1, description=self._describe())
 
 

@@ -340,11 +340,21 @@ async def test_table_and_progress_bar_on_a_terminal(org, env):
     out, err = io.StringIO(), Terminal()
     code = await sweep_command(args, load_settings(env), out=out, err=err, github_factory=github_factory(BulkTime()))
     assert code == 0
-    assert "sweeping acme" in err.getvalue() and "2/2" in err.getvalue()
+    assert "sweeping acme: 1 fixed, 0 failed" in err.getvalue() and "2/2" in err.getvalue()
     table = out.getvalue()
     for column in ("repositories", "compliant", "fixed", "failed", "deferred", "skipped"):
         assert column in table
     assert re.search(r"│\s+2\s+│\s+1\s+│\s+1\s+│\s+0\s+│\s+0\s+│\s+0\s+│", table), table
+
+
+async def test_no_progress_bar_when_not_a_terminal_or_with_json(org, env):
+    org.add_repo(ORG, "messy", has_wiki=True)
+    for argv in (["sweep", "--org", ORG], ["sweep", "--org", ORG, "--json"]):
+        args = cli.build_parser().parse_args(argv)
+        out, err = io.StringIO(), io.StringIO()
+        code = await sweep_command(args, load_settings(env), out=out, err=err,
+                                   github_factory=github_factory(BulkTime()))
+        assert code == 0 and "sweeping" not in err.getvalue() + out.getvalue()
 
 
 def test_no_credentials_is_one_clear_line_and_exit_2(monkeypatch, capsys, tmp_path):
