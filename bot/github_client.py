@@ -5,6 +5,10 @@ in-flight requests, one mutating request at a time, bulk spacing, primary-limit
 pacing, pauses after a secondary limit). Inside `_request`, 5xx answers,
 connection errors and timeouts are retried with exponential backoff and full
 jitter on the raw status, before gidgethub would turn a 5xx into `GitHubBroken`.
+A POST is not idempotent: after a failure that may have reached GitHub (a timeout, a
+connection dropped once the request was out, 500/502/504) it is sent again only when
+the caller gave an `already_done` check and the check finds no effect; what the check
+finds is answered instead.
 Rate-limit answers (403/429) reach gidgethub's `handle_rate_limit_error` hook,
 which waits as GitHub asks and retries. A 304 is answered from gidgethub's
 cache, and the budget is read from each answer's headers, so it costs nothing.
@@ -47,6 +51,7 @@ from bot.metrics import (
 from bot.turns import give_back_turn
 
 __all__ = [
+    "AlreadyDone",
     "ClientOptions",
     "GitHubUnavailable",
     "MokoGitHubAPI",
@@ -59,6 +64,14 @@ log = get_logger("moko.github")
 # x-ratelimit-reset comes from GitHub's clock; wait a little past it.
 RESET_MARGIN = 1.0
 _GRAPHQL_MUTATION = re.compile(r"\s*mutation\b")
+# Answers after which a request may have taken effect on GitHub (a gateway gave up waiting,
+# or GitHub failed midway); 503 and the others mean it was not handled.
+_MAYBE_APPLIED_STATUSES = frozenset({500, 502, 504})
+# POSTs that only mint a credential: sending one twice does no harm.
+_REPEATABLE_POSTS = (re.compile(r"/app/installations/\d+/access_tokens$"),)
+
+# A POST's check for its own effect: the resource an earlier try created, or None.
+AlreadyDone = Callable[[], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,8 @@ class GitHubUnavailable(gidgethub.GitHubException):
 _ADMISSION: ContextVar[Admission | None] = ContextVar("moko_github_admission", default=None)
 # The last answer's headers in this task, for GraphQL errors (gidgethub drops them).
 _LAST_HEADERS: ContextVar[Mapping[str, str] | None] = ContextVar("moko_github_headers", default=None)
+# The already_done check of the POST in progress in this task, for its _request.
+_ALREADY_DONE: ContextVar[AlreadyDone | None] = ContextVar("moko_github_already_done", default=None)
 
 
 class MokoGitHubAPI(gidgethub.aiohttp.GitHubAPI):
@@ -186,10 +201,31 @@ class MokoGitHubAPI(gidgethub.aiohttp.GitHubAPI):
         _ADMISSION.set(None)
         if admission is None:  # not through _make_request (GraphQL): admit here
             admission = await self._admit(send)
+        # Only a POST uses it: the check's own reads see it too, and ignore it.
+        already_done = _ALREADY_DONE.get() if method == "POST" else None
         try:
-            return await self._send_with_retries(send, url, self._current_auth(headers), body)
+            return await self._send_with_retries(
+                send, url, self._current_auth(headers), body, already_done
+            )
         finally:
             admission.release()
+
+    async def post(
+        self,
+        url: str,
+        url_vars: Mapping[str, Any] | None = None,
+        *,
+        data: Any,
+        already_done: AlreadyDone | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """gidgethub's POST; ``already_done`` makes it safe to send again after a failure
+        that may have reached GitHub (without it, such a POST is not retried)."""
+        check = _ALREADY_DONE.set(already_done)
+        try:
+            return await super().post(url, url_vars or {}, data=data, **kwargs)
+        finally:
+            _ALREADY_DONE.reset(check)
 
     # -- GraphQL -----------------------------------------------------------------------
 
@@ -248,18 +284,37 @@ class MokoGitHubAPI(gidgethub.aiohttp.GitHubAPI):
             return {**headers, "authorization": f"token {self.oauth_token}"}
         return headers
 
+    def _repeatable(self, send: Send) -> bool:
+        """Whether sending the request twice is harmless (every method but POST; GraphQL queries)."""
+        if send.method != "POST":
+            return True
+        if send.resource == "graphql":
+            return not send.write
+        return any(pattern.search(send.path) for pattern in _REPEATABLE_POSTS)
+
     async def _send_with_retries(
-        self, send: Send, url: str, headers: Mapping[str, str], body: bytes
+        self,
+        send: Send,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        already_done: AlreadyDone | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
         attempt = 1
         token_renewed = False
+        repeatable = self._repeatable(send)
         while True:
             status: int | None = None
             failure: BaseException | None = None
+            answer: tuple[int, Mapping[str, str], bytes] | None = None
+            maybe_applied = True
             try:
                 answer = await self._send_once(send, url, headers, body)
             except TimeoutError as exc:
                 reason, failure = "timeout", exc
+            except aiohttp.ClientConnectorError as exc:
+                # No connection was made: the request never left.
+                reason, failure, maybe_applied = "connection_error", exc, False
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 reason, failure = "connection_error", exc
             else:
@@ -275,6 +330,17 @@ class MokoGitHubAPI(gidgethub.aiohttp.GitHubAPI):
                 if status < 500 or attempt >= self._options.max_attempts:
                     return answer  # gidgethub turns a last 5xx into GitHubBroken
                 reason = "server_error"
+                maybe_applied = status in _MAYBE_APPLIED_STATUSES
+            unsafe = maybe_applied and not repeatable
+            if unsafe and already_done is None:
+                # Sending it again could do it twice (a second comment, a second issue).
+                self._log_not_retried(reason, send, attempt, status=status)
+                if answer is not None:
+                    return answer
+                raise GitHubUnavailable(
+                    f"{send.method} {send.path}: {reason}; not sent again, as it may have "
+                    "reached GitHub"
+                ) from failure
             if attempt >= self._options.max_attempts:
                 raise GitHubUnavailable(
                     f"{send.method} {send.path}: {reason} in all {attempt} attempts"
@@ -282,6 +348,17 @@ class MokoGitHubAPI(gidgethub.aiohttp.GitHubAPI):
             delay = self._backoff(attempt)
             self._log_retry(reason, send, attempt, delay, status=status)
             await self._timing.sleep(delay)
+            if unsafe and already_done is not None:
+                found = await already_done()
+                if found is not None:
+                    log.info(
+                        "github_post_already_done",
+                        method=send.method,
+                        path=send.path,
+                        installation=self._limits.label,
+                        attempt=attempt,
+                    )
+                    return 200, {"content-type": "application/json"}, json.dumps(found).encode()
             attempt += 1
             await self._limits.wait_turn(send, attempt=attempt)
 
@@ -343,6 +420,17 @@ class MokoGitHubAPI(gidgethub.aiohttp.GitHubAPI):
         if status == 429 or "secondary rate limit" in text or "abuse" in text:
             return "secondary_rate_limit", self._options.secondary_min_wait * 2 ** (attempt - 1)
         return None
+
+    def _log_not_retried(self, reason: str, send: Send, attempt: int, *, status: int | None) -> None:
+        log.warning(
+            "github_not_retried",
+            reason=reason,
+            method=send.method,
+            path=send.path,
+            installation=self._limits.label,
+            status=status,
+            attempt=attempt,
+        )
 
     def _log_retry(
         self, reason: str, send: Send, attempt: int, delay: float, *, status: int | None

@@ -1,12 +1,20 @@
 """What Moko says in answer to `/moko` commands: every user-facing text, in one place.
 
 Templates take only values already escaped by ``handlers.command_markdown`` (or Moko's own
-words); ``MARKER`` starts every answer so Moko's comments can be found again.
+words); ``MARKER`` starts every answer so Moko's comments can be found again, followed by
+the delivery's own marker (``delivery_marker``) so the answer to one delivery can be found.
 """
 
 from __future__ import annotations
 
+import re
+
 MARKER = "<!-- moko:command -->"
+
+
+def delivery_marker(delivery_id: str) -> str:
+    """The hidden mark of the answer to one delivery (only the id's safe characters)."""
+    return f"<!-- moko:delivery {re.sub(r'[^A-Za-z0-9._-]', '', delivery_id)[:100]} -->"
 
 HELP = """\
 **Moko commands.** Write one on its own line of an issue or pull-request comment:

@@ -18,6 +18,7 @@ Commands silenced by the rate limit (after its one notice) are only logged.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,7 @@ class Thread:
     issue_number: int
     comment_id: int
     comment_url: str
+    created_at: str  # the command comment's, by GitHub's clock: its answer comes later
 
     @property
     def url_vars(self) -> dict[str, str]:
@@ -69,20 +71,48 @@ def written_by_bot(comment: dict[str, Any]) -> bool:
     return user.get("type") == "Bot" or login.endswith("[bot]") or text.MARKER in (comment.get("body") or "")
 
 
-async def react(gh: Any, thread: Thread, content: str) -> None:
+async def react(gh: Any, thread: Thread, content: str, bot_login: Callable[[], Awaitable[str]]) -> None:
+    url_vars = {**thread.url_vars, "comment_id": str(thread.comment_id)}
+
+    async def already_done() -> Any:
+        # A try whose answer was lost may have reacted: Moko's own reaction of this kind.
+        login = (await bot_login()).lower()
+        async for reaction in gh.getiter(
+            "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions{?content,per_page}",
+            url_vars={**url_vars, "content": content, "per_page": "100"},
+        ):
+            if str((reaction.get("user") or {}).get("login") or "").lower() == login:
+                return reaction
+        return None
+
     await gh.post(
         "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions",
-        url_vars={**thread.url_vars, "comment_id": str(thread.comment_id)},
+        url_vars=url_vars,
         data={"content": content},
+        already_done=already_done,
     )
 
 
-async def reply(gh: Any, thread: Thread, body: str) -> None:
+async def reply(gh: Any, thread: Thread, body: str, delivery_id: str) -> None:
+    marker = text.delivery_marker(delivery_id)
+    url_vars = {**thread.url_vars, "issue_number": str(thread.issue_number)}
+
+    async def already_done() -> Any:
+        # A try whose answer was lost may have posted: this delivery's answer, after the command.
+        async for comment in gh.getiter(
+            "/repos/{owner}/{repo}/issues/{issue_number}/comments{?since,per_page}",
+            url_vars={**url_vars, "since": thread.created_at or None, "per_page": "100"},
+        ):
+            if marker in str(comment.get("body") or ""):
+                return comment
+        return None
+
     # Escaping already removed secrets from what was echoed; this also covers Moko's own words.
     await gh.post(
         "/repos/{owner}/{repo}/issues/{issue_number}/comments",
-        url_vars={**thread.url_vars, "issue_number": str(thread.issue_number)},
-        data={"body": REDACTOR.text(f"{text.MARKER}\n{body}")},
+        url_vars=url_vars,
+        data={"body": REDACTOR.text(f"{text.MARKER}{marker}\n{body}")},
+        already_done=already_done,
     )
 
 
@@ -112,7 +142,7 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
     full_name, user = str(repo["full_name"]), str(comment["user"]["login"])
     owner, name = full_name.split("/", 1)
     thread = Thread(owner, name, int(event.data["issue"]["number"]), int(comment["id"]),
-                    str(comment.get("html_url") or ""))
+                    str(comment.get("html_url") or ""), str(comment.get("created_at") or ""))
     run = Run(f"cmd-{ctx.delivery_id}", f"command:{command.name}", user, ctx.installation_id)
     log = ctx.log.bind(command=command.name, user=user, repo=full_name)
 
@@ -122,26 +152,27 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
         COMMANDS.labels(command=command.name, outcome="throttled").inc()
         log.warning("command_throttled", notice=turn is Turn.NOTICE)
         if turn is Turn.NOTICE:
-            await reply(await ctx.github(), thread, text.THROTTLED)
+            await reply(await ctx.github(), thread, text.THROTTLED, ctx.delivery_id)
             await record(ctx, run, full_name, command, thread, DENIED, "rate limit: over 5 commands a minute")
         return
 
     gh = await ctx.github()
-    await react(gh, thread, EYES)
+    bot_login = ctx.services.github.bot_login
+    await react(gh, thread, EYES, bot_login)
     request = Request(gh, engine_of(ctx), ctx.services.store, run, repo, user, command)
     try:
         answer = await run_command(request)
     except GitHubException as exc:
         answer = failed(github_error(exc))
     try:
-        await reply(gh, thread, answer.body)
+        await reply(gh, thread, answer.body, ctx.delivery_id)
     except Exception as exc:
         error = f"the answer could not be posted: {github_error(exc)}"
         await record(ctx, run, full_name, command, thread, FAILED, error)
         COMMANDS.labels(command=command.name, outcome="failed").inc()
         raise CommandFailed(error) from exc
     await record(ctx, run, full_name, command, thread, answer.outcome, answer.error)
-    await react(gh, thread, ROCKET if answer.done else CONFUSED)
+    await react(gh, thread, ROCKET if answer.done else CONFUSED, bot_login)
     COMMANDS.labels(command=command.name, outcome=_metric_outcome(command, answer)).inc()
     log.info("command_answered", outcome=answer.outcome, error=answer.error)
     if answer.broken:

@@ -28,6 +28,7 @@ OPERATIONS: list[tuple[str, str]] = [
     ("post", "/app-manifests/{code}/conversions"),
     ("get", "/app/hook/config"),
     ("get", "/app/hook/deliveries"),
+    ("get", "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"),
 ]
 
 # Operations of GitHub Enterprise Cloud that the api.github.com description lacks, written

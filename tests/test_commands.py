@@ -3,6 +3,8 @@ GitHub; answers, reactions, every API call and the audit trail are checked."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bot.store.base import DONE, FAILED
@@ -50,8 +52,9 @@ async def command(moko, fake, body: str, user: str = "alice", delivery: str | No
 
 
 def answers(fake) -> list[str]:
-    """The bodies of Moko's comments on issue 1."""
-    return [c["body"] for c in fake.comments(ORG, REPO, 1) if c["user"]["login"] == fake.bot_login]
+    """The bodies of Moko's comments on issue 1, without the delivery's marker after MARKER."""
+    return [re.sub(r"^(<!-- moko:command -->)<!-- moko:delivery [^ ]* -->", r"\1", c["body"])
+            for c in fake.comments(ORG, REPO, 1) if c["user"]["login"] == fake.bot_login]
 
 
 def reactions(fake, comment_id: int) -> list[str]:
@@ -478,3 +481,47 @@ async def test_a_repository_out_of_scope_is_left_alone(org, moko):
     assert answers(org) == [
         f"{text.MARKER}\nMoko leaves acme/widgets alone: excluded by scope.exclude 'widg\\*'."] * 2
     assert writes(org) == []
+
+
+# -- answers whose first try may have reached GitHub ---------------------------------------
+
+
+async def test_a_lost_answer_and_a_lost_reaction_are_not_sent_twice(drifted, moko):
+    # GitHub posts the comment and adds the reaction, then the connection drops before
+    # Moko hears back: Moko finds them instead of posting again.
+    drifted.fail("POST", r"/reactions$", reset_connection=True, after_effect=True)
+    drifted.fail("POST", f"^{COMMENTS}$", reset_connection=True, after_effect=True)
+    asked, _ = await command(moko, drifted, "/moko help", delivery="lost-1")
+
+    assert answers(drifted) == [f"{text.MARKER}\n{text.HELP}"]
+    assert reactions(drifted, asked["id"]) == ["eyes", "rocket"]
+    [posted] = [c for c in drifted.comments(ORG, REPO, 1) if c["user"]["login"] == drifted.bot_login]
+    assert posted["body"].startswith(f"{text.MARKER}<!-- moko:delivery lost-1 -->\n")
+    assert drifted.count("POST", f"^{COMMENTS}$") == 1
+    assert drifted.count("GET", f"^{COMMENTS}$") == 1
+    assert drifted.count("POST", "/reactions$") == 2  # eyes (lost, found), rocket
+    assert (await moko.services.store.get_delivery("lost-1")).state == DONE
+
+
+async def test_an_answer_that_timed_out_after_posting_is_found_not_repeated(drifted, env):
+    async with run_moko({**env, "MOKO_REQUEST_TIMEOUT": "0.3"}) as moko:
+        drifted.fail("POST", f"^{COMMENTS}$", delay=3.0, after_effect=True)
+        asked, _ = await command(moko, drifted, "/moko help", delivery="slow-1")
+
+        assert answers(drifted) == [f"{text.MARKER}\n{text.HELP}"]
+        assert reactions(drifted, asked["id"]) == ["eyes", "rocket"]
+        # The slow POST is logged by the fake only when it answers; the look that found its
+        # comment is the one read of the issue's comments.
+        assert drifted.count("GET", f"^{COMMENTS}$") == 1
+        assert (await moko.services.store.get_delivery("slow-1")).state == DONE
+
+
+async def test_an_answer_that_did_not_arrive_is_posted_again(drifted, moko):
+    # The comment was not posted (the connection dropped before GitHub acted): the check
+    # finds nothing, so Moko posts it again, once.
+    drifted.fail("POST", f"^{COMMENTS}$", reset_connection=True)
+    asked, _ = await command(moko, drifted, "/moko help", delivery="lost-2")
+
+    assert answers(drifted) == [f"{text.MARKER}\n{text.HELP}"]
+    assert drifted.count("POST", f"^{COMMENTS}$") == 2
+    assert reactions(drifted, asked["id"]) == ["eyes", "rocket"]

@@ -428,3 +428,84 @@ async def test_graphql_rate_limited_waits_for_the_reset_then_succeeds(fake, gith
     assert fake.count("POST", r"^/graphql$") == 2
     assert [r["reason"] for r in retries(logs)] == ["primary_rate_limit"]
     assert clock.sleeps == [pytest.approx(reset - start + 1.0)]
+
+
+# -- POSTs that may have reached GitHub ----------------------------------------------------
+
+ISSUES = f"{REPO}/issues"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 502},
+        {"status": 504},
+        {"reset_connection": True},
+    ],
+)
+async def test_a_post_without_a_check_is_not_sent_again_after_it_may_have_arrived(fake, github, clock, fault):
+    client = await github.installation_client(INSTALLATION)
+    fake.fail("POST", rf"^{ISSUES}$", after_effect=True, **fault)
+
+    with capture_logs() as logs, pytest.raises((GitHubBroken, GitHubUnavailable)):
+        await client.post(ISSUES, data={"title": "Policy file is invalid"})
+
+    # GitHub opened the issue; a second try would have opened another.
+    assert [issue["title"] for issue in fake.issues(ORG, "widgets")] == ["Policy file is invalid"]
+    assert fake.count("POST", rf"^{ISSUES}$") == 1
+    assert clock.sleeps == []
+    assert [line["event"] for line in logs if line["event"].startswith("github_")] == ["github_not_retried"]
+
+
+async def test_a_post_that_timed_out_is_not_sent_again_without_a_check(fake, session, clock):
+    github = make_app(fake, session, clock, request_timeout=0.2)
+    client = await github.installation_client(INSTALLATION)
+    fake.fail("POST", rf"^{ISSUES}$", delay=2.0, after_effect=True)
+
+    with pytest.raises(GitHubUnavailable, match="not sent again"):
+        await client.post(ISSUES, data={"title": "Slow"})
+    assert [i["title"] for i in fake.issues(ORG, "widgets")] == ["Slow"]
+    assert client.requests_sent == 1
+
+
+async def test_a_post_github_did_not_handle_is_retried(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    fake.fail("POST", rf"^{ISSUES}$", 503)  # unavailable: nothing was done
+
+    issue = await client.post(ISSUES, data={"title": "Once"})
+
+    assert issue["title"] == "Once"
+    assert [i["title"] for i in fake.issues(ORG, "widgets")] == ["Once"]
+    assert fake.count("POST", rf"^{ISSUES}$") == 2
+
+
+async def test_a_post_with_a_check_answers_what_the_check_found(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    fake.fail("POST", rf"^{ISSUES}$", 502, after_effect=True)
+    checks = []
+
+    async def already_done():
+        checks.append(True)
+        found = [i async for i in client.getiter(f"{ISSUES}?state=all") if i["title"] == "Found"]
+        return found[0] if found else None
+
+    issue = await client.post(ISSUES, data={"title": "Found"}, already_done=already_done)
+
+    assert issue["title"] == "Found" and issue["number"] == fake.issues(ORG, "widgets")[0]["number"]
+    assert len(fake.issues(ORG, "widgets")) == 1
+    assert fake.count("POST", rf"^{ISSUES}$") == 1
+    assert checks == [True]
+
+
+async def test_a_post_with_a_check_that_finds_nothing_is_sent_again(fake, github, clock):
+    client = await github.installation_client(INSTALLATION)
+    fake.fail("POST", rf"^{ISSUES}$", 502)  # no effect this time
+
+    async def already_done():
+        return None
+
+    issue = await client.post(ISSUES, data={"title": "Again"}, already_done=already_done)
+
+    assert issue["title"] == "Again"
+    assert [i["title"] for i in fake.issues(ORG, "widgets")] == ["Again"]
+    assert fake.count("POST", rf"^{ISSUES}$") == 2

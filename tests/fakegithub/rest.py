@@ -592,6 +592,17 @@ def create_reaction(ctx: Context) -> Reply:
     return Reply(201 if created else 200, reaction)
 
 
+@handles("reactions/list-for-issue-comment")
+def list_reactions(ctx: Context) -> Reply:
+    repo = ctx.repo()
+    comment = _comment(ctx, repo)
+    reactions = ctx.state.reactions.get(comment["id"], [])
+    content = ctx.query.get("content")
+    if content:
+        reactions = [r for r in reactions if r["content"] == content]
+    return ctx.page(list(reactions))
+
+
 @handles("reactions/delete-for-issue-comment")
 def delete_reaction(ctx: Context) -> Reply:
     repo = ctx.repo(write=True)

@@ -79,6 +79,7 @@ class Fault:
     body: Any
     reset_connection: bool
     delay: float
+    after_effect: bool = False  # the request takes effect first; the fault hits its answer
     retry_owed: int = 0  # transparent client retries still to drop for the last reset
 
     def matches(self, method: str, path: str) -> bool:
@@ -412,18 +413,23 @@ class FakeGitHub:
     # --- faults, hooks, call log -----------------------------------------------------------
     def fail(self, method: str, path: str, status: int | None = None, *, times: int = 1,
              headers: dict[str, str] | None = None, body: Any = None,
-             reset_connection: bool = False, delay: float = 0.0) -> None:
+             reset_connection: bool = False, delay: float = 0.0,
+             after_effect: bool = False) -> None:
         """Answer the next `times` requests whose method matches and whose path `path` searches.
 
         With `status`, answer that status (`body` defaults to a GitHub error body); with
         `reset_connection=True`, drop the connection unanswered (the client sees `times`
         connection errors: see Fault.consume); with `delay`, answer `delay` seconds late
         (with `status`, or normally without one). `method` may be "*".
+        With `after_effect=True` the request is carried out first (a comment is posted, a
+        setting changed) and only its answer fails, as when GitHub did the work but the
+        answer was lost (a timeout, a dropped connection, a 502 from a gateway).
         """
         if status is None and not reset_connection and not delay:
             raise ValueError("fail() needs a status, reset_connection=True or a delay")
         self._faults.append(Fault(method.upper(), re.compile(path), status, times,
-                                  dict(headers or {}), body, reset_connection, delay))
+                                  dict(headers or {}), body, reset_connection, delay,
+                                  after_effect))
 
     def on_request(self, hook: Callable[[Call], Any]) -> None:
         """Call `hook(call)` (sync or async) for every request, before it is answered."""
@@ -495,8 +501,14 @@ class FakeGitHub:
             problems.append(f"{method} /graphql: only POST is allowed")
             reply = self._error(404, "Not Found", REST_DOCS)
         fault = next((f for f in self._faults if f.matches(method, path)), None)
+        auth = self._authenticate(headers)
+        done: Reply | None = None
         if reply is None and fault is not None:
             fault.consume(method, self.transparent_retries)
+            if fault.after_effect:
+                # Carried out as usual; only the answer is lost, late or replaced.
+                done = await self._answer(request, auth, is_graphql, match, method, path,
+                                          query, body, headers, problems)
             if fault.delay:
                 await asyncio.sleep(fault.delay)
             if fault.reset_connection:
@@ -511,19 +523,12 @@ class FakeGitHub:
                     "documentation_url": REST_DOCS, "status": str(fault.status)}
                 reply = Reply(fault.status, error_body,
                               {**fault.headers, "x-github-spent": "0"})
-        auth = self._authenticate(headers)
+            else:
+                reply = done  # only late
         installation_id = auth.installation_id
         if reply is None:
-            try:
-                if is_graphql:
-                    reply = self._graphql(auth, body, problems)
-                else:
-                    assert match is not None and match.operation is not None
-                    reply = await self._rest(request, auth, match, method, path, query, body,
-                                             headers)
-            except HTTPError as error:
-                doc = match.operation.doc_url if match and match.operation else REST_DOCS
-                reply = self._error(error.status, error.message, doc, **error.extra)
+            reply = await self._answer(request, auth, is_graphql, match, method, path, query,
+                                       body, headers, problems)
         response = self._finish(reply, auth, method, headers, is_graphql, match)
         await self._record(method, path, query, headers, body, response.status, is_graphql,
                            installation_id, problems,
@@ -536,6 +541,18 @@ class FakeGitHub:
         await self._record("POST", request.rel_url.path, dict(request.rel_url.query), {}, form, status,
                            False, None, [], {})
         return web.Response(status=status, text=page, content_type="text/html")
+
+    async def _answer(self, request: web.Request, auth: Auth, is_graphql: bool, match: Any,
+                      method: str, path: str, query: dict[str, Any], body: Any,
+                      headers: dict[str, str], problems: list[str]) -> Reply:
+        try:
+            if is_graphql:
+                return self._graphql(auth, body, problems)
+            assert match is not None and match.operation is not None
+            return await self._rest(request, auth, match, method, path, query, body, headers)
+        except HTTPError as error:
+            doc = match.operation.doc_url if match and match.operation else REST_DOCS
+            return self._error(error.status, error.message, doc, **error.extra)
 
     async def _record(self, method: str, path: str, query: dict[str, Any],
                       headers: dict[str, str], body: Any, status: int, is_graphql: bool,
