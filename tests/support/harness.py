@@ -182,7 +182,8 @@ async def start_moko_process(environ: Mapping[str, str], log_path: Path, *, port
     )
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as session:
-        for _ in range(200):
+        # Up to 30 s: a loaded machine (CI runs the suite twice) starts Python slowly.
+        for _ in range(600):
             if process.poll() is not None:
                 raise RuntimeError(f"moko serve exited {process.returncode}: {log_path.read_text()}")
             try:
