@@ -239,6 +239,70 @@ async def test_archived_repositories_are_read_only_until_unarchived(fake, gh):
     assert fake.repo(ORG, "old")["archived"] is False
 
 
+async def test_a_wildcard_rule_protects_matching_branches_until_one_gets_its_own(fake, gh):
+    for branch in ("release/1", "release/2", "release/a/b"):
+        fake.add_branch(ORG, "widgets", branch)
+    fake.add_protection_rule(ORG, "widgets", "release/*", {**PROTECTION, "enforce_admins": True})
+
+    covered = await gh.getitem(f"/repos/{ORG}/widgets/branches/release/1/protection")
+    with pytest.raises(BadRequest) as deeper:  # `*` does not cross "/"
+        await gh.getitem(f"/repos/{ORG}/widgets/branches/release/a/b/protection")
+    await gh.delete(f"/repos/{ORG}/widgets/branches/release/1/protection")  # no rule of its own
+    still = await gh.getitem(f"/repos/{ORG}/widgets/branches/release/1/protection")
+    await gh.put(f"/repos/{ORG}/widgets/branches/release/1/protection", data=PROTECTION)
+    own = await gh.getitem(f"/repos/{ORG}/widgets/branches/release/1/protection")
+    other = await gh.getitem(f"/repos/{ORG}/widgets/branches/release/2/protection")
+    query = """query($owner: String!, $name: String!) { repository(owner: $owner, name: $name) {
+      branchProtectionRules(first: 10) { nodes { pattern isAdminEnforced } }
+      ref(qualifiedName: "refs/heads/release/2") { branchProtectionRule { pattern } } } }"""
+    data = await gh.graphql(query, endpoint=fake.graphql_url, owner=ORG, name="widgets")
+
+    assert covered["enforce_admins"]["enabled"] is True
+    assert (deeper.value.status_code, str(deeper.value)) == (404, "Branch not protected")
+    assert still["enforce_admins"]["enabled"] is True
+    assert own["enforce_admins"]["enabled"] is False and other["enforce_admins"]["enabled"] is True
+    assert fake.protection_rules(ORG, "widgets") == {
+        "release/1": PROTECTION, "release/*": {**PROTECTION, "enforce_admins": True}}
+    rules = data["repository"]["branchProtectionRules"]["nodes"]
+    assert sorted((r["pattern"], r["isAdminEnforced"]) for r in rules) == [("release/*", True), ("release/1", False)]
+    assert data["repository"]["ref"]["branchProtectionRule"] == {"pattern": "release/*"}
+
+
+async def test_a_branch_protected_only_by_rulesets_is_not_protected_on_the_classic_endpoint(fake, gh):
+    fake.add_branch(ORG, "widgets", "dev")
+    rules = [{"type": "deletion"}, {"type": "pull_request", "parameters": {
+        "required_approving_review_count": 2, "dismiss_stale_reviews_on_push": False,
+        "require_code_owner_review": False, "require_last_push_approval": False,
+        "required_review_thread_resolution": False}}]
+    repo_set = fake.add_ruleset(ORG, "widgets", {
+        "name": "main only", "target": "branch", "enforcement": "active", "rules": rules,
+        "conditions": {"ref_name": {"include": ["~DEFAULT_BRANCH"], "exclude": []}}})
+    org_set = fake.add_org_ruleset(ORG, {
+        "name": "no force pushes", "target": "branch", "enforcement": "active",
+        "rules": [{"type": "non_fast_forward"}],
+        "conditions": {"repository_name": {"include": ["wid*"], "exclude": []},
+                       "ref_name": {"include": ["refs/heads/*"], "exclude": ["refs/heads/dev"]}}})
+    fake.add_ruleset(ORG, "widgets", {"name": "trial", "enforcement": "evaluate", "rules": [{"type": "creation"}],
+                                      "conditions": {"ref_name": {"include": ["~ALL"], "exclude": []}}})
+
+    with pytest.raises(BadRequest) as classic:
+        await gh.getitem(f"/repos/{ORG}/widgets/branches/main/protection")
+    on_main = await gh.getitem(f"/repos/{ORG}/widgets/rules/branches/main")
+    on_dev = await gh.getitem(f"/repos/{ORG}/widgets/rules/branches/dev")
+    on_future = await gh.getitem(f"/repos/{ORG}/widgets/rules/branches/not-yet")
+    branch = await gh.getitem(f"/repos/{ORG}/widgets/branches/main")
+
+    assert (classic.value.status_code, str(classic.value)) == (404, "Branch not protected")
+    assert [(r["type"], r["ruleset_source_type"], r["ruleset_source"], r["ruleset_id"]) for r in on_main] == [
+        ("non_fast_forward", "Organization", ORG, org_set["id"]),
+        ("deletion", "Repository", f"{ORG}/widgets", repo_set["id"]),
+        ("pull_request", "Repository", f"{ORG}/widgets", repo_set["id"]),
+    ]
+    assert on_dev == [] and [r["type"] for r in on_future] == ["non_fast_forward"]
+    assert branch["protected"] is True
+    check_response(fake, "repos/get-branch-rules", 200, on_main)
+
+
 # --- auth -------------------------------------------------------------------------------------
 
 

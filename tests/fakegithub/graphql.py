@@ -32,7 +32,7 @@ from graphql import (
 )
 from graphql.utilities import value_from_ast_untyped
 
-from .state import Branch, Repo, State, blob_sha, node_id
+from .state import Repo, State, blob_sha, branch_pattern_matches, fake_sha, node_id
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "fixtures" / "github-schema.graphql"
 MAX_PAGE = 100
@@ -176,16 +176,16 @@ def _actor(state: State, kind: str, value: dict[str, Any]) -> dict[str, Any]:
 
 
 class RuleNode(Node):
-    """A BranchProtectionRule built from the protection PUT on one branch."""
+    """A BranchProtectionRule: a branch's own rule (the protection PUT on it) or a wildcard
+    rule of the repository, with its pattern."""
 
     typename = "BranchProtectionRule"
 
-    def __init__(self, repo_node: RepoNode, branch: Branch) -> None:
+    def __init__(self, repo_node: RepoNode, pattern: str, body: dict[str, Any]) -> None:
         self._repo_node = repo_node
-        body = branch.protection or {}
         reviews = body.get("required_pull_request_reviews")
         checks = body.get("required_status_checks")
-        number = int(branch.sha[:6], 16) + repo_node._repo.data["id"]
+        number = int(fake_sha(repo_node._repo.data["id"], pattern)[:6], 16)
         given = (checks or {}).get("checks") or []
         if given:
             contexts = [c["context"] for c in given]
@@ -193,7 +193,7 @@ class RuleNode(Node):
         else:
             contexts = list((checks or {}).get("contexts") or [])
             apps = [None] * len(contexts)
-        self.pattern = branch.name
+        self.pattern = pattern
         self.id = node_id("BranchProtectionRule", number)
         self.databaseId = number
         self.requiresApprovingReviews = reviews is not None
@@ -263,7 +263,9 @@ class RuleNode(Node):
 
     def matchingRefs(self, info: Any, **args: Any) -> dict[str, Any]:
         page = {k: args.get(k) for k in ("first", "after", "last", "before")}
-        return connection([self._repo_node._ref(self.pattern)], **page)
+        names = sorted(b for b in self._repo_node._repo.branches
+                       if branch_pattern_matches(self.pattern, b))
+        return connection([self._repo_node._ref(name) for name in names], **page)
 
     def branchProtectionRuleConflicts(self, info: Any, **page: Any) -> dict[str, Any]:
         return connection([], **page)
@@ -351,9 +353,13 @@ class RepoNode(Node):
             "id": node_id("Ref", int(branch.sha[:8], 16)),
             "target": {"__typename": "Commit", "oid": branch.sha, "abbreviatedOid": branch.sha[:7],
                        "id": node_id("Commit", int(branch.sha[:8], 16))},
-            "branchProtectionRule": RuleNode(self, branch) if branch.protection else None,
+            "branchProtectionRule": self._rule_of(branch.name),
             "repository": self,
         }
+
+    def _rule_of(self, branch_name: str) -> RuleNode | None:
+        rule = self._state.classic_rule(self._repo, branch_name)
+        return None if rule is None else RuleNode(self, *rule)
 
     def defaultBranchRef(self, info: Any) -> dict[str, Any] | None:  # noqa: N802
         return self._ref(self._repo.data["default_branch"])
@@ -364,7 +370,9 @@ class RepoNode(Node):
     def branchProtectionRules(self, info: Any, first: int | None = None,  # noqa: N802
                               after: str | None = None, last: int | None = None,
                               before: str | None = None) -> dict[str, Any]:
-        rules = [RuleNode(self, b) for b in self._repo.branches.values() if b.protection]
+        rules = [RuleNode(self, b.name, b.protection)
+                 for b in self._repo.branches.values() if b.protection]
+        rules += [RuleNode(self, pattern, body) for pattern, body in self._repo.pattern_rules.items()]
         return connection(rules, first, after, last, before)
 
     def object(self, info: Any, expression: str | None = None,

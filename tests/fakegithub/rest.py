@@ -319,10 +319,12 @@ def update_repo(ctx: Context) -> Reply:
 def list_branches(ctx: Context) -> Reply:
     repo = ctx.repo()
     branches = list(repo.branches.values())
+    protected = {b.name: ctx.state.classic_rule(repo, b.name) is not None
+                 or bool(ctx.state.branch_rules(repo, b.name)) for b in branches}
     if "protected" in ctx.query:
-        branches = [b for b in branches if (b.protection is not None) == ctx.query["protected"]]
+        branches = [b for b in branches if protected[b.name] == ctx.query["protected"]]
     items = [{"name": b.name, "commit": {"sha": b.sha, "url": f"{repo.data['url']}/commits/{b.sha}"},
-              "protected": b.protection is not None}
+              "protected": protected[b.name]}
              for b in sorted(branches, key=lambda b: b.name)]
     return ctx.page(items)
 
@@ -344,9 +346,12 @@ def get_branch(ctx: Context) -> Reply:
 def get_protection(ctx: Context) -> Reply:
     repo = ctx.repo()
     branch = _branch(ctx, repo)
-    if branch.protection is None:
+    # Classic rules only: a wildcard rule answers for every branch it matches, and a branch
+    # protected only by rulesets is "not protected" here (GET …/rules/branches/… lists those).
+    rule = ctx.state.classic_rule(repo, branch.name)
+    if rule is None:
         raise HTTPError(404, "Branch not protected")
-    return Reply(200, ctx.state.protection_read(repo, branch.name, branch.protection))
+    return Reply(200, ctx.state.protection_read(repo, branch.name, rule[1]))
 
 
 @handles("repos/update-branch-protection")
@@ -373,9 +378,21 @@ def delete_protection(ctx: Context) -> Reply:
     repo = ctx.repo(write=True)
     branch = _branch(ctx, repo)
     if branch.protection is None:
+        if ctx.state.classic_rule(repo, branch.name) is not None:
+            # Only a wildcard rule covers the branch: GitHub answers without an error and
+            # changes nothing (there is no rule of this branch's own to delete).
+            return Reply(204)
         raise HTTPError(404, "Branch not protected")
     branch.protection = None
     return Reply(204)
+
+
+@handles("repos/get-branch-rules")
+def get_branch_rules(ctx: Context) -> Reply:
+    repo = ctx.repo()
+    # "The branch does not need to exist; rules that would apply to a branch with that name
+    # will be returned."
+    return ctx.page(ctx.state.branch_rules(repo, ctx.params["branch"]))
 
 
 @handles("repos/get-collaborator-permission-level")
@@ -634,22 +651,12 @@ def list_rulesets(ctx: Context) -> Reply:
 @handles("repos/create-repo-ruleset")
 def create_ruleset(ctx: Context) -> Reply:
     repo = ctx.repo(write=True)
-    number = ctx.state.next_id()
     body = copy.deepcopy(ctx.data)
     if any(r["name"] == body["name"] for r in repo.rulesets.values()):
         raise HTTPError(422, "Validation Failed", errors=["Name must be unique"])
-    now = iso()
-    ruleset = {
-        "id": number, "name": body["name"], "target": body.get("target", "branch"),
-        "source_type": "Repository", "source": repo.data["full_name"],
-        "enforcement": body["enforcement"], "bypass_actors": body.get("bypass_actors", []),
-        "current_user_can_bypass": "never", "node_id": node_id("RepositoryRuleset", number),
-        "_links": {"self": {"href": f"{repo.data['url']}/rulesets/{number}"},
-                   "html": {"href": f"{repo.data['html_url']}/rules/{number}"}},
-        "conditions": body.get("conditions"), "rules": body.get("rules", []),
-        "created_at": now, "updated_at": now,
-    }
-    repo.rulesets[number] = ruleset
+    ruleset = ctx.state.new_ruleset(body, source_type="Repository", source=repo.data["full_name"],
+                                    api=repo.data["url"], html=repo.data["html_url"])
+    repo.rulesets[ruleset["id"]] = ruleset
     return Reply(201, ruleset)
 
 

@@ -269,6 +269,40 @@ class FakeGitHub:
             raise KeyError(f"no branch {branch} in {owner}/{repo}")
         target.protection = json.loads(json.dumps(body)) if body is not None else None
 
+    def add_protection_rule(self, owner: str, repo: str, pattern: str,
+                            body: dict[str, Any]) -> None:
+        """A classic rule with a wildcard pattern (`main*`, `release/*`), as made in GitHub's
+        settings or with GraphQL: it protects every branch it matches that has no rule of
+        its own (a PUT on such a branch creates the branch's own, exact rule)."""
+        if not any(ch in pattern for ch in "*?["):
+            raise ValueError("a pattern without a wildcard is a branch's own rule: use set_protection")
+        self.state.get_repo(owner, repo).pattern_rules[pattern] = json.loads(json.dumps(body))
+
+    def protection_rules(self, owner: str, repo: str) -> dict[str, dict[str, Any]]:
+        """Every classic rule of a repository: pattern -> PUT-shape body (exact ones too)."""
+        state_repo = self.state.get_repo(owner, repo)
+        rules = {b.name: b.protection for b in state_repo.branches.values() if b.protection}
+        return {**rules, **state_repo.pattern_rules}
+
+    def add_ruleset(self, owner: str, repo: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A repository ruleset, as `POST /repos/{owner}/{repo}/rulesets` with `body` makes it."""
+        state_repo = self.state.get_repo(owner, repo)
+        ruleset = self.state.new_ruleset(
+            json.loads(json.dumps(body)), source_type="Repository",
+            source=state_repo.data["full_name"], api=state_repo.data["url"],
+            html=state_repo.data["html_url"])
+        state_repo.rulesets[ruleset["id"]] = ruleset
+        return ruleset
+
+    def add_org_ruleset(self, org: str, body: dict[str, Any]) -> dict[str, Any]:
+        """An organization ruleset (`conditions` may hold `repository_name` and `ref_name`)."""
+        login = self.state.accounts[org.lower()].login
+        ruleset = self.state.new_ruleset(
+            json.loads(json.dumps(body)), source_type="Organization", source=login,
+            api=f"{self.url}/orgs/{login}", html=f"{HTML}/organizations/{login}/settings")
+        self.state.org_rulesets.setdefault(org.lower(), {})[ruleset["id"]] = ruleset
+        return ruleset
+
     def protection(self, owner: str, repo: str, branch: str) -> dict[str, Any] | None:
         """The protection of a branch as last written (PUT shape), or None."""
         target = self.state.get_repo(owner, repo).branches.get(branch)
@@ -277,10 +311,10 @@ class FakeGitHub:
     def protection_read(self, owner: str, repo: str, branch: str) -> dict[str, Any] | None:
         """The protection of a branch in GitHub's read (GET) shape, or None."""
         state_repo = self.state.get_repo(owner, repo)
-        target = state_repo.branches.get(branch)
-        if target is None or target.protection is None:
+        rule = self.state.classic_rule(state_repo, branch)
+        if branch not in state_repo.branches or rule is None:
             return None
-        return self.state.protection_read(state_repo, branch, target.protection)
+        return self.state.protection_read(state_repo, branch, rule[1])
 
     def put_file(self, owner: str, repo: str, path: str, content: str | bytes) -> None:
         """Commit a file (on every branch; an empty repository gets its default branch)."""

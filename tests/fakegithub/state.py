@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +37,39 @@ REPO_DEFAULTS: dict[str, Any] = {
     "forks_count": 0, "stargazers_count": 0, "watchers_count": 0, "open_issues_count": 0,
     "network_count": 0, "subscribers_count": 0, "mirror_url": None,
 }
+
+
+def branch_pattern_matches(pattern: str, name: str) -> bool:
+    """GitHub's matching of branch protection rule and ruleset patterns: Ruby's
+    ``File.fnmatch`` with ``FNM_PATHNAME``, so ``*`` and ``?`` never cross ``/``, ``**/``
+    spans any number of directories, and ``[...]`` is a character class."""
+    out, i = [], 0
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]*/)*")
+            i += 3
+            continue
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[" and "]" in pattern[i + 1:]:
+            end = pattern.index("]", i + 1)
+            body = pattern[i + 1:end].replace("\\", "\\\\")
+            if body[:1] in ("!", "^"):
+                body = "^/" + body[1:]  # a negated class does not match "/" either
+            out.append(f"[{body}]")
+            i = end + 1
+            continue
+        elif char == "\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return re.fullmatch("".join(out), name) is not None
 
 
 def iso(ts: float | None = None) -> str:
@@ -99,6 +133,9 @@ class Repo:
     issues: dict[int, dict[str, Any]] = field(default_factory=dict)
     permissions: dict[str, str] = field(default_factory=dict)
     rulesets: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # Classic rules with a wildcard pattern (PUT-shape bodies), oldest first. A rule with a
+    # branch's exact name is that Branch's `protection`.
+    pattern_rules: dict[str, dict[str, Any]] = field(default_factory=dict)
     check_runs: dict[int, dict[str, Any]] = field(default_factory=dict)
     serial: int = 0  # creation order, for sorting
 
@@ -131,6 +168,8 @@ class State:
         self.teams: dict[str, dict[str, Any]] = {}
         # Organization (lower-case) -> custom repository role name (lower-case) -> role object.
         self.custom_roles: dict[str, dict[str, dict[str, Any]]] = {}
+        # Organization (lower-case) -> ruleset id -> organization ruleset.
+        self.org_rulesets: dict[str, dict[int, dict[str, Any]]] = {}
         self._ids = itertools.count(1000)
         self._serial = itertools.count(1)
 
@@ -363,6 +402,77 @@ class State:
         repo.data["size"] = max(repo.data.get("size") or 0, 1)
 
     # --- branch protection -----------------------------------------------------------------
+    def classic_rule(self, repo: Repo, branch: str) -> tuple[str, dict[str, Any]] | None:
+        """(pattern, PUT-shape body) of the classic rule that protects a branch, or None.
+
+        A rule with the branch's exact name wins; otherwise the oldest wildcard rule that
+        matches (GitHub: "rules that include a specific branch name have the highest
+        priority"; among wildcard rules, the one created first).
+        """
+        head = repo.branches.get(branch)
+        if head is not None and head.protection is not None:
+            return branch, head.protection
+        for pattern, body in repo.pattern_rules.items():
+            if branch_pattern_matches(pattern, branch):
+                return pattern, body
+        return None
+
+    # --- rulesets -----------------------------------------------------------------------------
+    def new_ruleset(self, body: dict[str, Any], *, source_type: str, source: str, api: str,
+                    html: str) -> dict[str, Any]:
+        """A ruleset object as GitHub answers it, from a create body."""
+        number = self.next_id()
+        now = iso()
+        return {
+            "id": number, "name": body["name"], "target": body.get("target", "branch"),
+            "source_type": source_type, "source": source,
+            "enforcement": body["enforcement"], "bypass_actors": body.get("bypass_actors", []),
+            "current_user_can_bypass": "never", "node_id": node_id("RepositoryRuleset", number),
+            "_links": {"self": {"href": f"{api}/rulesets/{number}"},
+                       "html": {"href": f"{html}/rules/{number}"}},
+            "conditions": body.get("conditions"), "rules": body.get("rules", []),
+            "created_at": now, "updated_at": now,
+        }
+
+    def branch_rules(self, repo: Repo, branch: str) -> list[dict[str, Any]]:
+        """The rules of every active branch ruleset (the repository's and its organization's)
+        that applies to the branch, as `GET …/rules/branches/{branch}` lists them."""
+        rulesets = list(self.org_rulesets.get(repo.owner.lower(), {}).values())
+        rulesets += list(repo.rulesets.values())
+        found: list[dict[str, Any]] = []
+        for ruleset in rulesets:
+            if ruleset["enforcement"] != "active" or ruleset.get("target", "branch") != "branch":
+                continue
+            if not self._ruleset_applies(repo, ruleset, branch):
+                continue
+            for rule in ruleset.get("rules") or []:
+                found.append({**rule, "ruleset_source_type": ruleset["source_type"],
+                              "ruleset_source": ruleset["source"], "ruleset_id": ruleset["id"]})
+        return found
+
+    def _ruleset_applies(self, repo: Repo, ruleset: dict[str, Any], branch: str) -> bool:
+        conditions = ruleset.get("conditions") or {}
+        names = conditions.get("repository_name")
+        if names is not None:
+            def named(patterns: list[str]) -> bool:
+                return any(p == "~ALL" or branch_pattern_matches(p, repo.name) for p in patterns)
+            if not named(names.get("include") or []) or named(names.get("exclude") or []):
+                return False
+        refs = conditions.get("ref_name") or {}
+        ref = f"refs/heads/{branch}"
+        default = f"refs/heads/{repo.data['default_branch']}"
+
+        def matches(patterns: list[str]) -> bool:
+            for pattern in patterns:
+                if pattern == "~ALL" or (pattern == "~DEFAULT_BRANCH" and ref == default):
+                    return True
+                full = pattern if pattern.startswith("refs/") else f"refs/heads/{pattern}"
+                if branch_pattern_matches(full, ref):
+                    return True
+            return False
+
+        return matches(refs.get("include") or []) and not matches(refs.get("exclude") or [])
+
     def protection_read(self, repo: Repo, branch: str, body: dict[str, Any]) -> dict[str, Any]:
         """GitHub's read shape of a protection written as `body` (the PUT shape)."""
         url = f"{repo.data['url']}/branches/{branch}/protection"
@@ -429,8 +539,9 @@ class State:
     def branch_object(self, repo: Repo, branch: Branch) -> dict[str, Any]:
         """The REST branch object (`repos/get-branch`)."""
         api = repo.data["url"]
-        protected = branch.protection is not None
-        checks = (branch.protection or {}).get("required_status_checks") or {}
+        rule = self.classic_rule(repo, branch.name)
+        protected = rule is not None or bool(self.branch_rules(repo, branch.name))
+        checks = ((rule or ("", {}))[1]).get("required_status_checks") or {}
         return {
             "name": branch.name,
             "commit": {
