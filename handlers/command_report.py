@@ -8,14 +8,23 @@ from typing import Any
 
 from bot.store.base import AuditRecord
 from handlers import command_text as text
-from handlers.command_markdown import escape, escape_settings, escape_value, show, table
+from handlers.command_markdown import (
+    COMMENT_BUDGET,
+    escape,
+    escape_settings,
+    escape_value,
+    show,
+    table,
+)
 from policies.apply import ChangeOutcome
 from policies.branch_protection import diff_protection, normalize_written, resolve_branch_rules
+from policies.branch_rules import RulesetRule
 from policies.defaults import DEFAULT_BRANCH_RULE
-from policies.model import BRANCH_PROTECTION, REPOSITORY, Change, Plan, Policy
+from policies.model import BRANCH_PROTECTION, REPOSITORY, Change, Held, Plan, Policy
 
 STATUS_CELL_LIMIT = 200
 AUDIT_VALUE_LIMIT = 160
+RULESETS_BUDGET = 8_000  # of the comment, for the table of ruleset rules
 
 
 def _drift_keys(change: Change, policy: Policy | None, default_branch: str | None) -> str:
@@ -48,8 +57,11 @@ def _by_field(changes: Sequence[Change], policy: str) -> dict[str, Change]:
     return {change.field: change for change in changes if change.policy == policy}
 
 
-def status_rows(policy: Policy, plan: Plan, default_branch: str | None) -> list[tuple[str, ...]]:
-    """policy, field, wanted, actual, compliant: one row per field and branch the policy names."""
+def status_rows(
+    policy: Policy, plan: Plan, default_branch: str | None, ruleset_branches: frozenset[str] = frozenset()
+) -> list[tuple[str, ...]]:
+    """policy, field, wanted, actual, compliant: one row per field and branch the policy names.
+    ``ruleset_branches``: branches without classic protection that rulesets protect."""
     rows: list[tuple[str, ...]] = []
     settings = _by_field(plan.changes, REPOSITORY)
     unread = set(plan.settings_to_read)
@@ -64,7 +76,8 @@ def status_rows(policy: Policy, plan: Plan, default_branch: str | None) -> list[
         rows.append((escape(REPOSITORY), escape(field), escape_value(wanted), actual, compliant))
     protections = _by_field(plan.changes, BRANCH_PROTECTION)
     deferred = _by_field(plan.deferred, BRANCH_PROTECTION)
-    unread = set(plan.branches_to_read)
+    held = {h.field: h for h in plan.held if h.policy == BRANCH_PROTECTION}
+    unread = set(plan.branches_to_read) | set(plan.rules_to_read)
     rules = resolve_branch_rules(policy, default_branch)
     if default_branch is None and any(rule.name == DEFAULT_BRANCH_RULE for rule in policy.branches):
         rule = next(rule for rule in policy.branches if rule.name == DEFAULT_BRANCH_RULE)
@@ -82,6 +95,8 @@ def status_rows(policy: Policy, plan: Plan, default_branch: str | None) -> list[
             wanted = text.PROTECTED + ": " + escape_settings(rule.protection, STATUS_CELL_LIMIT)
         if branch in deferred:
             actual, compliant = text.BRANCH_MISSING, text.NO
+        elif branch in held:
+            actual, compliant = escape(held[branch].reason, STATUS_CELL_LIMIT), text.NO
         elif branch in unread or (branch == DEFAULT_BRANCH_RULE and default_branch is None):
             actual, compliant = text.UNKNOWN, text.UNKNOWN
         elif branch in protections:
@@ -95,18 +110,53 @@ def status_rows(policy: Policy, plan: Plan, default_branch: str | None) -> list[
             compliant = text.NO
         else:
             actual, compliant = text.AS_WANTED, text.YES
+        if branch in ruleset_branches:
+            actual = text.RULESETS_APPLY.format(actual=actual)
         rows.append((escape(BRANCH_PROTECTION), escape(label), wanted, actual, compliant))
     return rows
 
 
-def render_status(repo: str, policy: Policy, plan: Plan, default_branch: str | None) -> str:
-    rows = status_rows(policy, plan, default_branch)
+def ruleset_rows(rulesets: Mapping[str, Sequence[RulesetRule] | None]) -> list[tuple[str, ...]]:
+    """branch, rule, ruleset, where it is defined: one row per rule."""
+    return [
+        (
+            escape(branch),
+            escape(rule.type),
+            escape(text.RULESET_ID.format(id=rule.ruleset_id)),
+            escape(f"{rule.source_type.lower()} {rule.source}".strip()),
+        )
+        for branch, rules in rulesets.items()
+        for rule in rules or ()
+    ]
+
+
+def render_status(
+    repo: str,
+    policy: Policy,
+    plan: Plan,
+    default_branch: str | None,
+    rulesets: Mapping[str, Sequence[RulesetRule] | None] | None = None,
+) -> str:
+    """The status table; with ``rulesets`` (branch -> its ruleset rules, None when they could
+    not be read), the rules rulesets put on branches without classic protection."""
+    rulesets = rulesets or {}
+    covered = frozenset(branch for branch, rules in rulesets.items() if rules)
+    rows = status_rows(policy, plan, default_branch, covered)
     drifted = sum(1 for row in rows if row[-1] != text.YES)
     verdict = (
         text.STATUS_COMPLIANT if not drifted else text.STATUS_DRIFT.format(count=drifted, total=len(rows))
     )
     title = text.STATUS_TITLE.format(repo=escape(repo))
-    return f"{title}\n\n{verdict}\n\n{table(text.STATUS_HEADERS, rows)}"
+    extra = ruleset_rows(rulesets)
+    budget = COMMENT_BUDGET - (RULESETS_BUDGET if extra else 0)
+    body = f"{title}\n\n{verdict}\n\n{table(text.STATUS_HEADERS, rows, budget=budget)}"
+    if extra:
+        rules_table = table(text.RULESETS_HEADERS, extra, budget=RULESETS_BUDGET)
+        body += f"\n\n{text.RULESETS_TITLE}\n\n{rules_table}"
+    unreadable = [branch for branch, rules in rulesets.items() if rules is None]
+    if unreadable:
+        body += "\n\n" + text.RULESETS_UNREADABLE.format(branches=", ".join(escape(b) for b in unreadable))
+    return body
 
 
 def _bullets(lines: Sequence[str]) -> str:
@@ -122,6 +172,7 @@ def render_plan(repo: str, policy: Policy, plan: Plan, default_branch: str | Non
         )
         for change in plan.deferred
     ]
+    lines += held_lines(plan.held)
     title = text.PLAN_TITLE.format(repo=escape(repo))
     return f"{title}\n\n{_bullets(lines) if lines else text.PLAN_NOTHING}"
 
@@ -131,15 +182,24 @@ def outcome_text(outcome: ChangeOutcome) -> str:
     return template.format(outcome=escape(outcome.outcome), error=escape(outcome.error or "", 300))
 
 
+def held_lines(held: Sequence[Held]) -> list[str]:
+    return [text.CHANGE_HELD.format(branch=escape(h.field), reason=escape(h.reason, 300)) for h in held]
+
+
 def render_apply(
-    repo: str, policy: Policy | None, outcomes: Sequence[ChangeOutcome], default_branch: str | None, dry_run: bool
+    repo: str,
+    policy: Policy | None,
+    outcomes: Sequence[ChangeOutcome],
+    default_branch: str | None,
+    dry_run: bool,
+    held: Sequence[Held] = (),
 ) -> str:
     title = text.APPLY_TITLE.format(repo=escape(repo))
-    if not outcomes:
+    if not outcomes and not held:
         return f"{title}\n\n{text.APPLY_NOTHING}"
     lines = [
         f"{describe_change(o.change, policy, default_branch)} — **{outcome_text(o)}**" for o in outcomes
-    ]
+    ] + held_lines(held)
     body = f"{title}\n\n{_bullets(lines)}"
     return f"{body}\n\n{text.APPLY_DRY_RUN}" if dry_run else body
 

@@ -22,8 +22,11 @@ from handlers.command_report import (
     render_status,
 )
 from policies.apply import APPLIED, DRY_RUN, FAILED, Run
+from policies.branch_protection import resolve_branch_rules
+from policies.branch_rules import RulesetRule, classically_unprotected, ruleset_rules
 from policies.engine import REPO_FAILED, SKIPPED, PolicyEngine, RepoResult
 from policies.loader import PolicyError
+from policies.model import Plan, Policy
 
 DENIED = "denied"
 
@@ -129,8 +132,19 @@ async def answer_status(request: Request) -> Answer:
     unplanned = _unplanned(result)
     if unplanned is not None or result.plan is None or result.policy is None:
         return with_dry_run_note(unplanned or failed("no plan"), result.dry_run)
-    body = render_status(result.repo, result.policy, result.plan, default_branch_of(request.repo))
+    default_branch = default_branch_of(request.repo)
+    rulesets = await _ruleset_rules(request, result.plan, result.policy, default_branch)
+    body = render_status(result.repo, result.policy, result.plan, default_branch, rulesets)
     return with_dry_run_note(Answer(body, APPLIED), result.dry_run)
+
+
+async def _ruleset_rules(
+    request: Request, plan: Plan, policy: Policy, default_branch: str | None
+) -> dict[str, tuple[RulesetRule, ...] | None]:
+    """The ruleset rules on each branch the policy names whose classic read said unprotected
+    (a branch protected only by rulesets reads so): one request per such branch."""
+    branches = classically_unprotected(plan, resolve_branch_rules(policy, default_branch))
+    return {branch: await ruleset_rules(request.gh, *request.owner_and_name, branch) for branch in branches}
 
 
 async def answer_plan(request: Request) -> Answer:
@@ -155,8 +169,9 @@ async def answer_apply(request: Request) -> Answer:
     unplanned = _unplanned(result)
     if unplanned is not None:
         return with_dry_run_note(unplanned, result.dry_run)
+    held = result.plan.held if result.plan is not None else ()
     body = render_apply(
-        result.repo, result.policy, result.changes, default_branch_of(request.repo), result.dry_run
+        result.repo, result.policy, result.changes, default_branch_of(request.repo), result.dry_run, held
     )
     if result.outcome == REPO_FAILED:
         error = result.error or "a change failed"

@@ -93,6 +93,16 @@ PROTECTED = "protected"
 AS_WANTED = "as wanted"
 DIFFERS_IN = "differs in {keys}"
 BRANCH_MISSING = "branch does not exist yet"
+RULESETS_APPLY = "{actual}; rulesets apply (below)"
+
+# After the status table: the rules rulesets put on branches without classic protection.
+RULESETS_TITLE = (
+    "**Rules from rulesets.** GitHub enforces these besides classic branch protection, "
+    "which is what Moko manages:"
+)
+RULESETS_HEADERS = ("branch", "rule", "ruleset", "defined in")
+RULESET_ID = "ruleset {id}"
+RULESETS_UNREADABLE = "Moko may not read the rules of rulesets on {branches}."
 DEFAULT_BRANCH = "{branch} (default branch)"
 NO_DEFAULT_BRANCH = "default branch (none yet)"
 
@@ -102,6 +112,7 @@ CHANGE_PROTECT = "protect branch {branch}: {after}"
 CHANGE_REPROTECT = "update the protection of branch {branch}: {keys}"
 CHANGE_UNPROTECT = "remove the protection of branch {branch}"
 CHANGE_DEFERRED = "protect branch {branch} once it is first pushed: {after}"
+CHANGE_HELD = "not done, for a person to decide: branch {branch} is {reason}"
 OUTCOMES = {
     "applied": "done",
     "dry-run": "dry-run, not changed",

@@ -24,6 +24,7 @@ from policies.branch_protection import (
 from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.engine import Known
 from policies.model import Policy
+from policies.protection_shapes import covering_pattern
 from policies.repository_settings import GRAPHQL_FIELDS, rest_settings_from_graphql
 
 PAGE_SIZE = 100  # GitHub's most per connection page, and the most aliases Moko puts in a query
@@ -105,6 +106,7 @@ class RepoSnapshot:
     existing_branches: frozenset[str] | None = None
     own_policy_read: bool = False  # whether own_policy says what the repository's file holds
     own_policy: str | None = None  # its .github/moko.yml, or None when it has none
+    rule_patterns: Mapping[str, str | None] = field(default_factory=dict)  # see RepoState
 
     @property
     def full_name(self) -> str:
@@ -117,6 +119,7 @@ class RepoSnapshot:
             protections=dict(self.protections),
             empty=self.empty,
             existing_branches=self.existing_branches,
+            rule_patterns=dict(self.rule_patterns),
         )
 
 
@@ -139,6 +142,7 @@ def snapshot_of(node: Mapping[str, Any], fields: ReadFields) -> RepoSnapshot:
         found = {node[f"branch{i}"]["name"] for i in range(len(fields.branches)) if node.get(f"branch{i}")}
         existing = frozenset(found | ({default} if default else set()))
     protections: dict[str, Any] = {}
+    patterns: dict[str, str | None] = {}
     if fields.protection and not empty:
         connection = node.get("branchProtectionRules") or {}
         rules = list(connection.get("nodes") or ())
@@ -149,17 +153,18 @@ def snapshot_of(node: Mapping[str, Any], fields: ReadFields) -> RepoSnapshot:
             exact = any(rule.get("pattern") == branch for rule in rules)
             if not exact and not complete:
                 continue  # an exact rule could be on a page not read: let REST say
+            patterns[branch] = covering_pattern(rules, branch)
             try:
                 protections[branch] = protection_from_graphql_rules(rules, branch)
             except ProtectionUnknown:
-                continue  # a wildcard rule applies: GitHub's own matching decides, via REST
+                continue  # a wildcard rule applies: its settings as GitHub reads them, via REST
     own_read, own_text = False, None
     if fields.own_policy:
         blob = node.get("ownPolicy")
         # A binary or truncated file is left to the REST read, which reports it as it is.
         if blob is None or not (blob.get("isBinary") or blob.get("isTruncated") or blob.get("text") is None):
             own_read, own_text = True, None if blob is None else blob["text"]
-    return RepoSnapshot(repo, settings, protections, empty, existing, own_read, own_text)
+    return RepoSnapshot(repo, settings, protections, empty, existing, own_read, own_text, patterns)
 
 
 async def read_owner(gh: Any, owner: str, fields: ReadFields) -> AsyncIterator[tuple[int, list[RepoSnapshot]]]:

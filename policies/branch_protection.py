@@ -25,6 +25,12 @@ again, and the body written normalizes, when read back, to a compliant state.
 
 ``protection: null`` in a rule means "this branch must not be protected" (one DELETE);
 a branch no rule names is not managed at all.
+
+Classic rules have patterns. A branch covered only by a wildcard rule (``release/*``;
+GitHub's ``*`` does not cross ``/``) reads as protected with that rule's settings; a PUT on
+the branch makes it a rule of its own, so a fix never touches the shared rule. Removing
+protection would mean removing a rule other branches share: Moko never does, and holds that
+change (see ``Held``) instead; before any DELETE it learns which rule protects the branch.
 """
 
 from __future__ import annotations
@@ -34,7 +40,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies.defaults import DEFAULT_BRANCH_RULE
-from policies.model import BRANCH_PROTECTION, BranchRule, Change, KindPlan, Policy, RepoState, thaw
+from policies.model import (
+    BRANCH_PROTECTION,
+    BRANCH_PROTECTION_RULE,
+    BranchRule,
+    Change,
+    Held,
+    KindPlan,
+    Policy,
+    RepoState,
+    thaw,
+)
 from policies.protection_shapes import (
     ACTOR_KEYS,
     ANY_APP,
@@ -103,6 +119,10 @@ __all__ = [
     "resolve_branch_rules",
 ]
 
+
+SHARED_RULE = (
+    "protected by the rule {pattern}, which other branches share: Moko does not remove it"
+)
 
 # --- comparing ---------------------------------------------------------------------------
 
@@ -290,6 +310,7 @@ def plan_protection_kind(policy: Policy, repo: RepoState) -> KindPlan:
     changes: list[Change] = []
     deferred: list[Change] = []
     needs_read: list[str] = []
+    held: list[Held] = []
     default = next((rule for rule in policy.branches if rule.name == DEFAULT_BRANCH_RULE), None)
     if default is not None and not repo.default_branch:
         if not repo.empty:
@@ -310,10 +331,18 @@ def plan_protection_kind(policy: Policy, repo: RepoState) -> KindPlan:
         if branch not in repo.protections:
             needs_read.append(f"{BRANCH_PROTECTION}.{branch}")
             continue
+        if rule.protection is None and repo.protections[branch] is not None:
+            pattern = repo.rule_patterns.get(branch, UNKNOWN)
+            if pattern is UNKNOWN:
+                needs_read.append(f"{BRANCH_PROTECTION_RULE}.{branch}")
+                continue
+            if pattern is not None and pattern != branch:
+                held.append(Held(BRANCH_PROTECTION, branch, SHARED_RULE.format(pattern=pattern)))
+                continue
         try:
             changes.extend(
                 plan_branch_protection(branch, repo.protections[branch], rule.protection)
             )
         except ProtectionUnknown:
             needs_read.append(f"{BRANCH_PROTECTION}.{branch}")
-    return KindPlan(tuple(changes), tuple(deferred), tuple(needs_read))
+    return KindPlan(tuple(changes), tuple(deferred), tuple(needs_read), tuple(held))

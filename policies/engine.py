@@ -79,6 +79,7 @@ class Known:
     empty: bool = False
     existing_branches: frozenset[str] | None = None
     missing_branches: set[str] = field(default_factory=set)
+    rule_patterns: dict[str, str | None] = field(default_factory=dict)
 
 
 class PolicyEngine:
@@ -136,6 +137,8 @@ class PolicyEngine:
                 if "branch not found" in str(exc).lower():
                     known.missing_branches.add(branch)
                 known.protections[branch] = None
+        for branch in plan.rules_to_read:
+            known.rule_patterns[branch] = await rule_pattern(gh, owner, name, branch)
         return known
 
     def state_of(self, repo: Mapping[str, Any], known: Known) -> RepoState:
@@ -145,7 +148,10 @@ class PolicyEngine:
             # GitHub named the branches it could not find; the others it answered for exist.
             default = settings.get("default_branch")
             existing = frozenset(set(known.protections) | ({default} if default else set())) - known.missing_branches
-        return RepoState.from_rest(settings, empty=known.empty, protections=known.protections, existing_branches=existing)
+        return RepoState.from_rest(
+            settings, empty=known.empty, protections=known.protections, existing_branches=existing,
+            rule_patterns=known.rule_patterns,
+        )
 
     async def plan(self, gh: Any, policy: Policy, repo: Mapping[str, Any], known: Known) -> Plan:
         """Plan, reading only what the plan says it needs, until it is decided."""
@@ -206,11 +212,14 @@ class PolicyEngine:
                     fresh = [c for c in plan.deferred if not _waiting(records, (c.field,))]
                     if fresh:
                         await transaction.record(fresh, DEFERRED, "branch does not exist yet")
+        held = "; ".join(f"{h.field}: {h.reason}" for h in plan.held) or None
+        if held:
+            log.warning("policy_change_held", repo=full_name, reason=held)
         return RepoResult(
             full_name,
-            _outcome(plan, transaction.outcomes, ok, dry_run),
+            REPO_FAILED if held else _outcome(plan, transaction.outcomes, ok, dry_run),
             tuple(transaction.outcomes),
-            error=next((o.error for o in transaction.outcomes if o.outcome == FAILED), None),
+            error=next((o.error for o in transaction.outcomes if o.outcome == FAILED), held),
             plan=plan,
             policy=policy,
             dry_run=dry_run,
@@ -237,6 +246,24 @@ class PolicyEngine:
             gh, run, repo, known=known, scope=PROTECTION_ONLY,
             only_if=lambda: self._still_deferred(full_name, fields),
         )
+
+
+# Which classic rule protects a branch: REST cannot tell a branch's own rule from a wildcard
+# rule that covers it, so this one GraphQL read comes before removing a branch's protection.
+_RULE_QUERY = """
+query MokoBranchRule($owner: String!, $name: String!, $ref: String!) {
+  repository(owner: $owner, name: $name) { ref(qualifiedName: $ref) { branchProtectionRule { pattern } } }
+}
+"""
+
+
+async def rule_pattern(gh: Any, owner: str, name: str, branch: str) -> str | None:
+    """The pattern of the classic rule protecting the branch (its own name, or a wildcard
+    that other branches share), or None when none does."""
+    data = await gh.graphql(_RULE_QUERY, owner=owner, name=name, ref=f"refs/heads/{branch}")
+    ref = (data.get("repository") or {}).get("ref") or {}
+    rule = ref.get("branchProtectionRule") or {}
+    return rule.get("pattern")
 
 
 def _waiting(records: list[AuditRecord], fields: tuple[str, ...]) -> bool:

@@ -14,6 +14,8 @@ PERMISSIONS: tuple[str, ...] = ("admin", "maintain", "write", "triage", "read")
 
 REPOSITORY = "repository"
 BRANCH_PROTECTION = "branch_protection"
+# A need to read: which classic rule (its pattern) protects a branch.
+BRANCH_PROTECTION_RULE = "branch_protection_rule"
 
 
 class FrozenDict(dict[str, Any]):
@@ -188,6 +190,9 @@ class RepoState:
       GraphQL), or None when the branch is not protected. A branch missing here is unknown.
     - ``existing_branches``: branch names known to exist, or None when not known (then every
       named branch is assumed to exist, except in an empty repository).
+    - ``rule_patterns``: for branches whose classic protection rule is known, that rule's
+      pattern (the branch's own name, or a wildcard such as ``release/*`` that other branches
+      share), or None when no classic rule covers the branch.
     """
 
     full_name: str
@@ -198,12 +203,14 @@ class RepoState:
     settings: Mapping[str, Any] = field(default_factory=FrozenDict)
     protections: Mapping[str, Any] = field(default_factory=FrozenDict)
     existing_branches: frozenset[str] | None = None
+    rule_patterns: Mapping[str, str | None] = field(default_factory=FrozenDict)
 
     def __post_init__(self) -> None:
         if not self.name:
             object.__setattr__(self, "name", self.full_name.rsplit("/", 1)[-1])
         object.__setattr__(self, "settings", freeze(self.settings))
         object.__setattr__(self, "protections", freeze(self.protections))
+        object.__setattr__(self, "rule_patterns", freeze(self.rule_patterns))
         if self.existing_branches is not None:
             object.__setattr__(self, "existing_branches", frozenset(self.existing_branches))
 
@@ -215,6 +222,7 @@ class RepoState:
         empty: bool = False,
         protections: Mapping[str, Any] | None = None,
         existing_branches: Iterable[str] | None = None,
+        rule_patterns: Mapping[str, str | None] | None = None,
     ) -> RepoState:
         """Build from a REST repository object (GET /repos/… or a webhook's ``repository``)."""
         return cls(
@@ -226,7 +234,21 @@ class RepoState:
             settings=repository,
             protections=protections or {},
             existing_branches=None if existing_branches is None else frozenset(existing_branches),
+            rule_patterns=rule_patterns or {},
         )
+
+
+@dataclass(frozen=True)
+class Held:
+    """What the policy asks for and Moko will not do, and why (e.g. removing a rule that
+    other branches share): the repository does not comply, and a person must decide."""
+
+    policy: str
+    field: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy, "field": self.field, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -236,6 +258,7 @@ class KindPlan:
     changes: tuple[Change, ...] = ()
     deferred: tuple[Change, ...] = ()
     needs_read: tuple[str, ...] = ()
+    held: tuple[Held, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -247,6 +270,7 @@ class Plan:
     - ``needs_read``: what could not be decided from the state given, as ``"repository.<field>"``
       or ``"branch_protection.<branch>"``: read it (REST) and plan again.
     - ``skipped``: why the repository is left alone (out of scope, archived), or None.
+    - ``held``: what the policy asks for and Moko will not do (see ``Held``).
     """
 
     repo: str
@@ -254,10 +278,13 @@ class Plan:
     deferred: tuple[Change, ...] = ()
     needs_read: tuple[str, ...] = ()
     skipped: str | None = None
+    held: tuple[Held, ...] = ()
 
     @property
     def compliant(self) -> bool:
-        return self.skipped is None and not (self.changes or self.deferred or self.needs_read)
+        return self.skipped is None and not (
+            self.changes or self.deferred or self.needs_read or self.held
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, e.g. for ``moko sweep --json`` and ``/moko plan``."""
@@ -267,6 +294,7 @@ class Plan:
             "deferred": [change.to_dict() for change in self.deferred],
             "needs_read": list(self.needs_read),
             "skipped": self.skipped,
+            **({"held": [held.to_dict() for held in self.held]} if self.held else {}),
         }
 
     @property
@@ -276,6 +304,11 @@ class Plan:
     @property
     def branches_to_read(self) -> tuple[str, ...]:
         return _suffixes(self.needs_read, BRANCH_PROTECTION)
+
+    @property
+    def rules_to_read(self) -> tuple[str, ...]:
+        """Branches whose classic rule's pattern must be known (before removing it)."""
+        return _suffixes(self.needs_read, BRANCH_PROTECTION_RULE)
 
 
 def _suffixes(keys: Sequence[str], prefix: str) -> tuple[str, ...]:

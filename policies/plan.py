@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from policies.branch_protection import branches_to_check
-from policies.model import Change, Plan, Policy, RepoState
+from policies.model import Change, Held, Plan, Policy, RepoState
 from policies.registry import POLICY_KINDS
 from policies.scope import skip_reason
 
@@ -22,9 +22,11 @@ def plan_repository(policy: Policy, repo: RepoState) -> Plan:
     changes: list[Change] = []
     deferred: list[Change] = []
     needs_read: list[str] = []
+    held: list[Held] = []
     for kind in POLICY_KINDS:
         part = kind.plan(policy, repo)
         changes.extend(part.changes)
         deferred.extend(part.deferred)
         needs_read.extend(part.needs_read)
-    return Plan(repo.full_name, tuple(changes), tuple(deferred), tuple(needs_read))
+        held.extend(part.held)
+    return Plan(repo.full_name, tuple(changes), tuple(deferred), tuple(needs_read), held=tuple(held))

@@ -10,11 +10,12 @@ off ABSENT rather than null, booleans as ``{enabled}``, ``checks`` beside ``cont
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
+
+from policies.branch_patterns import is_wildcard, matches
 
 REQUIRED_KEYS: tuple[str, ...] = (
     "required_status_checks",
@@ -433,14 +434,22 @@ def protection_from_graphql_rules(
     ProtectionUnknown (read REST). No matching rule: None (not protected).
     """
     rules = list(rules)
-    for rule in rules:
-        if rule.get("pattern") == branch:
-            return normalize_graphql_rule(rule)
-    for rule in rules:
-        pattern = str(rule.get("pattern") or "")
-        if any(ch in pattern for ch in "*?[") and fnmatch.fnmatchcase(branch, pattern):
-            raise ProtectionUnknown(branch, (f"pattern {pattern}",))
-    return None
+    pattern = covering_pattern(rules, branch)
+    if pattern is None:
+        return None
+    if pattern != branch:
+        raise ProtectionUnknown(branch, (f"pattern {pattern}",))
+    return normalize_graphql_rule(next(rule for rule in rules if rule.get("pattern") == branch))
+
+
+def covering_pattern(rules: Iterable[Mapping[str, Any]], branch: str) -> str | None:
+    """The pattern of the classic rule that protects ``branch`` among a repository's rules:
+    its own exact rule first (GitHub gives it priority), else the first wildcard rule that
+    matches it as GitHub matches; None when no rule covers it."""
+    patterns = [str(rule.get("pattern") or "") for rule in rules]
+    if branch in patterns:
+        return branch
+    return next((p for p in patterns if is_wildcard(p) and matches(p, branch)), None)
 
 
 def as_normalized(current: Any) -> NormalizedProtection | None:

@@ -88,11 +88,13 @@ async def test_status_answers_a_table_and_writes_nothing(drifted, moko):
         f"| branch\\_protection | main \\(default branch\\) | {PROTECTION_CELL} | not protected | no |"
     ]
     assert reactions(drifted, asked["id"]) == ["eyes", "rocket"]
-    # The payload holds the settings: no repository read; the protection is read once.
+    # The payload holds the settings: no repository read; the protection is read once, and
+    # as it is not protected, the rules rulesets may put on it.
     assert calls(drifted) == [
         ("POST", reactions_path(asked["id"])),
         ("GET", f"/repos/{ORG}/.github/contents/.github/moko.yml"),
         ("GET", f"/repos/{ORG}/{REPO}/branches/main/protection"),
+        ("GET", f"/repos/{ORG}/{REPO}/rules/branches/main"),
         ("POST", COMMENTS),
         ("POST", reactions_path(asked["id"])),
     ]
@@ -262,6 +264,64 @@ async def test_a_custom_role_whose_base_is_too_low_is_denied_with_its_base(fake_
     [answer] = answers(fake_github)
     assert "you have **bug-sorter**. **bug-sorter** is a custom role based on **triage**. Nothing was changed." in answer
     assert writes(fake_github) == []
+
+
+async def test_a_branch_protected_only_by_rulesets_shows_their_rules_and_still_gets_classic_protection(org, moko):
+    org.add_repo(ORG, REPO, **COMPLIANT)
+    org.set_permission(ORG, REPO, "mia", "maintain")
+    org_set = org.add_org_ruleset(ORG, {
+        "name": "everywhere", "target": "branch", "enforcement": "active", "rules": [{"type": "non_fast_forward"}],
+        "conditions": {"repository_name": {"include": ["~ALL"], "exclude": []},
+                       "ref_name": {"include": ["~DEFAULT_BRANCH"], "exclude": []}}})
+    repo_set = org.add_ruleset(ORG, REPO, {
+        "name": "keep main", "target": "branch", "enforcement": "active", "rules": [{"type": "deletion"}],
+        "conditions": {"ref_name": {"include": ["refs/heads/main"], "exclude": []}}})
+    await command(moko, org, "/moko status")
+    [status] = answers(org)
+    assert (
+        f"| branch\\_protection | main \\(default branch\\) | {PROTECTION_CELL} | "
+        "not protected; rulesets apply (below) | no |"
+    ) in status
+    assert status.endswith(
+        "**Rules from rulesets.** GitHub enforces these besides classic branch protection, "
+        "which is what Moko manages:\n\n"
+        "| branch | rule | ruleset | defined in |\n"
+        "|---|---|---|---|\n"
+        f"| main | non\\_fast\\_forward | ruleset {org_set['id']} | organization acme |\n"
+        f"| main | deletion | ruleset {repo_set['id']} | repository acme/widgets |"
+    )
+    # Both apply on GitHub: the classic protection the policy asks for is put on all the same.
+    await command(moko, org, "/moko apply", user="mia")
+    assert writes(org) == [("PUT", f"/repos/{ORG}/{REPO}/branches/main/protection")]
+    assert org.protection(ORG, REPO, "main") == DEFAULT_PROTECTION
+    assert len(org.rulesets(ORG, REPO)) == 1
+    await command(moko, org, "/moko status")
+    assert answers(org)[-1].splitlines()[3] == "✅ It complies with the policy."
+    assert "rules/branches" not in str(calls(org))  # protected now: no ruleset read
+
+
+async def test_protection_null_leaves_a_shared_wildcard_rule_alone_and_says_so(org, moko):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\nbranches:\n  - {name: default, protection: null}\n")
+    org.add_repo(ORG, REPO, **COMPLIANT)
+    org.add_branch(ORG, REPO, "maint")
+    org.add_protection_rule(ORG, REPO, "mai*", DEFAULT_PROTECTION)
+    org.set_permission(ORG, REPO, "mia", "maintain")
+    await command(moko, org, "/moko status")
+    # The classic read cannot tell whose rule it is: one GraphQL read says, before any DELETE.
+    [rule_query] = [c for c in org.calls_to("POST", "^/graphql$") if "MokoBranchRule" in (c.graphql_query or "")]
+    assert rule_query.graphql_variables["ref"] == "refs/heads/main"
+    assert (
+        "| branch\\_protection | main \\(default branch\\) | not protected | protected by the rule mai\\*, "
+        "which other branches share&#58; Moko does not remove it | no |"
+    ) in answers(org)[-1]
+    await command(moko, org, "/moko apply", user="mia", delivery="held")
+    assert answers(org)[-1].endswith(
+        "- not done, for a person to decide: branch main is protected by the rule mai\\*, which other "
+        "branches share&#58; Moko does not remove it")
+    assert writes(org) == []
+    assert org.protection_rules(ORG, REPO) == {"mai*": DEFAULT_PROTECTION}
+    assert (await moko.services.store.get_delivery("held")).state == FAILED
 
 
 @pytest.mark.parametrize(("role", "allowed"), [("write", True), ("triage", False)])

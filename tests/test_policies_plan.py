@@ -171,10 +171,21 @@ def test_protection_drift_plans_one_put_after_the_settings() -> None:
     }
 
 
-def test_protection_null_deletes_existing_protection() -> None:
+def test_protection_null_deletes_the_branchs_own_rule_once_it_knows_which_rule_it_is() -> None:
     policy = parse_policy("branches:\n  - {name: default, protection: null}\n")
-    [change] = plan_repository(policy, state()).changes
+    # REST cannot tell a branch's own rule from a wildcard rule that covers it: ask first.
+    assert plan_repository(policy, state()).needs_read == ("branch_protection_rule.master",)
+    [change] = plan_repository(policy, state(rule_patterns={"master": "master"})).changes
     assert (change.field, change.method, change.after) == ("master", "DELETE", None)
+    assert plan_repository(policy, state(protections={"master": None})).compliant
+
+
+def test_protection_null_never_removes_a_rule_other_branches_share() -> None:
+    policy = parse_policy("branches:\n  - {name: default, protection: null}\n")
+    plan = plan_repository(policy, state(rule_patterns={"master": "mast*"}))
+    assert plan.changes == () and not plan.compliant
+    assert [(h.field, h.reason) for h in plan.held] == [
+        ("master", "protected by the rule mast*, which other branches share: Moko does not remove it")]
 
 
 def test_graphql_state_that_cannot_be_judged_asks_for_a_rest_read() -> None:

@@ -406,3 +406,37 @@ async def test_refused_credentials_are_a_usage_error(org, env):
     code, doc, err = await sweep({**env, "GITHUB_TOKEN": "ghp_revoked"})
     assert code == 2 and doc is None
     assert err.startswith("moko: GitHub refused these credentials") and err.count("\n") == 1
+
+
+async def test_wildcard_covered_branches_get_their_own_rule_and_a_shared_rule_is_never_removed(org, env):
+    policy = (
+        "version: 1\nrepository: {}\nbranches:\n"
+        "  - name: release/1\n    protection:\n      required_status_checks: null\n"
+        "      enforce_admins: true\n      required_pull_request_reviews: null\n      restrictions: null\n"
+        "  - name: release/2\n    protection: null\n"
+    )
+    org.add_repo(ORG, ".github")
+    org.put_file(ORG, ".github", ".github/moko.yml", policy)
+    org.add_repo(ORG, "app")
+    for branch in ("release/1", "release/2", "release/3"):
+        org.add_branch(ORG, "app", branch)
+    shared = {**PROTECTION, "allow_deletions": True}
+    org.add_protection_rule(ORG, "app", "release/*", shared)
+    code, doc, _ = await sweep(env, "--repo", "app")
+    [result] = doc["results"]
+    # release/1 gets a rule of its own, in one PUT, from the shared rule's settings with the
+    # policy's keys laid over them; the shared rule, which release/2 and release/3 keep, stays.
+    assert [(c.method, c.path) for c in writes(org)] == [("PUT", f"/repos/{ORG}/app/branches/release/1/protection")]
+    assert org.protection_rules(ORG, "app") == {
+        "release/*": shared,
+        "release/1": {**PROTECTION, "required_pull_request_reviews": None, "enforce_admins": True,
+                      "allow_deletions": True, "required_linear_history": False, "allow_force_pushes": False,
+                      "block_creations": False, "required_conversation_resolution": False,
+                      "lock_branch": False, "allow_fork_syncing": False},
+    }
+    # release/2 must not be protected, but only the shared rule protects it: left for a person.
+    assert (code, result["outcome"]) == (1, "failed")
+    assert result["error"] == (
+        "release/2: protected by the rule release/*, which other branches share: Moko does not remove it")
+    assert org.protection_read(ORG, "app", "release/2")["allow_deletions"]["enabled"] is True
+    assert [(r.field, r.outcome) for r in await trail(env, repo=f"{ORG}/app")] == [("release/1", "applied")]
