@@ -16,6 +16,7 @@ from typing import Any
 
 from gidgethub import QueryError
 
+from bot.github_schema import ServerSchema, server_schema
 from policies.branch_protection import (
     GRAPHQL_RULE_FIELDS,
     ProtectionUnknown,
@@ -26,6 +27,12 @@ from policies.engine import Known
 from policies.model import Policy
 from policies.protection_shapes import covering_pattern
 from policies.repository_settings import GRAPHQL_FIELDS, rest_settings_from_graphql
+from policies.server_fields import (
+    QUERIED_TYPES,
+    REPOSITORY_TYPE,
+    repository_graphql_field,
+    rule_selection,
+)
 
 PAGE_SIZE = 100  # GitHub's most per connection page, and the most aliases Moko puts in a query
 RULES_PAGE = 20  # branch protection rules per repository; a repository with more may need REST
@@ -79,13 +86,21 @@ class ReadFields:
                     branches.append(name)
         return cls(frozenset(settings), protection, tuple(dict.fromkeys(branches)), bool(policy.overrides))
 
-    def selection(self) -> str:
-        """The selection set of one ``Repository`` node."""
+    def selection(self, schema: ServerSchema | None = None) -> str:
+        """The selection set of one ``Repository`` node: with ``schema``, only the fields the
+        server has (a query naming one it lacks would fail whole)."""
         wanted = dict.fromkeys(_ALWAYS)
-        wanted.update(dict.fromkeys(GRAPHQL_FIELDS[name] for name in sorted(self.settings) if name in GRAPHQL_FIELDS))
+        wanted.update(
+            dict.fromkeys(
+                GRAPHQL_FIELDS[name]
+                for name in sorted(self.settings)
+                if name in GRAPHQL_FIELDS
+                and (schema is None or schema.has(REPOSITORY_TYPE, repository_graphql_field(name) or ""))
+            )
+        )
         parts = list(wanted)
         if self.protection:
-            rule = " ".join(GRAPHQL_RULE_FIELDS.split())
+            rule = rule_selection(GRAPHQL_RULE_FIELDS.splitlines(), schema)
             parts.append(f"branchProtectionRules(first: {RULES_PAGE}) {{ totalCount nodes {{ {rule} }} }}")
         for index, branch in enumerate(self.branches):
             # Whether the branch exists: protection cannot be put on a branch that does not.
@@ -170,7 +185,8 @@ def snapshot_of(node: Mapping[str, Any], fields: ReadFields) -> RepoSnapshot:
 async def read_owner(gh: Any, owner: str, fields: ReadFields) -> AsyncIterator[tuple[int, list[RepoSnapshot]]]:
     """Every repository the credentials see in an organization (or user account), in pages of
     100 ordered by name: yields (total count, the page's snapshots). One query per page."""
-    query = _OWNER_QUERY % {"page": PAGE_SIZE, "selection": fields.selection()}
+    schema = await server_schema(gh, QUERIED_TYPES)
+    query = _OWNER_QUERY % {"page": PAGE_SIZE, "selection": fields.selection(schema)}
     after: str | None = None
     while True:
         try:
@@ -201,7 +217,7 @@ async def read_repositories(
     names = list(dict.fromkeys(full_names))
     snapshots: list[RepoSnapshot] = []
     missing: list[str] = []
-    selection = fields.selection()
+    selection = fields.selection(await server_schema(gh, QUERIED_TYPES))
     for start in range(0, len(names), PAGE_SIZE):
         chunk = names[start : start + PAGE_SIZE]
         aliases = " ".join(

@@ -17,6 +17,7 @@ from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.loader import PolicyError
 from policies.model import BRANCH_PROTECTION, REPOSITORY, Plan, Policy, RepoState
 from policies.plan import plan_repository
+from policies.server_fields import for_server, schema_for, unsupported, without_unsupported
 from policies.source import POLICY_PATH, POLICY_REPO, PolicySource
 
 log = get_logger("moko.engine")
@@ -26,6 +27,9 @@ COMPLIANT, FIXED, REPO_FAILED, REPO_DEFERRED, SKIPPED, PLANNED = (
     "compliant", "fixed", "failed", "deferred", "skipped", "planned",
 )
 _MAX_READ_ROUNDS = 3
+# A repository whose policy names fields the server does not have: its compliance cannot be
+# told, so it counts as failed (with the reason), never as compliant.
+UNSUPPORTED = REPO_FAILED
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,13 @@ class PolicyEngine:
             if only_if is not None and not await only_if():
                 return RepoResult(full_name, COMPLIANT, policy=policy, dry_run=dry_run)
             try:
-                plan = await self.plan(gh, effective, repo, known or Known())
+                # What the server cannot do (an older GitHub Enterprise Server) is unknown.
+                schema = await schema_for(gh, effective)
+                lacking = unsupported(effective, schema) if schema is not None else {}
+                planned = without_unsupported(effective, schema) if lacking and schema is not None else effective
+                plan = await self.plan(gh, planned, repo, known or Known())
+                if schema is not None:
+                    plan = for_server(plan, schema)
             except GitHubException as exc:
                 error = github_error(exc)
                 log.error("repository_read_failed", repo=full_name, error=error)
@@ -215,11 +225,17 @@ class PolicyEngine:
         held = "; ".join(f"{h.field}: {h.reason}" for h in plan.held) or None
         if held:
             log.warning("policy_change_held", repo=full_name, reason=held)
+        outcome = REPO_FAILED if held else _outcome(plan, transaction.outcomes, ok, dry_run)
+        error = next((o.error for o in transaction.outcomes if o.outcome == FAILED), held)
+        if lacking and outcome != REPO_FAILED:
+            # Its compliance cannot be told: never compliant (what could be done was done).
+            log.warning("repository_fields_unsupported", repo=full_name, fields=sorted(lacking))
+            outcome, error = UNSUPPORTED, "; ".join(f"{key}: {why}" for key, why in sorted(lacking.items()))
         return RepoResult(
             full_name,
-            REPO_FAILED if held else _outcome(plan, transaction.outcomes, ok, dry_run),
+            outcome,
             tuple(transaction.outcomes),
-            error=next((o.error for o in transaction.outcomes if o.outcome == FAILED), held),
+            error=error,
             plan=plan,
             policy=policy,
             dry_run=dry_run,

@@ -98,10 +98,14 @@ _GRAPHQL_REQUIRED = (
     "requiresLinearHistory",
     "allowsForcePushes",
     "allowsDeletions",
+)
+# Fields an older GitHub Enterprise Server lacks: not queried there, and then UNKNOWN.
+_GRAPHQL_NEWER = (
     "requiresConversationResolution",
     "lockBranch",
     "blocksCreations",
     "requireLastPushApproval",
+    "lockAllowsFetchAndMerge",
 )
 
 
@@ -174,7 +178,7 @@ class Reviews:
     required_approving_review_count: int = DEFAULT_REVIEW_COUNT
     dismiss_stale_reviews: bool = False
     require_code_owner_reviews: bool = False
-    require_last_push_approval: bool = False
+    require_last_push_approval: bool | Unknown = False
     dismissal_restrictions: Actors | Unknown = Actors()
     bypass_pull_request_allowances: Actors | Unknown = Actors()
 
@@ -398,7 +402,7 @@ def normalize_graphql_rule(node: Mapping[str, Any]) -> NormalizedProtection:
             required_approving_review_count=DEFAULT_REVIEW_COUNT if count is None else int(count),
             dismiss_stale_reviews=bool(node["dismissesStaleReviews"]),
             require_code_owner_reviews=bool(node["requiresCodeOwnerReviews"]),
-            require_last_push_approval=bool(node["requireLastPushApproval"]),
+            require_last_push_approval=_flag(node, "requireLastPushApproval"),
             dismissal_restrictions=(
                 Actors()
                 if restricted is False
@@ -406,7 +410,6 @@ def normalize_graphql_rule(node: Mapping[str, Any]) -> NormalizedProtection:
             ),
             bypass_pull_request_allowances=_graphql_actors(node.get("bypassPullRequestAllowances")),
         )
-    fork_syncing = node.get("lockAllowsFetchAndMerge", UNKNOWN)
     return NormalizedProtection(
         required_status_checks=status,
         enforce_admins=bool(node["isAdminEnforced"]),
@@ -417,11 +420,16 @@ def normalize_graphql_rule(node: Mapping[str, Any]) -> NormalizedProtection:
         required_linear_history=bool(node["requiresLinearHistory"]),
         allow_force_pushes=bool(node["allowsForcePushes"]),
         allow_deletions=bool(node["allowsDeletions"]),
-        block_creations=bool(node["blocksCreations"]),
-        required_conversation_resolution=bool(node["requiresConversationResolution"]),
-        lock_branch=bool(node["lockBranch"]),
-        allow_fork_syncing=fork_syncing if fork_syncing is UNKNOWN else bool(fork_syncing),
+        block_creations=_flag(node, "blocksCreations"),
+        required_conversation_resolution=_flag(node, "requiresConversationResolution"),
+        lock_branch=_flag(node, "lockBranch"),
+        allow_fork_syncing=_flag(node, "lockAllowsFetchAndMerge"),
     )
+
+
+def _flag(node: Mapping[str, Any], name: str) -> bool | Unknown:
+    """A newer field: UNKNOWN when it was not queried (the server does not have it)."""
+    return bool(node[name]) if name in node else UNKNOWN
 
 
 def protection_from_graphql_rules(

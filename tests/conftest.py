@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import pytest
 import pytest_asyncio
 
+from bot import github_schema
 from tests.support.harness import RunningMoko, moko_environ, run_moko
 
 pytest_plugins = ("tests.fakegithub.plugin", "tests.pg", "tests.support.github_client")
@@ -22,3 +24,12 @@ async def moko(env) -> AsyncIterator[RunningMoko]:
     """Moko serving on a loopback port with its real handlers."""
     async with run_moko(env) as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def _fresh_server_schemas():
+    """Each test's fake GitHub is a new server (a port may come back): forget the schemas
+    asked of earlier ones, as a new process would."""
+    github_schema.forget()
+    yield
+    github_schema.forget()

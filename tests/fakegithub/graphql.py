@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,7 +25,7 @@ from graphql import (
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
-    build_schema,
+    build_ast_schema,
     execute_sync,
     get_named_type,
     parse,
@@ -40,18 +41,55 @@ MAX_NODES = 500_000
 
 
 @lru_cache(maxsize=1)
-def get_schema() -> GraphQLSchema:
-    """GitHub's public schema, built once per process (it takes a couple of seconds)."""
-    source = SCHEMA_FILE.read_text(encoding="utf-8")
+def _schema_document() -> DocumentNode:
+    """GitHub's published SDL, parsed once per process (it takes a few seconds)."""
+    return parse(SCHEMA_FILE.read_text(encoding="utf-8"))
+
+
+def _build(document: DocumentNode) -> GraphQLSchema:
     # GitHub's published SDL defines two EnterpriseOwnerInfo fields twice and marks some
     # interface implementations deprecated where the interface is not; graphql-core rejects
     # both, GitHub's own server does not. Skip the SDL check and accept the schema as valid.
-    schema = build_schema(source, assume_valid_sdl=True)
+    schema = build_ast_schema(document, assume_valid_sdl=True)
     schema._validation_errors = []  # noqa: SLF001 - graphql-core caches the check here
     for named in schema.type_map.values():
         if isinstance(named, GraphQLInterfaceType | GraphQLUnionType):
             named.resolve_type = _resolve_type
     return schema
+
+
+@lru_cache(maxsize=1)
+def get_schema() -> GraphQLSchema:
+    """GitHub's public schema, built once per process."""
+    return _build(_schema_document())
+
+
+Omitted = tuple[tuple[str, tuple[str, ...]], ...]  # (type name, its fields left out), sorted
+
+
+@lru_cache(maxsize=4)
+def older_schema(without: Omitted) -> GraphQLSchema:
+    """GitHub's schema without some fields, as an older GitHub Enterprise Server has it."""
+    if not without:
+        return get_schema()
+    leave_out = dict(without)
+    definitions = []
+    for definition in _schema_document().definitions:
+        name = getattr(getattr(definition, "name", None), "value", None)
+        if name in leave_out and getattr(definition, "fields", None) is not None:
+            kept = tuple(f for f in definition.fields if f.name.value not in leave_out[name])
+            missing = set(leave_out[name]) - {f.name.value for f in definition.fields}
+            if missing:
+                raise ValueError(f"{name} has no fields {sorted(missing)} to leave out")
+            definition = definition.__class__(
+                **{key: getattr(definition, key) for key in definition.keys if key != "fields"},
+                fields=kept,
+            )
+        definitions.append(definition)
+    unknown = set(leave_out) - {getattr(getattr(d, "name", None), "value", None) for d in definitions}
+    if unknown:
+        raise ValueError(f"no types {sorted(unknown)} in GitHub's schema")
+    return _build(DocumentNode(definitions=tuple(definitions)))
 
 
 def _resolve_type(value: Any, _info: Any, _type: Any) -> str | None:
@@ -61,13 +99,13 @@ def _resolve_type(value: Any, _info: Any, _type: Any) -> str | None:
 
 
 @lru_cache(maxsize=512)
-def parse_and_validate(query: str) -> tuple[DocumentNode | None, tuple[GraphQLError, ...]]:
+def parse_and_validate(query: str, without: Omitted = ()) -> tuple[DocumentNode | None, tuple[GraphQLError, ...]]:
     """Parse and validate a query once; the same query text is answered from the cache."""
     try:
         document = parse(query)
     except GraphQLError as error:
         return None, (error,)
-    errors = validate(get_schema(), document)
+    errors = validate(older_schema(without), document)
     return (None, tuple(errors)) if errors else (document, ())
 
 
@@ -526,9 +564,9 @@ class Analysis:
 
 
 def analyze(document: DocumentNode, operation_name: str | None,
-            variables: dict[str, Any] | None) -> Analysis:
+            variables: dict[str, Any] | None, schema: GraphQLSchema | None = None) -> Analysis:
     """Apply GitHub's pagination rules and compute the query's rate-limit cost."""
-    schema = get_schema()
+    schema = schema or get_schema()
     fragments = {d.name.value: d for d in document.definitions
                  if isinstance(d, FragmentDefinitionNode)}
     operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
@@ -605,9 +643,19 @@ def analyze(document: DocumentNode, operation_name: str | None,
     return Analysis(cost, totals["nodes"], errors)
 
 
+_UNDEFINED_FIELD = re.compile(r"Cannot query field '(\w+)' on type '(\w+)'")
+
+
 def format_error(error: GraphQLError) -> dict[str, Any]:
-    """A GraphQL error as GitHub shows it (NOT_FOUND errors carry a `type`)."""
+    """A GraphQL error as GitHub shows it (NOT_FOUND errors carry a `type`; a field the
+    schema lacks is GitHub's `undefinedField`)."""
     out = dict(error.formatted)
+    undefined = _UNDEFINED_FIELD.match(error.message)
+    if undefined:
+        field_name, type_name = undefined.groups()
+        out["message"] = f"Field '{field_name}' doesn't exist on type '{type_name}'"
+        out["extensions"] = {"code": "undefinedField", "typeName": type_name,
+                             "fieldName": field_name}
     original = error.original_error
     if isinstance(original, NotFound):
         out["type"] = "NOT_FOUND"
@@ -626,8 +674,9 @@ class Outcome:
 
 
 def run(state: State, payload: Any, *, installation_id: int | None,
-        personal_login: str | None, rate: dict[str, Any]) -> Outcome:
-    """Check and execute one GraphQL request body (`{"query", "variables", "operationName"}`)."""
+        personal_login: str | None, rate: dict[str, Any], without: Omitted = ()) -> Outcome:
+    """Check and execute one GraphQL request body (`{"query", "variables", "operationName"}`)
+    against GitHub's schema, or an older one lacking the fields ``without`` names."""
     if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
         message = "A query attribute must be specified and must be a string."
         return Outcome({"errors": [{"message": message}]}, [f"GraphQL: {message}"], 0)
@@ -641,11 +690,12 @@ def run(state: State, payload: Any, *, installation_id: int | None,
         message = "Variables are invalid JSON."
         return Outcome({"errors": [{"message": message}]}, [f"GraphQL: {message}"], 0)
     operation_name = payload.get("operationName")
-    document, errors = parse_and_validate(query)
+    document, errors = parse_and_validate(query, without)
     if document is None:
         body = {"errors": [format_error(e) for e in errors]}
         return Outcome(body, [f"GraphQL: {e.message}" for e in errors], 0)
-    analysis = analyze(document, operation_name, variables)
+    schema = older_schema(without)
+    analysis = analyze(document, operation_name, variables, schema)
     if analysis.errors:
         return Outcome({"errors": analysis.errors},
                        [f"GraphQL: {e['message']}" for e in analysis.errors], 0)
@@ -660,7 +710,7 @@ def run(state: State, payload: Any, *, installation_id: int | None,
         "cost": analysis.cost, "limit": rate["limit"], "nodeCount": analysis.node_count,
         "remaining": remaining, "used": rate["limit"] - remaining, "resetAt": rate["resetAt"],
     })
-    result = execute_sync(get_schema(), document, root_value=Root(state), context_value=ctx,
+    result = execute_sync(schema, document, root_value=Root(state), context_value=ctx,
                           variable_values=variables, operation_name=operation_name)
     body: dict[str, Any] = {}
     violations = list(ctx.violations)

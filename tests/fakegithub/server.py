@@ -210,6 +210,7 @@ class FakeGitHub:
                        "repository", "repository_ruleset"],
         }
         self.state = State(self.url, self.app)
+        self._schema_without: gql.Omitted = ()
         self.app["owner"] = self.state.user("moko-dev", "Organization")
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -391,6 +392,14 @@ class FakeGitHub:
         if event in ("installation", "installation_repositories"):
             overrides.setdefault("installation", self.state.installation_object(installation))
         return build_event(event, action, **kwargs, **overrides)
+
+    def serve_schema(self, *, without_fields: dict[str, list[str]] | None = None) -> None:
+        """Serve an older GraphQL schema, as an older GitHub Enterprise Server does: the
+        fields named (per type) do not exist. Introspection answers without them, and a
+        query naming one fails whole (errors, no data), as GitHub answers it."""
+        self._schema_without = tuple(sorted(
+            (type_name, tuple(sorted(names))) for type_name, names in (without_fields or {}).items()))
+        gql.older_schema(self._schema_without)  # built now: a bad name fails here
 
     # --- auth, tokens, limits -------------------------------------------------------------
     def add_personal_token(self, token: str, login: str) -> None:
@@ -693,7 +702,7 @@ class FakeGitHub:
         outcome = gql.run(self.state, body, installation_id=auth.installation_id,
                           personal_login=auth.login if auth.kind == "personal" else None,
                           rate={"limit": bucket.limit, "remaining": bucket.remaining,
-                                "resetAt": iso(bucket.reset)})
+                                "resetAt": iso(bucket.reset)}, without=self._schema_without)
         problems.extend(outcome.violations)
         return Reply(200, outcome.body, {"x-github-spent": str(outcome.cost)})
 
