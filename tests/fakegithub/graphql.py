@@ -693,7 +693,7 @@ def run(state: State, payload: Any, *, installation_id: int | None,
     document, errors = parse_and_validate(query, without)
     if document is None:
         body = {"errors": [format_error(e) for e in errors]}
-        return Outcome(body, [f"GraphQL: {e.message}" for e in errors], 0)
+        return Outcome(body, [f"GraphQL: {e['message']}" for e in body["errors"]], 0)
     schema = older_schema(without)
     analysis = analyze(document, operation_name, variables, schema)
     if analysis.errors:
