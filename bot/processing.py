@@ -11,6 +11,7 @@ from gidgethub.sansio import Event
 
 from bot.context import EventContext, Services
 from bot.dispatch import dispatch_event
+from bot.github_events import event_label
 from bot.logs import get_logger
 from bot.metrics import WEBHOOK_PROCESSING_SECONDS, labelled
 from bot.payloads import parse_payload
@@ -62,7 +63,7 @@ class DeliveryProcessor:
             )
             failures = await dispatch_event(self._router, event, ctx)
             elapsed = time.perf_counter() - started
-            labelled(WEBHOOK_PROCESSING_SECONDS, delivery.event).observe(elapsed)
+            labelled(WEBHOOK_PROCESSING_SECONDS, event_label(delivery.event)).observe(elapsed)
             if failures:
                 error = "; ".join(f"{f.handler}: {f.error}" for f in failures)
                 log.warning("delivery_failed", action=action, error=error, attempts=delivery.attempts)
