@@ -23,6 +23,7 @@ from bot.config import Settings, load_settings
 from bot.context import Services
 from bot.github_app import GitHubApp
 from bot.github_client import ClientOptions
+from bot.http_limits import CappedSite, UnverifiedBodies, handler_args
 from bot.intake import MAX_BODY, WebhookIntake
 from bot.logs import get_logger
 from bot.metrics import REGISTRY
@@ -88,7 +89,7 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
 
         router = build_router()
     hooks = hooks if hooks is not None else default_hooks()
-    app = web.Application(client_max_size=MAX_BODY + 1)
+    app = web.Application(client_max_size=MAX_BODY + 1, handler_args=handler_args(settings.header_timeout))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = open_store(settings.database_url, lease_seconds=settings.lease_seconds, audit_key=settings.audit_key)
@@ -117,6 +118,7 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
         intake = WebhookIntake(
             secret=settings.webhook_secret or "", store=store, workers=workers,
             owner=services.owner, lease_seconds=settings.lease_seconds,
+            unverified=UnverifiedBodies(settings.unverified_bytes), body_timeout=settings.body_timeout,
         )
         app[INTAKE] = intake
         app[STORE_WRITABLE] = StoreWritable(store)
@@ -192,7 +194,7 @@ async def serve(settings: Settings, *, host: str, port: int, env_path: Path | No
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = CappedSite(runner, host, port, max_connections=settings.max_connections)
     await site.start()
     # Everything built so far (modules, the app, the policy engine) lives as long as the
     # process: out of the collector's sight, so its full passes stay short. Each delivery

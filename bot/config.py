@@ -56,6 +56,10 @@ DEFAULTS: dict[str, str | None] = {
     "LOG_FORMAT": "json",
     "MOKO_EVENT_LOOP": "auto",
     "MOKO_AUDIT_KEY": None,
+    "MOKO_HEADER_TIMEOUT": "10",
+    "MOKO_BODY_TIMEOUT": "30",
+    "MOKO_MAX_CONNECTIONS": "512",
+    "MOKO_UNVERIFIED_MIB": "64",
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -100,6 +104,10 @@ class Settings:
     client_id: str | None = None
     client_secret: str | None = field(default=None, repr=False)
     session_secret: str | None = field(default=None, repr=False)
+    header_timeout: float = 10.0  # also how long an idle keep-alive connection stays open
+    body_timeout: float = 30.0
+    max_connections: int = 512
+    unverified_bytes: int = 64 * 1024 * 1024  # request bodies held before their signature holds
 
     def secrets(self) -> list[str]:
         """The configured secrets, for redaction."""
@@ -362,6 +370,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         client_id=get("GITHUB_CLIENT_ID") or None,
         client_secret=get("GITHUB_CLIENT_SECRET") or None,
         session_secret=get("MOKO_SESSION_SECRET") or None,
+        header_timeout=_float("MOKO_HEADER_TIMEOUT", get("MOKO_HEADER_TIMEOUT"), 0.1),
+        body_timeout=_float("MOKO_BODY_TIMEOUT", get("MOKO_BODY_TIMEOUT"), 0.1),
+        max_connections=_int("MOKO_MAX_CONNECTIONS", get("MOKO_MAX_CONNECTIONS"), 1),
+        unverified_bytes=_int("MOKO_UNVERIFIED_MIB", get("MOKO_UNVERIFIED_MIB"), 1) * 1024 * 1024,
     )
 
 

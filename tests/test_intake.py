@@ -245,7 +245,8 @@ async def test_one_failing_handler_neither_stops_nor_hides_another(env):
 
 
 async def test_unknown_event_is_acknowledged_and_ignored(moko, fake_github):
-    reply = await moko.deliver("gollum", {"pages": [], "installation": {"id": 1}}, delivery="wiki")
+    payload = {"pages": [], "repository": load_example("push")["repository"], "installation": {"id": 1}}
+    reply = await moko.deliver("gollum", payload, delivery="wiki")
     assert reply.status == 202
     assert (await moko.services.store.get_delivery("wiki")).state == DONE
     assert fake_github.calls == []
