@@ -18,7 +18,11 @@ log = get_logger("moko.audit")
 # How often `moko serve` logs the chain's head (also at start and at shutdown).
 AUDIT_HEAD_EVERY = 300.0
 
-OUTCOMES = ("applied", "dry-run", "failed", "rolled-back", "deferred", "denied")
+# pending: a request to GitHub about to be sent; a record with its outcome follows it (same
+# run, repository, policy and field). One with none after it: Moko stopped in between, and
+# the change may or may not have happened.
+PENDING = "pending"
+OUTCOMES = ("applied", "dry-run", "failed", "rolled-back", "deferred", "denied", PENDING)
 
 
 def utcnow() -> datetime:
@@ -51,6 +55,28 @@ class AuditWriter:
             for entry in entries
         ]
         return await self._store.append_audit(clean)
+
+
+def settled(records: Sequence[AuditRecord]) -> list[AuditRecord]:
+    """The records as a reader wants them, in the order given: a pending record is left out
+    once a record with its outcome follows it (a later seq, same run, repository, policy and
+    field). A pending record with no outcome stays: nobody knows what became of it."""
+    outcome_seqs: dict[tuple[str, str, str, str], list[int]] = {}
+    for record in records:
+        if record.outcome != PENDING:
+            outcome_seqs.setdefault(_change_key(record), []).append(record.seq)
+    # Each outcome settles the latest pending record before it that is still open.
+    settled_seqs: set[int] = set()
+    for record in sorted((r for r in records if r.outcome == PENDING), key=lambda r: -r.seq):
+        later = [seq for seq in outcome_seqs.get(_change_key(record), []) if seq > record.seq]
+        if later:
+            outcome_seqs[_change_key(record)].remove(min(later))
+            settled_seqs.add(record.seq)
+    return [record for record in records if record.seq not in settled_seqs]
+
+
+def _change_key(record: AuditRecord) -> tuple[str, str, str, str]:
+    return record.run_id, record.repo, record.policy, record.field
 
 
 async def log_audit_head(store: Store) -> tuple[int, str]:

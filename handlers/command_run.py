@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bot.audit import settled
 from bot.store.base import Store
 from handlers import command_text as text
 from handlers.command_access import AUDIT_PERMISSION, Access, at_least, commenter_access
@@ -186,7 +187,12 @@ async def answer_audit(request: Request) -> Answer:
         return denied("audit", AUDIT_PERMISSION, access)
     command = request.command
     limit = command.count if isinstance(command, Command) else None
-    records = await request.store.audit_records(repo=request.full_name, newest_first=True, limit=limit)
+    # A change's pending record is shown only while no outcome follows it: twice N records
+    # hold at least N once the settled pending ones are left out.
+    fetched = await request.store.audit_records(
+        repo=request.full_name, newest_first=True, limit=None if limit is None else 2 * limit
+    )
+    records = settled(fetched)[:limit]
     answer = Answer(render_audit(request.full_name, records), APPLIED)
     return with_dry_run_note(answer, request.engine.global_dry_run)
 

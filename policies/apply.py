@@ -1,6 +1,10 @@
 """Applying a plan to one repository as a transaction: steps in order, undo on failure, audit each.
 
-This is the only place that writes to GitHub on a policy's behalf.
+This is the only place that writes to GitHub on a policy's behalf. Every request's intent
+is on disk before GitHub is asked: a `pending` record for each change of the step, then,
+once GitHub has answered, a second record with the outcome. The chain stays append-only;
+a store that cannot be written stops the transaction before the request, so no repository
+changes without a record.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from policies.repository_settings import patch_body
 log = get_logger("moko.apply")
 
 APPLIED, DRY_RUN, FAILED, ROLLED_BACK, DEFERRED = "applied", "dry-run", "failed", "rolled-back", "deferred"
+PENDING = "pending"
 
 
 @dataclass(frozen=True)
@@ -111,9 +116,13 @@ class Transaction:
         self.owner, self.repo = full_name.split("/", 1)
         self.outcomes: list[ChangeOutcome] = []
 
-    async def record(self, changes: Sequence[Change], outcome: str, error: str | None = None) -> None:
+    async def intend(self, changes: Sequence[Change]) -> None:
+        """The intent of a request, on disk before it is sent (raises when it cannot be written)."""
+        await self._audit.write(self._entries(changes, PENDING, None))
+
+    def _entries(self, changes: Sequence[Change], outcome: str, error: str | None) -> list[AuditEntry]:
         now = self._audit.now()
-        entries = [
+        return [
             AuditEntry(
                 time=now,
                 run_id=self._run.run_id,
@@ -130,7 +139,9 @@ class Transaction:
             )
             for change in changes
         ]
-        await self._audit.write(entries)
+
+    async def record(self, changes: Sequence[Change], outcome: str, error: str | None = None) -> None:
+        await self._audit.write(self._entries(changes, outcome, error))
         if outcome == FAILED:
             log.warning(
                 "remediation_step_failed", repo=self.full_name, policy=changes[0].policy,
@@ -148,6 +159,7 @@ class Transaction:
         """Apply in order; on a failure undo what was applied. True when nothing failed."""
         applied: list[Step] = []
         for step in steps_for(changes):
+            await self.intend(step.changes)
             try:
                 await send_step(self._gh, self.owner, self.repo, step)
             except BranchMissing:
@@ -164,6 +176,7 @@ class Transaction:
     async def _roll_back(self, applied: list[Step]) -> None:
         for step in reversed(applied):
             undo = Step(tuple(change.inverse() for change in step.changes))
+            await self.intend(undo.changes)
             try:
                 await send_step(self._gh, self.owner, self.repo, undo)
             except (GitHubException, BranchMissing) as exc:

@@ -40,7 +40,8 @@ def db_path(env: dict[str, str]) -> str:
 
 @pytest.fixture
 async def swept(fake_github, env) -> dict[str, str]:
-    """A real trail: a sweep that fixed three repositories (six records)."""
+    """A real trail: a sweep that fixed three repositories (twelve records: for each, the
+    PATCH's two changes pending, then applied)."""
     fake_github.add_installation(1, ORG)
     for name in ("alpha", "beta", "Gamma"):
         compliant_repo(fake_github, name, has_wiki=True, has_projects=True)
@@ -65,7 +66,7 @@ async def write_entries(env: dict[str, str], times: list[datetime]) -> None:
 
 async def test_verify_passes_on_a_real_trail(swept):
     code, out, err = await audit(swept, "--verify")
-    assert (code, out, err) == (0, "audit chain verified: 6 records\n", "")
+    assert (code, out, err) == (0, "audit chain verified: 12 records\n", "")
 
 
 async def test_verify_names_the_first_record_edited_in_the_database(swept):
@@ -95,7 +96,7 @@ async def test_verify_catches_a_record_rewritten_with_its_own_hash(swept):
 async def test_json_lines_carry_the_specs_fields_and_filter_by_repository(swept):
     code, out, _ = await audit(swept, "--json")
     lines = [json.loads(line) for line in out.splitlines()]
-    assert code == 0 and len(lines) == 6
+    assert code == 0 and len(lines) == 12
     assert all(list(line) == FIELDS for line in lines)
     first = lines[0]
     assert first["trigger"] == "sweep" and first["run_id"].startswith("sweep-") and first["installation"] == 1
@@ -105,8 +106,9 @@ async def test_json_lines_carry_the_specs_fields_and_filter_by_repository(swept)
     code, out, _ = await audit(swept, "--json", "--repo", f"{ORG}/gamma")  # any case, as on GitHub
     assert {json.loads(line)["repo"] for line in out.splitlines()} == {f"{ORG}/Gamma"}
     code, out, _ = await audit(swept, "--json", "--repo", f"{ORG}/alpha", "--since", "7d")
+    # The raw trail: each request's intent (pending), then its outcome.
     assert [(r["field"], r["outcome"]) for r in map(json.loads, out.splitlines())] == [
-        ("has_wiki", "applied"), ("has_projects", "applied")]
+        ("has_wiki", "pending"), ("has_projects", "pending"), ("has_wiki", "applied"), ("has_projects", "applied")]
 
 
 async def test_since_takes_a_duration_or_an_iso_time(env):
@@ -121,7 +123,7 @@ async def test_since_takes_a_duration_or_an_iso_time(env):
 async def test_table_shows_the_records(swept):
     code, out, _ = await audit(swept, "--repo", f"{ORG}/beta")
     assert code == 0
-    assert "2 audit records" in out and "acme/beta" in out and "has_projects" in out and "applied" in out
+    assert "4 audit records" in out and "acme/beta" in out and "has_projects" in out and "applied" in out
     assert "moko[bot]" in out  # not taken for markup
 
 
@@ -145,13 +147,13 @@ def newest_head(env: dict[str, str]) -> str:
 async def test_an_anchor_shows_the_newest_records_cut(swept):
     head = newest_head(swept)
     assert (await audit(swept, "--verify", "--anchor", head))[:2] == (
-        0, "audit chain verified: 6 records, anchor 6 held\n")
+        0, "audit chain verified: 12 records, anchor 12 held\n")
     with sqlite3.connect(db_path(swept)) as db:
-        db.execute("DELETE FROM audit WHERE seq >= 5")
+        db.execute("DELETE FROM audit WHERE seq >= 9")
     assert (await audit(swept, "--verify"))[0] == 0  # what is left still links
     code, out, err = await audit(swept, "--verify", "--anchor", head)
     assert (code, out) == (1, "")
-    assert err == "moko: audit anchor 6 not found: the trail ends at record 4, before the anchor's record 6: records were cut\n"
+    assert err == "moko: audit anchor 12 not found: the trail ends at record 8, before the anchor's record 12: records were cut\n"
 
 
 async def test_an_anchor_shows_the_whole_trail_deleted(swept):
@@ -181,7 +183,7 @@ async def test_an_anchor_shows_a_trail_rewritten_with_recomputed_hashes(swept):
     assert (await audit(swept, "--verify"))[0] == 0  # without a key the chain cannot tell
     code, _, err = await audit(swept, "--verify", "--anchor", head)
     assert code == 1
-    assert err == "moko: audit anchor 6 not found: record 6 no longer has the anchor's hash: the trail was rewritten\n"
+    assert err == "moko: audit anchor 12 not found: record 12 no longer has the anchor's hash: the trail was rewritten\n"
 
 
 @pytest.mark.parametrize("anchor", ["6", "six:abc", "6:"])
@@ -208,7 +210,7 @@ async def keyed(fake_github, env) -> dict[str, str]:
 async def test_with_a_key_every_hash_is_an_hmac_and_verifies_only_with_that_key(keyed):
     code, out, _ = await audit(keyed, "--json")
     assert {json.loads(line)["hash"].split(":")[0] for line in out.splitlines()} == {"hmac-sha256"}
-    assert await audit(keyed, "--verify") == (0, "audit chain verified: 6 records\n", "")
+    assert await audit(keyed, "--verify") == (0, "audit chain verified: 12 records\n", "")
     unkeyed = {k: v for k, v in keyed.items() if k != "MOKO_AUDIT_KEY"}
     assert await audit(unkeyed, "--verify") == (
         2, "", "moko: error: the audit chain is keyed: set MOKO_AUDIT_KEY to verify it\n")

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from bot.audit import settled
 from bot.store.base import DONE, FAILED
 from handlers import command_text as text
 from handlers.command_access import CLOCK
@@ -70,7 +71,7 @@ def writes(fake) -> list[tuple[str, str]]:
 
 
 async def trail(moko, policy: str | None = None):
-    records = await moko.services.store.audit_records(repo=f"{ORG}/{REPO}")
+    records = settled(await moko.services.store.audit_records(repo=f"{ORG}/{REPO}"))
     return [r for r in records if policy in (None, r.policy)]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bot.audit import settled
 from bot.store.base import DONE, FAILED
 from tests.support.harness import run_moko
 from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
@@ -22,7 +23,9 @@ def repo_calls(fake, name: str) -> list[tuple[str, str]]:
 
 
 async def records(moko, name: str):
-    return await moko.services.store.audit_records(repo=f"{ORG}/{name}")
+    """The repository's trail as a reader sees it: each change's pending record is left out
+    once its outcome follows (test_intent_is_recorded_before_each_request shows them)."""
+    return settled(await moko.services.store.audit_records(repo=f"{ORG}/{name}"))
 
 
 def compliant_repo(fake, name: str, **fields):

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bot.audit import AuditWriter
+from bot.audit import AuditWriter, settled
 from bot.config import load_settings
 from bot.context import Services
 from bot.scheduler import LOCK_NAME, ScheduledSweeps
@@ -223,15 +223,16 @@ async def test_serve_sweeps_every_installation_on_schedule(fake_github, env):
     # The first sweep comes one interval after start: a short interval keeps the test short.
     async with run_moko({**env, "MOKO_SWEEP_INTERVAL": "1s"}) as moko:
         store = moko.services.store
+        expected = {(f"{ORG}/drifted", "has_wiki", "applied"), ("globex/unprotected", "main", "applied")}
         deadline = asyncio.get_running_loop().time() + 60  # returns once done; CI is loaded
         # The change reaches the fake before its audit record reaches the store: wait for both.
-        while not (fake.repo(ORG, "drifted")["has_wiki"] is False and fake.protection("globex", "unprotected", "main")
-                   and len(await store.audit_records()) >= 2):
+        while True:
+            records = settled(await store.audit_records())
+            if {(r.repo, r.field, r.outcome) for r in records} == expected:
+                break
             assert asyncio.get_running_loop().time() < deadline, "the scheduled sweep did not fix both in 60 s"
             await asyncio.sleep(0.05)
-        records = await store.audit_records()
-        assert {(r.repo, r.field, r.outcome) for r in records} == {
-            (f"{ORG}/drifted", "has_wiki", "applied"), ("globex/unprotected", "main", "applied")}
+        assert fake.repo(ORG, "drifted")["has_wiki"] is False and fake.protection("globex", "unprotected", "main")
         assert {(r.trigger, r.actor) for r in records} == {("schedule", fake.bot_login)}
         assert {r.installation for r in records} == {1, 2}
     pages = [c for c in fake.calls_to("POST", "^/graphql$") if "MokoSchema" not in (c.graphql_query or "")]

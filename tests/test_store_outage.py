@@ -14,6 +14,7 @@ import aiohttp
 
 from tests.fakegithub.webhooks import load_example
 from tests.support.harness import moko_environ, post_webhook, start_moko_process
+from tests.support.org import INSTALLATION, ORG
 
 
 async def test_a_locked_sqlite_file_is_answered_503_with_retry_after_within_two_seconds(fake_github, tmp_path):
@@ -86,3 +87,86 @@ async def test_readyz_writes_at_most_once_for_a_burst_of_probes(moko):
     written = store.commits
     again = await readyz(moko.session, moko.url)
     assert again[0] == 200 and store.commits == written  # the answer is kept for a moment
+
+
+def trail(db: Path) -> list[tuple[str, str, str]]:
+    """(field, outcome, run_id) of every audit record, in chain order, read as another process."""
+    with sqlite3.connect(db) as conn:
+        return [tuple(row) for row in conn.execute("SELECT field, outcome, run_id FROM audit ORDER BY seq")]
+
+
+async def wait_until(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.05)
+
+
+async def test_the_intent_is_on_disk_before_github_is_asked_and_the_outcome_follows(fake_github, tmp_path):
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "widgets", has_wiki=True, has_issues=True, has_projects=False)
+    db = tmp_path / "moko.db"
+    seen_at_request: dict[str, list[tuple[str, str, str]]] = {}
+    fake_github.on_request(lambda call: seen_at_request.setdefault(f"{call.method} {call.path}", trail(db))
+                           if call.method in ("PATCH", "PUT") else None)
+    server = await start_moko_process(moko_environ(fake_github, f"sqlite:///{db}"), tmp_path / "serve.log")
+    try:
+        async with aiohttp.ClientSession() as session:
+            created = fake_github.event("repository", "created", owner=ORG, repo="widgets")
+            assert (await post_webhook(session, server.url, "repository", created, delivery="new-1")).status == 202
+            await wait_until(lambda: len(trail(db)) == 4)
+    finally:
+        assert await server.stop() == 0, server.log()
+    # While GitHub handled each request, its pending record was already written (and committed).
+    assert seen_at_request[f"PATCH /repos/{ORG}/widgets"] == [("has_wiki", "pending", "new-1")]
+    assert seen_at_request[f"PUT /repos/{ORG}/widgets/branches/main/protection"] == [
+        ("has_wiki", "pending", "new-1"), ("has_wiki", "applied", "new-1"), ("main", "pending", "new-1")]
+    assert trail(db) == [("has_wiki", "pending", "new-1"), ("has_wiki", "applied", "new-1"),
+                         ("main", "pending", "new-1"), ("main", "applied", "new-1")]
+
+
+async def test_no_repository_changes_while_the_store_cannot_record_it(fake_github, tmp_path):
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "core", has_wiki=False, has_issues=True, has_projects=False)
+    db = tmp_path / "moko.db"
+    protection = f"/repos/{ORG}/core/branches/main/protection"
+    locker: list[sqlite3.Connection] = []
+
+    def lock_the_store(call) -> None:
+        # Moko holds the repository's lock and reads its protection: from now on another
+        # process holds the SQLite file's write lock, so the PUT's record cannot be written.
+        if not locker and call.method == "GET" and call.path == protection:
+            conn = sqlite3.connect(db, isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+            locker.append(conn)
+
+    fake_github.on_request(lock_the_store)
+    log = tmp_path / "serve.log"
+    # The repository's lock row outlives a failed release by the lease: keep that short.
+    env = moko_environ(fake_github, f"sqlite:///{db}", MOKO_LEASE_SECONDS="2")
+    server = await start_moko_process(env, log)
+    try:
+        async with aiohttp.ClientSession() as session:
+            deleted = fake_github.event("branch_protection_rule", "deleted", owner=ORG, repo="core", branch="main")
+            assert (await post_webhook(session, server.url, "branch_protection_rule", deleted, delivery="d-1")).status == 202
+            await wait_until(lambda: "handler_failed" in log.read_text())  # the intent could not be written
+            locker[0].execute("ROLLBACK")
+            locker[0].close()
+            assert fake_github.count("PUT", ".") == 0 and fake_github.protection(ORG, "core", "main") is None
+            await wait_until(lambda: delivery_state(db, "d-1") == "failed")
+            assert trail(db) == []
+            # GitHub's redelivery (same ID) of the failed delivery does it, with its records.
+            again = await post_webhook(session, server.url, "branch_protection_rule", deleted, delivery="d-1")
+            assert again.status == 202
+            await wait_until(lambda: delivery_state(db, "d-1") == "done")
+    finally:
+        assert await server.stop() == 0, server.log()
+    assert fake_github.protection(ORG, "core", "main") is not None
+    assert trail(db) == [("main", "pending", "d-1"), ("main", "applied", "d-1")]
+
+
+def delivery_state(db: Path, delivery: str) -> str | None:
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT state FROM deliveries WHERE id = ?", (delivery,)).fetchone()
+    return row[0] if row else None

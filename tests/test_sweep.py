@@ -20,6 +20,7 @@ import pytest
 
 from bot import cli
 from bot.app import client_options
+from bot.audit import settled
 from bot.cli_sweep import sweep_command
 from bot.config import Settings, load_settings
 from bot.github_app import GitHubApp
@@ -92,7 +93,7 @@ async def trail(env: dict[str, str], **filters: Any):
     store = open_store(env["MOKO_DATABASE_URL"])
     await store.open()
     try:
-        return await store.audit_records(**filters)
+        return settled(await store.audit_records(**filters))
     finally:
         await store.close()
 

@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 
 from bot.audit_chain import GENESIS_HASH, chain
+from bot.logs import get_logger
 from bot.store.base import (
     DONE,
     FAILED,
@@ -56,6 +57,8 @@ from bot.store.base import (
     audit_record_from_row,
     delivery_from_row,
 )
+
+log = get_logger("moko.store")
 
 # Ordered migrations: index i brings the schema from version i to i + 1.
 MIGRATIONS: list[str] = [
@@ -811,7 +814,12 @@ class SQLiteStore(Store):
                 # Not suppress(CancelledError): that would also swallow this task's own
                 # cancellation arriving here, and the cancelled work would carry on.
                 await asyncio.gather(keeper, return_exceptions=True)
-                await self.unlock(name, owner)
+                try:
+                    await self.unlock(name, owner)
+                except sqlite3.Error as exc:
+                    # The row expires after the lock's TTL; the work's own error, if any, is
+                    # what its caller must hear about, not this one.
+                    log.warning("repository_lock_not_released", repo=repo, error=str(exc))
                 if not lock._waiters:  # type: ignore[attr-defined]
                     self._repo_locks.pop(repo, None)
 
