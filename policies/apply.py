@@ -18,7 +18,7 @@ from gidgethub import GitHubException
 from bot.audit import AuditWriter
 from bot.logs import get_logger
 from bot.metrics import REMEDIATIONS
-from bot.store.base import AuditEntry
+from bot.store.base import AuditEntry, HeldLock
 from policies.model import REPOSITORY, Change
 from policies.repository_settings import patch_body
 
@@ -108,16 +108,30 @@ async def send_step(gh: Any, owner: str, repo: str, step: Step) -> None:
 class Transaction:
     """Applies one repository's changes; records every step in the audit trail."""
 
-    def __init__(self, gh: Any, audit: AuditWriter, run: Run, full_name: str) -> None:
+    def __init__(
+        self,
+        gh: Any,
+        audit: AuditWriter,
+        run: Run,
+        full_name: str,
+        *,
+        lock: HeldLock | None = None,
+        outcomes: list[ChangeOutcome] | None = None,
+    ) -> None:
         self._gh = gh
         self._audit = audit
         self._run = run
+        self._lock = lock
         self.full_name = full_name
         self.owner, self.repo = full_name.split("/", 1)
-        self.outcomes: list[ChangeOutcome] = []
+        # Given: an earlier attempt's outcomes, which this one goes on from.
+        self.outcomes: list[ChangeOutcome] = outcomes if outcomes is not None else []
 
     async def intend(self, changes: Sequence[Change]) -> None:
-        """The intent of a request, on disk before it is sent (raises when it cannot be written)."""
+        """The intent of a request, on disk before it is sent (raises when it cannot be written).
+        The repository's lock is checked first: without it another replica may be at work."""
+        if self._lock is not None:
+            await self._lock.ensure()
         await self._audit.write(self._entries(changes, PENDING, None))
 
     def _entries(self, changes: Sequence[Change], outcome: str, error: str | None) -> list[AuditEntry]:

@@ -11,7 +11,7 @@ from gidgethub import BadRequest, GitHubException
 
 from bot.audit import AuditWriter
 from bot.logs import get_logger
-from bot.store.base import AuditEntry, AuditRecord, Store
+from bot.store.base import AuditEntry, AuditRecord, RepositoryLockLost, Store
 from policies.apply import DEFERRED, DRY_RUN, FAILED, ChangeOutcome, Run, Transaction, github_error
 from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.loader import PolicyError
@@ -30,6 +30,8 @@ _MAX_READ_ROUNDS = 3
 # A repository whose policy names fields the server does not have: its compliance cannot be
 # told, so it counts as failed (with the reason), never as compliant.
 UNSUPPORTED = REPO_FAILED
+# A remediation whose repository lock was lost stops, then starts over once under a new lock.
+_LOCK_ATTEMPTS = 2
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,45 @@ class PolicyEngine:
             return RepoResult(full_name, REPO_FAILED, error=str(exc))
         effective = scope.restrict(policy)
         dry_run = self.is_dry_run(policy)
-        async with self.store.repository_lock(full_name):
+        done: list[ChangeOutcome] = []
+        for attempt in range(1, _LOCK_ATTEMPTS + 1):
+            try:
+                return await self._remediate_locked(
+                    gh, run, repo, policy, effective, dry_run, known, apply=apply, only_if=only_if, done=done
+                )
+            except RepositoryLockLost as lost:
+                log.warning("repository_lock_lost", repo=full_name, error=str(lost), attempt=attempt)
+                error = str(lost)
+            if attempt == _LOCK_ATTEMPTS:
+                break
+            # What was known may be stale now (another replica may have been at work): read the
+            # repository again, and plan from what GitHub says under the new lock.
+            owner, name = full_name.split("/", 1)
+            try:
+                repo = await gh.getitem("/repos/{owner}/{repo}", url_vars={"owner": owner, "repo": name})
+            except GitHubException as exc:
+                error = github_error(exc)
+                break
+            known = None
+        return RepoResult(full_name, REPO_FAILED, tuple(done), error=error, policy=policy, dry_run=dry_run)
+
+    async def _remediate_locked(
+        self,
+        gh: Any,
+        run: Run,
+        repo: Mapping[str, Any],
+        policy: Policy,
+        effective: Policy,
+        dry_run: bool,
+        known: Known | None,
+        *,
+        apply: bool,
+        only_if: Callable[[], Awaitable[bool]] | None,
+        done: list[ChangeOutcome],
+    ) -> RepoResult:
+        """remediate()'s work under the repository's lock; done collects the change outcomes."""
+        full_name = str(repo["full_name"])
+        async with self.store.repository_lock(full_name) as held:
             if only_if is not None and not await only_if():
                 return RepoResult(full_name, COMPLIANT, policy=policy, dry_run=dry_run)
             try:
@@ -210,7 +250,7 @@ class PolicyEngine:
                 return RepoResult(full_name, SKIPPED, error=None, plan=plan, policy=policy, dry_run=dry_run)
             if not apply:
                 return RepoResult(full_name, PLANNED, plan=plan, policy=policy, dry_run=dry_run)
-            transaction = Transaction(gh, self.audit, run, full_name)
+            transaction = Transaction(gh, self.audit, run, full_name, lock=held, outcomes=done)
             if dry_run:
                 await transaction.dry_run(plan.changes + plan.deferred)
                 ok = True

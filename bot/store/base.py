@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +29,39 @@ FAILED = "failed"
 class StoreUnavailable(RuntimeError):
     """The store could not be opened (unreachable, refused, or of a newer Moko); the message is
     one line, with the password of the database URL masked."""
+
+
+class RepositoryLockLost(Exception):
+    """A repository's lock ended while held (its database connection died, its lease ran out):
+    another process may hold it now, so the work under it stops before its next change."""
+
+
+class HeldLock:
+    """A repository lock while it is held; ensure() raises RepositoryLockLost once it is lost.
+
+    probe: an extra check ensure() makes (e.g. that the lock's connection still answers);
+    valid_until: a time.monotonic() after which the lock counts as lost (a lease not renewed).
+    """
+
+    def __init__(self, repo: str, probe: Callable[[], Awaitable[str | None]] | None = None) -> None:
+        self.repo = repo
+        self.lost: str | None = None
+        self.valid_until: float | None = None
+        self._probe = probe
+
+    def lose(self, reason: str) -> None:
+        if self.lost is None:
+            self.lost = reason
+
+    async def ensure(self) -> None:
+        if self.lost is None and self.valid_until is not None and time.monotonic() >= self.valid_until:
+            self.lose("its lease ran out before it could be renewed")
+        if self.lost is None and self._probe is not None:
+            reason = await self._probe()
+            if reason is not None:
+                self.lose(reason)
+        if self.lost is not None:
+            raise RepositoryLockLost(f"the lock of {self.repo} was lost: {self.lost}")
 
 
 @dataclass(frozen=True)
@@ -295,9 +329,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     @asynccontextmanager
-    async def repository_lock(self, repo: str) -> AsyncIterator[None]:
-        """Hold the lock of one repository while its changes are applied (across replicas)."""
-        yield
+    async def repository_lock(self, repo: str) -> AsyncIterator[HeldLock]:
+        """Hold the lock of one repository while its changes are applied (across replicas);
+        the work checks the HeldLock before each change, as the lock can end on its own."""
+        yield HeldLock(repo)
 
     @abc.abstractmethod
     async def count_hit(self, key: str, window_seconds: float, now: float) -> int:

@@ -16,9 +16,11 @@ one transaction, never by a read in Python followed by a write:
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +30,8 @@ import asyncpg
 # Imported as a module, not by name: bot.audit_chain imports bot.store.base, so a
 # from-import here could meet a partially initialised module when bot.store imports us.
 from bot import audit_chain
-from bot.redact import mask_url_credentials
+from bot.logs import get_logger
+from bot.redact import REDACTOR, mask_url_credentials
 from bot.store.base import (
     DONE,
     FAILED,
@@ -38,6 +41,7 @@ from bot.store.base import (
     AuditEntry,
     AuditRecord,
     Delivery,
+    HeldLock,
     NewDelivery,
     Store,
     StoreUnavailable,
@@ -45,6 +49,8 @@ from bot.store.base import (
     audit_record_from_row,
     delivery_from_row,
 )
+
+log = get_logger("moko.store")
 
 
 def _advisory_key(name: str) -> int:
@@ -56,6 +62,17 @@ def _advisory_key(name: str) -> int:
 # Advisory lock keys; the names keep them apart from repository keys.
 MIGRATION_LOCK = _advisory_key("moko:schema-migration")
 AUDIT_CHAIN_LOCK = _advisory_key("moko:audit-chain")
+
+# A connection that died under an operation (the server restarted, an administrator ended
+# the session): the operation is tried again on a new connection after each of these delays,
+# about 4 s in all, long enough for a restart and short of GitHub's 10 s for the intake.
+_CONNECTION_LOST = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, starting up
+    OSError,
+)
+_RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 # Opening the store gives up on a server that does not answer after this long.
 _CONNECT_TIMEOUT = 10.0
@@ -164,6 +181,30 @@ _AUDIT_COLUMNS = (
 _LEASE = "now() + make_interval(secs => {})"
 
 
+def _reconnecting(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Run a store operation again on a fresh connection when its connection died under it.
+
+    The pool replaces a closed connection when one is next acquired. An operation that failed
+    this way did not commit (or, if the connection died during COMMIT, rarely did: the
+    operations are conditional updates and upserts, which a second run leaves as they are;
+    an audit append could then appear twice, which the chain still verifies)."""
+
+    @functools.wraps(method)
+    async def retrying(self: PostgresStore, *args: Any, **kwargs: Any) -> Any:
+        for delay in _RETRY_DELAYS:
+            try:
+                return await method(self, *args, **kwargs)
+            except _CONNECTION_LOST as exc:
+                log.warning(
+                    "store_connection_lost", operation=method.__name__, retry_in=delay,
+                    error=REDACTOR.text(f"{type(exc).__name__}: {exc}"),
+                )
+                await self._sleep(delay)
+        return await method(self, *args, **kwargs)
+
+    return retrying
+
+
 class PostgresStore(Store):
     """The store on a PostgreSQL server, for one or many replicas."""
 
@@ -175,11 +216,13 @@ class PostgresStore(Store):
         max_connections: int = 10,
         max_lock_connections: int = 10,
         audit_key: str | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         if not url.startswith(("postgresql://", "postgres://")):
             raise ValueError("a PostgreSQL store needs a postgresql:// or postgres:// URL")
         self.url = url
         self._audit_key = audit_key.encode() if audit_key else None
+        self._sleep = sleep
         self._min_connections = min_connections
         self._max_connections = max_connections
         self._max_lock_connections = max_lock_connections
@@ -273,12 +316,14 @@ class PostgresStore(Store):
             timeout=5,
         )
 
+    @_reconnecting
     async def schema_version(self) -> int:
         value = await self._pool.fetchval("SELECT value FROM moko_meta WHERE key = 'schema_version'")
         return int(value) if value is not None else 0
 
     # --- deliveries ---------------------------------------------------------
 
+    @_reconnecting
     async def add_delivery(self, delivery: NewDelivery) -> bool:
         # One statement: a new ID inserts; an ID that ended failed is requeued; any other
         # stored ID matches no row. Concurrent duplicates wait on the key and re-check the
@@ -309,6 +354,7 @@ class PostgresStore(Store):
         )
         return row is not None
 
+    @_reconnecting
     async def add_and_claim(
         self, delivery: NewDelivery, owner: str, lease_seconds: float
     ) -> tuple[bool, Delivery | None]:
@@ -342,6 +388,7 @@ class PostgresStore(Store):
         )
         return (True, _delivery(row)) if row is not None else (False, None)
 
+    @_reconnecting
     async def claim_delivery(self, delivery_id: str, owner: str, lease_seconds: float) -> Delivery | None:
         row = await self._pool.fetchrow(
             f"""
@@ -358,6 +405,7 @@ class PostgresStore(Store):
         )
         return _delivery(row) if row is not None else None
 
+    @_reconnecting
     async def claim_pending(self, owner: str, lease_seconds: float, limit: int) -> list[Delivery]:
         if limit <= 0:
             return []
@@ -383,6 +431,7 @@ class PostgresStore(Store):
         )
         return sorted((_delivery(row) for row in rows), key=lambda d: (d.received_at, d.id))
 
+    @_reconnecting
     async def renew_lease(self, delivery_id: str, owner: str, lease_seconds: float) -> bool:
         row = await self._pool.fetchrow(
             f"""
@@ -396,6 +445,7 @@ class PostgresStore(Store):
         )
         return row is not None
 
+    @_reconnecting
     async def release_delivery(self, delivery_id: str, owner: str) -> None:
         await self._pool.execute(
             """
@@ -406,6 +456,7 @@ class PostgresStore(Store):
             owner,
         )
 
+    @_reconnecting
     async def finish_delivery(self, delivery_id: str, owner: str, state: str, error: str | None = None) -> None:
         if state not in (DONE, FAILED):
             raise ValueError(f"a delivery finishes {DONE!r} or {FAILED!r}, not {state!r}")
@@ -423,12 +474,14 @@ class PostgresStore(Store):
             error,
         )
 
+    @_reconnecting
     async def get_delivery(self, delivery_id: str) -> Delivery | None:
         row = await self._pool.fetchrow(
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id = $1", delivery_id
         )
         return _delivery(row) if row is not None else None
 
+    @_reconnecting
     async def prune_deliveries(self, received_before: datetime, limit: int) -> int:
         status = await self._pool.execute(
             "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries "
@@ -438,6 +491,7 @@ class PostgresStore(Store):
         )
         return int(status.split()[-1])
 
+    @_reconnecting
     async def count_deliveries(self, state: str) -> int:
         if state not in (QUEUED, PROCESSING, DONE, FAILED):
             raise ValueError(f"unknown delivery state {state!r}")
@@ -445,6 +499,7 @@ class PostgresStore(Store):
 
     # --- audit trail ----------------------------------------------------------
 
+    @_reconnecting
     async def append_audit(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
         if not entries:
             return []
@@ -466,6 +521,7 @@ class PostgresStore(Store):
             )
         return records
 
+    @_reconnecting
     async def audit_records(
         self,
         *,
@@ -495,17 +551,20 @@ class PostgresStore(Store):
         rows = await self._pool.fetch(query, *args)
         return [_audit_record(row) for row in rows]
 
+    @_reconnecting
     async def audit_anchor(self) -> str:
         async with self._pool.acquire() as conn:
             anchor, _seq = await _anchor(conn)
         return anchor
 
+    @_reconnecting
     async def audit_chain(self) -> tuple[str, list[AuditRecord]]:
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             anchor, _seq = await _anchor(conn)
             rows = await conn.fetch(f"SELECT {_AUDIT_COLUMNS} FROM audit_log ORDER BY seq")
         return anchor, [_audit_record(row) for row in rows]
 
+    @_reconnecting
     async def audit_head(self) -> tuple[int, str]:
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             last = await conn.fetchrow("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
@@ -514,6 +573,7 @@ class PostgresStore(Store):
             anchor, seq = await _anchor(conn)
         return seq, anchor
 
+    @_reconnecting
     async def prune_audit(self, older_than: datetime) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_CHAIN_LOCK)
@@ -545,6 +605,7 @@ class PostgresStore(Store):
 
     # --- sweeps -------------------------------------------------------------------
 
+    @_reconnecting
     async def start_sweep(self, org: str, *, sweep_id: str, retry_failed: bool = False) -> SweepProgress:
         """Resume the organization's unfinished sweep, or start sweep_id.
 
@@ -586,6 +647,7 @@ class PostgresStore(Store):
                 )
             return SweepProgress(sweep_id, org, False, await _outcomes(conn, sweep_id))
 
+    @_reconnecting
     async def checkpoint(self, sweep_id: str, repo: str, outcome: str, detail: str | None = None) -> None:
         await self._pool.execute(
             """
@@ -599,18 +661,21 @@ class PostgresStore(Store):
             detail,
         )
 
+    @_reconnecting
     async def finish_sweep(self, sweep_id: str) -> None:
         await self._pool.execute(
             "UPDATE sweeps SET finished = clock_timestamp() WHERE id = $1 AND finished IS NULL",
             sweep_id,
         )
 
+    @_reconnecting
     async def sweep_outcomes(self, sweep_id: str) -> dict[str, str]:
         async with self._pool.acquire() as conn:
             return await _outcomes(conn, sweep_id)
 
     # --- locks and counters -----------------------------------------------------
 
+    @_reconnecting
     async def try_lock(self, name: str, owner: str, ttl_seconds: float) -> bool:
         # Taken when free, expired, or already ours (then the lease is extended).
         row = await self._pool.fetchrow(
@@ -626,11 +691,12 @@ class PostgresStore(Store):
         )
         return row is not None
 
+    @_reconnecting
     async def unlock(self, name: str, owner: str) -> None:
         await self._pool.execute("DELETE FROM locks WHERE name = $1 AND owner = $2", name, owner)
 
     @asynccontextmanager
-    async def repository_lock(self, repo: str) -> AsyncIterator[None]:
+    async def repository_lock(self, repo: str) -> AsyncIterator[HeldLock]:
         if self._lock_pool_handle is None:
             raise RuntimeError("the PostgreSQL store is not open")
         # GitHub repository names are case-insensitive: Owner/Repo and owner/repo are one.
@@ -640,12 +706,34 @@ class PostgresStore(Store):
         # asyncpg's reset runs pg_advisory_unlock_all(), so no lock outlives us.
         async with self._lock_pool_handle.acquire() as conn:
             await conn.execute("SELECT pg_advisory_lock($1)", key)
-            try:
-                yield
-            finally:
-                if not conn.is_closed():
-                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
 
+            async def alive() -> str | None:
+                # The lock lives exactly as long as this session: if it answers, it holds.
+                try:
+                    await conn.fetchval("SELECT 1", timeout=5)
+                except (*_CONNECTION_LOST, asyncpg.InterfaceError, TimeoutError) as exc:
+                    return f"its database connection failed ({type(exc).__name__})"
+                return None
+
+            held = HeldLock(repo, probe=alive)
+
+            def closed(_conn: object) -> None:
+                held.lose("its database connection closed")
+                log.warning("repository_lock_lost", repo=repo, reason=held.lost)
+
+            conn.add_termination_listener(closed)
+            try:
+                yield held
+            finally:
+                if held.lost is None and not _detached_or_closed(conn):
+                    conn.remove_termination_listener(closed)
+                    try:
+                        await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                    except (*_CONNECTION_LOST, asyncpg.InterfaceError) as exc:
+                        # The session, and the lock with it, ended anyway.
+                        log.warning("repository_lock_not_released", repo=repo, error=str(exc))
+
+    @_reconnecting
     async def count_hit(self, key: str, window_seconds: float, now: float) -> int:
         start = now - window_seconds
         self._longest_window = max(self._longest_window, window_seconds)
@@ -665,6 +753,14 @@ class PostgresStore(Store):
                 retention = max(HIT_RETENTION_SECONDS, self._longest_window)
                 await conn.execute("DELETE FROM rate_hits WHERE at < $1", now - retention)
         return count
+
+
+def _detached_or_closed(conn: asyncpg.Connection) -> bool:
+    """A pooled connection whose session ended: the pool may have taken it back already."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
 
 
 # --- row conversion ---------------------------------------------------------------

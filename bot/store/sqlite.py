@@ -50,6 +50,7 @@ from bot.store.base import (
     AuditEntry,
     AuditRecord,
     Delivery,
+    HeldLock,
     NewDelivery,
     Store,
     StoreUnavailable,
@@ -791,7 +792,7 @@ class SQLiteStore(Store):
         await self._call(lambda conn: conn.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner)))
 
     @asynccontextmanager
-    async def repository_lock(self, repo: str) -> AsyncIterator[None]:
+    async def repository_lock(self, repo: str) -> AsyncIterator[HeldLock]:
         # In-process lock first (cheap, fair), then a lease row so a CLI sweep in another
         # process on the same file never interleaves with the server.
         repo = repo.lower()  # GitHub treats Owner/Repo and owner/repo as one repository
@@ -806,9 +807,11 @@ class SQLiteStore(Store):
                 # Cancelled while asking: the row may have been taken all the same; give it back.
                 await asyncio.shield(self.unlock(name, owner))
                 raise
-            keeper = asyncio.create_task(self._keep_lock(name, owner))
+            held = HeldLock(repo)
+            held.valid_until = time.monotonic() + self._lock_ttl
+            keeper = asyncio.create_task(self._keep_lock(name, owner, held))
             try:
-                yield
+                yield held
             finally:
                 keeper.cancel()
                 # Not suppress(CancelledError): that would also swallow this task's own
@@ -823,10 +826,21 @@ class SQLiteStore(Store):
                 if not lock._waiters:  # type: ignore[attr-defined]
                     self._repo_locks.pop(repo, None)
 
-    async def _keep_lock(self, name: str, owner: str) -> None:
+    async def _keep_lock(self, name: str, owner: str, held: HeldLock) -> None:
+        """Renew the lease row while the lock is held; a renewal refused means another process
+        took the row after the lease ran out, and the holder must stop."""
         while True:
             await asyncio.sleep(self._lock_ttl / 3)
-            await self.try_lock(name, owner, self._lock_ttl)
+            asked = time.monotonic()
+            try:
+                renewed = await self.try_lock(name, owner, self._lock_ttl)
+            except sqlite3.Error as exc:  # busy or away: the lease says how long we may wait
+                log.warning("repository_lock_not_renewed", lock=name, error=str(exc))
+                continue
+            if not renewed:
+                held.lose("another process took it after its lease ran out")
+                return
+            held.valid_until = asked + self._lock_ttl
 
     async def count_hit(self, key: str, window_seconds: float, now: float) -> int:
         self._longest_window = max(self._longest_window, window_seconds)

@@ -1,0 +1,117 @@
+"""When the store's connections or a repository's lock end under Moko's feet (a PostgreSQL
+restart, a session ended by an administrator, a lease taken over): writes go on over new
+connections, and the work under a lost lock stops and starts over under a new one."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from bot.audit import settled
+from bot.store.base import DONE, NewDelivery, RepositoryLockLost
+from bot.store.postgres import PostgresStore
+from bot.store.sqlite import SQLiteStore
+from tests.support.harness import moko_environ, run_moko
+from tests.support.org import INSTALLATION, ORG
+from tests.test_store_contract import audit_entry
+
+
+async def end_sessions(url: str) -> None:
+    """pg_terminate_backend every other session of this test's own database, as a restart
+    would end them, and wait until they are gone (only this database: others share the server)."""
+    conn = await asyncpg.connect(url)
+    try:
+        pids = [row["pid"] for row in await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+        await conn.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", pids)
+        for _ in range(250):
+            if not await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the sessions did not end")
+    finally:
+        await conn.close()
+
+
+async def test_store_writes_go_on_after_their_connections_were_ended(postgres_url):
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        delivery = NewDelivery("d-1", "ping", None, {"x-github-event": "ping"}, b"{}")
+        assert (await store.add_and_claim(delivery, "me", 60))[1] is not None
+        await end_sessions(postgres_url)
+        written = await store.append_audit([audit_entry(1)])
+        await store.finish_delivery("d-1", "me", DONE)
+        assert (await store.get_delivery("d-1")).state == DONE
+        assert await store.audit_head() == (1, written[0].hash)
+    finally:
+        await store.close()
+
+
+async def test_a_repository_lock_whose_session_ended_is_lost_and_free_for_another_replica(postgres_url):
+    first, second = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    await first.open()
+    await second.open()
+    try:
+        async with first.repository_lock("acme/widgets") as held:
+            await held.ensure()  # held: nothing happens
+            await end_sessions(postgres_url)
+            with pytest.raises(RepositoryLockLost, match="acme/widgets"):
+                await held.ensure()
+            async with asyncio.timeout(5), second.repository_lock("acme/widgets") as other:
+                await other.ensure()  # the other replica has it now
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_sqlite_repository_lock_taken_over_by_another_process_is_lost(tmp_path: Path):
+    store = SQLiteStore(f"sqlite:///{tmp_path}/moko.db", lock_ttl=0.3)
+    await store.open()
+    try:
+        async with store.repository_lock("acme/widgets") as held:
+            await held.ensure()
+            with sqlite3.connect(tmp_path / "moko.db") as db:  # its lease ran out and another took it
+                db.execute("UPDATE locks SET owner = 'another-process', expires = 1e12 WHERE name = 'repo:acme/widgets'")
+            for _ in range(100):
+                if held.lost:
+                    break
+                await asyncio.sleep(0.02)
+            with pytest.raises(RepositoryLockLost, match="another process took it"):
+                await held.ensure()
+    finally:
+        await store.close()
+
+
+async def test_a_remediation_whose_database_sessions_end_mid_way_finishes_under_a_new_lock(fake_github, postgres_url):
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "widgets", has_wiki=True, has_issues=True, has_projects=False)
+
+    async def restart_database(call) -> None:
+        if call.method == "PATCH":  # GitHub is changing the repository: the database restarts
+            await end_sessions(postgres_url)
+
+    fake_github.on_request(restart_database)
+    async with run_moko(moko_environ(fake_github, postgres_url)) as moko:
+        created = fake_github.event("repository", "created", owner=ORG, repo="widgets")
+        assert (await moko.deliver("repository", created, delivery="new-1")).status == 202
+        store = moko.services.store
+        assert (await store.get_delivery("new-1")).state == DONE
+        raw = await store.audit_records(repo=f"{ORG}/widgets")
+    assert fake_github.repo(ORG, "widgets")["has_wiki"] is False
+    assert fake_github.protection(ORG, "widgets", "main") is not None
+    # The lock died with its session: before the next change Moko stopped, took the lock
+    # again and read the repository afresh, so the PATCH was not sent twice.
+    assert [(c.method, c.path) for c in fake_github.calls if c.path.startswith(f"/repos/{ORG}/widgets")] == [
+        ("PATCH", f"/repos/{ORG}/widgets"),
+        ("GET", f"/repos/{ORG}/widgets"),
+        ("GET", f"/repos/{ORG}/widgets/branches/main/protection"),
+        ("PUT", f"/repos/{ORG}/widgets/branches/main/protection"),
+    ]
+    assert [(r.field, r.outcome) for r in raw] == [
+        ("has_wiki", "pending"), ("has_wiki", "applied"), ("main", "pending"), ("main", "applied")]
+    assert [(r.field, r.outcome) for r in settled(raw)] == [("has_wiki", "applied"), ("main", "applied")]
