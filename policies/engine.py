@@ -231,7 +231,7 @@ class PolicyEngine:
     ) -> RepoResult:
         """remediate()'s work under the repository's lock; done collects the change outcomes."""
         full_name = str(repo["full_name"])
-        async with self.store.repository_lock(full_name) as held:
+        async with self.store.repository_lock(full_name) as lock:
             if only_if is not None and not await only_if():
                 return RepoResult(full_name, COMPLIANT, policy=policy, dry_run=dry_run)
             try:
@@ -250,7 +250,7 @@ class PolicyEngine:
                 return RepoResult(full_name, SKIPPED, error=None, plan=plan, policy=policy, dry_run=dry_run)
             if not apply:
                 return RepoResult(full_name, PLANNED, plan=plan, policy=policy, dry_run=dry_run)
-            transaction = Transaction(gh, self.audit, run, full_name, lock=held, outcomes=done)
+            transaction = Transaction(gh, self.audit, run, full_name, lock=lock, outcomes=done)
             if dry_run:
                 await transaction.dry_run(plan.changes + plan.deferred)
                 ok = True
