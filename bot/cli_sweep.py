@@ -106,20 +106,21 @@ def summary_table(report: SweepReport, requests: int) -> Table:
         ("resumed: repositories done before count as they were then", report.resumed),
         ("dry run: 'fixed' is what would be fixed", report.dry_run),
     ) if applies]
-    title = f"Sweep of {report.owner}" + (f" ({'; '.join(notes)})" if notes else "")
+    # The request count goes in the title, so the columns fit a terminal 80 wide.
+    title = f"Sweep of {report.owner}, {requests} requests" + (f" ({'; '.join(notes)})" if notes else "")
     table = Table(title=title)
     counts = report.counts()
-    for column in ("repositories", *COUNTED, "requests"):
+    for column in ("repositories", *COUNTED):
         table.add_column(column, justify="right")
-    table.add_row(str(len(report.results)), *(str(counts[c]) for c in COUNTED), str(requests))
+    table.add_row(str(len(report.results)), *(str(counts[c]) for c in COUNTED))
     return table
 
 
 def failures_table(report: SweepReport) -> Table | None:
-    failed = [r for r in report.results if r["outcome"] == "failed"]
+    failed = [r for r in report.results if r["outcome"] in ("failed", "unknown")]
     if not failed:
         return None
-    table = Table(title="Failed repositories")
+    table = Table(title="Failed repositories, and those whose compliance is unknown")
     table.add_column("repository")
     table.add_column("error", overflow="fold")
     for result in sorted(failed, key=lambda r: r["repo"].lower()):
@@ -188,7 +189,7 @@ async def sweep_command(
     except BrokenPipeError:  # `moko sweep --json | head`: the sweep is done and recorded anyway
         if out is sys.stdout:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return EXIT_FAILURES if report.failed else EXIT_OK
+    return EXIT_FAILURES if report.failed or report.unknown else EXIT_OK
 
 
 async def _sweep(
@@ -202,7 +203,8 @@ async def _sweep(
 ) -> SweepReport:
     try:
         installation, gh, actor = await _acting_as(github, args.org, token_mode)
-        engine = PolicyEngine(store=store, audit=AuditWriter(store), dry_run=args.dry_run or settings.dry_run)
+        engine = PolicyEngine(store=store, audit=AuditWriter(store), dry_run=args.dry_run or settings.dry_run,
+                              permissions=github.installation_permissions)
         installation_id = None if token_mode else installation
 
         async def sweep(observer: SweepObserver | None = None) -> SweepReport:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import random as _random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
+from cachetools import TTLCache
 
 from bot.github_auth import AppAuth
 from bot.github_client import (
@@ -23,6 +24,9 @@ from bot.redact import REDACTOR
 
 APP_KEY = "app"  # the limits of requests made as the App itself (JWT)
 TOKEN_INSTALLATION = 0  # the one pseudo-installation a personal token stands for
+# How long an installation's granted permissions are trusted without asking again; a payload
+# that carries them (installation.*, e.g. new_permissions_accepted) refreshes them at once.
+PERMISSIONS_TTL = 600.0
 
 
 class GitHubCredentialsMissing(RuntimeError):
@@ -71,6 +75,10 @@ class GitHubApp:
         self._limits: dict[int | str, InstallationLimits] = {}
         self._bot_login: str | None = None
         self._bot_login_lock = asyncio.Lock()
+        self._permissions: TTLCache[int, dict[str, str]] = TTLCache(
+            maxsize=10_000, ttl=PERMISSIONS_TTL, timer=clock
+        )
+        self._permissions_lock = asyncio.Lock()
 
     # -- clients -----------------------------------------------------------------------
 
@@ -153,11 +161,32 @@ class GitHubApp:
                     self._bot_login = (await client.getitem("/user"))["login"]
         return self._bot_login
 
+    def remember_permissions(self, installation_id: int, permissions: Mapping[str, str]) -> None:
+        """The permissions a webhook payload's installation object says it was granted."""
+        self._permissions[installation_id] = {str(k): str(v) for k, v in permissions.items()}
+
+    async def installation_permissions(self, installation_id: int | None) -> dict[str, str] | None:
+        """What the installation was granted (``GET /app/installations/{id}`` as the App,
+        cached); None when Moko acts with a personal token, whose answers say for themselves."""
+        if installation_id is None or self._auth is None:
+            return None
+        async with self._permissions_lock:
+            cached = self._permissions.get(installation_id)
+            if cached is None:
+                installation = await self.app_client().getitem(
+                    "/app/installations/{installation_id}", {"installation_id": installation_id}
+                )
+                cached = {str(k): str(v) for k, v in (installation.get("permissions") or {}).items()}
+                self._permissions[installation_id] = cached
+        return cached
+
     async def org_installation_id(self, org: str) -> int:
         """The App's installation on `org` (TOKEN_INSTALLATION when only a personal token is set)."""
         if self._auth is None and self._token is not None:
             return TOKEN_INSTALLATION
         installation = await self.app_client().getitem("/orgs/{org}/installation", {"org": org})
+        if isinstance(installation.get("permissions"), dict):
+            self.remember_permissions(int(installation["id"]), installation["permissions"])
         return int(installation["id"])
 
     async def installation_ids(self) -> list[int]:

@@ -27,6 +27,14 @@ def _repository(data: dict) -> str | None:
     return None
 
 
+def _remember_permissions(services: Services, data: Any) -> None:
+    """An installation object with its permissions (installation.* events) saves asking."""
+    installation = data.get("installation") if isinstance(data, dict) else None
+    if isinstance(installation, dict) and isinstance(installation.get("permissions"), dict):
+        if isinstance(installation.get("id"), int):
+            services.github.remember_permissions(installation["id"], installation["permissions"])
+
+
 class DeliveryProcessor:
     """Turns a claimed delivery into handler calls; returns None when done, else the failure."""
 
@@ -42,6 +50,7 @@ class DeliveryProcessor:
             except ValueError:
                 return "stored body is not JSON"
         event = Event(data, event=delivery.event, delivery_id=delivery.id)
+        _remember_permissions(self._services, data)
         action = data.get("action") if isinstance(data, dict) else None
         bound = {
             "delivery": delivery.id,

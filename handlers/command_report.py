@@ -65,9 +65,12 @@ def status_rows(
     rows: list[tuple[str, ...]] = []
     settings = _by_field(plan.changes, REPOSITORY)
     unread = set(plan.settings_to_read)
+    unknown = plan.unknown_of(REPOSITORY)
     for field, wanted in policy.repository.items():
         if field in settings:
             actual, compliant = escape_value(settings[field].before), text.NO
+        elif field in unknown:
+            actual, compliant = _unknown_cell(unknown[field]), text.UNKNOWN
         elif field in unread:
             actual, compliant = text.UNKNOWN, text.UNKNOWN
         else:
@@ -78,6 +81,7 @@ def status_rows(
     deferred = _by_field(plan.deferred, BRANCH_PROTECTION)
     held = {h.field: h for h in plan.held if h.policy == BRANCH_PROTECTION}
     unread = set(plan.branches_to_read) | set(plan.rules_to_read)
+    unknown = plan.unknown_of(BRANCH_PROTECTION)
     rules = resolve_branch_rules(policy, default_branch)
     if default_branch is None and any(rule.name == DEFAULT_BRANCH_RULE for rule in policy.branches):
         rule = next(rule for rule in policy.branches if rule.name == DEFAULT_BRANCH_RULE)
@@ -95,6 +99,8 @@ def status_rows(
             wanted = text.PROTECTED + ": " + escape_settings(rule.protection, STATUS_CELL_LIMIT)
         if branch in deferred:
             actual, compliant = text.BRANCH_MISSING, text.NO
+        elif branch in unknown:
+            actual, compliant = _unknown_cell(unknown[branch]), text.UNKNOWN
         elif branch in held:
             actual, compliant = escape(held[branch].reason, STATUS_CELL_LIMIT), text.NO
         elif branch in unread or (branch == DEFAULT_BRANCH_RULE and default_branch is None):
@@ -114,6 +120,10 @@ def status_rows(
             actual = text.RULESETS_APPLY.format(actual=actual)
         rows.append((escape(BRANCH_PROTECTION), escape(label), wanted, actual, compliant))
     return rows
+
+
+def _unknown_cell(why: str) -> str:
+    return text.UNKNOWN_BECAUSE.format(why=escape(why, STATUS_CELL_LIMIT))
 
 
 def ruleset_rows(rulesets: Mapping[str, Sequence[RulesetRule] | None]) -> list[tuple[str, ...]]:
@@ -142,10 +152,14 @@ def render_status(
     rulesets = rulesets or {}
     covered = frozenset(branch for branch, rules in rulesets.items() if rules)
     rows = status_rows(policy, plan, default_branch, covered)
-    drifted = sum(1 for row in rows if row[-1] != text.YES)
-    verdict = (
-        text.STATUS_COMPLIANT if not drifted else text.STATUS_DRIFT.format(count=drifted, total=len(rows))
-    )
+    drifted = sum(1 for row in rows if row[-1] == text.NO)
+    unknown = sum(1 for row in rows if row[-1] == text.UNKNOWN)
+    verdicts = []
+    if unknown:
+        verdicts.append(text.STATUS_UNKNOWN.format(count=unknown, total=len(rows)))
+    if drifted:
+        verdicts.append(text.STATUS_DRIFT.format(count=drifted, total=len(rows)))
+    verdict = "\n\n".join(verdicts) or text.STATUS_COMPLIANT
     title = text.STATUS_TITLE.format(repo=escape(repo))
     extra = ruleset_rows(rulesets)
     budget = COMMENT_BUDGET - (RULESETS_BUDGET if extra else 0)
@@ -163,6 +177,11 @@ def _bullets(lines: Sequence[str]) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
 
+def unknown_lines(unknown: Sequence[tuple[str, str]]) -> list[str]:
+    """One line per value Moko could not read, and why."""
+    return [text.CHANGE_UNKNOWN.format(key=escape(key), why=escape(why, 300)) for key, why in unknown]
+
+
 def render_plan(repo: str, policy: Policy, plan: Plan, default_branch: str | None) -> str:
     lines = [describe_change(change, policy, default_branch) for change in plan.changes]
     lines += [
@@ -173,6 +192,7 @@ def render_plan(repo: str, policy: Policy, plan: Plan, default_branch: str | Non
         for change in plan.deferred
     ]
     lines += held_lines(plan.held)
+    lines += unknown_lines(plan.unknown)
     title = text.PLAN_TITLE.format(repo=escape(repo))
     return f"{title}\n\n{_bullets(lines) if lines else text.PLAN_NOTHING}"
 
@@ -193,13 +213,14 @@ def render_apply(
     default_branch: str | None,
     dry_run: bool,
     held: Sequence[Held] = (),
+    unknown: Sequence[tuple[str, str]] = (),
 ) -> str:
     title = text.APPLY_TITLE.format(repo=escape(repo))
-    if not outcomes and not held:
+    if not outcomes and not held and not unknown:
         return f"{title}\n\n{text.APPLY_NOTHING}"
     lines = [
         f"{describe_change(o.change, policy, default_branch)} — **{outcome_text(o)}**" for o in outcomes
-    ] + held_lines(held)
+    ] + held_lines(held) + unknown_lines(unknown)
     body = f"{title}\n\n{_bullets(lines)}"
     return f"{body}\n\n{text.APPLY_DRY_RUN}" if dry_run else body
 

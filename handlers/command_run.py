@@ -172,7 +172,8 @@ async def answer_apply(request: Request) -> Answer:
         return with_dry_run_note(unplanned, result.dry_run)
     held = result.plan.held if result.plan is not None else ()
     body = render_apply(
-        result.repo, result.policy, result.changes, default_branch_of(request.repo), result.dry_run, held
+        result.repo, result.policy, result.changes, default_branch_of(request.repo), result.dry_run, held,
+        result.plan.unknown if result.plan else (),
     )
     if result.outcome == REPO_FAILED:
         error = result.error or "a change failed"

@@ -71,6 +71,10 @@ STATUS_DRIFT = (
     "❌ {count} of {total} items differ from the policy; "
     "`/moko plan` lists what `/moko apply` would change."
 )
+STATUS_UNKNOWN = (
+    "❔ Moko cannot tell whether {count} of {total} items comply with the policy; "
+    "the table says why."
+)
 STATUS_HEADERS = ("policy", "field", "wanted", "actual", "compliant")
 
 PLAN_TITLE = "**What `/moko apply` would change in {repo}**"
@@ -88,6 +92,7 @@ ROWS_LEFT_OUT = "_{count} more rows left out: the comment would be too long._"
 
 # Cells of the status table.
 YES, NO, UNKNOWN = "yes", "no", "unknown"
+UNKNOWN_BECAUSE = "unknown: {why}"
 NOT_PROTECTED = "not protected"
 PROTECTED = "protected"
 AS_WANTED = "as wanted"
@@ -113,6 +118,7 @@ CHANGE_REPROTECT = "update the protection of branch {branch}: {keys}"
 CHANGE_UNPROTECT = "remove the protection of branch {branch}"
 CHANGE_DEFERRED = "protect branch {branch} once it is first pushed: {after}"
 CHANGE_HELD = "not done, for a person to decide: branch {branch} is {reason}"
+CHANGE_UNKNOWN = "cannot tell {key}, so cannot say what it would change there: {why}"
 OUTCOMES = {
     "applied": "done",
     "dry-run": "dry-run, not changed",

@@ -50,6 +50,7 @@ def raise_on_failures(results: Iterable[RepoResult], ctx: EventContext) -> None:
             outcome=result.outcome,
             changes=len(result.changes),
             dry_run=result.dry_run,
+            **({"error": result.error} if result.error else {}),
         )
     failed = [r for r in results if r.outcome == REPO_FAILED]
     if failed:

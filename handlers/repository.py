@@ -1,4 +1,5 @@
-"""repository.* events: remediate new, unarchived, transferred and renamed repositories; revert edits."""
+"""repository.* events: remediate new, unarchived, transferred, renamed, privatized and publicized
+repositories; revert edits, and protect a new default branch."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from gidgethub.sansio import Event
 
 from bot.context import EventContext
 from handlers.common import engine_of, raise_on_failures, repository_of, run_of, sent_by_moko
-from policies.engine import ALL, SETTINGS_ONLY, Known
+from policies.engine import NEW_DEFAULT_BRANCH, SETTINGS_ONLY, Known
 
 router = Router()
 
@@ -24,11 +25,14 @@ async def remediate_new_repository(event: Event, ctx: EventContext) -> None:
 
 @router.register("repository", action="edited")
 async def revert_repository_edit(event: Event, ctx: EventContext) -> None:
+    """GitHub sends this for the description, homepage, topics and default branch only; the
+    payload holds the settings, so they cost no read. When the default branch moved, the
+    policy's ``default`` rule now means the new one: it is protected at once (its current
+    protection is read, as a renamed branch keeps its rules; the named rules did not move)."""
     if await sent_by_moko(event, ctx):
         return
     repo = repository_of(event)
-    # A settings edit needs no protection read, unless the default branch itself moved.
-    scope = ALL if "default_branch" in (event.data.get("changes") or {}) else SETTINGS_ONLY
+    scope = NEW_DEFAULT_BRANCH if "default_branch" in (event.data.get("changes") or {}) else SETTINGS_ONLY
     gh = await ctx.github()
     raise_on_failures([await engine_of(ctx).remediate(gh, run_of(event, ctx), repo, scope=scope)], ctx)
 
@@ -36,6 +40,8 @@ async def revert_repository_edit(event: Event, ctx: EventContext) -> None:
 @router.register("repository", action="unarchived")
 @router.register("repository", action="transferred")
 @router.register("repository", action="renamed")
+@router.register("repository", action="privatized")
+@router.register("repository", action="publicized")
 async def remediate_changed_repository(event: Event, ctx: EventContext) -> None:
     if await sent_by_moko(event, ctx):
         return

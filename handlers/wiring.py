@@ -13,7 +13,10 @@ from policies.sweep import sweep_installations
 
 def install_engine(services: Services) -> None:
     services.components[ENGINE] = PolicyEngine(
-        store=services.store, audit=services.audit, dry_run=services.settings.dry_run
+        store=services.store,
+        audit=services.audit,
+        dry_run=services.settings.dry_run,
+        permissions=services.github.installation_permissions,
     )
 
 

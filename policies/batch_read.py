@@ -25,6 +25,7 @@ from policies.branch_protection import (
 from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.engine import Known
 from policies.model import Policy
+from policies.permissions import protection_unreadable, unreadable_settings
 from policies.protection_shapes import covering_pattern
 from policies.repository_settings import GRAPHQL_FIELDS, rest_settings_from_graphql
 from policies.server_fields import (
@@ -71,8 +72,10 @@ class ReadFields:
     own_policy: bool = False  # each repository's .github/moko.yml (the policy allows overrides)
 
     @classmethod
-    def for_policy(cls, policy: Policy) -> ReadFields:
-        """The organization policy's fields, and those a repository may override."""
+    def for_policy(cls, policy: Policy, granted: Mapping[str, str] | None = None) -> ReadFields:
+        """The organization policy's fields, and those a repository may override, less what
+        the installation's ``granted`` permissions may not read (GraphQL would refuse the
+        whole repository for one such field; the planner says those are unknown)."""
         settings = set(policy.repository)
         branches = [rule.name for rule in policy.branches if rule.name != DEFAULT_BRANCH_RULE]
         protection = bool(policy.branches)
@@ -84,7 +87,11 @@ class ReadFields:
                 protection = True
                 if name and name != DEFAULT_BRANCH_RULE:
                     branches.append(name)
-        return cls(frozenset(settings), protection, tuple(dict.fromkeys(branches)), bool(policy.overrides))
+        hidden = unreadable_settings(settings, granted)
+        protection = protection and protection_unreadable(granted) is None
+        return cls(
+            frozenset(settings - set(hidden)), protection, tuple(dict.fromkeys(branches)), bool(policy.overrides)
+        )
 
     def selection(self, schema: ServerSchema | None = None) -> str:
         """The selection set of one ``Repository`` node: with ``schema``, only the fields the

@@ -49,6 +49,7 @@ from policies.model import (
     KindPlan,
     Policy,
     RepoState,
+    is_unreadable,
     thaw,
 )
 from policies.protection_shapes import (
@@ -311,6 +312,7 @@ def plan_protection_kind(policy: Policy, repo: RepoState) -> KindPlan:
     deferred: list[Change] = []
     needs_read: list[str] = []
     held: list[Held] = []
+    unknown: list[tuple[str, str]] = []
     default = next((rule for rule in policy.branches if rule.name == DEFAULT_BRANCH_RULE), None)
     if default is not None and not repo.default_branch:
         if not repo.empty:
@@ -331,6 +333,9 @@ def plan_protection_kind(policy: Policy, repo: RepoState) -> KindPlan:
         if branch not in repo.protections:
             needs_read.append(f"{BRANCH_PROTECTION}.{branch}")
             continue
+        if is_unreadable(repo.protections[branch]):
+            unknown.append((f"{BRANCH_PROTECTION}.{branch}", repo.protections[branch].reason))
+            continue
         if rule.protection is None and repo.protections[branch] is not None:
             pattern = repo.rule_patterns.get(branch, UNKNOWN)
             if pattern is UNKNOWN:
@@ -345,4 +350,4 @@ def plan_protection_kind(policy: Policy, repo: RepoState) -> KindPlan:
             )
         except ProtectionUnknown:
             needs_read.append(f"{BRANCH_PROTECTION}.{branch}")
-    return KindPlan(tuple(changes), tuple(deferred), tuple(needs_read), tuple(held))
+    return KindPlan(tuple(changes), tuple(deferred), tuple(needs_read), tuple(held), tuple(unknown))

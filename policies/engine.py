@@ -11,20 +11,23 @@ from gidgethub import BadRequest, GitHubException
 
 from bot.audit import AuditWriter
 from bot.logs import get_logger
+from bot.metrics import REMEDIATIONS
 from bot.store.base import AuditEntry, AuditRecord, RepositoryLockLost, Store
 from policies.apply import DEFERRED, DRY_RUN, FAILED, ChangeOutcome, Run, Transaction, github_error
 from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.loader import PolicyError
-from policies.model import BRANCH_PROTECTION, REPOSITORY, Plan, Policy, RepoState
-from policies.plan import plan_repository
+from policies.model import BRANCH_PROTECTION, REPOSITORY, Plan, Policy, RepoState, Unreadable
+from policies.permissions import protection_unreadable, unreadable_settings
+from policies.plan import branches_to_check, plan_repository
+from policies.repository_settings import missing_fields
 from policies.server_fields import for_server, schema_for, unsupported, without_unsupported
 from policies.source import POLICY_PATH, POLICY_REPO, PolicySource
 
 log = get_logger("moko.engine")
 
 # What a repository's remediation came to, as the sweep's summary counts it.
-COMPLIANT, FIXED, REPO_FAILED, REPO_DEFERRED, SKIPPED, PLANNED = (
-    "compliant", "fixed", "failed", "deferred", "skipped", "planned",
+COMPLIANT, FIXED, REPO_FAILED, REPO_DEFERRED, SKIPPED, PLANNED, REPO_UNKNOWN = (
+    "compliant", "fixed", "failed", "deferred", "skipped", "planned", "unknown",
 )
 _MAX_READ_ROUNDS = 3
 # A repository whose policy names fields the server does not have: its compliance cannot be
@@ -32,6 +35,19 @@ _MAX_READ_ROUNDS = 3
 UNSUPPORTED = REPO_FAILED
 # A remediation whose repository lock was lost stops, then starts over once under a new lock.
 _LOCK_ATTEMPTS = 2
+LEFT_OUT = (
+    "GitHub's answer to GET /repos/{owner}/{repo} left it out "
+    "(a permission these credentials lack, or a field this server does not have)"
+)
+STILL_UNREAD = f"Moko still could not tell after {_MAX_READ_ROUNDS} reads"
+
+# An installation's granted permissions (None: not known, e.g. a personal token).
+Permissions = Mapping[str, str] | None
+PermissionsSource = Callable[[int | None], Awaitable[Permissions]]
+
+
+async def _all_permissions(installation: int | None) -> Permissions:
+    return None
 
 
 @dataclass(frozen=True)
@@ -62,18 +78,23 @@ class Concern:
 
     settings: bool = True
     protection: bool = True
+    named_branches: bool = True  # False: only the default branch's rule
 
     def restrict(self, policy: Policy) -> Policy:
         if not self.settings:
             policy = replace(policy, repository={})
         if not self.protection:
             policy = replace(policy, branches=())
+        elif not self.named_branches:
+            policy = replace(policy, branches=tuple(r for r in policy.branches if r.name == DEFAULT_BRANCH_RULE))
         return policy
 
 
 ALL = Concern()
 SETTINGS_ONLY = Concern(protection=False)
 PROTECTION_ONLY = Concern(settings=False)
+# The default branch moved: its rule now means another branch; the named ones did not change.
+NEW_DEFAULT_BRANCH = Concern(named_branches=False)
 
 
 @dataclass
@@ -91,11 +112,24 @@ class Known:
 class PolicyEngine:
     """Remediates repositories; shared by webhooks, commands and sweeps."""
 
-    def __init__(self, *, store: Store, audit: AuditWriter, source: PolicySource | None = None, dry_run: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        audit: AuditWriter,
+        source: PolicySource | None = None,
+        dry_run: bool = False,
+        permissions: PermissionsSource | None = None,
+    ) -> None:
         self.store = store
         self.audit = audit
         self.source = source or PolicySource()
         self.global_dry_run = dry_run
+        self.permissions: PermissionsSource = permissions or _all_permissions
+
+    async def granted(self, installation: int | None) -> Permissions:
+        """The installation's granted permissions, which say what Moko may read."""
+        return await self.permissions(installation)
 
     async def policy_for(self, gh: Any, run: Run, full_name: str) -> Policy:
         """The repository's policy; an invalid file is recorded and raised (nothing changes)."""
@@ -130,7 +164,11 @@ class PolicyEngine:
         owner, name = str(repo["full_name"]).split("/", 1)
         url_vars = {"owner": owner, "repo": name}
         if plan.settings_to_read:
-            known.settings = await gh.getitem("/repos/{owner}/{repo}", url_vars=url_vars)
+            answer = await gh.getitem("/repos/{owner}/{repo}", url_vars=url_vars)
+            known.settings = {**(known.settings or {}), **answer}
+            # What the answer left out will not be in the next one either.
+            for name in missing_fields(known.settings, dict.fromkeys(plan.settings_to_read)):
+                known.settings[name] = Unreadable(LEFT_OUT)
         for branch in plan.branches_to_read:
             try:
                 known.protections[branch] = await gh.getitem(
@@ -159,14 +197,22 @@ class PolicyEngine:
             rule_patterns=known.rule_patterns,
         )
 
-    async def plan(self, gh: Any, policy: Policy, repo: Mapping[str, Any], known: Known) -> Plan:
-        """Plan, reading only what the plan says it needs, until it is decided."""
+    async def plan(
+        self, gh: Any, policy: Policy, repo: Mapping[str, Any], known: Known, granted: Permissions = None
+    ) -> Plan:
+        """Plan, reading only what the plan says it needs, until it is decided. What the
+        installation may not read is not asked for: it stays unknown, and so does what is
+        still undecided after the last read."""
+        _mark_unreadable(policy, repo, known, granted)
         plan = plan_repository(policy, self.state_of(repo, known))
         rounds = 0
         while plan.needs_read and plan.skipped is None and rounds < _MAX_READ_ROUNDS:
             rounds += 1
             known = await self.read_state(gh, repo, known, plan)
             plan = plan_repository(policy, self.state_of(repo, known))
+        if plan.needs_read and plan.skipped is None:
+            still = tuple((key, STILL_UNREAD) for key in plan.needs_read)
+            plan = replace(plan, needs_read=(), unknown=plan.unknown + still)
         return plan
 
     async def remediate(
@@ -239,7 +285,8 @@ class PolicyEngine:
                 schema = await schema_for(gh, effective)
                 lacking = unsupported(effective, schema) if schema is not None else {}
                 planned = without_unsupported(effective, schema) if lacking and schema is not None else effective
-                plan = await self.plan(gh, planned, repo, known or Known())
+                granted = await self.granted(run.installation)
+                plan = await self.plan(gh, planned, repo, known or Known(), granted)
                 if schema is not None:
                     plan = for_server(plan, schema)
             except GitHubException as exc:
@@ -266,7 +313,12 @@ class PolicyEngine:
         if held:
             log.warning("policy_change_held", repo=full_name, reason=held)
         outcome = REPO_FAILED if held else _outcome(plan, transaction.outcomes, ok, dry_run)
-        error = next((o.error for o in transaction.outcomes if o.outcome == FAILED), held)
+        failure = next((o.error for o in transaction.outcomes if o.outcome == FAILED), None)
+        error = failure or held or plan.unknown_reason
+        if plan.unknown:
+            log.warning("repository_unknown", repo=full_name, unknown=dict(plan.unknown))
+            for key, _why in plan.unknown:
+                REMEDIATIONS.labels(policy=key.split(".", 1)[0], outcome=REPO_UNKNOWN).inc()
         if lacking and outcome != REPO_FAILED:
             # Its compliance cannot be told: never compliant (what could be done was done).
             log.warning("repository_fields_unsupported", repo=full_name, fields=sorted(lacking))
@@ -330,9 +382,24 @@ def _waiting(records: list[AuditRecord], fields: tuple[str, ...]) -> bool:
     return False
 
 
+def _mark_unreadable(policy: Policy, repo: Mapping[str, Any], known: Known, granted: Permissions) -> None:
+    """Put ``Unreadable`` where the installation may not read a value the event did not bring,
+    so the planner says unknown instead of asking GitHub in vain."""
+    present = {**repo, **(known.settings or {})}
+    hidden = {name: why for name, why in unreadable_settings(policy.repository, granted).items() if name not in present}
+    if hidden:
+        known.settings = {**(known.settings or {}), **{name: Unreadable(why) for name, why in hidden.items()}}
+    why = protection_unreadable(granted)
+    if why is not None and policy.branches:
+        for branch in branches_to_check(policy, present.get("default_branch")):
+            known.protections.setdefault(branch, Unreadable(why))
+
+
 def _outcome(plan: Plan, outcomes: list[ChangeOutcome], ok: bool, dry_run: bool) -> str:
     if not ok or any(o.outcome == FAILED for o in outcomes):
         return REPO_FAILED
+    if plan.unknown:  # whatever was fixed, compliance cannot be told
+        return REPO_UNKNOWN
     if dry_run:
         return COMPLIANT if not (plan.changes or plan.deferred) else PLANNED
     if any(o.outcome == "applied" for o in outcomes):
@@ -344,5 +411,6 @@ def _outcome(plan: Plan, outcomes: list[ChangeOutcome], ok: bool, dry_run: bool)
 
 __all__ = [
     "ALL", "COMPLIANT", "DRY_RUN", "FIXED", "PLANNED", "PROTECTION_ONLY", "REPOSITORY", "REPO_DEFERRED",
-    "REPO_FAILED", "SETTINGS_ONLY", "SKIPPED", "Concern", "Known", "PolicyEngine", "RepoResult", "Run",
+    "NEW_DEFAULT_BRANCH", "REPO_FAILED", "REPO_UNKNOWN", "SETTINGS_ONLY", "SKIPPED", "Concern", "Known", "Permissions",
+    "PermissionsSource", "PolicyEngine", "RepoResult", "Run",
 ]

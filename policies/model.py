@@ -76,6 +76,21 @@ def thaw(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class Unreadable:
+    """A value Moko could not read, and why (the permission it lacks, a field GitHub left out).
+
+    It stands where the value would be (in ``RepoState.settings`` or ``protections``) and is
+    never taken for a default: a plan that meets one says ``unknown``, with ``reason``.
+    """
+
+    reason: str
+
+
+def is_unreadable(value: Any) -> bool:
+    return isinstance(value, Unreadable)
+
+
+@dataclass(frozen=True)
 class BranchRule:
     """One entry of ``branches``: a branch ("default" or an exact name) and its protection.
 
@@ -259,6 +274,7 @@ class KindPlan:
     deferred: tuple[Change, ...] = ()
     needs_read: tuple[str, ...] = ()
     held: tuple[Held, ...] = ()
+    unknown: tuple[tuple[str, str], ...] = ()  # (key, why) for values Moko could not read
 
 
 @dataclass(frozen=True)
@@ -269,6 +285,9 @@ class Plan:
     - ``deferred``: changes that must wait (protection for a branch that does not exist yet).
     - ``needs_read``: what could not be decided from the state given, as ``"repository.<field>"``
       or ``"branch_protection.<branch>"``: read it (REST) and plan again.
+    - ``unknown``: (key, why) for what Moko could not read and will not ask again (a permission
+      the installation lacks, a field GitHub left out of its answer): the repository's
+      compliance cannot be told, whatever the other changes say.
     - ``skipped``: why the repository is left alone (out of scope, archived), or None.
     - ``held``: what the policy asks for and Moko will not do (see ``Held``).
     """
@@ -279,12 +298,20 @@ class Plan:
     needs_read: tuple[str, ...] = ()
     skipped: str | None = None
     held: tuple[Held, ...] = ()
+    unknown: tuple[tuple[str, str], ...] = ()
 
     @property
     def compliant(self) -> bool:
         return self.skipped is None and not (
-            self.changes or self.deferred or self.needs_read or self.held
+            self.changes or self.deferred or self.needs_read or self.held or self.unknown
         )
+
+    @property
+    def unknown_reason(self) -> str | None:
+        """One line saying what could not be told and why, or None when everything could."""
+        if not self.unknown:
+            return None
+        return "; ".join(f"{key} is unknown: {why}" for key, why in self.unknown)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, e.g. for ``moko sweep --json`` and ``/moko plan``."""
@@ -293,6 +320,7 @@ class Plan:
             "changes": [change.to_dict() for change in self.changes],
             "deferred": [change.to_dict() for change in self.deferred],
             "needs_read": list(self.needs_read),
+            "unknown": {key: why for key, why in self.unknown},
             "skipped": self.skipped,
             **({"held": [held.to_dict() for held in self.held]} if self.held else {}),
         }
@@ -309,6 +337,12 @@ class Plan:
     def rules_to_read(self) -> tuple[str, ...]:
         """Branches whose classic rule's pattern must be known (before removing it)."""
         return _suffixes(self.needs_read, BRANCH_PROTECTION_RULE)
+
+    def unknown_of(self, policy: str) -> dict[str, str]:
+        """The unknown fields (or branches) of one policy kind -> why."""
+        return {
+            key.split(".", 1)[1]: why for key, why in self.unknown if key.split(".", 1)[0] == policy
+        }
 
 
 def _suffixes(keys: Sequence[str], prefix: str) -> tuple[str, ...]:

@@ -23,10 +23,13 @@ def plan_repository(policy: Policy, repo: RepoState) -> Plan:
     deferred: list[Change] = []
     needs_read: list[str] = []
     held: list[Held] = []
+    unknown: list[tuple[str, str]] = []
     for kind in POLICY_KINDS:
         part = kind.plan(policy, repo)
         changes.extend(part.changes)
         deferred.extend(part.deferred)
         needs_read.extend(part.needs_read)
         held.extend(part.held)
-    return Plan(repo.full_name, tuple(changes), tuple(deferred), tuple(needs_read), held=tuple(held))
+        unknown.extend(part.unknown)
+    return Plan(repo.full_name, tuple(changes), tuple(deferred), tuple(needs_read), held=tuple(held),
+                unknown=tuple(unknown))

@@ -37,7 +37,7 @@ async def fields_for(engine: PolicyEngine, gh: Any, run: Run, owner: str) -> Rea
         policy = await engine.source.org_policy(gh, run.installation, owner)
     except PolicyError:  # remediate() records it for each repository, as it always has
         return ReadFields()
-    return ReadFields.for_policy(policy)
+    return ReadFields.for_policy(policy, await engine.granted(run.installation))
 
 
 async def remediate_snapshot(engine: PolicyEngine, gh: Any, run: Run, snapshot: RepoSnapshot) -> RepoResult:

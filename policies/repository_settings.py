@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from policies.model import REPOSITORY, Change, KindPlan, Policy, RepoState, freeze, thaw
+from policies.model import (
+    REPOSITORY,
+    Change,
+    KindPlan,
+    Policy,
+    RepoState,
+    freeze,
+    is_unreadable,
+    thaw,
+)
 
 # The request body of PATCH /repos/{owner}/{repo} (operation repos/update in GitHub's REST
 # description): field -> "bool" | "str" | "security_and_analysis" | tuple of allowed values.
@@ -203,7 +212,7 @@ def plan_repository_settings(
     changes = []
     for field, want in desired.items():
         have = _current_value(current, field)
-        if have is _UNKNOWN or _same(field, have, want):
+        if have is _UNKNOWN or is_unreadable(have) or _same(field, have, want):
             continue
         if field == "security_and_analysis":
             have = _security_subset(have, want)
@@ -253,5 +262,10 @@ def plan_settings_kind(policy: Policy, repo: RepoState) -> KindPlan:
         changes=tuple(plan_repository_settings(repo.settings, policy.repository)),
         needs_read=tuple(
             f"{REPOSITORY}.{field}" for field in policy.repository if field in missing
+        ),
+        unknown=tuple(
+            (f"{REPOSITORY}.{field}", repo.settings[field].reason)
+            for field in policy.repository
+            if is_unreadable(repo.settings.get(field))
         ),
     )

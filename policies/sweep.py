@@ -27,6 +27,7 @@ from policies.engine import (
     PLANNED,
     REPO_DEFERRED,
     REPO_FAILED,
+    REPO_UNKNOWN,
     SKIPPED,
     PolicyEngine,
 )
@@ -39,7 +40,7 @@ log = get_logger("moko.sweep")
 
 # The summary's columns, in order. A dry run's "planned" repositories count as "fixed":
 # what the sweep would fix (their results say "planned").
-COUNTED = (COMPLIANT, FIXED, REPO_FAILED, REPO_DEFERRED, SKIPPED)
+COUNTED = (COMPLIANT, FIXED, REPO_FAILED, REPO_DEFERRED, SKIPPED, REPO_UNKNOWN)
 _COUNTED_AS = {PLANNED: FIXED}
 
 
@@ -81,6 +82,11 @@ class SweepReport:
     @property
     def failed(self) -> int:
         return self.counts()[REPO_FAILED]
+
+    @property
+    def unknown(self) -> int:
+        """Repositories whose compliance could not be told: they count against the sweep."""
+        return self.counts()[REPO_UNKNOWN]
 
     def to_json(self, requests: int) -> dict[str, Any]:
         """The document `moko sweep --json` prints."""
@@ -131,7 +137,7 @@ async def sweep_owner(
         run = Run(sweep_id, request.trigger, actor, installation)
         await engine.record_config_error(run, f"{request.owner}/{POLICY_REPO}", str(exc))
         raise
-    fields = ReadFields.for_policy(policy)
+    fields = ReadFields.for_policy(policy, await engine.granted(installation))
     progress = await store.start_sweep(
         request.checkpoint_key(dry_run), sweep_id=sweep_id, retry_failed=request.retry_failed
     )
@@ -202,11 +208,13 @@ async def sweep_installations(
     """Sweep every account the App is installed on, one after the other (the scheduled
     reconciliation). One account's failure is logged and does not stop the others."""
     client = github.app_client()
-    accounts = [
-        (int(item["id"]), str(item["account"]["login"]))
-        async for item in client.getiter("/app/installations?per_page=100")
-        if (item.get("account") or {}).get("login")  # an enterprise installation has no repositories
-    ]
+    accounts = []
+    async for item in client.getiter("/app/installations?per_page=100"):
+        if not (item.get("account") or {}).get("login"):
+            continue  # an enterprise installation has no repositories
+        accounts.append((int(item["id"]), str(item["account"]["login"])))
+        if isinstance(item.get("permissions"), dict):
+            github.remember_permissions(int(item["id"]), item["permissions"])
     actor = await github.bot_login()
     reports = []
     for installation, owner in accounts:

@@ -25,6 +25,7 @@ from policies.loader import parse_policy
 from policies.model import RepoState
 from policies.plan import plan_repository
 from policies.repository_settings import GRAPHQL_FIELDS
+from tests.fakegithub.state import APP_PERMISSIONS
 from tests.support.harness import run_moko
 
 ORG = "acme"
@@ -40,7 +41,8 @@ COMPLIANT = {"has_issues": True, "has_wiki": False, "has_projects": False}
 
 @pytest.fixture
 def org(fake_github):
-    fake_github.add_installation(INSTALLATION, ORG)
+    # contents: write, so that GitHub shows the merge settings these tests read.
+    fake_github.add_installation(INSTALLATION, ORG, permissions={**APP_PERMISSIONS, "contents": "write"})
     return fake_github
 
 

@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator
 from tests.fakegithub import FakeGitHub
 from tests.fakegithub.openapi import to_json_schema
 from tests.fakegithub.plugin import assert_no_violations, fake_github  # noqa: F401
+from tests.fakegithub.state import APP_PERMISSIONS
 from tests.fakegithub.webhooks import (
     FIXTURES,
     build_event,
@@ -46,7 +47,8 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def fake(fake_github: FakeGitHub) -> FakeGitHub:  # noqa: F811
-    fake_github.add_installation(INSTALLATION, ORG)
+    # contents: write, so that the merge settings are visible (see the permission tests).
+    fake_github.add_installation(INSTALLATION, ORG, permissions={**APP_PERMISSIONS, "contents": "write"})
     fake_github.add_repo(ORG, "widgets")
     fake_github.add_repo(ORG, "empty", empty=True)
     return fake_github

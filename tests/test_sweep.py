@@ -151,7 +151,9 @@ async def test_sweep_of_250_repositories_fixes_every_drift_and_counts_right(org,
         "org": ORG, "repositories": 250, "compliant": count(expected, "compliant"), "fixed": count(expected, "fixed"),
         "failed": 0, "deferred": count(expected, "deferred"), "skipped": count(expected, "skipped"),
     }
-    assert list(doc) == ["org", "repositories", "compliant", "fixed", "failed", "deferred", "skipped", "requests", "results"]
+    assert list(doc) == [
+        "org", "repositories", "compliant", "fixed", "failed", "deferred", "skipped", "unknown", "requests", "results",
+    ]
     assert doc["requests"] == org.count()
     fixed = next(r for r in doc["results"] if r["repo"] == f"{ORG}/repo-000")
     assert {(c["field"], c["before"], c["after"], c["outcome"]) for c in fixed["changes"]} == {
@@ -347,9 +349,10 @@ async def test_table_and_progress_bar_on_a_terminal(org, env):
     assert code == 0
     assert "sweeping acme: 1 fixed, 0 failed" in err.getvalue() and "2/2" in err.getvalue()
     table = out.getvalue()
-    for column in ("repositories", "compliant", "fixed", "failed", "deferred", "skipped"):
+    for column in ("repositories", "compliant", "fixed", "failed", "deferred", "skipped", "unknown"):
         assert column in table
-    assert re.search(r"│\s+2\s+│\s+1\s+│\s+1\s+│\s+0\s+│\s+0\s+│\s+0\s+│", table), table
+    assert re.search(r"│\s+2\s+│\s+1\s+│\s+1\s+│\s+0\s+│\s+0\s+│\s+0\s+│\s+0\s+│", table), table
+    assert re.search(r"Sweep of acme, \d+ requests", table), table
 
 
 async def test_no_progress_bar_when_not_a_terminal_or_with_json(org, env):

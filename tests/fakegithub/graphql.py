@@ -33,7 +33,16 @@ from graphql import (
 )
 from graphql.utilities import value_from_ast_untyped
 
-from .state import Repo, State, blob_sha, branch_pattern_matches, fake_sha, node_id
+from .state import (
+    MERGE_SETTINGS,
+    Repo,
+    State,
+    blob_sha,
+    branch_pattern_matches,
+    fake_sha,
+    grants,
+    node_id,
+)
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "fixtures" / "github-schema.graphql"
 MAX_PAGE = 100
@@ -113,6 +122,14 @@ class NotFound(Exception):
     """A GitHub NOT_FOUND error for a field that could not be resolved."""
 
 
+class Forbidden(Exception):
+    """A field the token's permissions do not reach: GitHub answers FORBIDDEN for it, and as
+    the field is non-null, the nearest nullable parent (the repository) becomes null."""
+
+    def __init__(self) -> None:
+        super().__init__("Resource not accessible by integration")
+
+
 class BadArgument(Exception):
     """A client error GitHub reports at execution time (e.g. an invalid cursor)."""
 
@@ -126,6 +143,11 @@ class Context:
     personal_login: str | None
     rate: dict[str, Any]
     violations: list[str] = field(default_factory=list)
+    permissions: dict[str, str] | None = None  # the token's; None for a personal token
+
+    def require(self, permission: str, level: str) -> None:
+        if not grants(self.permissions, permission, level):
+            raise Forbidden()
 
     def sees_account(self, login: str) -> bool:
         if self.personal_login is not None:
@@ -340,6 +362,13 @@ class RepoNode(Node):
 
     def __getattr__(self, name: str) -> Any:
         key = _REPO_KEYS.get(name)
+        if key in MERGE_SETTINGS:
+            # Merge settings need contents: write, as in REST (graphql-core calls this with info).
+            def merge_setting(info: Any) -> Any:
+                info.context.require("contents", "write")
+                return self._repo.data.get(key)
+
+            return merge_setting
         if key is not None:
             return self._repo.data.get(key)
         return super().__getattr__(name)
@@ -408,6 +437,7 @@ class RepoNode(Node):
     def branchProtectionRules(self, info: Any, first: int | None = None,  # noqa: N802
                               after: str | None = None, last: int | None = None,
                               before: str | None = None) -> dict[str, Any]:
+        info.context.require("administration", "read")
         rules = [RuleNode(self, b.name, b.protection)
                  for b in self._repo.branches.values() if b.protection]
         rules += [RuleNode(self, pattern, body) for pattern, body in self._repo.pattern_rules.items()]
@@ -659,6 +689,8 @@ def format_error(error: GraphQLError) -> dict[str, Any]:
     original = error.original_error
     if isinstance(original, NotFound):
         out["type"] = "NOT_FOUND"
+    elif isinstance(original, Forbidden):
+        out["type"] = "FORBIDDEN"
     elif isinstance(original, BadArgument):
         out["type"] = "INVALID_CURSOR_ARGUMENTS"
     return out
@@ -674,9 +706,11 @@ class Outcome:
 
 
 def run(state: State, payload: Any, *, installation_id: int | None,
-        personal_login: str | None, rate: dict[str, Any], without: Omitted = ()) -> Outcome:
+        personal_login: str | None, rate: dict[str, Any], without: Omitted = (),
+        permissions: dict[str, str] | None = None) -> Outcome:
     """Check and execute one GraphQL request body (`{"query", "variables", "operationName"}`)
-    against GitHub's schema, or an older one lacking the fields ``without`` names."""
+    against GitHub's schema, or an older one lacking the fields ``without`` names, for a token
+    with ``permissions`` (None: a personal token)."""
     if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
         message = "A query attribute must be specified and must be a string."
         return Outcome({"errors": [{"message": message}]}, [f"GraphQL: {message}"], 0)
@@ -709,7 +743,7 @@ def run(state: State, payload: Any, *, installation_id: int | None,
     ctx = Context(state, installation_id, personal_login, rate={
         "cost": analysis.cost, "limit": rate["limit"], "nodeCount": analysis.node_count,
         "remaining": remaining, "used": rate["limit"] - remaining, "resetAt": rate["resetAt"],
-    })
+    }, permissions=permissions)
     result = execute_sync(schema, document, root_value=Root(state), context_value=ctx,
                           variable_values=variables, operation_name=operation_name)
     body: dict[str, Any] = {}

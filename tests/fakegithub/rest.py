@@ -12,7 +12,7 @@ from typing import Any
 from yarl import URL
 
 from .replies import HTTPError, Reply
-from .state import LEGACY_PERMISSION, Repo, State, iso, node_id
+from .state import LEGACY_PERMISSION, Repo, State, grants, iso, node_id, visible_repository
 
 HANDLERS: dict[str, Callable[[Context], Reply]] = {}
 ARCHIVED = "Repository was archived so is read-only."
@@ -73,6 +73,15 @@ class Context:
         if write and repo.data.get("archived"):
             raise HTTPError(403, ARCHIVED)
         return repo
+
+    def require(self, permission: str, level: str) -> None:
+        """GitHub's answer to an installation token without the permission an endpoint needs."""
+        if not grants(self.auth.token.permissions if self.auth.token else None, permission, level):
+            raise HTTPError(403, "Resource not accessible by integration")
+
+    def visible(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A repository object as this token may see it (fields left out by permission)."""
+        return visible_repository(data, self.auth.token.permissions if self.auth.token else None)
 
     def page(self, items: list[Any], wrap: Callable[[list[Any]], Any] | None = None) -> Reply:
         """Answer one page of items with GitHub's Link header."""
@@ -200,7 +209,7 @@ def installation_repositories(ctx: Context) -> Reply:
         raise HTTPError(403, "You must authenticate with an installation access token in order "
                         "to list repositories for an installation.")
     token = ctx.auth.token
-    repos = [r.data for r in sorted(ctx.state.repos_of(installation.login), key=lambda r: r.serial)
+    repos = [ctx.visible(r.data) for r in sorted(ctx.state.repos_of(installation.login), key=lambda r: r.serial)
              if installation.covers(r.name)
              and (token.repositories is None or r.name.lower() in token.repositories)]
     return ctx.page(repos, lambda chunk: {
@@ -261,7 +270,7 @@ def list_org_repos(ctx: Context) -> Reply:
         "full_name": lambda r: r.data["full_name"].lower(),
     }
     repos.sort(key=keys[sort], reverse=direction == "desc")
-    return ctx.page(repos, lambda chunk: [r.data for r in chunk])
+    return ctx.page(repos, lambda chunk: [ctx.visible(r.data) for r in chunk])
 
 
 @handles("rate-limit/get")
@@ -278,12 +287,13 @@ def rate_limit(ctx: Context) -> Reply:
 # --- repositories --------------------------------------------------------------------------
 @handles("repos/get")
 def get_repo(ctx: Context) -> Reply:
-    return Reply(200, ctx.repo().data)
+    return Reply(200, ctx.visible(ctx.repo().data))
 
 
 @handles("repos/update")
 def update_repo(ctx: Context) -> Reply:
     repo = ctx.repo()
+    ctx.require("administration", "write")
     changes = dict(ctx.data)
     data = repo.data
     if data.get("archived") and changes.get("archived") is not False:
@@ -312,7 +322,7 @@ def update_repo(ctx: Context) -> Reply:
         changes["visibility"] = "private" if changes["private"] else "public"
     data.update(changes)
     ctx.state.touch(repo)
-    return Reply(200, data)
+    return Reply(200, ctx.visible(data))
 
 
 @handles("repos/list-branches")
@@ -345,6 +355,7 @@ def get_branch(ctx: Context) -> Reply:
 @handles("repos/get-branch-protection")
 def get_protection(ctx: Context) -> Reply:
     repo = ctx.repo()
+    ctx.require("administration", "read")
     branch = _branch(ctx, repo)
     # Classic rules only: a wildcard rule answers for every branch it matches, and a branch
     # protected only by rulesets is "not protected" here (GET …/rules/branches/… lists those).
@@ -357,6 +368,7 @@ def get_protection(ctx: Context) -> Reply:
 @handles("repos/update-branch-protection")
 def put_protection(ctx: Context) -> Reply:
     repo = ctx.repo(write=True)
+    ctx.require("administration", "write")
     branch = _branch(ctx, repo)
     body = copy.deepcopy(ctx.data)
     personal_repo = repo.data["owner"]["type"] != "Organization"
@@ -376,6 +388,7 @@ def put_protection(ctx: Context) -> Reply:
 @handles("repos/delete-branch-protection")
 def delete_protection(ctx: Context) -> Reply:
     repo = ctx.repo(write=True)
+    ctx.require("administration", "write")
     branch = _branch(ctx, repo)
     if branch.protection is None:
         if ctx.state.classic_rule(repo, branch.name) is not None:

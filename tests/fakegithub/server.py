@@ -27,6 +27,7 @@ from .manifests import FORM_PATH, ManifestFlow, form_page
 from .openapi import OpenAPIValidator, default_validator
 from .replies import HTTPError, Reply
 from .state import (
+    APP_PERMISSIONS,
     CUSTOM_ROLE_BASES,
     HTML,
     LEGACY_PERMISSION,
@@ -203,9 +204,9 @@ class FakeGitHub:
             "description": "Keeps every repository in line with the organization's policy.",
             "external_url": "https://example.com/moko", "html_url": f"{HTML}/apps/{app_slug}",
             "created_at": created, "updated_at": created,
-            "permissions": {"administration": "write", "contents": "read", "metadata": "read",
-                            "issues": "write", "pull_requests": "write", "checks": "write",
-                            "members": "read"},
+            # app.yml's default_permissions: what an installation is granted unless a test
+            # says otherwise (add_installation(..., permissions=...)).
+            "permissions": dict(APP_PERMISSIONS),
             "events": ["branch_protection_rule", "create", "issue_comment", "push",
                        "repository", "repository_ruleset"],
         }
@@ -242,7 +243,8 @@ class FakeGitHub:
                          repositories: list[str] | None = None,
                          permissions: dict[str, str] | None = None) -> dict[str, Any]:
         """Install the App on an account (all repositories, or only the named ones);
-        `permissions` are granted on top of the App's own (tokens issued later carry them)."""
+        `permissions` are granted on top of the App's own, which are app.yml's (tokens issued
+        later carry them)."""
         installation = self.state.add_installation(installation_id, account, account_type,
                                                    repositories)
         installation.permissions.update(permissions or {})
@@ -701,6 +703,7 @@ class FakeGitHub:
                          {"x-github-spent": "0"})
         outcome = gql.run(self.state, body, installation_id=auth.installation_id,
                           personal_login=auth.login if auth.kind == "personal" else None,
+                          permissions=auth.token.permissions if auth.token is not None else None,
                           rate={"limit": bucket.limit, "remaining": bucket.remaining,
                                 "resetAt": iso(bucket.reset)}, without=self._schema_without)
         problems.extend(outcome.violations)

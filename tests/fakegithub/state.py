@@ -23,6 +23,45 @@ CUSTOM_ROLE_BASES = ("read", "triage", "write", "maintain")
 PROTECTION_TOGGLES = ("required_linear_history", "allow_force_pushes", "allow_deletions",
                       "block_creations", "required_conversation_resolution", "lock_branch",
                       "allow_fork_syncing")
+# app.yml's default_permissions, which GitHub grants an installation unless it says otherwise.
+APP_PERMISSIONS: dict[str, str] = {
+    "administration": "write", "contents": "read", "issues": "write",
+    "pull_requests": "write", "checks": "write", "metadata": "read",
+}
+# GET /repos/{owner}/{repo} shows these only to a token with contents: write ("To view
+# merge-related settings, you must have the contents:read and contents:write permissions"),
+# GraphQL's Repository refuses them likewise, and webhook payloads never carry them.
+MERGE_SETTINGS = ("allow_squash_merge", "allow_merge_commit", "allow_rebase_merge",
+                  "allow_auto_merge", "delete_branch_on_merge", "allow_update_branch",
+                  "use_squash_pr_title_as_default", "squash_merge_commit_title",
+                  "squash_merge_commit_message", "merge_commit_title", "merge_commit_message")
+# Shown only to the repository's admins (for an App: administration: write).
+ADMIN_ONLY = ("security_and_analysis",)
+LEVELS = ("read", "write", "admin")
+
+
+def grants(permissions: dict[str, str] | None, permission: str, level: str) -> bool:
+    """Whether a token's permissions include `permission` at `level` (None: a personal token,
+    whose user the fake treats as an owner)."""
+    if permissions is None:
+        return True
+    have = permissions.get(permission)
+    return have in LEVELS and LEVELS.index(have) >= LEVELS.index(level)
+
+
+def visible_repository(data: dict[str, Any], permissions: dict[str, str] | None) -> dict[str, Any]:
+    """A repository object as a token with `permissions` sees it: GitHub leaves out what the
+    token may not see, rather than refusing the request."""
+    hidden: list[str] = []
+    if not grants(permissions, "contents", "write"):
+        hidden.extend(MERGE_SETTINGS)
+    if not grants(permissions, "administration", "write"):
+        hidden.extend(ADMIN_ONLY)
+    if not any(key in data for key in hidden):
+        return data
+    return {key: value for key, value in data.items() if key not in hidden}
+
+
 REPO_DEFAULTS: dict[str, Any] = {
     "description": None, "homepage": None, "private": False, "visibility": "public",
     "fork": False, "language": None, "archived": False, "disabled": False,

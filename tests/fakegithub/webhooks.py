@@ -11,12 +11,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .state import State, fake_sha, iso, node_id
+from .state import ADMIN_ONLY, MERGE_SETTINGS, State, fake_sha, iso, node_id
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 EXAMPLES = FIXTURES / "webhook-examples"
 API = "https://api.github.com"
 DEFAULT_APP_ID = 4242
+# The only changes GitHub sends repository.edited for (its `changes` schema); toggling the
+# wiki, issues, projects, merge buttons or forking sends no webhook at all.
+EDITED_CHANGES = frozenset({"description", "homepage", "default_branch", "topics"})
+# Never in a webhook's repository object (GitHub's own examples lack them): they are read
+# through the API, with the permission they need.
+NOT_IN_PAYLOADS = frozenset(MERGE_SETTINGS + ADMIN_ONLY)
 
 
 def load_example(name: str) -> dict[str, Any]:
@@ -155,6 +161,8 @@ def build_event(event: str, action: str | None = None, *, owner: str = "acme",
     else:
         repo_obj = copy.deepcopy(state.add_repo(owner, repo, empty=False, default_branch="main",
                                                 fields=dict(repository or {})).data)
+    for key in NOT_IN_PAYLOADS:
+        repo_obj.pop(key, None)
     repo_obj.setdefault("master_branch", repo_obj.get("default_branch", "main"))
     payload: dict[str, Any] = {}
     if action is not None:
@@ -173,6 +181,11 @@ def build_event(event: str, action: str | None = None, *, owner: str = "acme",
         payload.update(base)
         if action == "edited":
             payload["changes"] = overrides.pop("changes", {"description": {"from": None}})
+            unsent = set(payload["changes"]) - EDITED_CHANGES
+            if unsent or not payload["changes"]:
+                raise ValueError(
+                    f"GitHub sends repository.edited only for {sorted(EDITED_CHANGES)}, not for "
+                    f"{sorted(unsent) or 'no change'}: a settings toggle sends no webhook")
         elif action == "renamed":
             payload["changes"] = overrides.pop(
                 "changes", {"repository": {"name": {"from": f"{repo_obj['name']}-old"}}})
