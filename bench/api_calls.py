@@ -56,16 +56,30 @@ async def first_push_to_empty_repository(fake: FakeGitHub, moko: RunningMoko) ->
                                           before="0" * 40, created=True))
 
 
-async def wiki_turned_back_on(fake: FakeGitHub, moko: RunningMoko) -> None:
+async def description_edited_wiki_on(fake: FakeGitHub, moko: RunningMoko) -> None:
+    # Turning the wiki on sends no webhook; a later description edit's payload shows it.
     _protected(fake, "wiki", has_wiki=True)
     await moko.deliver("repository", fake.event("repository", "edited", owner=ORG, repo="wiki",
-                                                 changes={"has_wiki": {"from": False}}))
+                                                 changes={"description": {"from": None}}))
 
 
 async def own_edit_echoed_back(fake: FakeGitHub, moko: RunningMoko) -> None:
     _protected(fake, "echo")
     await moko.deliver("repository", fake.event("repository", "edited", owner=ORG, repo="echo",
-                                                 sender=fake.bot_login, changes={"has_wiki": {"from": True}}))
+                                                 sender=fake.bot_login, changes={"description": {"from": None}}))
+
+
+async def default_branch_moved(fake: FakeGitHub, moko: RunningMoko) -> None:
+    _protected(fake, "moved")
+    fake.add_branch(ORG, "moved", "trunk")
+    fake.repo(ORG, "moved")["default_branch"] = "trunk"
+    await moko.deliver("repository", fake.event("repository", "edited", owner=ORG, repo="moved",
+                                                 changes={"default_branch": {"from": "main"}}))
+
+
+async def privatized_compliant(fake: FakeGitHub, moko: RunningMoko) -> None:
+    _protected(fake, "hidden", private=True, visibility="private")
+    await moko.deliver("repository", fake.event("repository", "privatized", owner=ORG, repo="hidden"))
 
 
 async def protection_deleted(fake: FakeGitHub, moko: RunningMoko) -> None:
@@ -118,8 +132,10 @@ SCENARIOS: list[tuple[str, Scenario]] = [
     ("repository.created, compliant", new_repository_compliant),
     ("repository.created, empty repository", new_empty_repository),
     ("push, first branch of an empty repository", first_push_to_empty_repository),
-    ("repository.edited, wiki turned back on", wiki_turned_back_on),
+    ("repository.edited (description), wiki turned on without a webhook", description_edited_wiki_on),
     ("repository.edited by Moko itself", own_edit_echoed_back),
+    ("repository.edited, default branch moved to an unprotected branch", default_branch_moved),
+    ("repository.privatized, compliant", privatized_compliant),
     ("branch_protection_rule.deleted", protection_deleted),
     ("branch_protection_rule.edited, still compliant", protection_edited_still_compliant),
     ("repository.created, invalid policy file", invalid_policy_file),

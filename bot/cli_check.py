@@ -1,13 +1,36 @@
-"""`moko check-config FILE`: validate a policy file, one `FILE:LINE: message` line per error."""
+"""`moko check-config FILE`: validate a policy file, one `FILE:LINE: message` line per error;
+for a valid file, one warning line per field the App's own permissions (app.yml) cannot read
+or write, which Moko would report as unknown or fail to fix."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from policies.loader import validate_policy_text
+from policies.loader import parse_policy_with_lines, validate_policy_text
+from policies.model import BRANCH_PROTECTION
+from policies.permissions import APP_PERMISSIONS, PermissionGap, permission_gaps
 
 EXIT_OK, EXIT_INVALID = 0, 2
+
+
+def permission_warnings(text: str, source: str) -> list[str]:
+    """`FILE:LINE: warning: …` for each policy field app.yml's permissions leave out of reach."""
+    policy, lines = parse_policy_with_lines(text, source=source)
+    rule_index = {rule.name: index for index, rule in enumerate(policy.branches)}
+
+    def line_of(gap: PermissionGap) -> int:
+        section, _, name = gap.key.partition(".")
+        if section == BRANCH_PROTECTION:
+            return lines.get(("branches", rule_index.get(name, 0)), lines.get(("branches",), 1))
+        return lines.get(("repository", name), lines.get(("repository",), 1))
+
+    consequence = {"read": "Moko will report it unknown", "write": "Moko cannot fix it"}
+    return [
+        f"{source}:{line_of(gap)}: warning: {gap}, which app.yml does not grant; "
+        f"{consequence[gap.action]}"
+        for gap in permission_gaps(policy, APP_PERMISSIONS)
+    ]
 
 
 def run_check_config(path: str) -> int:
@@ -23,4 +46,6 @@ def run_check_config(path: str) -> int:
     if problems:
         return EXIT_INVALID
     print(f"{path}: valid")
+    for warning in permission_warnings(text, path):
+        print(warning)
     return EXIT_OK

@@ -79,6 +79,8 @@ class GitHubApp:
             maxsize=10_000, ttl=PERMISSIONS_TTL, timer=clock
         )
         self._permissions_lock = asyncio.Lock()
+        if self._auth is not None:
+            self._auth.on_permissions = self.remember_permissions
 
     # -- clients -----------------------------------------------------------------------
 
@@ -166,8 +168,10 @@ class GitHubApp:
         self._permissions[installation_id] = {str(k): str(v) for k, v in permissions.items()}
 
     async def installation_permissions(self, installation_id: int | None) -> dict[str, str] | None:
-        """What the installation was granted (``GET /app/installations/{id}`` as the App,
-        cached); None when Moko acts with a personal token, whose answers say for themselves."""
+        """What the installation was granted: from the last installation token's answer or a
+        payload's installation object, else ``GET /app/installations/{id}`` as the App; cached
+        for PERMISSIONS_TTL. None when Moko acts with a personal token, whose answers say for
+        themselves."""
         if installation_id is None or self._auth is None:
             return None
         async with self._permissions_lock:

@@ -62,6 +62,9 @@ class AppAuth:
             timer=wall_clock,
         )
         self._locks: dict[int, asyncio.Lock] = {}
+        # Told the permissions each new token carries (GitHub's answer lists them), so knowing
+        # what the installation may read costs no request of its own.
+        self.on_permissions: Callable[[int, dict[str, str]], None] | None = None
         REDACTOR.add(private_key)
 
     @property
@@ -105,6 +108,8 @@ class AppAuth:
                 private_key=self._private_key,
             )
             issued = self._remember(installation_id, answer["token"], answer["expires_at"])
+            if self.on_permissions is not None and isinstance(answer.get("permissions"), dict):
+                self.on_permissions(installation_id, answer["permissions"])
             log.info(
                 "github_installation_token",
                 installation=installation_id,

@@ -252,3 +252,12 @@ def merge_overrides(
         org, repository=repository, branches=tuple(branches), source=f"{org.source} + {source}"
     )
     return merged, sorted(ignored)
+
+
+def parse_policy_with_lines(text: str, *, source: str = "moko.yml") -> tuple[Policy, dict[Path, int]]:
+    """The Policy, and the line of each key path (``("repository", "has_wiki")``,
+    ``("branches", 0)``), for messages about a valid file; raises PolicyError as parse_policy."""
+    doc, lines, problems = _load(text, source)
+    if problems:
+        raise PolicyError(problems, source)
+    return _policy_from_document(doc, source), lines

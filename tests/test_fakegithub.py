@@ -742,7 +742,10 @@ def webhook_errors(key: str, payload: dict[str, Any]) -> list[str]:
     ("repository", "created", "repository-created", {}),
     ("repository", "edited", "repository-edited",
      {"changes": {"default_branch": {"from": "master"}}}),
+    ("repository", "edited", "repository-edited", {"changes": {"topics": {"from": ["old"]}}}),
     ("repository", "unarchived", "repository-unarchived", {}),
+    ("repository", "privatized", "repository-privatized", {}),
+    ("repository", "publicized", "repository-publicized", {}),
     ("repository", "renamed", "repository-renamed", {}),
     ("repository", "transferred", "repository-transferred", {}),
     ("branch_protection_rule", "created", "branch-protection-rule-created",
@@ -839,3 +842,16 @@ async def test_enterprise_server_paths_checks_issues_and_rulesets(fake, session)
     check_response(fake, "repos/create-repo-ruleset", 201, created)
     check_response(fake, "checks/create", 201, run)
     check_response(fake, "issues/create", 201, issue)
+
+
+@pytest.mark.parametrize("changes", [{"has_wiki": {"from": False}}, {"allow_forking": {"from": True}}, {}])
+def test_repository_edited_is_built_only_for_what_github_sends_it_for(changes):
+    with pytest.raises(ValueError, match="sends no webhook"):
+        build_event("repository", "edited", changes=changes)
+
+
+def test_webhook_repositories_carry_no_merge_settings_as_in_githubs_own_examples(fake):
+    payload = fake.event("repository", "created", owner=ORG, repo="widgets")
+    example = load_example("repository.created")["repository"]
+    assert not {"allow_squash_merge", "delete_branch_on_merge", "security_and_analysis"} & (set(payload["repository"]) | set(example))
+    assert payload["repository"]["has_wiki"] is True

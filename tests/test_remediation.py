@@ -103,18 +103,37 @@ async def test_protection_for_a_missing_branch_is_recorded_as_waiting_once(org, 
     assert [(r.field, r.outcome) for r in await records(moko, "svc")] == [("release", "deferred"), ("release", "applied")]
 
 
-async def test_wiki_turned_back_on_is_turned_off_once_with_no_second_round(org, moko):
+async def test_wiki_turned_back_on_sends_no_webhook_and_apply_turns_it_off_once(org, moko):
     compliant_repo(org, "app")
+    org.set_permission(ORG, "app", "alice", "maintain")
+    # On GitHub, turning the wiki on sends no webhook at all; the fake refuses to pretend.
+    with pytest.raises(ValueError, match="no webhook"):
+        org.event("repository", "edited", owner=ORG, repo="app", changes={"has_wiki": {"from": False}})
     org.repo(ORG, "app")["has_wiki"] = True
-    edited = org.event("repository", "edited", owner=ORG, repo="app", changes={"has_wiki": {"from": False}})
-    await moko.deliver("repository", edited)
+    apply = org.event("issue_comment", "created", owner=ORG, repo="app", body="/moko apply", sender="alice")
+    await moko.deliver("issue_comment", apply)
     assert org.repo(ORG, "app")["has_wiki"] is False
+    assert [c.body for c in org.calls_to("PATCH", f"^/repos/{ORG}/app$")] == [{"has_wiki": False}]
+    assert [r.outcome for r in await records(moko, "app") if r.policy == "repository"] == ["applied"]
+
+
+async def test_a_description_edit_is_reverted_from_the_payload_and_moko_s_own_edit_starts_nothing(org, moko):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\nrepository:\n  description: Managed by Moko\n")
+    org.add_repo(ORG, "app", description="Managed by Moko")
+    org.set_protection(ORG, "app", "main", DEFAULT_PROTECTION)
+    org.repo(ORG, "app")["description"] = "mine now"
+    edited = org.event("repository", "edited", owner=ORG, repo="app",
+                       changes={"description": {"from": "Managed by Moko"}})
+    await moko.deliver("repository", edited)
+    assert org.repo(ORG, "app")["description"] == "Managed by Moko"
+    # The payload held the settings: no read, one PATCH.
     assert repo_calls(org, "app") == [("PATCH", f"/repos/{ORG}/app")]
 
     # GitHub reports Moko's own edit back to it; that starts no new round.
     org.reset_calls()
     own = org.event("repository", "edited", owner=ORG, repo="app", sender=org.bot_login,
-                    changes={"has_wiki": {"from": True}})
+                    changes={"description": {"from": "mine now"}})
     await moko.deliver("repository", own)
     assert repo_calls(org, "app") == []
     assert [r.outcome for r in await records(moko, "app")] == ["applied"]
@@ -255,7 +274,7 @@ async def test_archived_and_out_of_scope_repositories_are_left_alone(org, moko):
     org.add_repo(ORG, "old", has_wiki=True, archived=True)
     await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="legacy-app"))
     await moko.deliver("repository", org.event("repository", "edited", owner=ORG, repo="old",
-                                                 changes={"has_wiki": {"from": False}}))
+                                                 changes={"homepage": {"from": None}}))
     assert org.count("PATCH") == 0 and org.count("PUT") == 0
     assert repo_calls(org, "old") == []
 

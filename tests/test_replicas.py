@@ -121,8 +121,9 @@ async def test_a_killed_replica_s_deliveries_are_finished_by_the_other(fake_gith
     try:
         async with aiohttp.ClientSession() as session:
             for name in names:
+                # A description edit; its payload shows the wiki someone turned on quietly.
                 event = fake_github.event("repository", "edited", owner=ORG, repo=name,
-                                          changes={"has_wiki": {"from": False}})
+                                          changes={"description": {"from": None}})
                 reply = await post_webhook(session, doomed.url, "repository", event, delivery=f"kill-{name}")
                 assert reply.status == 202
 
