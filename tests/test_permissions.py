@@ -172,3 +172,13 @@ def test_the_built_in_policy_needs_nothing_beyond_app_yml(tmp_path, policy):
     done = subprocess.run([sys.executable, "-m", "bot.cli", "check-config", str(file)],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0 and done.stdout == f"{file}: valid\n"
+
+
+def test_the_readme_says_which_permission_reads_each_merge_setting():
+    from policies.permissions import MERGE_SETTINGS as MOKO_MERGE_SETTINGS
+
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines()
+               if line.startswith("| `repository.allow_squash_merge`"))
+    assert "| `contents: write` | `administration: write` |" in row
+    assert [f for f in MOKO_MERGE_SETTINGS if f"`{f}`" not in row and f"`repository.{f}`" not in row] == []
+    assert set(MOKO_MERGE_SETTINGS) == set(MERGE_SETTINGS)  # Moko and the fake agree with GitHub's note
