@@ -65,7 +65,6 @@ APP_PERMISSIONS: Mapping[str, str] = {
     "contents": "read",
     "issues": "write",
     "pull_requests": "write",
-    "checks": "write",
     "metadata": "read",
 }
 

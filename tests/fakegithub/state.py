@@ -9,7 +9,10 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 HTML = "https://github.com"
 # The contents API gives a file's content only up to 1 MB; above, `encoding: none` and "".
@@ -24,10 +27,10 @@ PROTECTION_TOGGLES = ("required_linear_history", "allow_force_pushes", "allow_de
                       "block_creations", "required_conversation_resolution", "lock_branch",
                       "allow_fork_syncing")
 # app.yml's default_permissions, which GitHub grants an installation unless it says otherwise.
-APP_PERMISSIONS: dict[str, str] = {
-    "administration": "write", "contents": "read", "issues": "write",
-    "pull_requests": "write", "checks": "write", "metadata": "read",
-}
+APP_PERMISSIONS: dict[str, str] = dict(
+    yaml.safe_load((Path(__file__).resolve().parents[2] / "app.yml").read_text(encoding="utf-8"))[
+        "default_permissions"]
+)
 # GET /repos/{owner}/{repo} shows these only to a token with contents: write ("To view
 # merge-related settings, you must have the contents:read and contents:write permissions"),
 # GraphQL's Repository refuses them likewise, and webhook payloads never carry them.
