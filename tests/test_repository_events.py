@@ -51,7 +51,7 @@ async def test_a_new_default_branch_is_protected_at_once_with_one_put(org, moko)
     ]
     assert org.protection(ORG, "app", "main") == DEFAULT_PROTECTION  # the old one is left as it was
     records = await moko.services.store.audit_records(repo=f"{ORG}/app")
-    assert [(r.field, r.outcome, r.run_id) for r in records] == [("trunk", "applied", "moved")]
+    assert [(r.field, r.outcome, r.run_id) for r in records if r.outcome != "pending"] == [("trunk", "applied", "moved")]
 
 
 async def test_a_new_default_branch_that_complies_costs_no_write(org, moko):
@@ -74,7 +74,7 @@ async def test_a_repository_whose_visibility_changed_is_remediated(org, moko, ac
     assert org.repo(ORG, "flip")["has_wiki"] is False
     assert org.protection(ORG, "flip", "main") == DEFAULT_PROTECTION
     records = await moko.services.store.audit_records(repo=f"{ORG}/flip")
-    assert {(r.field, r.outcome, r.trigger) for r in records} == {
+    assert {(r.field, r.outcome, r.trigger) for r in records if r.outcome != "pending"} == {
         ("has_wiki", "applied", f"repository.{action}"), ("main", "applied", f"repository.{action}"),
     }
 
