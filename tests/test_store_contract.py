@@ -515,6 +515,83 @@ async def test_retry_failed_without_a_finished_sweep_is_an_ordinary_sweep(store:
     assert (first.sweep_id, first.resumed, dict(first.outcomes)) == ("sweep-1", False, {})
 
 
+# --- continuous reconciliation ------------------------------------------------------
+
+
+async def test_an_installation_joins_the_cycle_once_and_its_turn_comes_when_due(store: Store):
+    assert await store.join_reconciliation(7, "acme", 0)
+    assert await store.join_reconciliation(8, "globex", LONG_LEASE)
+    assert not await store.join_reconciliation(7, "acme-renamed", LONG_LEASE)  # keeps its turn
+    turns = await store.reconcile_turns()
+    assert [(t.installation_id, t.account, t.owner, t.interval) for t in turns] == [
+        (7, "acme-renamed", None, None), (8, "globex", None, None)]
+    turn = await store.claim_reconcile_turn("replica-a", LONG_LEASE)
+    assert (turn.installation_id, turn.account, turn.owner) == (7, "acme-renamed", "replica-a")
+    assert turn.last_started is not None
+    assert await store.claim_reconcile_turn("replica-b", LONG_LEASE) is None  # 7 is held, 8 not due
+
+
+async def test_a_finished_turn_comes_again_after_next_in_with_its_interval(store: Store):
+    await store.join_reconciliation(7, "acme", 0)
+    await store.claim_reconcile_turn("replica-a", LONG_LEASE)
+    assert await store.finish_reconcile_turn(7, "replica-a", next_in=SHORT_LEASE, interval=600.0)
+    assert not await store.finish_reconcile_turn(7, "replica-a", next_in=0, interval=1.0)  # not held
+    [turn] = await store.reconcile_turns()
+    assert (turn.owner, turn.lease_until, turn.interval) == (None, None, 600.0)
+    assert turn.last_finished is not None
+    assert await store.claim_reconcile_turn("replica-b", LONG_LEASE) is None
+    await asyncio.sleep(PAST_SHORT_LEASE)
+    turn = await store.claim_reconcile_turn("replica-b", LONG_LEASE)
+    assert (turn.installation_id, turn.owner, turn.interval) == (7, "replica-b", 600.0)
+    assert await store.finish_reconcile_turn(7, "replica-b", next_in=LONG_LEASE, interval=None)
+    [turn] = await store.reconcile_turns()
+    assert turn.interval == 600.0  # None keeps the recorded interval
+
+
+async def test_the_most_overdue_turn_is_claimed_first(store: Store):
+    await store.join_reconciliation(9, "late", 0)
+    await asyncio.sleep(0.05)
+    await store.join_reconciliation(3, "later", 0)
+    assert (await store.claim_reconcile_turn("replica-a", LONG_LEASE)).installation_id == 9
+    assert (await store.claim_reconcile_turn("replica-a", LONG_LEASE)).installation_id == 3
+
+
+async def test_a_lapsed_turn_lease_is_taken_over_and_a_renewed_one_is_not(store: Store):
+    await store.join_reconciliation(7, "acme", 0)
+    await store.join_reconciliation(8, "globex", 0)
+    assert (await store.claim_reconcile_turn("dead", SHORT_LEASE)).installation_id == 7
+    assert (await store.claim_reconcile_turn("alive", SHORT_LEASE)).installation_id == 8
+    for _ in range(4):
+        await asyncio.sleep(SHORT_LEASE / 2)
+        assert await store.renew_reconcile_turn(8, "alive", SHORT_LEASE)
+    taken = await store.claim_reconcile_turn("replica-b", LONG_LEASE)
+    assert (taken.installation_id, taken.owner) == (7, "replica-b")
+    assert await store.claim_reconcile_turn("replica-c", LONG_LEASE) is None
+    assert not await store.renew_reconcile_turn(7, "dead", LONG_LEASE)
+    assert not await store.finish_reconcile_turn(7, "dead", next_in=0, interval=1.0)
+
+
+async def test_concurrent_claims_of_one_turn_have_one_winner(store: Store, store_url: str, open_test_store):
+    other = await open_test_store(store_url)
+    try:
+        await store.join_reconciliation(7, "acme", 0)
+        claims = await asyncio.gather(*(
+            (store if n % 2 else other).claim_reconcile_turn(f"replica-{n}", LONG_LEASE) for n in range(20)))
+        assert len([c for c in claims if c is not None]) == 1
+    finally:
+        await other.close()
+
+
+async def test_an_installation_that_leaves_the_cycle_has_no_more_turns(store: Store):
+    await store.join_reconciliation(7, "acme", 0)
+    await store.append_audit([audit_entry(1)])
+    assert await store.leave_reconciliation(7)
+    assert not await store.leave_reconciliation(7)
+    assert await store.reconcile_turns() == []
+    assert await store.claim_reconcile_turn("replica-a", LONG_LEASE) is None
+    assert len(await store.audit_records()) == 1  # its audit trail stays
+
+
 # --- locks and counters ---------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""The store interface: what Moko keeps durably (deliveries, audit trail, sweep checkpoints, locks).
+"""The store interface: what Moko keeps durably (deliveries, audit trail, sweep checkpoints,
+reconciliation turns, locks).
 
 Two implementations share this contract and one test suite: SQLite (embedded default)
 and PostgreSQL (several replicas). Every method is atomic on its own; none is a
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Delivery states. A delivery goes queued -> processing -> done | failed;
 # a failed one sent again goes back to queued.
@@ -175,6 +176,21 @@ class SweepProgress:
     outcomes: Mapping[str, str]  # repo name -> outcome recorded by a checkpoint
 
 
+@dataclass(frozen=True)
+class ReconcileTurn:
+    """One installation in the continuous reconciliation: when its next turn is due, who
+    holds the turn now (a lease), and the interval its last turn settled on."""
+
+    installation_id: int
+    account: str
+    due_at: datetime
+    interval: float | None  # seconds; None before its first turn
+    owner: str | None  # the replica holding the turn, while it runs
+    lease_until: datetime | None
+    last_started: datetime | None
+    last_finished: datetime | None
+
+
 class Store(abc.ABC):
     """Durable state shared by the web intake, the workers, the CLI and other replicas."""
 
@@ -316,6 +332,38 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def sweep_outcomes(self, sweep_id: str) -> dict[str, str]:
         """Checkpointed outcomes of a sweep, by repository."""
+
+    # --- continuous reconciliation ----------------------------------------
+
+    @abc.abstractmethod
+    async def join_reconciliation(self, installation_id: int, account: str, first_in: float) -> bool:
+        """Add an installation to the cycle, its first turn due first_in seconds from now.
+        True when it was new; an installation already in the cycle keeps its turn (the
+        account's login is updated)."""
+
+    @abc.abstractmethod
+    async def leave_reconciliation(self, installation_id: int) -> bool:
+        """Take an installation out of the cycle; True when it was in it."""
+
+    @abc.abstractmethod
+    async def claim_reconcile_turn(self, owner: str, lease_seconds: float) -> ReconcileTurn | None:
+        """Atomically take the most overdue turn that no live lease holds (none held by
+        anyone, or one whose holder stopped renewing it), for owner, for lease_seconds."""
+
+    @abc.abstractmethod
+    async def renew_reconcile_turn(self, installation_id: int, owner: str, lease_seconds: float) -> bool:
+        """Extend owner's lease on a turn it is running; False when it no longer holds it."""
+
+    @abc.abstractmethod
+    async def finish_reconcile_turn(
+        self, installation_id: int, owner: str, *, next_in: float, interval: float | None
+    ) -> bool:
+        """End owner's turn: the next is due next_in seconds from now, and interval (when
+        given) is recorded as the installation's interval. False when owner had lost it."""
+
+    @abc.abstractmethod
+    async def reconcile_turns(self) -> list[ReconcileTurn]:
+        """Every installation in the cycle, by installation id."""
 
     # --- locks and counters ----------------------------------------------
 

@@ -43,6 +43,7 @@ from bot.store.base import (
     Delivery,
     HeldLock,
     NewDelivery,
+    ReconcileTurn,
     Store,
     StoreUnavailable,
     SweepProgress,
@@ -168,6 +169,22 @@ MIGRATIONS: list[list[str]] = [
     # 2: finished deliveries are pruned after MOKO_DELIVERY_RETENTION_DAYS (by received_at).
     [
         "CREATE INDEX deliveries_finished ON deliveries (received_at) WHERE state IN ('done', 'failed')",
+    ],
+    # 3: continuous reconciliation, one turn per installation under a lease.
+    [
+        """
+        CREATE TABLE reconcile_turns (
+            installation_id BIGINT PRIMARY KEY,
+            account         TEXT NOT NULL,
+            due_at          TIMESTAMPTZ NOT NULL,
+            interval        DOUBLE PRECISION,
+            owner           TEXT,
+            lease_until     TIMESTAMPTZ,
+            last_started    TIMESTAMPTZ,
+            last_finished   TIMESTAMPTZ
+        )
+        """,
+        "CREATE INDEX reconcile_turns_due ON reconcile_turns (due_at)",
     ],
 ]
 
@@ -673,6 +690,85 @@ class PostgresStore(Store):
         async with self._pool.acquire() as conn:
             return await _outcomes(conn, sweep_id)
 
+    # --- continuous reconciliation -----------------------------------------------
+
+    async def join_reconciliation(self, installation_id: int, account: str, first_in: float) -> bool:
+        # xmax = 0 only for a row this statement inserted (an update sets it).
+        inserted = await self._pool.fetchval(
+            f"""
+            INSERT INTO reconcile_turns (installation_id, account, due_at)
+            VALUES ($1, $2, {_LEASE.format("$3")})
+            ON CONFLICT (installation_id) DO UPDATE SET account = EXCLUDED.account
+            RETURNING xmax = 0
+            """,
+            installation_id,
+            account,
+            max(0.0, float(first_in)),
+        )
+        return bool(inserted)
+
+    async def leave_reconciliation(self, installation_id: int) -> bool:
+        row = await self._pool.fetchrow(
+            "DELETE FROM reconcile_turns WHERE installation_id = $1 RETURNING installation_id", installation_id
+        )
+        return row is not None
+
+    async def claim_reconcile_turn(self, owner: str, lease_seconds: float) -> ReconcileTurn | None:
+        row = await self._pool.fetchrow(
+            f"""
+            WITH picked AS (
+                SELECT installation_id FROM reconcile_turns
+                WHERE due_at <= now() AND (lease_until IS NULL OR lease_until < now())
+                ORDER BY due_at, installation_id
+                LIMIT 1
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE reconcile_turns AS t
+            SET owner = $1, lease_until = {_LEASE.format("$2")}, last_started = now()
+            FROM picked
+            WHERE t.installation_id = picked.installation_id
+            RETURNING t.*
+            """,
+            owner,
+            float(lease_seconds),
+        )
+        return _turn(row) if row is not None else None
+
+    async def renew_reconcile_turn(self, installation_id: int, owner: str, lease_seconds: float) -> bool:
+        row = await self._pool.fetchrow(
+            f"""
+            UPDATE reconcile_turns SET lease_until = {_LEASE.format("$3")}
+            WHERE installation_id = $1 AND owner = $2
+            RETURNING installation_id
+            """,
+            installation_id,
+            owner,
+            float(lease_seconds),
+        )
+        return row is not None
+
+    async def finish_reconcile_turn(
+        self, installation_id: int, owner: str, *, next_in: float, interval: float | None
+    ) -> bool:
+        row = await self._pool.fetchrow(
+            f"""
+            UPDATE reconcile_turns
+            SET owner = NULL, lease_until = NULL, due_at = {_LEASE.format("$3")},
+                interval = COALESCE($4, interval), last_finished = now()
+            WHERE installation_id = $1 AND owner = $2
+            RETURNING installation_id
+            """,
+            installation_id,
+            owner,
+            max(0.0, float(next_in)),
+            None if interval is None else float(interval),
+        )
+        return row is not None
+
+    async def reconcile_turns(self) -> list[ReconcileTurn]:
+        rows = await self._pool.fetch("SELECT * FROM reconcile_turns ORDER BY installation_id")
+        return [_turn(row) for row in rows]
+
     # --- locks and counters -----------------------------------------------------
 
     @_reconnecting
@@ -769,6 +865,22 @@ def _detached_or_closed(conn: asyncpg.Connection) -> bool:
 def _utc(moment: datetime) -> datetime:
     """An aware UTC datetime; a naive one is taken as local time, as format_time does."""
     return moment.astimezone(UTC)
+
+
+def _turn(row: asyncpg.Record) -> ReconcileTurn:
+    def moment(value: datetime | None) -> datetime | None:
+        return None if value is None else _utc(value)
+
+    return ReconcileTurn(
+        installation_id=row["installation_id"],
+        account=row["account"],
+        due_at=_utc(row["due_at"]),
+        interval=row["interval"],
+        owner=row["owner"],
+        lease_until=moment(row["lease_until"]),
+        last_started=moment(row["last_started"]),
+        last_finished=moment(row["last_finished"]),
+    )
 
 
 def _delivery(row: asyncpg.Record) -> Delivery:

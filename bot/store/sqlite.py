@@ -52,6 +52,7 @@ from bot.store.base import (
     Delivery,
     HeldLock,
     NewDelivery,
+    ReconcileTurn,
     Store,
     StoreUnavailable,
     SweepProgress,
@@ -121,6 +122,20 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries (received_at) WHERE state IN ('done', 'failed');
     """,
+    # 3: continuous reconciliation, one turn per installation under a lease.
+    """
+    CREATE TABLE IF NOT EXISTS reconcile_turns (
+        installation_id INTEGER PRIMARY KEY,
+        account TEXT NOT NULL,
+        due_at REAL NOT NULL,
+        interval REAL,
+        owner TEXT,
+        lease_until REAL,
+        last_started REAL,
+        last_finished REAL
+    );
+    CREATE INDEX IF NOT EXISTS reconcile_turns_due ON reconcile_turns (due_at);
+    """,
 ]
 
 _BATCH_LIMIT = 512
@@ -160,6 +175,23 @@ def _dumps(value: Any) -> str:
 
 def _delivery(row: sqlite3.Row) -> Delivery:
     return delivery_from_row(row, datetime.fromtimestamp(row["received_at"], UTC))
+
+
+def _moment(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _turn(row: sqlite3.Row) -> ReconcileTurn:
+    return ReconcileTurn(
+        installation_id=row["installation_id"],
+        account=row["account"],
+        due_at=datetime.fromtimestamp(row["due_at"], UTC),
+        interval=row["interval"],
+        owner=row["owner"],
+        lease_until=_moment(row["lease_until"]),
+        last_started=_moment(row["last_started"]),
+        last_finished=_moment(row["last_finished"]),
+    )
 
 
 def _record(row: sqlite3.Row) -> AuditRecord:
@@ -770,6 +802,83 @@ class SQLiteStore(Store):
 
     async def sweep_outcomes(self, sweep_id: str) -> dict[str, str]:
         return await self._read(lambda conn: self._outcomes(conn, sweep_id))
+
+    # --- continuous reconciliation -------------------------------------------
+
+    async def join_reconciliation(self, installation_id: int, account: str, first_in: float) -> bool:
+        due = self._clock() + max(0.0, first_in)
+
+        def join(conn: sqlite3.Connection) -> bool:
+            # Inside one batch (a write transaction): the look and the write are one step.
+            cursor = conn.execute(
+                "UPDATE reconcile_turns SET account = ? WHERE installation_id = ?", (account, installation_id)
+            )
+            if cursor.rowcount == 1:
+                return False
+            conn.execute(
+                "INSERT INTO reconcile_turns (installation_id, account, due_at) VALUES (?, ?, ?)",
+                (installation_id, account, due),
+            )
+            return True
+
+        return bool(await self._call(join))
+
+    async def leave_reconciliation(self, installation_id: int) -> bool:
+        def leave(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute("DELETE FROM reconcile_turns WHERE installation_id = ?", (installation_id,))
+            return cursor.rowcount == 1
+
+        return bool(await self._call(leave, atomic=True))
+
+    async def claim_reconcile_turn(self, owner: str, lease_seconds: float) -> ReconcileTurn | None:
+        now = self._clock()
+
+        def claim(conn: sqlite3.Connection) -> ReconcileTurn | None:
+            # One statement: the write lock makes the pick and the take one step.
+            row = conn.execute(
+                "UPDATE reconcile_turns SET owner = ?, lease_until = ?, last_started = ? "
+                "WHERE installation_id = (SELECT installation_id FROM reconcile_turns "
+                "WHERE due_at <= ? AND (lease_until IS NULL OR lease_until < ?) "
+                "ORDER BY due_at, installation_id LIMIT 1) RETURNING *",
+                (owner, now + lease_seconds, now, now, now),
+            ).fetchone()
+            return _turn(row) if row else None
+
+        return await self._call(claim, atomic=True)
+
+    async def renew_reconcile_turn(self, installation_id: int, owner: str, lease_seconds: float) -> bool:
+        until = self._clock() + lease_seconds
+
+        def renew(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE reconcile_turns SET lease_until = ? WHERE installation_id = ? AND owner = ?",
+                (until, installation_id, owner),
+            )
+            return cursor.rowcount == 1
+
+        return bool(await self._call(renew, atomic=True))
+
+    async def finish_reconcile_turn(
+        self, installation_id: int, owner: str, *, next_in: float, interval: float | None
+    ) -> bool:
+        now = self._clock()
+
+        def finish(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE reconcile_turns SET owner = NULL, lease_until = NULL, due_at = ?, "
+                "interval = COALESCE(?, interval), last_finished = ? WHERE installation_id = ? AND owner = ?",
+                (now + max(0.0, next_in), interval, now, installation_id, owner),
+            )
+            return cursor.rowcount == 1
+
+        return bool(await self._call(finish, atomic=True))
+
+    async def reconcile_turns(self) -> list[ReconcileTurn]:
+        def read(conn: sqlite3.Connection) -> list[ReconcileTurn]:
+            rows = conn.execute("SELECT * FROM reconcile_turns ORDER BY installation_id").fetchall()
+            return [_turn(row) for row in rows]
+
+        return await self._read(read)
 
     # --- locks and counters ------------------------------------------------
 
