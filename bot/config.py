@@ -39,7 +39,8 @@ DEFAULTS: dict[str, str | None] = {
     "MOKO_DATABASE_URL": "sqlite:///moko.db",
     "MOKO_DRY_RUN": "false",
     "MOKO_ENV": "development",
-    "MOKO_SWEEP_INTERVAL": "6h",
+    "MOKO_SWEEP_INTERVAL": "10m",
+    "MOKO_SWEEP_BUDGET": "0.10",
     "MOKO_AUDIT_RETENTION_DAYS": "90",
     "MOKO_DELIVERY_RETENTION_DAYS": "7",
     "MOKO_WORKERS": "32",
@@ -83,6 +84,7 @@ class Settings:
     dry_run: bool
     env: str
     sweep_interval: float
+    sweep_budget: float
     audit_retention_days: int
     delivery_retention_days: int
     workers: int
@@ -348,6 +350,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         dry_run=_bool("MOKO_DRY_RUN", get("MOKO_DRY_RUN")),
         env=env_name,
         sweep_interval=parse_duration("MOKO_SWEEP_INTERVAL", get("MOKO_SWEEP_INTERVAL")),
+        # A fraction of each installation's hourly REST requests and GraphQL points.
+        sweep_budget=_float("MOKO_SWEEP_BUDGET", get("MOKO_SWEEP_BUDGET"), 0.0001, 1.0),
         audit_retention_days=_int("MOKO_AUDIT_RETENTION_DAYS", get("MOKO_AUDIT_RETENTION_DAYS"), 1),
         # GitHub redelivers a delivery (same ID) for 3 days: its ID must be known that long
         # for a redelivery of a done one to be recognised as a duplicate.

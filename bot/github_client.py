@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -120,6 +121,9 @@ class MokoGitHubAPI(gidgethub.aiohttp.GitHubAPI):
     """One per unit of work; shares per-installation state (limiter, write lock, ETag cache) held by GitHubApp."""
 
     requests_sent: int  # HTTP requests actually sent by this client (retries included)
+    sent_by_resource: dict[str, int]  # the same, by rate-limit resource (core, graphql, search)
+    graphql_points: int  # GraphQL points charged, as each answer's rateLimit { cost } said
+    graphql_rate: RateLimitSnapshot | None  # the graphql budget as the last rateLimit said
     graphql_url: str
 
     def __init__(
@@ -152,6 +156,9 @@ class MokoGitHubAPI(gidgethub.aiohttp.GitHubAPI):
         self.graphql_url = graphql_url
         self.bulk = bulk
         self.requests_sent = 0
+        self.sent_by_resource = {}
+        self.graphql_points = 0
+        self.graphql_rate = None
         self._limits = limits
         self._options = options
         self._timing = timing
@@ -236,13 +243,28 @@ class MokoGitHubAPI(gidgethub.aiohttp.GitHubAPI):
         while True:
             attempt += 1
             try:
-                return await super().graphql(query, endpoint=endpoint, **variables)
+                data = await super().graphql(query, endpoint=endpoint, **variables)
             except (BadGraphQLRequest, QueryError) as exc:
                 limited = _graphql_rate_limit(exc, _LAST_HEADERS.get() or {})
                 if limited is None or not await self.handle_rate_limit_error(
                     method="POST", url=endpoint, exception=limited, attempt=attempt
                 ):
                     raise
+            else:
+                self._record_graphql_cost(data)
+                return data
+
+    def _record_graphql_cost(self, data: Any) -> None:
+        """A query that asks for ``rateLimit`` learns its own cost; one without it costs at
+        least one point (GitHub's minimum), which is what is counted then."""
+        rate = data.get("rateLimit") if isinstance(data, dict) else None
+        try:
+            self.graphql_points += int(rate["cost"]) if rate else 1
+            if rate:
+                reset = datetime.fromisoformat(str(rate["resetAt"]).replace("Z", "+00:00")).timestamp()
+                self.graphql_rate = RateLimitSnapshot("graphql", int(rate["limit"]), int(rate["remaining"]), reset)
+        except (KeyError, TypeError, ValueError):
+            pass  # a partial rateLimit: the cost is still counted above when it was there
 
     # -- internals ---------------------------------------------------------------------
 
@@ -385,6 +407,7 @@ class MokoGitHubAPI(gidgethub.aiohttp.GitHubAPI):
             raise
         finally:
             self.requests_sent += 1
+            self.sent_by_resource[send.resource] = self.sent_by_resource.get(send.resource, 0) + 1
             if self._on_send is not None:
                 self._on_send()
             GITHUB_REQUESTS.labels(send.method, outcome).inc()

@@ -69,6 +69,12 @@ GITHUB_RATE_LIMIT_REMAINING = Gauge(
     ["installation"],
     registry=REGISTRY,
 )
+RECONCILE_INTERVAL = Gauge(
+    "moko_reconcile_interval_seconds",
+    "Seconds between two reconciliations of an installation: MOKO_SWEEP_INTERVAL, or longer when its budget asks",
+    ["installation"],
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge(
     "moko_queue_depth",
     "Deliveries stored and waiting for a worker",

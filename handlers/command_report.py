@@ -173,6 +173,22 @@ def render_status(
     return body
 
 
+def duration_text(seconds: float) -> str:
+    """A duration as people say it: 45 s, 12 min, 4 h 10 min."""
+    seconds = round(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def render_stretched_interval(interval: float, configured: float) -> str:
+    return text.STATUS_STRETCHED.format(interval=duration_text(interval), configured=duration_text(configured))
+
+
 def _bullets(lines: Sequence[str]) -> str:
     return "\n".join(f"- {line}" for line in lines)
 

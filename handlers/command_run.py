@@ -21,6 +21,7 @@ from handlers.command_report import (
     render_plan,
     render_problems,
     render_status,
+    render_stretched_interval,
 )
 from policies.apply import APPLIED, DRY_RUN, FAILED, Run
 from policies.branch_protection import resolve_branch_rules
@@ -43,6 +44,7 @@ class Request:
     repo: Mapping[str, Any]  # the payload's repository: it holds the settings
     user: str
     command: Command | InvalidCommand
+    sweep_interval: float = 0.0  # MOKO_SWEEP_INTERVAL: /moko status says when the budget stretched it
 
     @property
     def full_name(self) -> str:
@@ -136,6 +138,9 @@ async def answer_status(request: Request) -> Answer:
     default_branch = default_branch_of(request.repo)
     rulesets = await _ruleset_rules(request, result.plan, result.policy, default_branch)
     body = render_status(result.repo, result.policy, result.plan, default_branch, rulesets)
+    stretched = await _stretched_interval(request)
+    if stretched is not None:
+        body += "\n\n" + render_stretched_interval(stretched, request.sweep_interval)
     return with_dry_run_note(Answer(body, APPLIED), result.dry_run)
 
 
@@ -146,6 +151,17 @@ async def _ruleset_rules(
     (a branch protected only by rulesets reads so): one request per such branch."""
     branches = classically_unprotected(plan, resolve_branch_rules(policy, default_branch))
     return {branch: await ruleset_rules(request.gh, *request.owner_and_name, branch) for branch in branches}
+
+
+async def _stretched_interval(request: Request) -> float | None:
+    """The interval the installation's budget allowed, when longer than MOKO_SWEEP_INTERVAL."""
+    installation = request.run.installation
+    if request.sweep_interval <= 0 or installation is None:
+        return None
+    for turn in await request.store.reconcile_turns():
+        if turn.installation_id == installation and turn.interval and turn.interval > request.sweep_interval:
+            return turn.interval
+    return None
 
 
 async def answer_plan(request: Request) -> Answer:

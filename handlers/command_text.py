@@ -76,6 +76,11 @@ STATUS_UNKNOWN = (
     "the table says why."
 )
 STATUS_HEADERS = ("policy", "field", "wanted", "actual", "compliant")
+STATUS_STRETCHED = (
+    "⏱ Moko checks this organization's repositories every {interval}, not every {configured}: "
+    "more often would use more than its share (`MOKO_SWEEP_BUDGET`) of the installation's "
+    "GitHub rate limit."
+)
 
 PLAN_TITLE = "**What `/moko apply` would change in {repo}**"
 PLAN_NOTHING = "Nothing: it complies with the policy."

@@ -159,7 +159,8 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
     gh = await ctx.github()
     bot_login = ctx.services.github.bot_login
     await react(gh, thread, EYES, bot_login)
-    request = Request(gh, engine_of(ctx), ctx.services.store, run, repo, user, command)
+    request = Request(gh, engine_of(ctx), ctx.services.store, run, repo, user, command,
+                      sweep_interval=ctx.services.settings.sweep_interval)
     try:
         answer = await run_command(request)
     except GitHubException as exc:

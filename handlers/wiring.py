@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from bot.app import Hooks
 from bot.context import Services
-from bot.scheduler import ScheduledSweeps
+from bot.reconcile_budget import TurnCost
+from bot.scheduler import ReconcileCycle
 from handlers.common import ENGINE
 from policies.engine import PolicyEngine
-from policies.sweep import sweep_installations
+from policies.sweep import reconcile_installation
 
 
 def install_engine(services: Services) -> None:
@@ -20,14 +21,16 @@ def install_engine(services: Services) -> None:
     )
 
 
-async def sweep_every_installation(services: Services) -> None:
-    """One round of the scheduled reconciliation: the same sweep as `moko sweep`, per installation."""
-    await sweep_installations(services.components[ENGINE], services.github, services.store)
+async def reconcile_one(services: Services, installation: int, account: str) -> TurnCost:
+    """One installation's turn: the same sweep as `moko sweep`, as the App's installation."""
+    return await reconcile_installation(
+        services.components[ENGINE], services.github, services.store, installation, account
+    )
 
 
-async def scheduled_reconciliation(services: Services) -> None:
-    await ScheduledSweeps(services, sweep_every_installation).run_forever()
+async def continuous_reconciliation(services: Services) -> None:
+    await ReconcileCycle(services, reconcile_one).run_forever()
 
 
 def install_components() -> Hooks:
-    return Hooks(components=[install_engine], background=[scheduled_reconciliation])
+    return Hooks(components=[install_engine], background=[continuous_reconciliation])

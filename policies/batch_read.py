@@ -39,8 +39,10 @@ PAGE_SIZE = 100  # GitHub's most per connection page, and the most aliases Moko 
 RULES_PAGE = 20  # branch protection rules per repository; a repository with more may need REST
 _ALWAYS = ("name", "nameWithOwner", "isArchived", "isEmpty", "defaultBranchRef { name }", "owner { login }")
 # Every query is named, so GitHub's logs (and the fake's) say what Moko was asking for.
+# rateLimit costs nothing and says what the query cost: reconciliation keeps to a budget.
 _OWNER_QUERY = """
 query MokoOwnerRepositories($owner: String!, $after: String) {
+  rateLimit { cost remaining resetAt limit }
   repositoryOwner(login: $owner) {
     login
     repositories(first: %(page)d, after: $after, ownerAffiliations: [OWNER],

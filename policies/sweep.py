@@ -1,6 +1,6 @@
 """A sweep: every repository of one account reconciled once, with a checkpoint per repository
 in the store, so that an interrupted sweep resumes where it stopped (`moko sweep`, and the
-scheduled reconciliation inside `moko serve`)."""
+continuous reconciliation inside `moko serve`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gidgethub import GitHubException
-
 from bot.logs import get_logger
+from bot.reconcile_budget import TurnCost
 from bot.store.base import Store
 from policies.apply import Run
 from policies.batch_read import (
@@ -202,30 +201,25 @@ async def _snapshots(
         yield snapshot
 
 
-async def sweep_installations(
-    engine: PolicyEngine, github: Any, store: Store, *, trigger: str = "schedule"
-) -> list[SweepReport]:
-    """Sweep every account the App is installed on, one after the other (the scheduled
-    reconciliation). One account's failure is logged and does not stop the others."""
-    client = github.app_client()
-    accounts = []
-    async for item in client.getiter("/app/installations?per_page=100"):
-        if not (item.get("account") or {}).get("login"):
-            continue  # an enterprise installation has no repositories
-        accounts.append((int(item["id"]), str(item["account"]["login"])))
-        if isinstance(item.get("permissions"), dict):
-            github.remember_permissions(int(item["id"]), item["permissions"])
-    actor = await github.bot_login()
-    reports = []
-    for installation, owner in accounts:
-        try:
-            gh = await github.installation_client(installation, bulk=True)
-            report = await sweep_owner(
-                engine, gh, SweepRequest(owner, trigger=trigger),
-                store=store, actor=actor, installation=installation,
-            )
-        except (GitHubException, PolicyError, OwnerNotFound) as exc:
-            log.error("scheduled_sweep_failed", owner=owner, installation=installation, error=str(exc))
-            continue
-        reports.append(report)
-    return reports
+async def reconcile_installation(
+    engine: PolicyEngine, github: Any, store: Store, installation: int, account: str
+) -> TurnCost:
+    """One turn of the continuous reconciliation: the account's sweep (trigger ``schedule``),
+    and what it cost as GitHub reported it. An invalid policy file or an account that cannot
+    be seen ends the turn (logged; recorded in the audit trail for the policy file): nothing
+    can be done until it changes, and the next turn looks again."""
+    gh = await github.installation_client(installation, bulk=True)
+    try:
+        await sweep_owner(
+            engine, gh, SweepRequest(account, trigger="schedule"),
+            store=store, actor=await github.bot_login(), installation=installation,
+        )
+    except (PolicyError, OwnerNotFound) as exc:
+        log.error("reconcile_not_possible", owner=account, installation=installation, error=str(exc))
+    limits = github.limits(installation)
+    return TurnCost(
+        rest_requests=gh.sent_by_resource.get("core", 0),
+        graphql_points=gh.graphql_points,
+        core=limits.budget("core"),
+        graphql=gh.graphql_rate or limits.budget("graphql"),
+    )

@@ -14,7 +14,7 @@ def test_defaults_match_the_contract():
     assert settings.api_url == "https://api.github.com"
     assert settings.graphql_url == "https://api.github.com/graphql"
     assert settings.database_url == "sqlite:///moko.db"
-    assert settings.sweep_interval == 6 * 3600
+    assert settings.sweep_interval == 10 * 60 and settings.sweep_budget == 0.10
     assert settings.port == 3000 and settings.log_level == "info" and settings.log_format == "json"
     assert settings.dry_run is False and settings.env == "development"
 
@@ -58,6 +58,7 @@ def test_key_file_is_read(tmp_path):
     ("name", "value"),
     [("GITHUB_API_URL", "ftp://x"), ("MOKO_DATABASE_URL", "mysql://db"), ("MOKO_DRY_RUN", "maybe"),
      ("PORT", "70000"), ("LOG_FORMAT", "xml"), ("GITHUB_APP_ID", "abc"), ("MOKO_SWEEP_INTERVAL", "-1h"),
+     ("MOKO_SWEEP_BUDGET", "0"), ("MOKO_SWEEP_BUDGET", "1.5"),
      ("MOKO_EVENT_LOOP", "trio"), ("MOKO_DELIVERY_RETENTION_DAYS", "2"), ("MOKO_AUDIT_KEY", "short")],
 )
 def test_malformed_settings_are_named(name, value):

@@ -95,12 +95,14 @@ async def test_a_database_of_schema_version_1_is_migrated(tmp_path: Path):
     await store.close()
     with sqlite3.connect(tmp_path / "moko.db") as db:  # as the previous Moko left it
         db.execute("DROP INDEX deliveries_finished")
+        db.execute("DROP TABLE reconcile_turns")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     store = SQLiteStore(f"sqlite:///{tmp_path}/moko.db")
     await store.open()
     try:
-        assert await store.schema_version() == SCHEMA_VERSION == 2
+        assert await store.schema_version() == SCHEMA_VERSION
         assert (await store.get_delivery("old")) is not None
+        assert await store.join_reconciliation(1, "acme", 0)  # version 3's table
     finally:
         await store.close()
     with sqlite3.connect(tmp_path / "moko.db") as db:

@@ -186,6 +186,10 @@ class FakeGitHub:
         self.token_lifetime: float = 3600.0
         self.rate_limit_default = 5000
         self.transparent_retries = 1  # aiohttp resends a dropped idempotent request once
+        # GraphQL queries of one installation answered at once: now, and the most ever seen.
+        self.graphql_latency = 0.0  # seconds each GraphQL answer takes (a slow GitHub)
+        self.graphql_in_flight: dict[int, int] = {}
+        self.graphql_overlap: dict[int, int] = {}
         self._tokens: dict[str, Token] = {}
         self._personal: dict[str, str] = {}
         self._buckets: dict[tuple[Any, ...], Bucket] = {}
@@ -249,6 +253,14 @@ class FakeGitHub:
                                                    repositories)
         installation.permissions.update(permissions or {})
         return self.state.installation_object(installation)
+
+    def remove_installation(self, installation_id: int) -> None:
+        """Uninstall the App from an account: it is no longer listed, its tokens stop working
+        and no new one is issued (its repositories stay, as on GitHub)."""
+        self.state.installations.pop(installation_id)
+        for token, held in list(self._tokens.items()):
+            if held.installation_id == installation_id:
+                del self._tokens[token]
 
     def add_repo(self, owner: str, name: str, *, empty: bool = False,
                  default_branch: str = "main", **fields: Any) -> dict[str, Any]:
@@ -592,12 +604,26 @@ class FakeGitHub:
                       headers: dict[str, str], problems: list[str]) -> Reply:
         try:
             if is_graphql:
-                return self._graphql(auth, body, problems)
+                return await self._graphql_timed(auth, body, problems)
             assert match is not None and match.operation is not None
             return await self._rest(request, auth, match, method, path, query, body, headers)
         except HTTPError as error:
             doc = match.operation.doc_url if match and match.operation else REST_DOCS
             return self._error(error.status, error.message, doc, **error.extra)
+
+    async def _graphql_timed(self, auth: Auth, body: Any, problems: list[str]) -> Reply:
+        """A GraphQL answer, taking graphql_latency; counts the installation's queries in flight."""
+        key = auth.installation_id
+        if key is None:
+            return self._graphql(auth, body, problems)
+        self.graphql_in_flight[key] = self.graphql_in_flight.get(key, 0) + 1
+        self.graphql_overlap[key] = max(self.graphql_overlap.get(key, 0), self.graphql_in_flight[key])
+        try:
+            if self.graphql_latency:
+                await asyncio.sleep(self.graphql_latency)
+            return self._graphql(auth, body, problems)
+        finally:
+            self.graphql_in_flight[key] -= 1
 
     async def _record(self, method: str, path: str, query: dict[str, Any],
                       headers: dict[str, str], body: Any, status: int, is_graphql: bool,
