@@ -6,8 +6,6 @@ import asyncio
 import gc
 import os
 import signal
-import socket
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +37,6 @@ SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 WORKERS: web.AppKey[WorkerPool] = web.AppKey("workers", WorkerPool)
 INTAKE: web.AppKey[WebhookIntake] = web.AppKey("intake", WebhookIntake)
 STORE_WRITABLE: web.AppKey[StoreWritable] = web.AppKey("store_writable", StoreWritable)
-
-
-def replica_id() -> str:
-    """This process's identity in leases and locks: readable, and unique even on one host."""
-    return f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
 
 
 def client_options(settings: Settings) -> ClientOptions:
@@ -92,6 +85,7 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
     app = web.Application(client_max_size=MAX_BODY + 1, handler_args=handler_args(settings.header_timeout))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        # The store names this process (its owner id) and holds its liveness signal.
         store = open_store(settings.database_url, lease_seconds=settings.lease_seconds, audit_key=settings.audit_key)
         await store.open()
         session = aiohttp.ClientSession()
@@ -100,7 +94,7 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
             store=store,
             github=build_github(settings, session),
             audit=AuditWriter(store),
-            owner=replica_id(),
+            owner=store.owner,
         )
         for install in hooks.components:
             install(services)

@@ -5,23 +5,27 @@ from __future__ import annotations
 from bot.store.base import Store
 
 
-def open_store(url: str, *, lease_seconds: float | None = None, audit_key: str | None = None) -> Store:
+def open_store(
+    url: str, *, lease_seconds: float | None = None, audit_key: str | None = None, owner: str | None = None
+) -> Store:
     """A store for the URL (not yet opened): sqlite:///… is embedded, postgresql://… is shared.
 
-    lease_seconds bounds how long a dead process's repository lock outlives it (SQLite; on
-    PostgreSQL the lock is a session advisory lock that dies with its connection).
+    owner is the process's identity in claims and locks (a new one if not given).
+    lease_seconds bounds how long a repository lock outlives a process that stopped renewing
+    it without dying (SQLite; a dead one's is taken at once; on PostgreSQL the lock is a
+    session advisory lock that dies with its connection).
     audit_key (MOKO_AUDIT_KEY): the audit records it appends are hashed with HMAC-SHA256.
     """
     if url.startswith("sqlite:///"):
         from bot.store.sqlite import REPO_LOCK_TTL, SQLiteStore
 
         return SQLiteStore(
-            url, lock_ttl=min(lease_seconds or REPO_LOCK_TTL, REPO_LOCK_TTL), audit_key=audit_key
+            url, lock_ttl=min(lease_seconds or REPO_LOCK_TTL, REPO_LOCK_TTL), audit_key=audit_key, owner=owner
         )
     if url.startswith(("postgresql://", "postgres://")):
         from bot.store.postgres import PostgresStore
 
-        return PostgresStore(url, audit_key=audit_key)
+        return PostgresStore(url, audit_key=audit_key, owner=owner)
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]}")
 
 

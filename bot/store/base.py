@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import abc
 import json
+import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -191,8 +193,22 @@ class ReconcileTurn:
     last_finished: datetime | None
 
 
+def new_owner() -> str:
+    """A process's identity in claims and locks: readable, and unique even on one host."""
+    return f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+
+
 class Store(abc.ABC):
-    """Durable state shared by the web intake, the workers, the CLI and other replicas."""
+    """Durable state shared by the web intake, the workers, the CLI and other replicas.
+
+    `owner` is the identity of the process that opened the store. While the store is open,
+    the process holds a liveness signal that dies with it (SQLite: an flock on a file beside
+    the database; PostgreSQL: a session advisory lock): deliveries claimed by an owner whose
+    signal is gone are taken again at once, without waiting for their lease. Claims by an
+    owner that never held a signal are judged by their lease alone.
+    """
+
+    owner: str
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -248,7 +264,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def claim_pending(self, owner: str, lease_seconds: float, limit: int) -> list[Delivery]:
-        """Claim up to limit deliveries that are queued, or processing with an expired lease, oldest first."""
+        """Claim up to limit deliveries that are queued, or processing with an expired lease or
+        by a process that is gone, oldest first."""
 
     @abc.abstractmethod
     async def renew_lease(self, delivery_id: str, owner: str, lease_seconds: float) -> bool:

@@ -12,11 +12,16 @@ one transaction, never by a read in Python followed by a write:
   single chain whichever replica writes.
 - a repository's remediation holds a session-level advisory lock on a connection of a
   separate small pool, so waiting for a repository never starves the pool the work needs.
+- each open store (a process) holds a session-level advisory lock on a key derived from
+  its owner id, on a connection of its own, and is registered in `locks` as
+  `process:<owner>`: a registered owner whose lock nobody holds (pg_locks) is dead, and its
+  claims are taken at once instead of when their lease runs out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -49,6 +54,7 @@ from bot.store.base import (
     SweepProgress,
     audit_record_from_row,
     delivery_from_row,
+    new_owner,
 )
 
 log = get_logger("moko.store")
@@ -197,6 +203,23 @@ _AUDIT_COLUMNS = (
 # A lease of lease_seconds from the server's now(); $n is a float number of seconds.
 _LEASE = "now() + make_interval(secs => {})"
 
+# A process's liveness lock: a session advisory lock on this key of its owner id.
+_LIVE_KEY = "hashtextextended('moko:live:' || {}, 0)"
+_PROCESS = "process:"  # the name of a process's registration row in locks
+_LIVE_CHECK_EVERY = 5.0
+# The owners registered as processes whose liveness lock no session holds: they are gone.
+_DEAD_OWNERS = f"""
+    SELECT substr(l.name, {len(_PROCESS) + 1}) FROM locks AS l
+    WHERE l.name LIKE '{_PROCESS}%'
+      AND NOT EXISTS (
+        SELECT 1 FROM pg_locks AS p
+        WHERE p.locktype = 'advisory' AND p.objsubid = 1 AND p.granted
+          AND p.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND ((p.classid::bigint << 32) | p.objid::bigint) = {_LIVE_KEY.format(f"substr(l.name, {len(_PROCESS) + 1})")}
+      )
+"""
+
+
 
 def _reconnecting(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """Run a store operation again on a fresh connection when its connection died under it.
@@ -234,10 +257,14 @@ class PostgresStore(Store):
         max_lock_connections: int = 10,
         audit_key: str | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        owner: str | None = None,
     ) -> None:
         if not url.startswith(("postgresql://", "postgres://")):
             raise ValueError("a PostgreSQL store needs a postgresql:// or postgres:// URL")
         self.url = url
+        self.owner = owner or new_owner()
+        self._live_conn: asyncpg.Connection | None = None
+        self._live_keeper: asyncio.Task[None] | None = None
         self._audit_key = audit_key.encode() if audit_key else None
         self._sleep = sleep
         self._min_connections = min_connections
@@ -277,6 +304,59 @@ class PostgresStore(Store):
                 raise self._unavailable(exc) from None
             raise
         self._pool_handle, self._lock_pool_handle = pool, lock_pool
+        try:
+            await self._hold_liveness()
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, _UNREACHABLE):
+                raise self._unavailable(exc) from None
+            raise
+        self._live_keeper = asyncio.create_task(self._keep_liveness(), name="moko-store-liveness")
+
+    async def _hold_liveness(self) -> None:
+        """Take this process's liveness lock on a connection of its own, register the process,
+        and remove the registrations of dead processes that no claim refers to any more."""
+        conn = await asyncpg.connect(self.url, timeout=_CONNECT_TIMEOUT)
+        try:
+            await conn.execute(f"SELECT pg_advisory_lock({_LIVE_KEY.format('$1')})", self.owner)
+        except BaseException:
+            await conn.close()
+            raise
+        self._live_conn = conn
+        await self._pool.execute(
+            "INSERT INTO locks (name, owner, expires) VALUES ($1, $2, 'infinity') ON CONFLICT (name) DO NOTHING",
+            _PROCESS + self.owner,
+            self.owner,
+        )
+        await self._pool.execute(
+            f"""
+            DELETE FROM locks WHERE name IN (
+                SELECT '{_PROCESS}' || dead.owner FROM ({_DEAD_OWNERS}) AS dead (owner)
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM deliveries WHERE state = 'processing' AND deliveries.owner = dead.owner
+                )
+            )
+            """
+        )
+
+    async def _keep_liveness(self) -> None:
+        """A lost connection (the server restarted) lost the lock too: take it again, soon,
+        as other replicas would take this process's claims meanwhile."""
+        while True:
+            await asyncio.sleep(_LIVE_CHECK_EVERY)
+            conn = self._live_conn
+            try:
+                if conn is None or conn.is_closed():
+                    raise ConnectionError("liveness connection closed")
+                await conn.fetchval("SELECT 1", timeout=_LIVE_CHECK_EVERY)
+            except Exception as exc:
+                log.warning("store_liveness_lost", error=mask_url_credentials(str(exc)))
+                if conn is not None:
+                    conn.terminate()
+                self._live_conn = None
+                with contextlib.suppress(*_UNREACHABLE):
+                    await self._hold_liveness()
+                    log.info("store_liveness_regained")
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         reason = " ".join(str(exc).split()) or type(exc).__name__
@@ -310,6 +390,19 @@ class PostgresStore(Store):
             )
 
     async def close(self) -> None:
+        keeper, self._live_keeper = self._live_keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+        live, self._live_conn = self._live_conn, None
+        if live is not None:
+            if self._pool_handle is not None:
+                with contextlib.suppress(*_UNREACHABLE):
+                    await self._pool_handle.execute(
+                        "DELETE FROM locks WHERE name = $1 AND owner = $2", _PROCESS + self.owner, self.owner
+                    )
+            with contextlib.suppress(*_UNREACHABLE):
+                await live.close(timeout=5)
         pools = [self._lock_pool_handle, self._pool_handle]
         self._pool_handle = self._lock_pool_handle = None
         for pool in pools:
@@ -430,7 +523,8 @@ class PostgresStore(Store):
             f"""
             WITH picked AS (
                 SELECT id FROM deliveries
-                WHERE state = 'queued' OR (state = 'processing' AND lease_until < now())
+                WHERE state = 'queued'
+                   OR (state = 'processing' AND (lease_until < now() OR owner IN ({_DEAD_OWNERS})))
                 ORDER BY received_at, id
                 LIMIT $3
                 FOR UPDATE SKIP LOCKED

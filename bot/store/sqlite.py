@@ -58,7 +58,9 @@ from bot.store.base import (
     SweepProgress,
     audit_record_from_row,
     delivery_from_row,
+    new_owner,
 )
+from bot.store.process_files import ProcessFiles
 
 log = get_logger("moko.store")
 
@@ -227,8 +229,11 @@ class SQLiteStore(Store):
         clock: Callable[[], float] = time.time,
         lock_ttl: float = REPO_LOCK_TTL,
         audit_key: str | None = None,
+        owner: str | None = None,
     ) -> None:
         self.path = sqlite_path(url)
+        self.owner = owner or new_owner()
+        self._process_files: ProcessFiles | None = None
         self._audit_key = audit_key.encode() if audit_key else None
         self._lock_ttl = lock_ttl
         self._clock = clock
@@ -423,11 +428,37 @@ class SQLiteStore(Store):
             else:
                 self._reader = sqlite3.connect(self.path, isolation_level=None, timeout=1.0)
                 self._reader.row_factory = sqlite3.Row
+                self._hold_process_file()
         except BaseException as exc:
             await self.close()
             if isinstance(exc, sqlite3.Error):
                 raise StoreUnavailable(f"cannot open the SQLite store at {self.path}: {exc}") from None
             raise
+
+    def _hold_process_file(self) -> None:
+        """Announce this process as alive (an flocked file beside the database), and remove
+        the files of dead processes that no claim or lock refers to any more."""
+        files = ProcessFiles(self.path)
+        if not files.hold(self.owner):
+            return
+        self._process_files = files
+        reader = self._reader
+        assert reader is not None
+
+        def referenced(owner: str) -> bool:
+            return bool(
+                reader.execute(
+                    "SELECT EXISTS (SELECT 1 FROM deliveries WHERE state = 'processing' AND owner = ?) "
+                    "OR EXISTS (SELECT 1 FROM locks WHERE substr(owner, 1, ?) = ?)",
+                    (owner, len(owner) + 1, owner + "/"),
+                ).fetchone()[0]
+            )
+
+        files.remove_dead(referenced)
+
+    def _dead(self, owner: str) -> bool:
+        """Whether another process that held the liveness file for owner is gone."""
+        return owner != self.owner and self._process_files is not None and self._process_files.is_dead(owner)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -473,6 +504,9 @@ class SQLiteStore(Store):
         if self._committer is not None:
             self._committer.shutdown(wait=False)
             self._committer = None
+        if self._process_files is not None:
+            self._process_files.release()
+            self._process_files = None
 
     async def ping(self) -> None:
         await self._call(lambda conn: conn.execute("SELECT 1").fetchone())
@@ -559,14 +593,27 @@ class SQLiteStore(Store):
 
     async def claim_pending(self, owner: str, lease_seconds: float, limit: int) -> list[Delivery]:
         now = self._clock()
+        # Processes that died holding claims whose lease still runs: theirs are taken now.
+        # A dead process stays dead (owners are never reused), so the claim below may act on
+        # what was read here.
+        holders = await self._read(
+            lambda conn: [
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT owner FROM deliveries WHERE state = 'processing' AND lease_until >= ?", (now,)
+                )
+            ]
+        )
+        dead = [holder for holder in holders if holder and self._dead(holder)]
+        marks = ", ".join("?" * len(dead))
 
         def claim(conn: sqlite3.Connection) -> list[Delivery]:
             rows = conn.execute(
                 "UPDATE deliveries SET state = 'processing', owner = ?, lease_until = ?, attempts = attempts + 1 "
                 "WHERE id IN (SELECT id FROM deliveries WHERE state = 'queued' "
-                "OR (state = 'processing' AND lease_until < ?) ORDER BY received_at LIMIT ?) "
+                f"OR (state = 'processing' AND (lease_until < ? OR owner IN ({marks}))) ORDER BY received_at LIMIT ?) "
                 "RETURNING *",
-                (owner, now + lease_seconds, now, limit),
+                (owner, now + lease_seconds, now, *dead, limit),
             ).fetchall()
             return sorted((_delivery(row) for row in rows), key=lambda d: d.received_at)
 
@@ -907,10 +954,14 @@ class SQLiteStore(Store):
         repo = repo.lower()  # GitHub treats Owner/Repo and owner/repo as one repository
         lock = self._repo_locks.setdefault(repo, asyncio.Lock())
         async with lock:
-            name, owner = f"repo:{repo}", uuid.uuid4().hex
-            # Another process holds it: poll its lease row (there is nothing to wait on across processes).
+            # The holder is named after this process, so others can tell when it died.
+            name, owner = f"repo:{repo}", f"{self.owner}/{uuid.uuid4().hex}"
+            # Another process holds it: poll its lease row (there is nothing to wait on across
+            # processes), and take it at once if that process is gone.
             try:
                 while not await self.try_lock(name, owner, self._lock_ttl):  # noqa: ASYNC110
+                    if await self._take_from_dead(name, owner):
+                        break
                     await asyncio.sleep(_REPO_LOCK_POLL)
             except asyncio.CancelledError:
                 # Cancelled while asking: the row may have been taken all the same; give it back.
@@ -934,6 +985,22 @@ class SQLiteStore(Store):
                     log.warning("repository_lock_not_released", repo=repo, error=str(exc))
                 if not lock._waiters:  # type: ignore[attr-defined]
                     self._repo_locks.pop(repo, None)
+
+    async def _take_from_dead(self, name: str, owner: str) -> bool:
+        """Take a lock row whose holder's process is gone (its lease may still run)."""
+        row = await self._read(lambda conn: conn.execute("SELECT owner FROM locks WHERE name = ?", (name,)).fetchone())
+        if row is None or "/" not in row["owner"] or not self._dead(row["owner"].rsplit("/", 1)[0]):
+            return False
+        holder, until = row["owner"], self._clock() + self._lock_ttl
+        return bool(
+            await self._call(
+                lambda conn: conn.execute(
+                    "UPDATE locks SET owner = ?, expires = ? WHERE name = ? AND owner = ?", (owner, until, name, holder)
+                ).rowcount
+                == 1,
+                atomic=True,
+            )
+        )
 
     async def _keep_lock(self, name: str, owner: str, held: HeldLock) -> None:
         """Renew the lease row while the lock is held; a renewal refused means another process

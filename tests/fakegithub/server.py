@@ -195,6 +195,7 @@ class FakeGitHub:
         self._buckets: dict[tuple[Any, ...], Bucket] = {}
         self._faults: list[Fault] = []
         self._hooks: list[Callable[[Call], Any]] = []
+        self._arrived: list[tuple[str, str]] = []  # (method, path) of every request, on arrival
         self._runner: web.AppRunner | None = None
         self.manifest_flow = ManifestFlow()
         # The App's webhook configuration (GET /app/hook/config); the secret is write-only there.
@@ -492,6 +493,13 @@ class FakeGitHub:
         """Call `hook(call)` (sync or async) for every request, before it is answered."""
         self._hooks.append(hook)
 
+    def arrived(self, method: str | None = None, path_regex: str | None = None) -> int:
+        """Requests received so far, answered or not: a request held by a `delay` counts at once
+        (calls only hold answered ones)."""
+        pattern = re.compile(path_regex) if path_regex else None
+        return sum(1 for m, p in self._arrived
+                   if (method is None or m == method) and (pattern is None or pattern.search(p)))
+
     def reset_calls(self) -> None:
         self.calls.clear()
 
@@ -526,6 +534,7 @@ class FakeGitHub:
             raw_path = "/graphql"
         path = unquote(raw_path)
         method = request.method.upper()
+        self._arrived.append((method, path))
         query: dict[str, Any] = {}
         for key in request.rel_url.query:
             values = request.rel_url.query.getall(key)
