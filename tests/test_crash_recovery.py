@@ -47,7 +47,7 @@ async def at_github(fake) -> bool:
 
 async def post_edit(fake, url: str, name: str, delivery: str) -> None:
     owner = OTHER if name == "steady" else ORG
-    event = fake.event("repository", "edited", owner=owner, repo=name, changes={"has_wiki": {"from": False}})
+    event = fake.event("repository", "edited", owner=owner, repo=name, changes={"description": {"from": None}})
     async with aiohttp.ClientSession() as session:
         assert (await post_webhook(session, url, "repository", event, delivery=delivery)).status == 202
 
