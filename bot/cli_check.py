@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from policies.loader import parse_policy_with_lines, validate_policy_text
+from policies.loader import MAX_FILE_BYTES, parse_policy_with_lines, validate_policy_text
 from policies.model import BRANCH_PROTECTION
 from policies.permissions import APP_PERMISSIONS, PermissionGap, permission_gaps
 
@@ -35,17 +35,18 @@ def permission_warnings(text: str, source: str) -> list[str]:
 
 def run_check_config(path: str) -> int:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        print(f"{path}:0: cannot read the file: {reason}", file=sys.stderr)
+        with Path(path).open("rb") as file:
+            # One byte past the limit is enough to tell the file is too large.
+            data = file.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        print(f"{path}:0: cannot read the file: {exc.strerror}", file=sys.stderr)
         return EXIT_INVALID
-    problems = validate_policy_text(text, source=path)
+    problems = validate_policy_text(data, source=path)
     for problem in problems:
         print(str(problem))
     if problems:
         return EXIT_INVALID
     print(f"{path}: valid")
-    for warning in permission_warnings(text, path):
+    for warning in permission_warnings(data.decode("utf-8"), path):
         print(warning)
     return EXIT_OK
