@@ -97,6 +97,12 @@ CONNECTIONS_REFUSED = Counter(
     "Connections refused because the server already held its maximum",
     registry=REGISTRY,
 )
+POLICY_FILES_PARSED = Counter(
+    "moko_policy_files_parsed_total",
+    "Policy files parsed, by outcome (a file already parsed is taken from a cache by its blob SHA)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}
 

@@ -56,7 +56,7 @@ query MokoOwnerRepositories($owner: String!, $after: String) {
 """
 _VIEWER_QUERY = "query MokoViewer { viewer { login } }"
 # A repository's own policy file, when the organization's policy allows overrides.
-_OWN_POLICY = 'ownPolicy: object(expression: "HEAD:.github/moko.yml") { ... on Blob { text isBinary isTruncated } }'
+_OWN_POLICY = 'ownPolicy: object(expression: "HEAD:.github/moko.yml") { ... on Blob { oid text isBinary isTruncated } }'
 
 
 class OwnerNotFound(LookupError):
@@ -131,6 +131,7 @@ class RepoSnapshot:
     own_policy_read: bool = False  # whether own_policy says what the repository's file holds
     own_policy: str | None = None  # its .github/moko.yml, or None when it has none
     rule_patterns: Mapping[str, str | None] = field(default_factory=dict)  # see RepoState
+    own_policy_sha: str | None = None  # the file's blob SHA
 
     @property
     def full_name(self) -> str:
@@ -182,13 +183,17 @@ def snapshot_of(node: Mapping[str, Any], fields: ReadFields) -> RepoSnapshot:
                 protections[branch] = protection_from_graphql_rules(rules, branch)
             except ProtectionUnknown:
                 continue  # a wildcard rule applies: its settings as GitHub reads them, via REST
-    own_read, own_text = False, None
+    own_read, own_text, own_sha = False, None, None
     if fields.own_policy:
         blob = node.get("ownPolicy")
         # A binary or truncated file is left to the REST read, which reports it as it is.
         if blob is None or not (blob.get("isBinary") or blob.get("isTruncated") or blob.get("text") is None):
-            own_read, own_text = True, None if blob is None else blob["text"]
-    return RepoSnapshot(repo, settings, protections, empty, existing, own_read, own_text, patterns)
+            own_read = True
+            if blob is not None:
+                own_text, own_sha = blob["text"], blob.get("oid")
+    return RepoSnapshot(
+        repo, settings, protections, empty, existing, own_read, own_text, patterns, own_policy_sha=own_sha
+    )
 
 
 async def read_owner(gh: Any, owner: str, fields: ReadFields) -> AsyncIterator[tuple[int, list[RepoSnapshot]]]:

@@ -293,11 +293,15 @@ def plan_branch_protection(
 
 def resolve_branch_rules(policy: Policy, default_branch: str | None) -> dict[str, BranchRule]:
     """Branch name -> rule. "default" names the default branch; a rule with the branch's exact
-    name wins over it. Without a known default branch the "default" rule is left out."""
+    name wins over it, unless it came from a repository that may not override the "default"
+    rule. Without a known default branch the "default" rule is left out."""
     rules = {rule.name: rule for rule in policy.branches if rule.name != DEFAULT_BRANCH_RULE}
     default = next((rule for rule in policy.branches if rule.name == DEFAULT_BRANCH_RULE), None)
-    if default is not None and default_branch and default_branch not in rules:
-        return {default_branch: default, **rules}
+    if default is not None and default_branch:
+        named = rules.get(default_branch)
+        if named is None or not named.displaces_default:
+            rules.pop(default_branch, None)
+            return {default_branch: default, **rules}
     return rules
 
 

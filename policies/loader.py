@@ -1,13 +1,22 @@
 """Loads moko.yml text into a Policy, reporting each problem with its line; applies overrides.
 
+A policy file is at most 256 KiB, at most 10,000 YAML values once aliases (and ``<<`` merge
+keys) are expanded, nested at most 64 deep, and holds no tag but YAML's standard scalars
+(str, int, float, bool, null), mappings and lists. Anything beyond is an invalid file, with the
+line where the limit was crossed; loading stops there, so no expansion is ever built.
+
 Overrides: the organization's ``overrides`` list says what a repository's own
 ``.github/moko.yml`` may change, at these granularities:
 
 - ``repository``: any field of the ``repository`` section (field by field: the repository's
-  fields win, the organization's other fields still apply);
-- ``repository.<field>``: that one field;
-- ``branches``: the whole ``branches`` section (the repository's list replaces the org's);
-- ``branches.<rule name>``: the rule with that name (e.g. ``branches.default``), replaced or added.
+  fields win, the organization's other fields still apply), except the fields that change who
+  can see or change the repository (``repository_settings.SENSITIVE_FIELDS``);
+- ``repository.<field>``: that one field (the only way to allow a sensitive one);
+- ``branches``: the whole ``branches`` section (the repository's list replaces the org's),
+  except the organization's ``default`` rule;
+- ``branches.<rule name>``: the rule with that name, replaced or added. Only
+  ``branches.default`` lets a repository replace the default branch's rule, or let a rule
+  naming its default branch (e.g. ``main``) win over the organization's ``default`` rule.
 
 Anything else in the repository's file is ignored and reported; the allowed keys still apply.
 An invalid repository file changes nothing (all of it is ignored, its problems reported).
@@ -21,8 +30,9 @@ from typing import Any
 
 import yaml
 
-from policies.defaults import DEFAULT_POLICY
+from policies.defaults import DEFAULT_BRANCH_RULE, DEFAULT_POLICY
 from policies.model import BranchRule, Policy, Scope
+from policies.repository_settings import SENSITIVE_FIELDS
 from policies.validate import Path, check_document, dotted
 
 
@@ -407,19 +417,28 @@ def merge_loaded(org: Policy, loaded: LoadedFile) -> tuple[Policy, list[PolicyPr
     )
     ignored: list[PolicyProblem] = []
 
-    def ignore(path: Path) -> None:
+    def ignore(path: Path, reason: str = why) -> None:
         ignored.append(
-            PolicyProblem(_line_of(lines, path), f"{dotted(path)}: ignored: {why}", source)
+            PolicyProblem(_line_of(lines, path), f"{dotted(path)}: ignored: {reason}", source)
         )
 
     repository = dict(org.repository)
     branches = list(org.branches)
+    # Only an explicit branches.default lets the repository touch the default branch's rules.
+    own_default = f"branches.{DEFAULT_BRANCH_RULE}" in allowed
     for key, value in doc.items():
         if key == "version":
             continue
         if key == "repository":
             for name, setting in (value or {}).items():
-                if "repository" in allowed or f"repository.{name}" in allowed:
+                explicit = f"repository.{name}" in allowed
+                if name in SENSITIVE_FIELDS and not explicit and "repository" in allowed:
+                    ignore(
+                        ("repository", name),
+                        f"{SENSITIVE_FIELDS[name]}, so the organization's overrides must list "
+                        f"repository.{name} by name ('repository' does not cover it)",
+                    )
+                elif explicit or "repository" in allowed:
                     # private and visibility say the same thing: the repository's one wins.
                     twin = {"private": "visibility", "visibility": "private"}.get(name)
                     if twin:
@@ -428,9 +447,23 @@ def merge_loaded(org: Policy, loaded: LoadedFile) -> tuple[Policy, list[PolicyPr
                 else:
                     ignore(("repository", name))
         elif key == "branches":
-            rules = [BranchRule(rule["name"], rule["protection"]) for rule in value or ()]
+            rules = [
+                BranchRule(rule["name"], rule["protection"], displaces_default=own_default)
+                for rule in value or ()
+            ]
             if "branches" in allowed:
-                branches = rules
+                kept = [] if own_default else [r for r in branches if r.name == DEFAULT_BRANCH_RULE]
+                for index, rule in enumerate(rules):
+                    if rule.name == DEFAULT_BRANCH_RULE and not own_default:
+                        ignore(
+                            ("branches", index),
+                            "the default branch's rule can be overridden only when the "
+                            "organization's overrides list branches.default "
+                            "('branches' does not cover it)",
+                        )
+                    else:
+                        kept.append(rule)
+                branches = kept
                 continue
             for index, rule in enumerate(rules):
                 if f"branches.{rule.name}" not in allowed:

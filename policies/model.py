@@ -95,11 +95,14 @@ class BranchRule:
     """One entry of ``branches``: a branch ("default" or an exact name) and its protection.
 
     ``protection`` is the body of PUT …/branches/{branch}/protection, or None, which means
-    the branch must NOT be protected (Moko deletes its protection).
+    the branch must NOT be protected (Moko deletes its protection). ``displaces_default``:
+    whether a rule naming the default branch wins over the ``default`` rule (False for a
+    repository's own rule, unless the organization lets it override ``branches.default``).
     """
 
     name: str
     protection: Mapping[str, Any] | None
+    displaces_default: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "protection", freeze(self.protection))

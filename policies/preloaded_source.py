@@ -7,8 +7,7 @@ import copy
 from typing import Any
 
 from policies.engine import PolicyEngine
-from policies.loader import merge_overrides
-from policies.source import POLICY_PATH, POLICY_REPO, PolicySource, ResolvedPolicy
+from policies.source import POLICY_REPO, PolicyFile, PolicySource, ResolvedPolicy
 
 
 class PreloadedPolicySource(PolicySource):
@@ -16,13 +15,13 @@ class PreloadedPolicySource(PolicySource):
     file from what a batched read found, or, when it was not read, from the shared source."""
 
     def __init__(self, shared: PolicySource) -> None:
-        super().__init__()
+        super().__init__(parsed=shared.parsed)
         self._shared = shared
-        self._texts: dict[str, str | None] = {}
+        self._files: dict[str, PolicyFile | None] = {}
 
-    def remember(self, full_name: str, text: str | None) -> None:
-        """The repository's own moko.yml as read (None: it has none)."""
-        self._texts[full_name.lower()] = text
+    def remember(self, full_name: str, text: str | None, sha: str | None = None) -> None:
+        """The repository's own moko.yml as read, and its blob SHA (None: it has none)."""
+        self._files[full_name.lower()] = None if text is None else PolicyFile(text.encode("utf-8", "surrogatepass"), sha)
 
     def invalidate(self, installation: int | None, org: str) -> None:
         self._shared.invalidate(installation, org)
@@ -32,14 +31,13 @@ class PreloadedPolicySource(PolicySource):
 
     async def policy_for(self, gh: Any, installation: int | None, org: str, repo: str) -> ResolvedPolicy:
         key = f"{org}/{repo}".lower()
-        if key not in self._texts:
+        if key not in self._files:
             return await self._shared.policy_for(gh, installation, org, repo)
-        text = self._texts.pop(key)
+        file = self._files.pop(key)
         policy = await self.org_policy(gh, installation, org)
-        if not policy.overrides or repo.lower() == POLICY_REPO or text is None:
+        if not policy.overrides or repo.lower() == POLICY_REPO or file is None:
             return ResolvedPolicy(policy)
-        merged, problems = merge_overrides(policy, text, source=f"{org}/{repo}/{POLICY_PATH}")
-        return ResolvedPolicy(merged, tuple(problems))
+        return await self.merge_repository_file(policy, file, org, repo)
 
 
 def with_preloaded_policies(engine: PolicyEngine) -> PolicyEngine:

@@ -57,6 +57,19 @@ REFUSED_FIELDS: Mapping[str, str] = {
     ),
 }
 
+# Fields that change who can see or change a repository. A repository's own file may set one
+# only when the organization lists it by its full name (``overrides: [repository.visibility]``);
+# ``overrides: [repository]`` never covers them. ``name`` and ``archived`` are refused outright
+# (REFUSED_FIELDS). The others (issues, wiki, merge buttons, templates…) give no one access.
+SENSITIVE_FIELDS: Mapping[str, str] = {
+    "visibility": "it changes who can see the repository",
+    "private": "it changes who can see the repository",
+    "default_branch": "it changes which branch the organization's default-branch rules protect",
+    "allow_forking": "it changes who can copy a private repository",
+    "security_and_analysis": "it changes the repository's security features",
+    "pull_request_creation_policy": "it changes who can open pull requests",
+}
+
 SECURITY_FEATURES: tuple[str, ...] = (
     "advanced_security",
     "code_security",

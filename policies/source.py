@@ -1,25 +1,43 @@
 """Where a repository's policy comes from: the organization's `.github` repository, the
-repository's own overrides, or the built-in default; cached per installation."""
+repository's own overrides, or the built-in default; cached per installation.
+
+Files are parsed in a worker thread, never on the event loop, and each parsed file, valid or
+invalid, is kept by its blob SHA: the same file is parsed once, however many events or
+repositories read it (the loader's limits bound what one parse costs)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import functools
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 from gidgethub import BadRequest
 
+from bot.metrics import POLICY_FILES_PARSED, labelled
 from policies.defaults import DEFAULT_POLICY
-from policies.loader import PolicyError, PolicyProblem, merge_overrides, parse_policy
+from policies.loader import (
+    LoadedFile,
+    PolicyError,
+    PolicyProblem,
+    load_policy_file,
+    merge_loaded,
+    policy_of,
+)
 from policies.model import Policy
 
 POLICY_REPO = ".github"
 POLICY_PATH = ".github/moko.yml"
 # Other replicas do not see the push that changes the file; the TTL bounds how stale they get.
 CACHE_TTL_SECONDS = 300.0
+PARSED_CACHE_SIZE = 1024
+# Parsing is CPU work: two threads at most, so a burst of new files cannot take every core.
+PARSER_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -30,22 +48,32 @@ class ResolvedPolicy:
     warnings: tuple[PolicyProblem, ...] = ()
 
 
-def _decode(content: Mapping[str, Any], source: str) -> str:
+@dataclass(frozen=True)
+class PolicyFile:
+    """A policy file as read from GitHub: its bytes and its blob SHA (None when not known),
+    or, when it cannot be a policy file at all, the problem that says so."""
+
+    data: bytes
+    sha: str | None = None
+    problem: str | None = None
+
+
+def _file_of(content: Mapping[str, Any]) -> PolicyFile:
+    sha = content.get("sha") if isinstance(content.get("sha"), str) else None
     if content.get("type") not in (None, "file"):
-        raise PolicyError([PolicyProblem(1, f"{POLICY_PATH} is not a file", source)], source)
+        return PolicyFile(b"", sha, f"{POLICY_PATH} is not a file")
     if content.get("encoding") == "none":
         # Over 1 MB the contents API answers with no content at all: never an empty file.
         size = content.get("size")
-        message = f"the file is too large ({size} bytes): GitHub gives no content over 1 MB"
-        raise PolicyError([PolicyProblem(1, message, source)], source)
+        return PolicyFile(b"", sha, f"the file is too large ({size} bytes): GitHub gives no content over 1 MB")
     try:
-        return base64.b64decode(content.get("content") or "").decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise PolicyError([PolicyProblem(1, "not UTF-8 text", source)], source) from None
+        return PolicyFile(base64.b64decode(content.get("content") or ""), sha)
+    except (binascii.Error, ValueError):
+        return PolicyFile(b"", sha, "GitHub's answer could not be decoded")
 
 
-async def read_file(gh: Any, owner: str, repo: str, path: str) -> str | None:
-    """A file's text from the default branch, or None when there is none."""
+async def read_file(gh: Any, owner: str, repo: str, path: str) -> PolicyFile | None:
+    """A file from the default branch, or None when there is none."""
     try:
         content = await gh.getitem(
             "/repos/{owner}/{repo}/contents/{path}", url_vars={"owner": owner, "repo": repo, "path": path}
@@ -56,14 +84,47 @@ async def read_file(gh: Any, owner: str, repo: str, path: str) -> str | None:
         raise
     if isinstance(content, list):  # a directory of that name
         return None
-    return _decode(content, f"{owner}/{repo}/{path}")
+    return _file_of(content)
+
+
+@functools.cache
+def _parser() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=PARSER_THREADS, thread_name_prefix="moko-policy")
+
+
+def _load(file: PolicyFile, source: str) -> LoadedFile:
+    if file.problem is not None:
+        return LoadedFile(None, {}, (PolicyProblem(1, file.problem, source),), source)
+    return load_policy_file(file.data, source)
+
+
+class ParsedFiles:
+    """Parsed policy files by blob SHA (a file without one is parsed every time)."""
+
+    def __init__(self, maxsize: int = PARSED_CACHE_SIZE) -> None:
+        self._files: LRUCache[str, LoadedFile] = LRUCache(maxsize=maxsize)
+
+    async def load(self, file: PolicyFile, source: str) -> LoadedFile:
+        if file.sha is not None:
+            cached = self._files.get(file.sha)
+            if cached is not None:
+                return cached.with_source(source)
+        loaded = await asyncio.get_running_loop().run_in_executor(_parser(), _load, file, source)
+        labelled(POLICY_FILES_PARSED, "valid" if loaded.valid else "invalid").inc()
+        if file.sha is not None:
+            self._files[file.sha] = loaded
+        return loaded
 
 
 class PolicySource:
     """Reads and caches organization policies; invalid files raise PolicyError (nothing applies)."""
 
-    def __init__(self, *, ttl: float = CACHE_TTL_SECONDS, maxsize: int = 4096) -> None:
-        self._org: TTLCache[tuple[int | None, str], Policy] = TTLCache(maxsize=maxsize, ttl=ttl)
+    def __init__(
+        self, *, ttl: float = CACHE_TTL_SECONDS, maxsize: int = 4096, parsed: ParsedFiles | None = None
+    ) -> None:
+        # An invalid file is kept as its error: it is not read again at every event.
+        self._org: TTLCache[tuple[int | None, str], Policy | PolicyError] = TTLCache(maxsize=maxsize, ttl=ttl)
+        self.parsed = parsed or ParsedFiles()
 
     def invalidate(self, installation: int | None, org: str) -> None:
         self._org.pop((installation, org.lower()), None)
@@ -71,21 +132,35 @@ class PolicySource:
     async def org_policy(self, gh: Any, installation: int | None, org: str) -> Policy:
         key = (installation, org.lower())
         cached = self._org.get(key)
-        if cached is not None:
-            return cached
-        source = f"{org}/{POLICY_REPO}/{POLICY_PATH}"
-        text = await read_file(gh, org, POLICY_REPO, POLICY_PATH)
-        policy = DEFAULT_POLICY if text is None else parse_policy(text, source=source)
-        self._org[key] = policy
-        return policy
+        if cached is None:
+            cached = await self._read_org_policy(gh, org)
+            self._org[key] = cached
+        if isinstance(cached, PolicyError):
+            raise PolicyError(cached.problems, cached.source)
+        return cached
+
+    async def _read_org_policy(self, gh: Any, org: str) -> Policy | PolicyError:
+        file = await read_file(gh, org, POLICY_REPO, POLICY_PATH)
+        if file is None:
+            return DEFAULT_POLICY
+        try:
+            return policy_of(await self.parsed.load(file, f"{org}/{POLICY_REPO}/{POLICY_PATH}"))
+        except PolicyError as exc:
+            return exc
+
+    async def merge_repository_file(self, policy: Policy, file: PolicyFile, org: str, repo: str) -> ResolvedPolicy:
+        """The organization's policy with a repository's own file applied (PolicyError when
+        the file is invalid)."""
+        loaded = await self.parsed.load(file, f"{org}/{repo}/{POLICY_PATH}")
+        merged, problems = merge_loaded(policy, loaded)
+        return ResolvedPolicy(merged, tuple(problems))
 
     async def policy_for(self, gh: Any, installation: int | None, org: str, repo: str) -> ResolvedPolicy:
         """The organization's policy with the repository's allowed overrides applied."""
         policy = await self.org_policy(gh, installation, org)
         if not policy.overrides or repo.lower() == POLICY_REPO:
             return ResolvedPolicy(policy)
-        text = await read_file(gh, org, repo, POLICY_PATH)
-        if text is None:
+        file = await read_file(gh, org, repo, POLICY_PATH)
+        if file is None:
             return ResolvedPolicy(policy)
-        merged, problems = merge_overrides(policy, text, source=f"{org}/{repo}/{POLICY_PATH}")
-        return ResolvedPolicy(merged, tuple(problems))
+        return await self.merge_repository_file(policy, file, org, repo)

@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 
+from policies.branch_protection import resolve_branch_rules
 from policies.defaults import DEFAULT_POLICY, default_policy
 from policies.loader import (
     PolicyError,
@@ -416,12 +417,72 @@ def test_branch_rule_override_replaces_that_rule_only() -> None:
 
 
 def test_whole_section_overrides() -> None:
-    org = parse_policy("overrides: [repository, branches]\n")
+    org = parse_policy("overrides: [repository, branches, branches.default]\n")
     policy, problems = merge_overrides(org, "repository:\n  allow_auto_merge: true\nbranches: []\n")
     assert problems == []
     assert policy.repository["allow_auto_merge"] is True
     assert policy.repository["has_wiki"] is False  # the org's other fields still apply
     assert policy.branches == ()
+
+
+def test_a_wildcard_never_covers_fields_that_change_who_can_see_or_change_a_repository() -> None:
+    org = parse_policy("repository:\n  visibility: private\noverrides: [repository, branches]\n")
+    repo_file = yml("""
+        repository:
+          has_wiki: true
+          visibility: public
+          default_branch: wide-open
+          allow_forking: true
+          pull_request_creation_policy: all
+          security_and_analysis: {secret_scanning: {status: disabled}}
+        branches:
+          - name: default
+            protection: null
+    """)
+    policy, problems = merge_overrides(org, repo_file, ".github/moko.yml")
+    assert dict(policy.repository) == {"visibility": "private", "has_wiki": True}
+    assert [rule.name for rule in policy.branches] == ["default"]  # the organization's rule
+    assert [(p.line, p.message) for p in problems] == [
+        (3, "repository.visibility: ignored: it changes who can see the repository, so the organization's "
+            "overrides must list repository.visibility by name ('repository' does not cover it)"),
+        (4, "repository.default_branch: ignored: it changes which branch the organization's default-branch "
+            "rules protect, so the organization's overrides must list repository.default_branch by name "
+            "('repository' does not cover it)"),
+        (5, "repository.allow_forking: ignored: it changes who can copy a private repository, so the "
+            "organization's overrides must list repository.allow_forking by name ('repository' does not cover it)"),
+        (6, "repository.pull_request_creation_policy: ignored: it changes who can open pull requests, so the "
+            "organization's overrides must list repository.pull_request_creation_policy by name "
+            "('repository' does not cover it)"),
+        (7, "repository.security_and_analysis: ignored: it changes the repository's security features, so the "
+            "organization's overrides must list repository.security_and_analysis by name "
+            "('repository' does not cover it)"),
+        (9, "branches[0]: ignored: the default branch's rule can be overridden only when the organization's "
+            "overrides list branches.default ('branches' does not cover it)"),
+    ]
+
+
+def test_a_sensitive_field_listed_by_name_may_be_overridden() -> None:
+    org = parse_policy("repository:\n  visibility: private\noverrides: [repository, repository.visibility]\n")
+    policy, problems = merge_overrides(org, "repository:\n  visibility: public\n")
+    assert problems == [] and dict(policy.repository) == {"visibility": "public"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "wins"),
+    [("[branches.main]", "default"), ("[branches]", "default"), ("[branches.main, branches.default]", "main")],
+)
+def test_a_rule_naming_the_default_branch_displaces_the_default_rule_only_with_branches_default(
+    overrides, wins
+) -> None:
+    org = parse_policy(f"overrides: {overrides}\n")
+    repo_file = "branches:\n  - name: main\n    protection: null\n"
+    policy, problems = merge_overrides(org, repo_file)
+    assert problems == []
+    rules = resolve_branch_rules(policy, "main")
+    assert list(rules) == ["main"]
+    assert rules["main"].protection is (None if wins == "main" else DEFAULT_POLICY.branches[0].protection)
+    # On a repository whose default branch is another, the rule for main applies to main.
+    assert resolve_branch_rules(policy, "trunk")["main"].protection is None
 
 
 def test_no_overrides_allowed_by_default() -> None:
