@@ -16,6 +16,9 @@ from bot.store.base import Store
 # Least to most; "none" is what GitHub answers for someone with no access.
 ROLES = ("none", "read", "triage", "write", "maintain", "admin")
 AUDIT_PERMISSION = "triage"
+# plan and status's field-by-field table show protection details Moko reads with admin rights.
+PLAN_PERMISSION = "triage"
+STATUS_DETAIL_PERMISSION = "triage"
 
 RATE_LIMIT = 5  # commands per user per repository per window
 RATE_WINDOW_SECONDS = 60.0

@@ -4,7 +4,7 @@ Anything Moko did not write itself (the commenter's words, values read from GitH
 records) goes through ``escape`` before it is put in an answer. It
 
 - removes secrets first (``REDACTOR``: escaping would change their shape), then control and
-  bidirectional-override characters, and folds the text onto one line, cut at ``limit``;
+  format characters (zero-width, bidirectional), and folds the text onto one line, cut at ``limit``;
 - turns ``&``, ``<``, ``>`` into entities, so no HTML (``<script>``, ``<!-- -->``, ``<img>``);
 - puts a zero-width space (``&#8203;``) after ``@`` and ``#``, so ``@user``, ``@org/team`` and
   ``org/repo#1`` notify, mention and cross-reference no one (GitHub finds mentions in the
@@ -43,16 +43,29 @@ _REPLACE = {
     **{char: "\\" + char for char in "\\`*_[]()|~$!"},
 }
 _WWW_DOT = re.compile(r"(?i)\b(www)\.")
-_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _visible(value: str) -> str:
+    """``value`` without format characters (Unicode category Cf): zero-width spaces and
+    joiners, word joiner, byte-order mark, bidirectional marks and overrides…"""
+    return "".join(char for char in value if unicodedata.category(char) != "Cf")
+
+
+def holds_secret(value: str) -> bool:
+    """Whether ``value`` holds a secret or a credential-shaped string, even split by invisible
+    characters: then it is not echoed at all (an echoed ``[REDACTED]`` would confirm a guess)."""
+    visible = _visible(value)
+    return REDACTOR.text(visible) != visible
 
 
 def plain(value: str, limit: int | None = None) -> str:
-    """One line of text without secrets or invisible controls, at most ``limit`` characters."""
-    value = REDACTOR.text(value)
+    """One line of text without secrets or invisible characters, at most ``limit`` characters.
+
+    Every format character is removed first (so that none hides a secret from redaction),
+    then secrets; other controls and line or paragraph separators become spaces."""
+    value = REDACTOR.text(_visible(value))
     cleaned = "".join(
-        " " if unicodedata.category(char) == "Cc" or char in "\u2028\u2029" else char
-        for char in value
-        if char not in _BIDI
+        " " if unicodedata.category(char) == "Cc" or char in "\u2028\u2029" else char for char in value
     )
     cleaned = " ".join(cleaned.split())
     if limit is not None and len(cleaned) > limit:

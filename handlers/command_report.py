@@ -189,6 +189,17 @@ def render_stretched_interval(interval: float, configured: float) -> str:
     return text.STATUS_STRETCHED.format(interval=duration_text(interval), configured=duration_text(configured))
 
 
+def render_status_summary(repo: str, plan: Plan) -> str:
+    """Status for those below the role that sees details: compliant or not, nothing more."""
+    if plan.compliant:
+        verdict = text.STATUS_COMPLIANT
+    elif plan.unknown and not (plan.changes or plan.deferred or plan.held):
+        verdict = text.STATUS_UNKNOWN_SUMMARY
+    else:
+        verdict = text.STATUS_NOT_COMPLIANT
+    return f"{text.STATUS_TITLE.format(repo=escape(repo))}\n\n{verdict}"
+
+
 def _bullets(lines: Sequence[str]) -> str:
     return "\n".join(f"- {line}" for line in lines)
 

@@ -10,8 +10,15 @@ from typing import Any
 from bot.audit import settled
 from bot.store.base import Store
 from handlers import command_text as text
-from handlers.command_access import AUDIT_PERMISSION, Access, at_least, commenter_access
-from handlers.command_markdown import escape, plain
+from handlers.command_access import (
+    AUDIT_PERMISSION,
+    PLAN_PERMISSION,
+    STATUS_DETAIL_PERMISSION,
+    Access,
+    at_least,
+    commenter_access,
+)
+from handlers.command_markdown import escape, holds_secret, plain
 from handlers.command_parsing import Command, InvalidCommand
 from handlers.command_report import (
     default_branch_of,
@@ -22,6 +29,7 @@ from handlers.command_report import (
     render_problems,
     render_status,
     render_stretched_interval,
+    render_status_summary,
 )
 from policies.apply import APPLIED, DRY_RUN, FAILED, Run
 from policies.branch_protection import resolve_branch_rules
@@ -123,7 +131,8 @@ async def answer_help(request: Request) -> Answer:
     command = request.command
     if not isinstance(command, InvalidCommand):
         return with_dry_run_note(Answer(text.HELP, APPLIED), request.engine.global_dry_run)
-    template = text.PROBLEMS[command.problem]
+    secret = holds_secret(command.given)
+    template = (text.PROBLEMS_UNSHOWN if secret else text.PROBLEMS)[command.problem]
     shown = template.format(given=escape(command.given, 80), command=escape(command.name))
     body = text.PROBLEM.format(problem=shown) + "\n\n" + text.HELP
     error = template.format(given=plain(command.given, 80), command=command.name)
@@ -131,10 +140,16 @@ async def answer_help(request: Request) -> Answer:
 
 
 async def answer_status(request: Request) -> Answer:
+    """Compliance for anyone who can comment; which fields differ only for triage and up (on
+    a public repository anyone can comment, and the table shows what admins alone can read)."""
+    access = await commenter_access(request.gh, *request.owner_and_name, request.user)
     result = await request.engine.remediate(request.gh, request.run, request.repo, apply=False)
     unplanned = _unplanned(result)
     if unplanned is not None or result.plan is None or result.policy is None:
         return with_dry_run_note(unplanned or failed("no plan"), result.dry_run)
+    if not at_least(access.role, STATUS_DETAIL_PERMISSION):
+        body = render_status_summary(result.repo, result.plan)
+        return with_dry_run_note(Answer(body, APPLIED), result.dry_run)
     default_branch = default_branch_of(request.repo)
     rulesets = await _ruleset_rules(request, result.plan, result.policy, default_branch)
     body = render_status(result.repo, result.policy, result.plan, default_branch, rulesets)
@@ -165,6 +180,10 @@ async def _stretched_interval(request: Request) -> float | None:
 
 
 async def answer_plan(request: Request) -> Answer:
+    """What apply would change, for triage or higher (it names protection details)."""
+    access = await commenter_access(request.gh, *request.owner_and_name, request.user)
+    if not at_least(access.role, PLAN_PERMISSION):
+        return denied("plan", PLAN_PERMISSION, access)
     result = await request.engine.remediate(request.gh, request.run, request.repo, apply=False)
     unplanned = _unplanned(result)
     if unplanned is not None or result.plan is None or result.policy is None:

@@ -22,8 +22,8 @@ HELP = """\
 | command | what Moko does | who may use it |
 |---|---|---|
 | `/moko help` | shows this help | anyone who can comment |
-| `/moko status` | shows how this repository compares with the policy | anyone who can comment |
-| `/moko plan` | lists the changes `/moko apply` would make | anyone who can comment |
+| `/moko status` | says whether this repository complies with the policy; to triage or higher, which fields differ | anyone who can comment |
+| `/moko plan` | lists the changes `/moko apply` would make | triage or higher |
 | `/moko apply` | brings this repository in line with the policy now | the policy's `commands.apply_permission` role (default: maintain) or higher |
 | `/moko audit [N]` | shows the last N audit records of this repository (N from 1 to 50, default 10) | triage or higher |
 
@@ -35,6 +35,13 @@ PROBLEMS = {
     "unknown": "there is no command “{given}”.",
     "arguments": "`{command}` takes no arguments, but was given “{given}”.",
     "count": "`audit` takes one number from 1 to 50, not “{given}”.",
+}
+# The same, when what was given held a secret: it is not echoed at all (an echoed
+# "[REDACTED]" would confirm a guess).
+PROBLEMS_UNSHOWN = {
+    "unknown": "there is no such command.",
+    "arguments": "`{command}` takes no arguments.",
+    "count": "`audit` takes one number from 1 to 50.",
 }
 
 DRY_RUN_NOTE = "_Moko runs in dry-run: it changes nothing and only records what it would do._"
@@ -74,6 +81,13 @@ STATUS_DRIFT = (
 STATUS_UNKNOWN = (
     "❔ Moko cannot tell whether {count} of {total} items comply with the policy; "
     "the table says why."
+)
+STATUS_NOT_COMPLIANT = (
+    "❌ It differs from the policy. People with the triage role or higher see which fields differ."
+)
+STATUS_UNKNOWN_SUMMARY = (
+    "❔ Moko cannot tell whether it complies with the policy. People with the triage role or "
+    "higher see why."
 )
 STATUS_HEADERS = ("policy", "field", "wanted", "actual", "compliant")
 STATUS_STRETCHED = (

@@ -34,8 +34,9 @@ def org(fake_github):
 
 @pytest.fixture
 def drifted(org):
-    """A repository with its wiki on and its default branch unprotected."""
+    """A repository with its wiki on and its default branch unprotected; alice triages it."""
     org.add_repo(ORG, REPO, has_wiki=True, has_issues=True, has_projects=False)
+    org.set_permission(ORG, REPO, "alice", "triage")
     return org
 
 
@@ -93,6 +94,7 @@ async def test_status_answers_a_table_and_writes_nothing(drifted, moko):
     # as it is not protected, the rules rulesets may put on it.
     assert calls(drifted) == [
         ("POST", reactions_path(asked["id"])),
+        ("GET", f"/repos/{ORG}/{REPO}/collaborators/alice/permission"),
         ("GET", f"/repos/{ORG}/.github/contents/.github/moko.yml"),
         ("GET", f"/repos/{ORG}/{REPO}/branches/main/protection"),
         ("GET", f"/repos/{ORG}/{REPO}/rules/branches/main"),
@@ -109,6 +111,7 @@ async def test_status_answers_a_table_and_writes_nothing(drifted, moko):
 
 async def test_status_of_a_compliant_repository(org, moko):
     org.add_repo(ORG, REPO, **COMPLIANT)
+    org.set_permission(ORG, REPO, "alice", "triage")
     org.set_protection(ORG, REPO, "main", {**DEFAULT_PROTECTION, "required_linear_history": True})
     await command(moko, org, "/moko status")
     [answer] = answers(org)
@@ -119,6 +122,7 @@ async def test_status_of_a_compliant_repository(org, moko):
 
 async def test_status_names_the_protection_keys_that_differ(org, moko):
     org.add_repo(ORG, REPO, **COMPLIANT)
+    org.set_permission(ORG, REPO, "alice", "triage")
     org.set_protection(ORG, REPO, "main", {
         **DEFAULT_PROTECTION, "required_pull_request_reviews": {"required_approving_review_count": 0}})
     await command(moko, org, "/moko status")
@@ -586,3 +590,52 @@ async def test_an_answer_that_did_not_arrive_is_posted_again(drifted, moko):
     assert answers(drifted) == [f"{text.MARKER}\n{text.HELP}"]
     assert drifted.count("POST", f"^{COMMENTS}$") == 2
     assert reactions(drifted, asked["id"]) == ["eyes", "rocket"]
+
+
+async def test_a_readers_status_says_only_whether_it_complies(drifted, moko):
+    drifted.set_permission(ORG, REPO, "rita", "read")
+    asked, _ = await command(moko, drifted, "/moko status", user="rita")
+    assert answers(drifted) == [f"{text.MARKER}\n**Status of acme/widgets**\n\n{text.STATUS_NOT_COMPLIANT}"]
+    assert reactions(drifted, asked["id"]) == ["eyes", "rocket"]
+    assert ("GET", f"/repos/{ORG}/{REPO}/collaborators/rita/permission") in calls(drifted)
+    assert writes(drifted) == []
+    # Once compliant, a reader (here someone GitHub does not know) is told so.
+    drifted.repo(ORG, REPO)["has_wiki"] = False
+    drifted.set_protection(ORG, REPO, "main", DEFAULT_PROTECTION)
+    await command(moko, drifted, "/moko status", user="randal")
+    assert answers(drifted)[-1] == f"{text.MARKER}\n**Status of acme/widgets**\n\n{text.STATUS_COMPLIANT}"
+
+
+async def test_plan_is_denied_below_triage_before_anything_is_read(drifted, moko):
+    drifted.set_permission(ORG, REPO, "rita", "read")
+    asked, _ = await command(moko, drifted, "/moko plan", user="rita")
+    assert answers(drifted) == [
+        f"{text.MARKER}\nSorry, `/moko plan` needs the **triage** role or higher on this repository, "
+        "and you have **read**."
+    ]
+    assert reactions(drifted, asked["id"]) == ["eyes", "confused"]
+    assert calls(drifted) == [
+        ("POST", reactions_path(asked["id"])),
+        ("GET", f"/repos/{ORG}/{REPO}/collaborators/rita/permission"),
+        ("POST", COMMENTS),
+        ("POST", reactions_path(asked["id"])),
+    ]
+    assert [(r.field, r.outcome) for r in await trail(moko)] == [("plan", "denied")]
+
+
+async def test_echoed_text_loses_every_invisible_character(drifted, moko):
+    invisible = "\u200b\u200d\u2060\ufeff\u061c\u202e\u00ad"
+    await command(moko, drifted, f"/moko de{invisible}ploy")
+    [answer] = answers(drifted)
+    assert "there is no command “deploy”." in answer
+    assert not any(char in answer for char in invisible)
+
+
+@pytest.mark.parametrize("given", ["ghp_" + "A1b2C3d4" * 5, "ghp_" + "A1b2C3d4\u200b" * 5])
+async def test_text_holding_a_secret_is_not_echoed_at_all(drifted, moko, given):
+    await command(moko, drifted, f"/moko audit {given}", delivery="secret-echo")
+    [answer] = answers(drifted)
+    assert "`audit` takes one number from 1 to 50." in answer
+    assert "A1b2C3d4" not in answer and "REDACTED" not in answer
+    [record] = await trail(moko)
+    assert "A1b2C3d4" not in (record.error or "") and "REDACTED" not in (record.error or "")
