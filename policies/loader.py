@@ -310,8 +310,12 @@ def load_policy_file(content: str | bytes, source: str = "moko.yml") -> LoadedFi
             return invalid(content[: exc.start].count(b"\n") + 1, "not UTF-8 text")
     else:
         text = content
-        if len(text) > MAX_FILE_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
-            return invalid(_too_large_at(text.encode("utf-8", "surrogatepass")), TOO_LARGE)
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 file holds one
+            return invalid(text[: exc.start].count("\n") + 1, "not UTF-8 text")
+        if len(data) > MAX_FILE_BYTES:
+            return invalid(_too_large_at(data), TOO_LARGE)
     builder = _Builder(source)
     loader: _LimitedLoader | None = None
     try:
