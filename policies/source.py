@@ -103,16 +103,28 @@ class ParsedFiles:
 
     def __init__(self, maxsize: int = PARSED_CACHE_SIZE) -> None:
         self._files: LRUCache[str, LoadedFile] = LRUCache(maxsize=maxsize)
+        # Parses under way: deliveries processed at once that read the same file wait for one.
+        self._parsing: dict[str, asyncio.Future[LoadedFile]] = {}
 
     async def load(self, file: PolicyFile, source: str) -> LoadedFile:
-        if file.sha is not None:
-            cached = self._files.get(file.sha)
-            if cached is not None:
-                return cached.with_source(source)
+        if file.sha is None:
+            return await self._parse(file, source)
+        cached = self._files.get(file.sha)
+        if cached is None:
+            parsing = self._parsing.get(file.sha)
+            if parsing is None:
+                parsing = asyncio.ensure_future(self._parse(file, source))
+                self._parsing[file.sha] = parsing
+                parsing.add_done_callback(lambda _, sha=file.sha: self._parsing.pop(sha, None))
+            # Shielded: one waiter cancelled does not cancel the parse the others wait for.
+            cached = await asyncio.shield(parsing)
+            self._files[file.sha] = cached
+        return cached.with_source(source)
+
+    @staticmethod
+    async def _parse(file: PolicyFile, source: str) -> LoadedFile:
         loaded = await asyncio.get_running_loop().run_in_executor(_parser(), _load, file, source)
         labelled(POLICY_FILES_PARSED, "valid" if loaded.valid else "invalid").inc()
-        if file.sha is not None:
-            self._files[file.sha] = loaded
         return loaded
 
 
