@@ -113,13 +113,19 @@ class ParsedFiles:
         if cached is None:
             parsing = self._parsing.get(file.sha)
             if parsing is None:
-                parsing = asyncio.ensure_future(self._parse(file, source))
+                parsing = asyncio.ensure_future(self._parse_and_keep(file, file.sha, source))
                 self._parsing[file.sha] = parsing
-                parsing.add_done_callback(lambda _, sha=file.sha: self._parsing.pop(sha, None))
             # Shielded: one waiter cancelled does not cancel the parse the others wait for.
             cached = await asyncio.shield(parsing)
-            self._files[file.sha] = cached
         return cached.with_source(source)
+
+    async def _parse_and_keep(self, file: PolicyFile, sha: str, source: str) -> LoadedFile:
+        # Kept before the parse stops being "under way", so no one in between parses it again.
+        try:
+            loaded = self._files[sha] = await self._parse(file, source)
+            return loaded
+        finally:
+            self._parsing.pop(sha, None)
 
     @staticmethod
     async def _parse(file: PolicyFile, source: str) -> LoadedFile:
