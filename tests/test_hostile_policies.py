@@ -107,7 +107,9 @@ async def test_a_billion_laughs_file_is_refused_quickly_and_parsed_once(org, tmp
                 payload = org.event("repository", "created", owner=ORG, repo=name)
                 assert (await post_webhook(session, server.url, "repository", payload, delivery=f"lol-{name}")).status == 202
                 await wait_until(lambda name=name: finished(db, f"lol-{name}"))
-                assert time.monotonic() - started < 1.0
+                # Unbounded, it took 43 s; the parse alone is held to 1 s in test_policy_limits,
+                # the whole round trip gets room for a loaded machine.
+                assert time.monotonic() - started < 3.0
                 # The intake still answers at once.
                 async with session.get(server.url + "/healthz") as health:
                     assert health.status == 200

@@ -73,7 +73,8 @@ def within_limits(function, *args):
 def check_loaded(content: str | bytes) -> None:
     loaded = within_limits(load_policy_file, content, "moko.yml")
     text = content.decode("utf-8", "replace") if isinstance(content, bytes) else content
-    last_line = text.count("\n") + text.count("\r") + text.count("\u2028") + 2
+    # YAML's line breaks: \n, \r, NEL and the Unicode line and paragraph separators.
+    last_line = sum(text.count(brk) for brk in ("\n", "\r", "\x85", "\u2028", "\u2029")) + 2
     if loaded.valid:
         assert isinstance(parse_policy(content), Policy)
         return
