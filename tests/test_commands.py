@@ -274,6 +274,7 @@ async def test_a_custom_role_whose_base_is_too_low_is_denied_with_its_base(fake_
 async def test_a_branch_protected_only_by_rulesets_shows_their_rules_and_still_gets_classic_protection(org, moko):
     org.add_repo(ORG, REPO, **COMPLIANT)
     org.set_permission(ORG, REPO, "mia", "maintain")
+    org.set_permission(ORG, REPO, "alice", "triage")
     org_set = org.add_org_ruleset(ORG, {
         "name": "everywhere", "target": "branch", "enforcement": "active", "rules": [{"type": "non_fast_forward"}],
         "conditions": {"repository_name": {"include": ["~ALL"], "exclude": []},
@@ -312,6 +313,7 @@ async def test_protection_null_leaves_a_shared_wildcard_rule_alone_and_says_so(o
     org.add_branch(ORG, REPO, "maint")
     org.add_protection_rule(ORG, REPO, "mai*", DEFAULT_PROTECTION)
     org.set_permission(ORG, REPO, "mia", "maintain")
+    org.set_permission(ORG, REPO, "alice", "triage")
     await command(moko, org, "/moko status")
     # The classic read cannot tell whose rule it is: one GraphQL read says, before any DELETE.
     [rule_query] = [c for c in org.calls_to("POST", "^/graphql$") if "MokoBranchRule" in (c.graphql_query or "")]
