@@ -28,8 +28,8 @@ from handlers.command_report import (
     render_plan,
     render_problems,
     render_status,
-    render_stretched_interval,
     render_status_summary,
+    render_stretched_interval,
 )
 from policies.apply import APPLIED, DRY_RUN, FAILED, Run
 from policies.branch_protection import resolve_branch_rules
