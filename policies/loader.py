@@ -486,10 +486,8 @@ def merge_loaded(org: Policy, loaded: LoadedFile) -> tuple[Policy, list[PolicyPr
     return merged, sorted(ignored)
 
 
-def parse_policy_with_lines(text: str, *, source: str = "moko.yml") -> tuple[Policy, dict[Path, int]]:
+def parse_policy_with_lines(text: str | bytes, *, source: str = "moko.yml") -> tuple[Policy, dict[Path, int]]:
     """The Policy, and the line of each key path (``("repository", "has_wiki")``,
     ``("branches", 0)``), for messages about a valid file; raises PolicyError as parse_policy."""
-    doc, lines, problems = _load(text, source)
-    if problems:
-        raise PolicyError(problems, source)
-    return _policy_from_document(doc, source), lines
+    loaded = load_policy_file(text, source)
+    return policy_of(loaded), dict(loaded.lines)
