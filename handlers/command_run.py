@@ -149,10 +149,11 @@ async def answer_status(request: Request) -> Answer:
         return with_dry_run_note(unplanned or failed("no plan"), result.dry_run)
     if not at_least(access.role, STATUS_DETAIL_PERMISSION):
         body = render_status_summary(result.repo, result.plan)
-        return with_dry_run_note(Answer(body, APPLIED), result.dry_run)
-    default_branch = default_branch_of(request.repo)
-    rulesets = await _ruleset_rules(request, result.plan, result.policy, default_branch)
-    body = render_status(result.repo, result.policy, result.plan, default_branch, rulesets)
+    else:
+        default_branch = default_branch_of(request.repo)
+        rulesets = await _ruleset_rules(request, result.plan, result.policy, default_branch)
+        body = render_status(result.repo, result.policy, result.plan, default_branch, rulesets)
+    # How often the repository is checked is no secret: everyone hears when it was stretched.
     stretched = await _stretched_interval(request)
     if stretched is not None:
         body += "\n\n" + render_stretched_interval(stretched, request.sweep_interval)
