@@ -21,6 +21,7 @@ from policies.branch_protection import diff_protection, normalize_written, resol
 from policies.branch_rules import RulesetRule
 from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.model import BRANCH_PROTECTION, REPOSITORY, Change, Held, Plan, Policy
+from policies.server_fields import PROTECTION_KEYS
 
 STATUS_CELL_LIMIT = 200
 AUDIT_VALUE_LIMIT = 160
@@ -114,12 +115,22 @@ def status_rows(
             else:
                 actual = text.DIFFERS_IN.format(keys=_drift_keys(change, policy, default_branch))
             compliant = text.NO
+        elif lacking := _rule_keys_unknown(unknown, rule.name):
+            # As wanted in all the server can do; the keys it lacks cannot be told.
+            actual, compliant = _unknown_cell("; ".join(lacking)), text.UNKNOWN
         else:
             actual, compliant = text.AS_WANTED, text.YES
         if branch in ruleset_branches:
             actual = text.RULESETS_APPLY.format(actual=actual)
         rows.append((escape(BRANCH_PROTECTION), escape(label), wanted, actual, compliant))
     return rows
+
+
+def _rule_keys_unknown(unknown: Mapping[str, str], rule_name: str) -> list[str]:
+    """Why keys of one rule's protection body are unknown (``<rule>.<key>``: keys a server
+    lacks), one reason a key."""
+    prefix = f"{rule_name}."
+    return [why for key, why in unknown.items() if key.startswith(prefix) and key[len(prefix):] in PROTECTION_KEYS]
 
 
 def _unknown_cell(why: str) -> str:

@@ -30,9 +30,6 @@ COMPLIANT, FIXED, REPO_FAILED, REPO_DEFERRED, SKIPPED, PLANNED, REPO_UNKNOWN = (
     "compliant", "fixed", "failed", "deferred", "skipped", "planned", "unknown",
 )
 _MAX_READ_ROUNDS = 3
-# A repository whose policy names fields the server does not have: its compliance cannot be
-# told, so it counts as failed (with the reason), never as compliant.
-UNSUPPORTED = REPO_FAILED
 # A remediation whose repository lock was lost stops, then starts over once under a new lock.
 _LOCK_ATTEMPTS = 2
 LEFT_OUT = (
@@ -289,6 +286,9 @@ class PolicyEngine:
                 plan = await self.plan(gh, planned, repo, known or Known(), granted)
                 if schema is not None:
                     plan = for_server(plan, schema)
+                if lacking and plan.skipped is None:
+                    # Its compliance cannot be told (what the server can do is still planned).
+                    plan = replace(plan, unknown=plan.unknown + tuple(sorted(lacking.items())))
             except GitHubException as exc:
                 error = github_error(exc)
                 log.error("repository_read_failed", repo=full_name, error=error)
@@ -319,10 +319,6 @@ class PolicyEngine:
             log.warning("repository_unknown", repo=full_name, unknown=dict(plan.unknown))
             for key, _why in plan.unknown:
                 REMEDIATIONS.labels(policy=key.split(".", 1)[0], outcome=REPO_UNKNOWN).inc()
-        if lacking and outcome != REPO_FAILED:
-            # Its compliance cannot be told: never compliant (what could be done was done).
-            log.warning("repository_fields_unsupported", repo=full_name, fields=sorted(lacking))
-            outcome, error = UNSUPPORTED, "; ".join(f"{key}: {why}" for key, why in sorted(lacking.items()))
         return RepoResult(
             full_name,
             outcome,

@@ -38,6 +38,8 @@ REVIEW_FIELDS: Mapping[str, str] = {
     "require_code_owner_reviews": "requiresCodeOwnerReviews",
     "require_last_push_approval": "requireLastPushApproval",
 }
+# Every key (``required_pull_request_reviews.<key>`` for a review's) a server may lack.
+PROTECTION_KEYS = frozenset(PROTECTION_FIELDS) | {f"required_pull_request_reviews.{k}" for k in REVIEW_FIELDS}
 
 # The fields newer than the oldest GitHub Enterprise Server Moko meets. A policy naming one
 # of them makes Moko ask the server's schema even where nothing else would (a webhook's

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 from gidgethub import QueryError
+from structlog.testing import capture_logs
 
 from bot.github_app import GitHubApp
 from policies.batch_read import ReadFields, read_owner, read_repositories
@@ -126,6 +127,12 @@ branches:
 """
 
 
+NO_LOCK_BRANCH = (
+    "this GitHub server has no lock_branch (its GraphQL BranchProtectionRule lacks it: "
+    "an older GitHub Enterprise Server)"
+)
+
+
 async def test_a_policy_naming_a_field_the_server_lacks_is_unknown_not_compliant(older, env):
     compliant_repo(older, ".github")
     older.put_file(ORG, ".github", ".github/moko.yml", POLICY_WITH_LOCK)
@@ -135,11 +142,11 @@ async def test_a_policy_naming_a_field_the_server_lacks_is_unknown_not_compliant
     code, doc, _ = await sweep(env)
 
     assert code == 1
+    assert doc["unknown"] == 3 and doc["failed"] == 0 and doc["compliant"] == 0
     results = {r["repo"]: r for r in doc["results"]}
     for name in (".github", "steady", "loose"):
-        assert results[f"{ORG}/{name}"]["outcome"] == "failed"
-        assert "lock_branch" in results[f"{ORG}/{name}"]["error"]
-        assert "GitHub Enterprise Server" in results[f"{ORG}/{name}"]["error"]
+        assert results[f"{ORG}/{name}"]["outcome"] == "unknown"
+        assert results[f"{ORG}/{name}"]["error"] == f"branch_protection.default.lock_branch is unknown: {NO_LOCK_BRANCH}"
     # What the server can do is still done, in a body without the key it lacks.
     [put] = [c for c in writes(older) if c.method == "PUT"]
     assert put.path == f"/repos/{ORG}/loose/branches/main/protection" and "lock_branch" not in put.body
@@ -172,3 +179,37 @@ async def test_a_webhook_asks_the_schema_once_when_the_policy_names_a_newer_fiel
         assert older.repo(ORG, name)["web_commit_signoff_required"] is False  # the rest is not attempted
     assert [c.body for c in older.calls_to("PATCH")] == [{"has_wiki": False}] * 2
     assert len(schema_questions(older)) == 1 and failed_queries(older) == []
+
+
+async def unknown_remediations(moko: Any, policy: str) -> float:
+    async with moko.session.get(moko.url + "/metrics") as response:
+        text = await response.text()
+    line = f'moko_remediations_total{{outcome="unknown",policy="{policy}"}} '
+    return next((float(row[len(line):]) for row in text.splitlines() if row.startswith(line)), 0.0)
+
+
+async def test_status_plan_and_a_webhook_say_unknown_naming_the_field_the_server_lacks(older, env):
+    compliant_repo(older, ".github")
+    older.put_file(ORG, ".github", ".github/moko.yml", POLICY_WITH_LOCK)
+    compliant_repo(older, "steady")
+    older.set_permission(ORG, "steady", "alice", "triage")
+    async with run_moko(env) as moko:
+        for command in ("/moko status", "/moko plan"):
+            await moko.deliver("issue_comment", older.event("issue_comment", "created", owner=ORG, repo="steady",
+                                                            body=command, sender="alice"))
+        before = await unknown_remediations(moko, "branch_protection")
+        with capture_logs() as logs:
+            await moko.deliver("branch_protection_rule", older.event(
+                "branch_protection_rule", "edited", owner=ORG, repo="steady"), delivery="edited")
+        assert (await moko.services.store.get_delivery("edited")).state == "done"  # nothing to redeliver
+        assert await unknown_remediations(moko, "branch_protection") == before + 1
+    status, plan = [c["body"] for c in older.comments(ORG, "steady", 1) if c["user"]["login"] == older.bot_login]
+    # As the comment escapes it: no Markdown, no mention.
+    why = NO_LOCK_BRANCH.replace(":", "&#58;").replace("_", "\\_").replace("(", "\\(").replace(")", "\\)")
+    assert "❔ Moko cannot tell whether 1 of 4 items comply with the policy" in status
+    assert f"| unknown: {why} | unknown |" in status and "as wanted" not in status
+    assert f"- cannot tell branch\\_protection.default.lock\\_branch, so cannot say what it would change there: {why}" \
+        in plan
+    assert [c for c in writes(older) if c.method != "POST"] == []  # steady was compliant in what it can be
+    [logged] = [line for line in logs if line["event"] == "repository_unknown"]
+    assert logged["unknown"] == {"branch_protection.default.lock_branch": NO_LOCK_BRANCH}
