@@ -3,7 +3,6 @@ cannot escalate, and a billion-laughs organization file is refused fast and pars
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 
@@ -12,6 +11,7 @@ import pytest
 
 from tests.support.harness import moko_environ, post_webhook, start_moko_process
 from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
+from tests.support.waiting import wait_until
 from tests.test_policy_limits import BILLION_LAUGHS
 
 ESCALATING_FILE = "version: 1\nrepository:\n  has_wiki: true\n  visibility: public\n  default_branch: open\n"
@@ -31,13 +31,6 @@ def secret_repository(fake, org_file: str) -> None:
     fake.set_protection(ORG, "secret", "main", DEFAULT_PROTECTION)
     fake.put_file(ORG, "secret", ".github/moko.yml", ESCALATING_FILE)
 
-
-async def wait_until(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.02)
 
 
 def finished(db, *deliveries: str) -> bool:

@@ -13,6 +13,7 @@ from bot.store import open_store
 from bot.store.base import DONE, FAILED, PROCESSING, QUEUED, NewDelivery
 from tests.fakegithub.webhooks import load_example, sign_sha1
 from tests.support.harness import WEBHOOK_SECRET, run_moko
+from tests.support.waiting import wait_until
 
 PING = load_example("ping")
 
@@ -171,8 +172,7 @@ async def test_finished_deliveries_are_pruned_after_the_retention_and_unfinished
             await moko.deliver("ping", PING, delivery=name)
         gate.clear()
         assert (await moko.send("ping", PING, delivery="p-running")).status == 202
-        while "p-running" not in seen:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: "p-running" in seen)
         assert await moko.workers.prune_once() == 0  # nothing is 3 days old yet
         assert await moko.workers.prune_once(now=time.time() + 3 * 86400 + 60) == 3
         store = moko.services.store
@@ -259,8 +259,7 @@ async def test_stored_but_unprocessed_delivery_survives_a_restart(env):
     async with run_moko(env, router=counting_router(first_seen, gate=gate)) as moko:
         assert (await moko.send("ping", PING, delivery="busy")).status == 202
         assert (await moko.send("ping", PING, delivery="waiting")).status == 202
-        while first_seen != ["busy"]:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: first_seen == ["busy"])
         # Stop now: "busy" is in flight, "waiting" is stored but nobody has started it.
     second_seen: list[str] = []
     async with run_moko(env, router=counting_router(second_seen)) as moko:
@@ -316,8 +315,7 @@ async def test_a_long_delivery_keeps_its_lease_so_no_other_replica_takes_it(env)
     seen: list[str] = []
     async with run_moko({**env, "MOKO_LEASE_SECONDS": "1"}, router=counting_router(seen, gate=gate)) as moko:
         assert (await moko.send("ping", PING, delivery="long")).status == 202
-        while seen != ["long"]:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: seen == ["long"])
         await asyncio.sleep(2.5)  # well past one lease: only renewals keep it
         stolen = await moko.services.store.claim_pending("another-replica", 60, 10)
         gate.set()
@@ -327,19 +325,24 @@ async def test_a_long_delivery_keeps_its_lease_so_no_other_replica_takes_it(env)
     assert stored.state == DONE and stored.attempts == 1
 
 
+async def attempts_of(store, delivery: str, attempts: int) -> bool:
+    stored = await store.get_delivery(delivery)
+    return stored is not None and stored.attempts == attempts
+
+
 async def test_a_claimed_delivery_whose_lease_expires_in_the_queue_is_processed_once(env):
     gate = asyncio.Event()
     seen: list[str] = []
     env = {**env, "MOKO_WORKERS": "1", "MOKO_LEASE_SECONDS": "1"}
     async with run_moko(env, router=counting_router(seen, gate=gate)) as moko:
         assert (await moko.send("ping", PING, delivery="blocking")).status == 202
-        while seen != ["blocking"]:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: seen == ["blocking"])
         # A delivery left by another process: this replica claims it; it waits behind "blocking".
         store = moko.services.store
         assert await store.add_delivery(NewDelivery("left", "ping", None, {}, json.dumps(PING).encode()))
         assert await moko.workers.recover_once() == 1
-        await asyncio.sleep(2.0)  # its lease expires while it waits; recovery claims it again
+        # Its lease expires while it waits behind "blocking"; recovery claims it again.
+        await wait_until(lambda: attempts_of(store, "left", 2), timeout=60)
         gate.set()
         await moko.settle()
         stored = await store.get_delivery("left")

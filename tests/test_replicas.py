@@ -14,6 +14,7 @@ import asyncpg
 from tests.support.harness import moko_environ, post_webhook, start_moko_process
 from tests.support.org import COMPLIANT, ORG
 from tests.support.org import DEFAULT_PROTECTION as PROTECTION
+from tests.support.waiting import wait_until
 
 
 def protected_org(fake, names):
@@ -22,14 +23,6 @@ def protected_org(fake, names):
         fake.add_repo(ORG, name, **COMPLIANT)
         fake.set_protection(ORG, name, "main", PROTECTION)
 
-
-async def wait_for(predicate, timeout: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        if loop.time() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.1)
 
 
 async def delivery_rows(url: str) -> list[asyncpg.Record]:
@@ -68,7 +61,7 @@ async def test_the_same_delivery_posted_to_two_replicas_is_applied_once(fake_git
     second = await start_moko_process(env, tmp_path / "b.log")
     try:
         statuses = await post_each_to_both(fake_github, first.url, second.url, 100, "same")
-        await wait_for(lambda: all_done(postgres_url, 100))
+        await wait_until(lambda: all_done(postgres_url, 100))
     finally:
         assert await first.stop() == 0, first.log()
         assert await second.stop() == 0, second.log()
@@ -99,7 +92,7 @@ async def test_two_processes_on_one_sqlite_file_apply_a_delivery_posted_to_both_
             rows = await asyncio.to_thread(states)
             return len(rows) == 50 and all(state == "done" for state, _ in rows)
 
-        await wait_for(settled)
+        await wait_until(settled)
     finally:
         assert await first.stop() == 0, first.log()
         assert await second.stop() == 0, second.log()
@@ -131,10 +124,10 @@ async def test_a_killed_replica_s_deliveries_are_finished_by_the_other(fake_gith
             rows = await delivery_rows(postgres_url)
             return len(rows) == 5 and all(r["state"] == "processing" for r in rows)
 
-        await wait_for(all_in_flight)
+        await wait_until(all_in_flight)
         doomed.kill()
         fake_github._faults.clear()
-        await wait_for(lambda: all_done(postgres_url, 5))
+        await wait_until(lambda: all_done(postgres_url, 5))
     finally:
         assert await survivor.stop() == 0, survivor.log()
     assert all(fake_github.repo(ORG, name)["has_wiki"] is False for name in names)
@@ -155,7 +148,7 @@ async def test_concurrent_audit_writers_on_two_replicas_keep_one_verifiable_chai
                              fake_github.event("repository", "created", owner=ORG, repo=name))
                 for i, name in enumerate(names)
             ])
-        await wait_for(lambda: all_done(postgres_url, len(names)))
+        await wait_until(lambda: all_done(postgres_url, len(names)))
     finally:
         for replica in replicas:
             assert await replica.stop() == 0, replica.log()

@@ -13,6 +13,7 @@ import pytest
 
 from tests.fakegithub.webhooks import load_example
 from tests.support.harness import moko_environ, post_webhook, start_moko_process
+from tests.support.waiting import wait_until
 
 ORG = "acme"
 
@@ -99,14 +100,6 @@ def test_config_file_with_interpolation_is_read_and_environment_wins(fake_github
     assert load_settings({**env, "INTERVAL": "90m", "MOKO_ENV": "x", "MOKO_SWEEP_INTERVAL": "0"}).sweep_interval == 0
 
 
-async def wait_for(predicate, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
-
 
 def delivery_state(db: str, delivery: str) -> str | None:
     with sqlite3.connect(db) as conn:
@@ -125,16 +118,21 @@ async def test_sigterm_finishes_in_flight_work_refuses_new_and_exits_0(fake_gith
     async with aiohttp.ClientSession() as session:
         created = fake_github.event("repository", "created", owner=ORG, repo="slow")
         assert (await post_webhook(session, server.url, "repository", created, delivery="slow-1")).status == 202
-        await wait_for(lambda: delivery_state(db, "slow-1") == "processing")
-        await asyncio.sleep(0.3)
+        # The PATCH is at GitHub (held there 1.5 s) when the stop is asked for.
+        await wait_until(lambda: fake_github.arrived("PATCH", f"^/repos/{ORG}/slow$") == 1)
         server.process.send_signal(15)
-        await asyncio.sleep(0.3)
-        refused = await post_webhook(session, server.url, "ping", load_example("ping"), delivery="late")
-        await wait_for(lambda: server.process.poll() is not None)
+        # Until the signal is handled pings are still taken; from then on they are refused.
+        attempt = 0
+        while (refused := await post_webhook(session, server.url, "ping", load_example("ping"),
+                                             delivery=f"late-{attempt}")).status == 202:
+            assert attempt < 200, "still taking deliveries long after SIGTERM"
+            attempt += 1
+            await asyncio.sleep(0.05)
+        await wait_until(lambda: server.process.poll() is not None)
     assert refused.status == 503 and refused.headers.get("Retry-After")
     assert server.process.returncode == 0, server.log()
     assert delivery_state(db, "slow-1") == "done"
-    assert delivery_state(db, "late") is None
+    assert delivery_state(db, f"late-{attempt}") is None
     assert fake_github.repo(ORG, "slow")["has_wiki"] is False
 
 
@@ -153,14 +151,13 @@ async def test_killed_mid_delivery_it_is_finished_by_the_next_start_exactly_once
     async with aiohttp.ClientSession() as session:
         created = fake_github.event("repository", "created", owner=ORG, repo="crashy")
         assert (await post_webhook(session, first.url, "repository", created, delivery="crash-1")).status == 202
-        await wait_for(lambda: delivery_state(db, "crash-1") == "processing")
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: fake_github.arrived("PATCH", f"^/repos/{ORG}/crashy$") == 1)
         first.kill()
         fake_github.reset_calls()
         fake_github._faults.clear()
         second = await start_moko_process(env, tmp_path / "second.log")
         try:
-            await wait_for(lambda: delivery_state(db, "crash-1") == "done")
+            await wait_until(lambda: delivery_state(db, "crash-1") == "done")
             again = await post_webhook(session, second.url, "repository", created, delivery="crash-1")
         finally:
             assert await second.stop() == 0, second.log()

@@ -15,6 +15,7 @@ import aiohttp
 from tests.fakegithub.webhooks import load_example
 from tests.support.harness import moko_environ, post_webhook, start_moko_process
 from tests.support.org import INSTALLATION, ORG
+from tests.support.waiting import wait_until
 
 
 async def test_a_locked_sqlite_file_is_answered_503_with_retry_after_within_two_seconds(fake_github, tmp_path):
@@ -94,13 +95,6 @@ def trail(db: Path) -> list[tuple[str, str, str]]:
     with sqlite3.connect(db) as conn:
         return [tuple(row) for row in conn.execute("SELECT field, outcome, run_id FROM audit ORDER BY seq")]
 
-
-async def wait_until(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
 
 
 async def test_the_intent_is_on_disk_before_github_is_asked_and_the_outcome_follows(fake_github, tmp_path):
