@@ -23,6 +23,7 @@ from bot.scheduler import RETRY_SECONDS, ReconcileCycle, first_turn_in
 from bot.store.base import AuditEntry
 from bot.store.sqlite import SQLiteStore
 from tests.support.harness import run_moko
+from tests.support.waiting import wait_until
 
 INTERVAL = 600.0
 PROTECTION = {
@@ -166,8 +167,7 @@ async def test_a_stopped_replica_gives_its_turn_back_at_once(store, env, clock):
     one = cycle(replica(store, env, "replica-1"), work, clock)
     await store.join_reconciliation(1, "acme", 0)
     running = asyncio.create_task(one.run_forever())
-    while not work.turns:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: bool(work.turns))
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
