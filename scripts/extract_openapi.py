@@ -28,6 +28,7 @@ OPERATIONS: list[tuple[str, str]] = [
     ("post", "/app-manifests/{code}/conversions"),
     ("get", "/app/hook/config"),
     ("get", "/app/hook/deliveries"),
+    ("post", "/app/hook/deliveries/{delivery_id}/attempts"),
     ("get", "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"),
 ]
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import jwt
 import pytest
 from gidgethub import BadRequest, GitHubBroken, GraphQLException, InvalidField, QueryError
@@ -855,3 +856,69 @@ def test_webhook_repositories_carry_no_merge_settings_as_in_githubs_own_examples
     example = load_example("repository.created")["repository"]
     assert not {"allow_squash_merge", "delete_branch_on_merge", "security_and_analysis"} & (set(payload["repository"]) | set(example))
     assert payload["repository"]["has_wiki"] is True
+
+
+# --- the App's webhook deliveries ------------------------------------------------------------
+
+
+async def test_deliveries_are_listed_newest_first_by_cursor_and_redelivered_with_the_same_guid(fake, session):
+    received: list[tuple[str, bytes, str]] = []
+
+    async def receive(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        body = await request.read()
+        received.append((request.headers["X-GitHub-Delivery"], body, request.headers["X-Hub-Signature-256"]))
+        return aiohttp.web.json_response({"status": "queued"}, status=202)
+
+    app = aiohttp.web.Application()
+    app.router.add_post("/api/github/webhooks", receive)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        # Nothing listens yet: GitHub records that it failed to connect.
+        fake.hook_config["url"] = "http://127.0.0.1:9/api/github/webhooks"
+        payload = fake.event("repository", "edited", owner=ORG, repo="widgets",
+                             changes={"description": {"from": None}})
+        lost = await fake.deliver("repository", payload)
+        fake.hook_config["url"] = f"http://127.0.0.1:{port}/api/github/webhooks"
+        for _ in range(4):
+            await fake.deliver("ping", load_example("ping"))
+        api = app_api(fake, session)
+        token = app_jwt(fake)
+        pages = 0
+
+        async def counting(call) -> None:
+            nonlocal pages
+            if call.path == "/app/hook/deliveries":
+                pages += 1
+
+        fake.on_request(counting)
+        items = [item async for item in api.getiter("/app/hook/deliveries?per_page=2", jwt=token)]
+        assert pages == 3 and [i["id"] for i in items] == sorted((i["id"] for i in items), reverse=True)
+        assert [(i["status"], i["status_code"]) for i in items] == [("OK", 202)] * 4 + [
+            ("failed to connect to host", 0)]
+        assert items[-1]["guid"] == lost.guid and items[-1]["redelivery"] is False
+        assert items[-1]["installation_id"] == INSTALLATION and items[-1]["action"] == "edited"
+        check_response(fake, "apps/list-webhook-deliveries", 200, items)
+        # The next pages are asked for by the cursor GitHub's Link header named.
+        cursors = [c.query.get("cursor") for c in fake.calls_to("GET", "^/app/hook/deliveries$")]
+        assert cursors[0] is None and all(c.startswith("v1_") for c in cursors[1:])
+
+        answer = await api.post(f"/app/hook/deliveries/{lost.id}/attempts", data=b"", jwt=token)
+        await fake.redeliveries_settled()
+        check_response(fake, "apps/redeliver-webhook-delivery", 202, answer)
+        guid, body, signature = received[-1]
+        assert guid == lost.guid and body == lost.body and signature == sign(body, fake.hook_config["secret"])
+        again = fake.hook_deliveries.records[-1]
+        assert (again.guid, again.redelivery, again.status, again.id > lost.id) == (lost.guid, True, "OK", True)
+        with pytest.raises(BadRequest) as missing:
+            await api.post("/app/hook/deliveries/1/attempts", data=b"", jwt=token)
+        assert missing.value.status_code == 404
+        with pytest.raises(BadRequest) as unsigned:
+            await api.post(f"/app/hook/deliveries/{lost.id}/attempts", data=b"",
+                           oauth_token=fake.installation_token(INSTALLATION))
+        assert unsigned.value.status_code == 401
+    finally:
+        await runner.cleanup()

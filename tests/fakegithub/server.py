@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import graphql as gql
 from . import rest
+from .hook_deliveries import HookDeliveries, HookDelivery, deliver
 from .manifests import FORM_PATH, ManifestFlow, form_page
 from .openapi import OpenAPIValidator, default_validator
 from .replies import HTTPError, Reply
@@ -45,6 +46,7 @@ JWT_OPERATIONS = {
     "apps/create-installation-access-token", "apps/get-org-installation",
     "apps/get-repo-installation", "apps/get-user-installation",
     "apps/get-webhook-config-for-app", "apps/list-webhook-deliveries",
+    "apps/redeliver-webhook-delivery",
 }
 FREE_OPERATIONS = {"rate-limit/get"}  # GitHub does not charge /rate_limit
 # The manifest flow's code is the credential: the conversion takes no token at all.
@@ -198,6 +200,8 @@ class FakeGitHub:
         self._arrived: list[tuple[str, str]] = []  # (method, path) of every request, on arrival
         self._runner: web.AppRunner | None = None
         self.manifest_flow = ManifestFlow()
+        # Every attempt to deliver an event to hook_config's URL, as GET /app/hook/deliveries lists them.
+        self.hook_deliveries = HookDeliveries(self)
         # The App's webhook configuration (GET /app/hook/config); the secret is write-only there.
         self.hook_config: dict[str, Any] = {"url": "https://moko.example.com/api/github/webhooks",
                                              "content_type": "json", "insecure_ssl": "0",
@@ -407,6 +411,21 @@ class FakeGitHub:
         if event in ("installation", "installation_repositories"):
             overrides.setdefault("installation", self.state.installation_object(installation))
         return build_event(event, action, **kwargs, **overrides)
+
+    async def deliver(self, event: str, payload: dict[str, Any], *, guid: str | None = None,
+                      delivered_at: float | None = None,
+                      recorded_as: tuple[str, int] | None = None) -> HookDelivery:
+        """Send a webhook to `hook_config["url"]` as GitHub does (signed with its secret) and
+        record the delivery: "OK" for a 2xx answer, else why it failed ("failed to connect to
+        host" when nothing listens). `delivered_at` (epoch seconds) dates the record;
+        `recorded_as=(status, status_code)` records another outcome than the real one (a
+        receiver that answered after GitHub stopped waiting)."""
+        return await deliver(self, event, payload, guid=guid, delivered_at=delivered_at,
+                             recorded_as=recorded_as)
+
+    async def redeliveries_settled(self) -> None:
+        """Wait until every redelivery asked for so far has been attempted and recorded."""
+        await self.hook_deliveries.settled()
 
     def serve_schema(self, *, without_fields: dict[str, list[str]] | None = None) -> None:
         """Serve an older GraphQL schema, as an older GitHub Enterprise Server does: the
