@@ -28,6 +28,7 @@ from bot.metrics import REGISTRY
 from bot.processing import DeliveryProcessor
 from bot.readiness import StoreWritable
 from bot.redact import REDACTOR
+from bot.redelivery import recover_deliveries_forever
 from bot.store import open_store
 from bot.worker import WorkerPool
 
@@ -119,6 +120,7 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
         await workers.start()
         background = [asyncio.create_task(loop(services)) for loop in hooks.background]
         background.append(asyncio.create_task(log_audit_heads_forever(store)))
+        background.append(asyncio.create_task(recover_deliveries_forever(services)))
         log.info("started", replica=services.owner, database=settings.database_url.split("://", 1)[0])
         try:
             yield

@@ -41,6 +41,7 @@ DEFAULTS: dict[str, str | None] = {
     "MOKO_ENV": "development",
     "MOKO_SWEEP_INTERVAL": "10m",
     "MOKO_SWEEP_BUDGET": "0.10",
+    "MOKO_RECOVER_WINDOW": "72h",
     "MOKO_AUDIT_RETENTION_DAYS": "90",
     "MOKO_DELIVERY_RETENTION_DAYS": "7",
     "MOKO_WORKERS": "32",
@@ -110,6 +111,8 @@ class Settings:
     body_timeout: float = 30.0
     max_connections: int = 512
     unverified_bytes: int = 64 * 1024 * 1024  # request bodies held before their signature holds
+    # How far back failed deliveries Moko never stored are asked to be redelivered (0: never).
+    recover_window: float = 72 * 3600.0
 
     def secrets(self) -> list[str]:
         """The configured secrets, for redaction."""
@@ -378,6 +381,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         body_timeout=_float("MOKO_BODY_TIMEOUT", get("MOKO_BODY_TIMEOUT"), 0.1),
         max_connections=_int("MOKO_MAX_CONNECTIONS", get("MOKO_MAX_CONNECTIONS"), 1),
         unverified_bytes=_int("MOKO_UNVERIFIED_MIB", get("MOKO_UNVERIFIED_MIB"), 1) * 1024 * 1024,
+        recover_window=parse_duration("MOKO_RECOVER_WINDOW", get("MOKO_RECOVER_WINDOW")),
     )
 
 

@@ -75,6 +75,11 @@ RECONCILE_INTERVAL = Gauge(
     ["installation"],
     registry=REGISTRY,
 )
+REDELIVERIES_REQUESTED = Counter(
+    "moko_redeliveries_requested_total",
+    "Failed deliveries Moko never stored that GitHub was asked to redeliver (MOKO_RECOVER_WINDOW)",
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge(
     "moko_queue_depth",
     "Deliveries stored and waiting for a worker",

@@ -787,3 +787,30 @@ async def test_a_task_cancelled_while_taking_a_repository_lock_leaves_nothing_be
                     pass
     finally:
         await other.close()
+
+
+async def test_a_redelivery_is_noted_once_across_replicas_and_forgotten_when_not_asked(
+    store: Store, store_url: str, open_test_store
+):
+    other = await open_test_store(store_url)
+    try:
+        assert await store.note_redelivery("guid-1") is True
+        assert await other.note_redelivery("guid-1") is False
+        assert await store.note_redelivery("guid-1") is False
+        await store.forget_redelivery("guid-1")
+        assert await other.note_redelivery("guid-1") is True
+    finally:
+        await other.close()
+    assert await store.prune_redeliveries(datetime.now(UTC) - timedelta(hours=1)) == 0
+    assert await store.prune_redeliveries(datetime.now(UTC) + timedelta(seconds=1)) == 1
+    assert await store.note_redelivery("guid-1") is True
+
+
+async def test_stored_delivery_ids_names_the_known_ones_in_any_state(store: Store):
+    await store.add_delivery(new_delivery("d-queued"))
+    await store.add_delivery(new_delivery("d-done"))
+    assert await store.claim_delivery("d-done", "w", LONG_LEASE) is not None
+    await store.finish_delivery("d-done", "w", DONE)
+    many = [f"unknown-{n}" for n in range(1200)]
+    assert await store.stored_delivery_ids(["d-queued", "d-done", "d-never", *many]) == {"d-queued", "d-done"}
+    assert await store.stored_delivery_ids([]) == set()

@@ -1,5 +1,5 @@
 """The store interface: what Moko keeps durably (deliveries, audit trail, sweep checkpoints,
-reconciliation turns, locks).
+reconciliation turns, redeliveries asked for, locks).
 
 Two implementations share this contract and one test suite: SQLite (embedded default)
 and PostgreSQL (several replicas). Every method is atomic on its own; none is a
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Delivery states. A delivery goes queued -> processing -> done | failed;
 # a failed one sent again goes back to queued.
@@ -381,6 +381,25 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def reconcile_turns(self) -> list[ReconcileTurn]:
         """Every installation in the cycle, by installation id."""
+
+    # --- redeliveries ----------------------------------------------------
+
+    @abc.abstractmethod
+    async def stored_delivery_ids(self, delivery_ids: Sequence[str]) -> set[str]:
+        """Which of these delivery IDs the store holds, in any state."""
+
+    @abc.abstractmethod
+    async def note_redelivery(self, guid: str) -> bool:
+        """Remember that GitHub is asked to redeliver the delivery with this guid: True when
+        it was not asked before (the caller asks), False when someone already did."""
+
+    @abc.abstractmethod
+    async def forget_redelivery(self, guid: str) -> None:
+        """Forget a redelivery that could not be asked for, so that it is asked again later."""
+
+    @abc.abstractmethod
+    async def prune_redeliveries(self, asked_before: datetime) -> int:
+        """Forget redeliveries asked before a time (GitHub no longer lists their deliveries)."""
 
     # --- locks and counters ----------------------------------------------
 

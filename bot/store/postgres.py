@@ -192,6 +192,11 @@ MIGRATIONS: list[list[str]] = [
         """,
         "CREATE INDEX reconcile_turns_due ON reconcile_turns (due_at)",
     ],
+    # 4: the failed deliveries GitHub was asked to redeliver, each asked for once.
+    [
+        "CREATE TABLE redeliveries (guid TEXT PRIMARY KEY, asked_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        "CREATE INDEX redeliveries_asked ON redeliveries (asked_at)",
+    ],
 ]
 
 _DELIVERY_FIELDS = ("id", "event", "installation_id", "headers", "body", "state", "attempts", "error", "received_at")
@@ -862,6 +867,31 @@ class PostgresStore(Store):
     async def reconcile_turns(self) -> list[ReconcileTurn]:
         rows = await self._pool.fetch("SELECT * FROM reconcile_turns ORDER BY installation_id")
         return [_turn(row) for row in rows]
+
+    # --- redeliveries ------------------------------------------------------------
+
+    @_reconnecting
+    async def stored_delivery_ids(self, delivery_ids: Sequence[str]) -> set[str]:
+        if not delivery_ids:
+            return set()
+        rows = await self._pool.fetch("SELECT id FROM deliveries WHERE id = ANY($1::text[])", list(delivery_ids))
+        return {row["id"] for row in rows}
+
+    @_reconnecting
+    async def note_redelivery(self, guid: str) -> bool:
+        row = await self._pool.fetchrow(
+            "INSERT INTO redeliveries (guid) VALUES ($1) ON CONFLICT (guid) DO NOTHING RETURNING guid", guid
+        )
+        return row is not None
+
+    @_reconnecting
+    async def forget_redelivery(self, guid: str) -> None:
+        await self._pool.execute("DELETE FROM redeliveries WHERE guid = $1", guid)
+
+    @_reconnecting
+    async def prune_redeliveries(self, asked_before: datetime) -> int:
+        status = await self._pool.execute("DELETE FROM redeliveries WHERE asked_at < $1", asked_before)
+        return int(status.split()[-1])
 
     # --- locks and counters -----------------------------------------------------
 

@@ -138,6 +138,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS reconcile_turns_due ON reconcile_turns (due_at);
     """,
+    # 4: the failed deliveries GitHub was asked to redeliver, each asked for once.
+    """
+    CREATE TABLE IF NOT EXISTS redeliveries (guid TEXT PRIMARY KEY, asked_at REAL NOT NULL);
+    CREATE INDEX IF NOT EXISTS redeliveries_asked ON redeliveries (asked_at);
+    """,
 ]
 
 _BATCH_LIMIT = 512
@@ -926,6 +931,39 @@ class SQLiteStore(Store):
             return [_turn(row) for row in rows]
 
         return await self._read(read)
+
+    # --- redeliveries ------------------------------------------------------
+
+    async def stored_delivery_ids(self, delivery_ids: Sequence[str]) -> set[str]:
+        wanted = list(dict.fromkeys(delivery_ids))
+
+        def read(conn: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(wanted), 500):  # under SQLite's limit of bound variables
+                chunk = wanted[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(row[0] for row in conn.execute(f"SELECT id FROM deliveries WHERE id IN ({marks})", chunk))
+            return found
+
+        return await self._read(read) if wanted else set()
+
+    async def note_redelivery(self, guid: str) -> bool:
+        now = self._clock()
+        return bool(await self._call(
+            lambda conn: conn.execute(
+                "INSERT INTO redeliveries (guid, asked_at) VALUES (?, ?) ON CONFLICT(guid) DO NOTHING", (guid, now)
+            ).rowcount == 1,
+            atomic=True,
+        ))
+
+    async def forget_redelivery(self, guid: str) -> None:
+        await self._call(lambda conn: conn.execute("DELETE FROM redeliveries WHERE guid = ?", (guid,)), atomic=True)
+
+    async def prune_redeliveries(self, asked_before: datetime) -> int:
+        cutoff = asked_before.timestamp()
+        return int(await self._call(
+            lambda conn: conn.execute("DELETE FROM redeliveries WHERE asked_at < ?", (cutoff,)).rowcount, atomic=True
+        ))
 
     # --- locks and counters ------------------------------------------------
 

@@ -121,18 +121,18 @@ async def deliver(fake: Any, event: str, payload: dict[str, Any], *, guid: str |
 @handles("apps/list-webhook-deliveries")
 def list_deliveries(ctx: Context) -> Reply:
     """Newest first; `cursor` names the delivery a page starts at, the Link header the next."""
-    items = sorted(ctx.fake.hook_deliveries.records, key=lambda d: d.id, reverse=True)
+    items = sorted(ctx.fake.hook_deliveries.records, key=lambda d: (d.delivered_at, d.id), reverse=True)
     wanted = ctx.query.get("status")
     if wanted is not None:  # success: 200-399, failure: 400-599, as GitHub's parameter says
         low, high = (200, 399) if wanted == "success" else (400, 599)
         items = [d for d in items if low <= d.status_code <= high]
     per_page = max(1, min(int(ctx.query.get("per_page", 30)), 100))
-    cursor = ctx.query.get("cursor")
+    cursor = str(ctx.query.get("cursor") or "")
     if cursor:
-        if not str(cursor).startswith(CURSOR_PREFIX) or not str(cursor)[len(CURSOR_PREFIX):].isdigit():
+        start = next((n for n, d in enumerate(items) if f"{CURSOR_PREFIX}{d.id}" == cursor), None)
+        if start is None:
             raise HTTPError(400, "Invalid cursor")
-        start = int(str(cursor)[len(CURSOR_PREFIX):])
-        items = [d for d in items if d.id <= start]
+        items = items[start:]
     page, rest = items[:per_page], items[per_page:]
     headers = {}
     if rest:

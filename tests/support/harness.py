@@ -48,6 +48,8 @@ def moko_environ(fake: Any, database_url: str, **extra: str) -> dict[str, str]:
         "GITHUB_API_URL": fake.url,
         "MOKO_DATABASE_URL": database_url,
         "MOKO_SWEEP_INTERVAL": "0",
+        # Off unless a test is about it: it would list the App's deliveries at every start.
+        "MOKO_RECOVER_WINDOW": "0",
         "MOKO_RETRY_BASE_DELAY": "0.01",
         "LOG_LEVEL": "warning",
     }
