@@ -37,6 +37,11 @@ LEFT_OUT = (
     "(a permission these credentials lack, or a field this server does not have)"
 )
 STILL_UNREAD = f"Moko still could not tell after {_MAX_READ_ROUNDS} reads"
+# An invalid file's config record names the file it was about (blob SHA, else a content hash),
+# so that a sweep that finds the same file again does not record it again.
+CONFIG_FILE_KEY = "file"
+# How far back among a repository's records the last config record is looked for.
+RECENT_RECORDS = 50
 
 # An installation's granted permissions (None: not known, e.g. a personal token).
 Permissions = Mapping[str, str] | None
@@ -134,24 +139,37 @@ class PolicyEngine:
         try:
             resolved = await self.source.policy_for(gh, run.installation, owner, name)
         except PolicyError as exc:
-            await self.record_config_error(run, full_name, str(exc), exc.source)
+            await self.record_config_error(run, full_name, str(exc), exc.source, exc.file_id)
             raise
         for warning in resolved.warnings:
             log.warning("policy_override_ignored", repo=full_name, problem=str(warning))
         return resolved.policy
 
-    async def record_config_error(self, run: Run, full_name: str, message: str, source: str | None = None) -> None:
-        """An audit record (policy "config", field: the invalid file) for a repository the
-        invalid policy file kept Moko from handling."""
+    async def record_config_error(
+        self, run: Run, full_name: str, message: str, source: str | None = None, file_id: str | None = None
+    ) -> None:
+        """An audit record (policy "config", field: the invalid file, before: which file it was,
+        when known) for a repository the invalid policy file kept Moko from handling."""
         log.error("policy_invalid", repo=full_name, error=message)
         owner = full_name.split("/", 1)[0]
         await self.audit.write([
             AuditEntry(
                 time=self.audit.now(), run_id=run.run_id, trigger=run.trigger, installation=run.installation,
                 repo=full_name, actor=run.actor, policy="config", field=source or f"{owner}/{POLICY_REPO}/{POLICY_PATH}",
-                before=None, after=None, outcome=FAILED, error=message,
+                before=None if file_id is None else {CONFIG_FILE_KEY: file_id}, after=None, outcome=FAILED,
+                error=message,
             )
         ])
+
+    async def config_error_recorded(self, full_name: str, source: str, file_id: str | None) -> bool:
+        """Whether the newest ``config`` record of this repository for ``source`` is about this
+        very file (same blob SHA or content): then it is audited already."""
+        if file_id is None:
+            return False
+        for record in await self.store.audit_records(repo=full_name, newest_first=True, limit=RECENT_RECORDS):
+            if record.policy == "config" and record.field == source:
+                return isinstance(record.before, dict) and record.before.get(CONFIG_FILE_KEY) == file_id
+        return False
 
     def is_dry_run(self, policy: Policy) -> bool:
         return self.global_dry_run or policy.dry_run

@@ -51,10 +51,12 @@ class PolicyProblem:
 class PolicyError(ValueError):
     """A policy file that cannot be used; ``problems`` says why, line by line."""
 
-    def __init__(self, problems: list[PolicyProblem], source: str = "moko.yml") -> None:
+    def __init__(self, problems: list[PolicyProblem], source: str = "moko.yml", file_id: str | None = None) -> None:
         super().__init__("\n".join(str(problem) for problem in problems))
         self.problems = list(problems)
         self.source = source
+        # Which file this is (its blob SHA, else a hash of its content), when it was read from GitHub.
+        self.file_id = file_id
 
 
 MAX_FILE_BYTES = 256 * 1024

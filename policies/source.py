@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import functools
+import hashlib
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +57,12 @@ class PolicyFile:
     data: bytes
     sha: str | None = None
     problem: str | None = None
+
+    def identity(self) -> str:
+        """Which file this is: its blob SHA, else a hash of what was read."""
+        if self.sha is not None:
+            return self.sha
+        return "sha256:" + hashlib.sha256(self.data + (self.problem or "").encode()).hexdigest()
 
 
 def _file_of(content: Mapping[str, Any]) -> PolicyFile:
@@ -154,7 +161,7 @@ class PolicySource:
             cached = await self._read_org_policy(gh, org)
             self._org[key] = cached
         if isinstance(cached, PolicyError):
-            raise PolicyError(cached.problems, cached.source)
+            raise PolicyError(cached.problems, cached.source, cached.file_id)
         return cached
 
     async def _read_org_policy(self, gh: Any, org: str) -> Policy | PolicyError:
@@ -164,6 +171,7 @@ class PolicySource:
         try:
             return policy_of(await self.parsed.load(file, f"{org}/{POLICY_REPO}/{POLICY_PATH}"))
         except PolicyError as exc:
+            exc.file_id = file.identity()
             return exc
 
     async def merge_repository_file(self, policy: Policy, file: PolicyFile, org: str, repo: str) -> ResolvedPolicy:

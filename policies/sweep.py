@@ -33,7 +33,7 @@ from policies.engine import (
 from policies.loader import PolicyError
 from policies.preloaded_source import with_preloaded_policies
 from policies.reconcile import CONCURRENCY, for_each, remediate_snapshot
-from policies.source import POLICY_REPO
+from policies.source import POLICY_PATH, POLICY_REPO
 
 log = get_logger("moko.sweep")
 
@@ -133,8 +133,13 @@ async def sweep_owner(
     try:
         policy = await engine.source.org_policy(gh, installation, request.owner)
     except PolicyError as exc:
-        run = Run(sweep_id, request.trigger, actor, installation)
-        await engine.record_config_error(run, f"{request.owner}/{POLICY_REPO}", str(exc))
+        # Recorded once per distinct invalid file: a sweep that finds the very file its last
+        # record was about (every turn of the continuous reconciliation) adds nothing.
+        full_name = f"{request.owner}/{POLICY_REPO}"
+        source = f"{full_name}/{POLICY_PATH}"
+        if not await engine.config_error_recorded(full_name, source, exc.file_id):
+            run = Run(sweep_id, request.trigger, actor, installation)
+            await engine.record_config_error(run, full_name, str(exc), source, exc.file_id)
         raise
     fields = ReadFields.for_policy(policy, await engine.granted(installation))
     progress = await store.start_sweep(

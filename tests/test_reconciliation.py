@@ -248,3 +248,36 @@ async def test_a_tiny_budget_stretches_the_interval_and_moko_says_so(fake_github
     assert '"reason": "budget"' in line and '"installation": 1' in line
     [answer] = [c for c in fake.comments("acme", "x", 1) if c["user"]["login"] == fake.bot_login]
     assert "not every 2 s" in answer["body"] and " h" in answer["body"] and "MOKO_SWEEP_BUDGET" in answer["body"]
+
+
+async def test_an_invalid_policy_file_is_audited_once_however_many_turns_find_it_and_again_when_it_changes(
+    fake_github, tmp_path
+):
+    fake = fake_github
+    compliant_org(fake, 1, "acme", ["x"])
+    fake.add_repo("acme", ".github", **COMPLIANT)
+    fake.put_file("acme", ".github", ".github/moko.yml", "version: 1\nrepository:\n  has_wikki: false\n")
+    db = tmp_path / "moko.db"
+    env = moko_environ(fake, f"sqlite:///{db}", **SHORT, LOG_LEVEL="info")
+
+    def config_records() -> list[tuple[str, str]]:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT field, error FROM audit WHERE policy = 'config' ORDER BY seq").fetchall()
+
+    async def turns(log_name: str, count: int) -> None:
+        moko = await start_moko_process(env, tmp_path / log_name)
+        try:
+            await wait_for(lambda: moko.log().count("reconcile_not_possible") >= count)
+        finally:
+            assert await moko.stop() == 0, moko.log()
+
+    await turns("first.log", 3)  # three turns find the file, and a restarted process a fourth
+    await turns("second.log", 1)
+    [(field, error)] = config_records()
+    assert field == "acme/.github/.github/moko.yml" and "has_wikki" in error
+    # Another invalid file (no webhook seen): audited once more, by the next process's turns.
+    fake.put_file("acme", ".github", ".github/moko.yml", "version: 1\nrepository:\n  has_projeks: false\n")
+    await turns("third.log", 2)
+    records = config_records()
+    assert len(records) == 2 and records[0][1] == error and "has_projeks" in records[1][1], records
+    assert fake.repo("acme", "x")["has_wiki"] is False  # an invalid file changes nothing
