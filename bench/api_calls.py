@@ -2,7 +2,8 @@
 
 Runs the real Moko in-process against the fake GitHub (tests/fakegithub) and counts the
 requests each delivery costs, in two columns: calls about the repository itself, and every
-call (an installation token, the organization's policy file) for a cold process.
+call (an installation token, the organization's policy file, the GraphQL schema's
+introspection before the first batched read) for a cold process.
 
     python bench/api_calls.py
 """
