@@ -24,6 +24,7 @@ from policies.branch_protection import (
 )
 from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.engine import Known
+from policies.loader import MAX_FILE_BYTES
 from policies.model import Policy
 from policies.permissions import protection_unreadable, unreadable_settings
 from policies.protection_shapes import covering_pattern
@@ -34,6 +35,7 @@ from policies.server_fields import (
     repository_graphql_field,
     rule_selection,
 )
+from policies.source import CONTENT_LIMIT, PolicyFile, too_large
 
 PAGE_SIZE = 100  # GitHub's most per connection page, and the most aliases Moko puts in a query
 RULES_PAGE = 20  # branch protection rules per repository; a repository with more may need REST
@@ -56,7 +58,7 @@ query MokoOwnerRepositories($owner: String!, $after: String) {
 """
 _VIEWER_QUERY = "query MokoViewer { viewer { login } }"
 # A repository's own policy file, when the organization's policy allows overrides.
-_OWN_POLICY = 'ownPolicy: object(expression: "HEAD:.github/moko.yml") { ... on Blob { oid text isBinary isTruncated } }'
+_OWN_POLICY = 'ownPolicy: object(expression: "HEAD:.github/moko.yml") { ... on Blob { oid text byteSize isBinary isTruncated } }'
 
 
 class OwnerNotFound(LookupError):
@@ -129,9 +131,8 @@ class RepoSnapshot:
     empty: bool = False
     existing_branches: frozenset[str] | None = None
     own_policy_read: bool = False  # whether own_policy says what the repository's file holds
-    own_policy: str | None = None  # its .github/moko.yml, or None when it has none
+    own_policy: PolicyFile | None = None  # its .github/moko.yml, or None when it has none
     rule_patterns: Mapping[str, str | None] = field(default_factory=dict)  # see RepoState
-    own_policy_sha: str | None = None  # the file's blob SHA
 
     @property
     def full_name(self) -> str:
@@ -183,17 +184,32 @@ def snapshot_of(node: Mapping[str, Any], fields: ReadFields) -> RepoSnapshot:
                 protections[branch] = protection_from_graphql_rules(rules, branch)
             except ProtectionUnknown:
                 continue  # a wildcard rule applies: its settings as GitHub reads them, via REST
-    own_read, own_text, own_sha = False, None, None
+    own_read, own_file = False, None
     if fields.own_policy:
         blob = node.get("ownPolicy")
-        # A binary or truncated file is left to the REST read, which reports it as it is.
-        if blob is None or not (blob.get("isBinary") or blob.get("isTruncated") or blob.get("text") is None):
-            own_read = True
-            if blob is not None:
-                own_text, own_sha = blob["text"], blob.get("oid")
-    return RepoSnapshot(
-        repo, settings, protections, empty, existing, own_read, own_text, patterns, own_policy_sha=own_sha
-    )
+        own_file = None if blob is None else _own_policy_file(blob)
+        # What the blob cannot tell (a binary file) is left to the REST read, which reports it.
+        own_read = blob is None or own_file is not None
+    return RepoSnapshot(repo, settings, protections, empty, existing, own_read, own_file, patterns)
+
+
+def _own_policy_file(blob: Mapping[str, Any]) -> PolicyFile | None:
+    """A repository's own policy file as a GraphQL Blob gives it, or None when the blob cannot
+    tell what the contents API would (so that the REST read decides, with the same error)."""
+    text, sha = blob.get("text"), blob.get("oid")
+    if blob.get("isBinary") or text is None:
+        return None
+    data = str(text).encode("utf-8", "surrogatepass")
+    if blob.get("isTruncated"):
+        size = blob.get("byteSize")
+        if isinstance(size, int) and size > CONTENT_LIMIT:
+            # The contents API gives no content: the file is refused as too large, whatever
+            # the cut text holds.
+            return too_large(size, sha)
+        if len(data) <= MAX_FILE_BYTES:
+            return None  # cut short of the file limit: only the whole file can say
+        # Cut past the file limit: the loader refuses it at the same line as the whole file.
+    return PolicyFile(data, sha)
 
 
 async def read_owner(gh: Any, owner: str, fields: ReadFields) -> AsyncIterator[tuple[int, list[RepoSnapshot]]]:

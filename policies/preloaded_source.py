@@ -19,9 +19,9 @@ class PreloadedPolicySource(PolicySource):
         self._shared = shared
         self._files: dict[str, PolicyFile | None] = {}
 
-    def remember(self, full_name: str, text: str | None, sha: str | None = None) -> None:
-        """The repository's own moko.yml as read, and its blob SHA (None: it has none)."""
-        self._files[full_name.lower()] = None if text is None else PolicyFile(text.encode("utf-8", "surrogatepass"), sha)
+    def remember(self, full_name: str, file: PolicyFile | None) -> None:
+        """The repository's own moko.yml as read (None: it has none)."""
+        self._files[full_name.lower()] = file
 
     def invalidate(self, installation: int | None, org: str) -> None:
         self._shared.invalidate(installation, org)

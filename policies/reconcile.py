@@ -47,7 +47,7 @@ async def remediate_snapshot(engine: PolicyEngine, gh: Any, run: Run, snapshot: 
     from the read too.
     """
     if snapshot.own_policy_read and isinstance(engine.source, PreloadedPolicySource):
-        engine.source.remember(snapshot.full_name, snapshot.own_policy, snapshot.own_policy_sha)
+        engine.source.remember(snapshot.full_name, snapshot.own_policy)
     try:
         # An empty repository's protection waits for its first push; the engine records that
         # once, not at every round.

@@ -39,6 +39,8 @@ CACHE_TTL_SECONDS = 300.0
 PARSED_CACHE_SIZE = 1024
 # Parsing is CPU work: two threads at most, so a burst of new files cannot take every core.
 PARSER_THREADS = 2
+# The contents API's "1 MB": past it, a file comes with no content.
+CONTENT_LIMIT = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -65,14 +67,18 @@ class PolicyFile:
         return "sha256:" + hashlib.sha256(self.data + (self.problem or "").encode()).hexdigest()
 
 
+def too_large(size: object, sha: str | None) -> PolicyFile:
+    """A file GitHub gives no content of (over 1 MB): invalid, never an empty file."""
+    return PolicyFile(b"", sha, f"the file is too large ({size} bytes): GitHub gives no content over 1 MB")
+
+
 def _file_of(content: Mapping[str, Any]) -> PolicyFile:
     sha = content.get("sha") if isinstance(content.get("sha"), str) else None
     if content.get("type") not in (None, "file"):
         return PolicyFile(b"", sha, f"{POLICY_PATH} is not a file")
     if content.get("encoding") == "none":
         # Over 1 MB the contents API answers with no content at all: never an empty file.
-        size = content.get("size")
-        return PolicyFile(b"", sha, f"the file is too large ({size} bytes): GitHub gives no content over 1 MB")
+        return too_large(content.get("size"), sha)
     try:
         return PolicyFile(base64.b64decode(content.get("content") or ""), sha)
     except (binascii.Error, ValueError):

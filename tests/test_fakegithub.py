@@ -547,6 +547,19 @@ async def test_contents_over_one_megabyte_come_without_content_except_raw(fake, 
     assert raw in (big, big.decode())
 
 
+async def test_graphql_cuts_a_blobs_text_after_512000_bytes_and_says_so(fake, gh):
+    big = ("é" * 300_000).encode()  # 600,000 bytes: the cut falls inside a character
+    fake.put_file(ORG, "widgets", "big.yml", big)
+    fake.put_file(ORG, "widgets", "small.yml", b"a: 1\n")
+    query = ('query($owner: String!) { repository(owner: $owner, name: "widgets") { '
+             'big: object(expression: "HEAD:big.yml") { ... on Blob { text byteSize isTruncated isBinary } } '
+             'small: object(expression: "HEAD:small.yml") { ... on Blob { text byteSize isTruncated } } } }')
+    data = (await gh.graphql(query, endpoint=fake.graphql_url, owner=ORG))["repository"]
+    assert (data["big"]["byteSize"], data["big"]["isTruncated"], data["big"]["isBinary"]) == (600_000, True, False)
+    assert data["big"]["text"] == "é" * 256_000
+    assert data["small"] == {"text": "a: 1\n", "byteSize": 5, "isTruncated": False}
+
+
 @pytest.mark.parametrize(("role", "permission"), [
     ("admin", "admin"), ("maintain", "write"), ("write", "write"),
     ("triage", "read"), ("read", "read"), ("none", "none"),

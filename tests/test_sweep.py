@@ -406,6 +406,40 @@ async def test_repositories_own_policy_files_come_with_the_batched_read(org, env
     assert org.count() <= 10
 
 
+def padded_policy(size: int) -> str:
+    """A valid policy file (it would turn the wiki on) padded with comments to ``size`` bytes."""
+    head = "version: 1\nrepository:\n  has_wiki: true\n"
+    padding = "# " + "x" * 77 + "\n"
+    body = head + padding * ((size - len(head)) // len(padding))
+    return body + "#" * (size - len(body) - 1) + "\n"
+
+
+async def test_own_policy_files_too_large_for_the_batched_read_are_invalid_as_with_rest(org, env):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.set_protection(ORG, ".github", "main", PROTECTION)
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\noverrides: [repository.has_wiki]\n")
+    # GitHub's GraphQL cuts both files' text short; the contents API gives the first no content.
+    huge, big = padded_policy(1_500_000), padded_policy(600_000)
+    for name, text in (("huge", huge), ("big", big)):
+        compliant_repo(org, name, has_wiki=False)
+        org.put_file(ORG, name, ".github/moko.yml", text)
+
+    code, doc, _ = await sweep(env)
+
+    assert code == 1
+    results = {r["repo"]: r for r in doc["results"]}
+    # Refused as the REST read refuses them, never taken for what the cut text says.
+    assert results[f"{ORG}/huge"]["outcome"] == "failed"
+    assert results[f"{ORG}/huge"]["error"] == (
+        f"{ORG}/huge/.github/moko.yml:1: the file is too large (1500000 bytes): GitHub gives no content over 1 MB")
+    assert results[f"{ORG}/big"]["outcome"] == "failed"
+    assert results[f"{ORG}/big"]["error"] == f"{ORG}/big/.github/moko.yml:3280: the file is larger than 256 KiB"
+    assert org.repo(ORG, "huge")["has_wiki"] is False and org.repo(ORG, "big")["has_wiki"] is False
+    assert org.count("GET", "/contents/") == 1  # the organization's policy: the rest came in the batch
+    records = await trail(env, repo=f"{ORG}/huge")
+    assert [(r.policy, r.outcome) for r in records] == [("config", "failed")]
+
+
 async def test_refused_credentials_are_a_usage_error(org, env):
     code, doc, err = await sweep({**env, "GITHUB_TOKEN": "ghp_revoked"})
     assert code == 2 and doc is None

@@ -47,6 +47,10 @@ from .state import (
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "fixtures" / "github-schema.graphql"
 MAX_PAGE = 100
 MAX_NODES = 500_000
+# GitHub's Blob.text holds at most this many bytes of a file; past them it is cut there and
+# isTruncated is true (GitHub does not document the figure; 512,000 bytes is what it does, as
+# those whose files it cut have measured). byteSize is still the whole file's.
+BLOB_TEXT_LIMIT = 512_000
 
 
 @lru_cache(maxsize=1)
@@ -457,11 +461,14 @@ class RepoNode(Node):
         if path in files:
             data = files[path]
             try:
-                text: str | None = data.decode("utf-8")
+                data.decode("utf-8")
+                # Past BLOB_TEXT_LIMIT GitHub gives the text cut there, and says so; a cut in
+                # the middle of a character leaves that character out.
+                text: str | None = data[:BLOB_TEXT_LIMIT].decode("utf-8", "ignore")
             except UnicodeDecodeError:
                 text = None
             return {"__typename": "Blob", "text": text, "byteSize": len(data),
-                    "isBinary": text is None, "isTruncated": False,
+                    "isBinary": text is None, "isTruncated": len(data) > BLOB_TEXT_LIMIT,
                     "oid": _blob_oid(data), "abbreviatedOid": _blob_oid(data)[:7]}
         listing = self._state.directory_listing(self._repo, path, branch_name) if path else None
         if listing:
