@@ -10,7 +10,7 @@ changes without a record.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gidgethub import GitHubException
@@ -81,6 +81,25 @@ def github_error(exc: Exception) -> str:
     if errors:
         message += f" ({errors})"
     return f"{code} {message}" if code else message
+
+
+# Which classic rule protects a branch: REST cannot tell a branch's own rule from a wildcard
+# rule that covers it, so this one GraphQL read comes before removing a branch's protection,
+# and before a PUT that a later step's failure would have to undo.
+_RULE_QUERY = """
+query MokoBranchRule($owner: String!, $name: String!, $ref: String!) {
+  repository(owner: $owner, name: $name) { ref(qualifiedName: $ref) { branchProtectionRule { pattern } } }
+}
+"""
+
+
+async def rule_pattern(gh: Any, owner: str, name: str, branch: str) -> str | None:
+    """The pattern of the classic rule protecting the branch (its own name, or a wildcard
+    that other branches share), or None when none does."""
+    data = await gh.graphql(_RULE_QUERY, owner=owner, name=name, ref=f"refs/heads/{branch}")
+    ref = (data.get("repository") or {}).get("ref") or {}
+    rule = ref.get("branchProtectionRule") or {}
+    return rule.get("pattern")
 
 
 async def send_step(gh: Any, owner: str, repo: str, step: Step) -> None:
@@ -172,9 +191,12 @@ class Transaction:
     async def apply(self, changes: Sequence[Change]) -> bool:
         """Apply in order; on a failure undo what was applied. True when nothing failed."""
         applied: list[Step] = []
-        for step in steps_for(changes):
-            await self.intend(step.changes)
+        steps = steps_for(changes)
+        for index, step in enumerate(steps):
             try:
+                if index < len(steps) - 1:  # a later step may fail: this one must be undoable
+                    step = await self._undoable(step)
+                await self.intend(step.changes)
                 await send_step(self._gh, self.owner, self.repo, step)
             except BranchMissing:
                 await self.record(step.changes, DEFERRED, "branch does not exist yet")
@@ -186,6 +208,19 @@ class Transaction:
             applied.append(step)
             await self.record(step.changes, APPLIED)
         return True
+
+    async def _undoable(self, step: Step) -> Step:
+        """The step, knowing what its undo must be: a protection PUT on a protected branch
+        learns first which rule protects the branch (the last step is never undone, and
+        a batched read knew it already, so this costs a query only when it matters)."""
+        learned = []
+        for change in step.changes:
+            if change.undo_needs_rule:
+                branch = change.target or change.field
+                pattern = await rule_pattern(self._gh, self.owner, self.repo, branch)
+                change = replace(change, before_rule=pattern)
+            learned.append(change)
+        return Step(tuple(learned))
 
     async def _roll_back(self, applied: list[Step]) -> None:
         for step in reversed(applied):

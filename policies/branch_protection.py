@@ -270,13 +270,16 @@ def plan_branch_protection(
     branch: str,
     current_read: Mapping[str, Any] | NormalizedProtection | None,
     desired_body: Mapping[str, Any] | None,
+    rule_pattern: str | None = None,
 ) -> list[Change]:
     """[] when the branch complies; otherwise ONE change that fixes everything for it.
 
     ``current_read``: the GET …/protection answer, None when unprotected, or a
     NormalizedProtection (GraphQL). ``desired_body``: the rule's protection; None means the
-    branch must not be protected (DELETE). Raises ProtectionUnknown when a GraphQL state cannot
-    be judged, or is not compliant (a fix needs the exact current state: read REST first).
+    branch must not be protected (DELETE). ``rule_pattern``: the pattern of the classic rule
+    protecting the branch, when known (see ``Change.before_rule``). Raises ProtectionUnknown
+    when a GraphQL state cannot be judged, or is not compliant (a fix needs the exact current
+    state: read REST first).
     """
     current = as_normalized(current_read)
     diff = diff_protection(current, desired_body)
@@ -288,7 +291,8 @@ def plan_branch_protection(
     if desired_body is None:
         return [Change(BRANCH_PROTECTION, branch, before, None, "DELETE", branch)]
     after = desired_protection_body(current, desired_body)
-    return [Change(BRANCH_PROTECTION, branch, before, after, "PUT", branch)]
+    rule = None if before is None else rule_pattern
+    return [Change(BRANCH_PROTECTION, branch, before, after, "PUT", branch, before_rule=rule)]
 
 
 def resolve_branch_rules(policy: Policy, default_branch: str | None) -> dict[str, BranchRule]:
@@ -348,9 +352,10 @@ def plan_protection_kind(policy: Policy, repo: RepoState) -> KindPlan:
             if pattern is not None and pattern != branch:
                 held.append(Held(BRANCH_PROTECTION, branch, SHARED_RULE.format(pattern=pattern)))
                 continue
+        known_pattern = repo.rule_patterns.get(branch)
         try:
             changes.extend(
-                plan_branch_protection(branch, repo.protections[branch], rule.protection)
+                plan_branch_protection(branch, repo.protections[branch], rule.protection, known_pattern)
             )
         except ProtectionUnknown:
             needs_read.append(f"{BRANCH_PROTECTION}.{branch}")

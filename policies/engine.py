@@ -13,7 +13,16 @@ from bot.audit import AuditWriter
 from bot.logs import get_logger
 from bot.metrics import REMEDIATIONS
 from bot.store.base import AuditEntry, AuditRecord, RepositoryLockLost, Store
-from policies.apply import DEFERRED, DRY_RUN, FAILED, ChangeOutcome, Run, Transaction, github_error
+from policies.apply import (
+    DEFERRED,
+    DRY_RUN,
+    FAILED,
+    ChangeOutcome,
+    Run,
+    Transaction,
+    github_error,
+    rule_pattern,
+)
 from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.loader import PolicyError
 from policies.model import BRANCH_PROTECTION, REPOSITORY, Plan, Policy, RepoState, Unreadable
@@ -368,24 +377,6 @@ class PolicyEngine:
             gh, run, repo, known=known, scope=PROTECTION_ONLY,
             only_if=lambda: self._still_deferred(full_name, fields),
         )
-
-
-# Which classic rule protects a branch: REST cannot tell a branch's own rule from a wildcard
-# rule that covers it, so this one GraphQL read comes before removing a branch's protection.
-_RULE_QUERY = """
-query MokoBranchRule($owner: String!, $name: String!, $ref: String!) {
-  repository(owner: $owner, name: $name) { ref(qualifiedName: $ref) { branchProtectionRule { pattern } } }
-}
-"""
-
-
-async def rule_pattern(gh: Any, owner: str, name: str, branch: str) -> str | None:
-    """The pattern of the classic rule protecting the branch (its own name, or a wildcard
-    that other branches share), or None when none does."""
-    data = await gh.graphql(_RULE_QUERY, owner=owner, name=name, ref=f"refs/heads/{branch}")
-    ref = (data.get("repository") or {}).get("ref") or {}
-    rule = ref.get("branchProtectionRule") or {}
-    return rule.get("pattern")
 
 
 def _waiting(records: list[AuditRecord], fields: tuple[str, ...]) -> bool:

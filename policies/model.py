@@ -170,6 +170,10 @@ class Change:
       ``"PUT"`` (``after`` is the whole PUT body) or ``"DELETE"`` (``after`` is None);
       ``before`` is the PUT body that recreates the current protection, or None when the branch
       is not protected — so ``before`` is also what a rollback writes back (see ``inverse``).
+      ``before_rule``: for a PUT on a protected branch, the pattern of the classic rule that
+      protects it now (its own name, or a wildcard rule other branches share), None while not
+      known. A PUT on a branch a wildcard rule covers gives it a rule of its own; undoing that
+      is removing that rule, not writing the wildcard's settings into it.
 
     ``before`` and ``after`` are plain JSON values, ready for a request body and the audit trail.
     """
@@ -180,12 +184,25 @@ class Change:
     after: Any
     method: Method = "PATCH"
     target: str | None = None
+    before_rule: str | None = field(default=None, compare=False)
+
+    @property
+    def undo_needs_rule(self) -> bool:
+        """Whether undoing this change needs to know which rule protects the branch now."""
+        return (
+            self.policy == BRANCH_PROTECTION and self.method == "PUT" and self.before is not None
+            and self.before_rule is None
+        )
 
     def inverse(self) -> Change:
         """The change that undoes this one (for rolling back a failed transaction)."""
         if self.policy == BRANCH_PROTECTION:
-            method: Method = "DELETE" if self.before is None else "PUT"
-            return Change(self.policy, self.field, self.after, self.before, method, self.target)
+            branch = self.target or self.field
+            # No rule of its own before: the PUT made one, and removing it restores the branch.
+            own_rule_made = self.method == "PUT" and self.before_rule not in (None, branch)
+            method: Method = "DELETE" if self.before is None or own_rule_made else "PUT"
+            after = None if method == "DELETE" else self.before
+            return Change(self.policy, self.field, self.after, after, method, self.target)
         return Change(self.policy, self.field, self.after, self.before, self.method, self.target)
 
     def to_dict(self) -> dict[str, Any]:

@@ -291,3 +291,56 @@ async def test_policy_change_reconciles_every_repository(org, moko):
     assert org.repo(ORG, "alpha")["has_issues"] is False
     assert org.repo(ORG, "beta")["has_issues"] is False
     assert org.repo(ORG, ".github")["has_issues"] is False
+
+
+WILDCARD_POLICY = (
+    "version: 1\nrepository: {}\nbranches:\n"
+    "  - name: release/1\n    protection:\n      required_status_checks: null\n"
+    "      enforce_admins: true\n      required_pull_request_reviews: null\n      restrictions: null\n"
+    "  - name: stable\n    protection:\n      required_status_checks: null\n"
+    "      enforce_admins: true\n      required_pull_request_reviews: null\n      restrictions: null\n"
+)
+
+
+def wildcard_org(fake) -> dict:
+    """release/1 is covered only by the shared rule release/*; stable is unprotected, and
+    GitHub refuses its protection, so the transaction must undo release/1's PUT."""
+    fake.add_repo(ORG, ".github", **COMPLIANT)
+    fake.put_file(ORG, ".github", ".github/moko.yml", WILDCARD_POLICY)
+    fake.add_repo(ORG, "app", **COMPLIANT)
+    for branch in ("release/1", "release/2", "stable"):
+        fake.add_branch(ORG, "app", branch)
+    fake.add_protection_rule(ORG, "app", "release/*", {**DEFAULT_PROTECTION, "allow_deletions": True})
+    fake.fail("PUT", f"^/repos/{ORG}/app/branches/stable/protection$", 422,
+              body={"message": "Validation Failed", "errors": ["nope"]})
+    return fake.protection_rules(ORG, "app")
+
+
+async def test_rollback_of_a_put_on_a_wildcard_covered_branch_leaves_the_rules_as_they_were(org, moko):
+    before = wildcard_org(org)
+    await moko.deliver("branch_protection_rule", org.event(
+        "branch_protection_rule", "edited", owner=ORG, repo="app", branch="release/*"), delivery="edited")
+
+    # The rules are exactly as they were: release/1 has no rule of its own left behind.
+    assert org.protection_rules(ORG, "app") == before
+    writes = [(c.method, c.path) for c in org.calls if c.method in ("PUT", "DELETE")]
+    assert writes == [
+        ("PUT", f"/repos/{ORG}/app/branches/release/1/protection"),
+        ("PUT", f"/repos/{ORG}/app/branches/stable/protection"),
+        ("DELETE", f"/repos/{ORG}/app/branches/release/1/protection"),
+    ]
+    trail = await records(moko, "app")
+    assert [(r.field, r.outcome) for r in trail] == [
+        ("release/1", "applied"), ("stable", "failed"), ("release/1", "rolled-back")]
+    assert (await moko.services.store.get_delivery("edited")).state == FAILED
+
+
+async def test_a_sweeps_rollback_on_a_wildcard_covered_branch_costs_no_extra_read(org, env):
+    from tests.test_sweep import sweep
+
+    before = wildcard_org(org)
+    code, doc, _ = await sweep(env, "--repo", "app")
+    assert code == 1 and doc["results"][0]["outcome"] == "failed"
+    assert org.protection_rules(ORG, "app") == before
+    # The batched read said which rule covers release/1: no question of its own.
+    assert not [c for c in org.calls_to("POST", "^/graphql$") if "MokoBranchRule" in (c.graphql_query or "")]
