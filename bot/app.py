@@ -16,7 +16,7 @@ from aiohttp import web
 from gidgethub.routing import Router
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bot.audit import AuditWriter, log_audit_head, log_audit_heads_forever
+from bot.audit import AuditWriter, log_audit_head, log_audit_heads_forever, vouch_for_plain_records
 from bot.config import Settings, load_settings
 from bot.context import Services
 from bot.github_app import GitHubApp
@@ -117,6 +117,8 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
         )
         app[INTAKE] = intake
         app[STORE_WRITABLE] = StoreWritable(store)
+        if settings.audit_key:
+            await vouch_for_plain_records(store, services.audit, services.owner)
         await workers.start()
         background = [asyncio.create_task(loop(services)) for loop in hooks.background]
         background.append(asyncio.create_task(log_audit_heads_forever(store)))

@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from bot.audit_chain import is_keyed
 from bot.logs import get_logger
 from bot.redact import REDACTOR, Redactor
 from bot.store.base import AuditEntry, AuditRecord, Store
@@ -55,6 +56,22 @@ class AuditWriter:
             for entry in entries
         ]
         return await self._store.append_audit(clean)
+
+
+async def vouch_for_plain_records(store: Store, writer: AuditWriter, owner: str) -> AuditRecord | None:
+    """With MOKO_AUDIT_KEY newly set, one keyed record after the records written without it:
+    its HMAC covers their last hash, so a rewrite of them shows at once, not only after the
+    next change (``verify_chain``). Nothing when the head is keyed already, or the trail empty.
+    The store must have been opened with the key."""
+    seq, digest = await store.audit_head()
+    if seq == 0 or is_keyed(digest):
+        return None
+    [record] = await writer.write([AuditEntry(
+        time=writer.now(), run_id=f"start-{owner}", trigger="start", installation=None, repo="",
+        actor="moko", policy="audit", field="MOKO_AUDIT_KEY", before=None, after=None, outcome="applied",
+    )])
+    log.info("audit_key_set", seq=record.seq, plain_records=seq)
+    return record
 
 
 def settled(records: Sequence[AuditRecord]) -> list[AuditRecord]:

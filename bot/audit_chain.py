@@ -108,11 +108,14 @@ def verify_chain(records: Iterable[AuditRecord], anchor: str, key: bytes | None 
     """Walk records in chain order from the anchor; None when every link and hash matches.
 
     Records written before the key was set carry plain hashes and may only come first: a
-    plain record after a keyed one was rewritten by someone without the key. A keyed record
+    plain record after a keyed one was rewritten by someone without the key. With a key, the
+    plain records must be followed by a keyed one, whose HMAC covers the last plain hash and
+    so vouches for them: anyone can rewrite the whole trail with plain hashes. A keyed record
     without a key to check it raises KeyRequired.
     """
     expected_prev = anchor
     keyed_seen = False
+    first_plain: int | None = None
     for record in records:
         if record.prev_hash != expected_prev:
             return ChainBreak(record.seq, "prev_hash does not match the record before it")
@@ -128,8 +131,18 @@ def verify_chain(records: Iterable[AuditRecord], anchor: str, key: bytes | None 
             return ChainBreak(record.seq, "hash is not keyed although records before it are")
         elif record_hash(record, record.prev_hash) != record.hash:
             return ChainBreak(record.seq, "hash does not match the record's content")
+        elif first_plain is None:
+            first_plain = record.seq
         expected_prev = record.hash
+    if key is not None and first_plain is not None and not keyed_seen:
+        return ChainBreak(first_plain, UNVOUCHED)
     return None
+
+
+UNVOUCHED = (
+    "hash is not keyed and no keyed record follows to vouch for it "
+    "(the trail was rewritten without MOKO_AUDIT_KEY, or no keyed record was written since it was set)"
+)
 
 
 def verify_anchor(records: list[AuditRecord], head: tuple[int, str], anchor: tuple[int, str]) -> str | None:

@@ -19,7 +19,7 @@ from bot.cli_audit import audit_command
 from bot.config import load_settings
 from bot.store import open_store
 from bot.store.base import AuditEntry
-from tests.support.harness import post_webhook, start_moko_process
+from tests.support.harness import post_webhook, run_moko, start_moko_process
 from tests.test_sweep import ORG, compliant_repo, sweep
 
 FIELDS = ["time", "run_id", "trigger", "installation", "repo", "actor", "policy", "field", "before",
@@ -279,6 +279,8 @@ async def test_serve_logs_the_head_at_start_and_shutdown_and_it_anchors_the_trai
             await asyncio.sleep(0.05)
     assert await server.stop() == 0, server.log()
     heads = [line for line in map(json.loads, server.log().splitlines()) if line.get("message") == "audit_head"]
+    # At start and at shutdown, at info; not one line per record written in between.
+    assert len(heads) == 2 and {line["level"] for line in heads} == {"info"}
     assert heads[0]["seq"] == 0 and heads[0]["hash"] == "0" * 64  # at start: nothing written yet
     last = heads[-1]
     assert f"{last['seq']}:{last['hash']}" == newest_head(env)  # at shutdown: after the last write
@@ -313,3 +315,53 @@ async def test_the_head_is_logged_every_five_minutes(env):
     assert waits == [300.0] * 3
     assert [(e["event"], e["seq"]) for e in logs] == [("audit_head", 1)] * 3
     assert f"1:{logs[0]['hash']}" == newest_head(env)
+
+
+async def test_with_a_key_a_whole_trail_rewritten_with_plain_hashes_fails(keyed):
+    from bot.audit_chain import chain
+
+    store = open_store(keyed["MOKO_DATABASE_URL"])
+    await store.open()
+    start, records = await store.audit_chain()
+    await store.close()
+    # Whoever can write the database, but has no key, rewrites record 2 and recomputes every
+    # hash as plain SHA-256, as if the whole trail had been written before the key was set.
+    forged = [records[0].__class__(**{**r.__dict__, "actor": "mallory"}) if r.seq == 2 else r for r in records]
+    with sqlite3.connect(db_path(keyed)) as db:
+        for r in chain(forged, start, 1):
+            db.execute("UPDATE audit SET actor = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                       (r.actor, r.prev_hash, r.hash, r.seq))
+    code, out, err = await audit(keyed, "--verify")
+    assert (code, out) == (1, "")
+    assert err == ("moko: audit chain broken at record 1: hash is not keyed and no keyed record follows to vouch "
+                   "for it (the trail was rewritten without MOKO_AUDIT_KEY, or no keyed record was written since "
+                   "it was set)\n")
+
+
+async def test_serve_with_a_new_key_vouches_for_the_plain_records_at_once(env):
+    await write_entries(env, [NOW - timedelta(hours=2), NOW - timedelta(hours=1)])
+    keyed_env = {**env, "MOKO_AUDIT_KEY": AUDIT_KEY}
+    async with run_moko(keyed_env):
+        pass
+    assert await audit(keyed_env, "--verify") == (
+        0, "audit chain verified: 3 records (2 written before MOKO_AUDIT_KEY was set)\n", "")
+    code, out, _ = await audit(keyed_env, "--json")
+    marker = json.loads(out.splitlines()[-1])
+    assert (marker["policy"], marker["field"], marker["trigger"]) == ("audit", "MOKO_AUDIT_KEY", "start")
+    async with run_moko(keyed_env):  # once is enough: the head is keyed now
+        pass
+    assert (await audit(keyed_env, "--verify"))[1].startswith("audit chain verified: 3 records")
+    # The plain records are vouched for: rewriting them with plain hashes breaks the link.
+    from bot.audit_chain import chain
+
+    store = open_store(env["MOKO_DATABASE_URL"])
+    await store.open()
+    start, records = await store.audit_chain()
+    await store.close()
+    forged = [records[0].__class__(**{**records[0].__dict__, "after": True}), records[1]]
+    with sqlite3.connect(db_path(env)) as db:
+        for r in chain(forged, start, 1):
+            db.execute("UPDATE audit SET after = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                       (json.dumps(r.after), r.prev_hash, r.hash, r.seq))
+    code, _, err = await audit(keyed_env, "--verify")
+    assert code == 1 and err.startswith("moko: audit chain broken at record 3: prev_hash does not match")
