@@ -30,6 +30,8 @@ OPERATIONS: list[tuple[str, str]] = [
     ("get", "/app/hook/deliveries"),
     ("post", "/app/hook/deliveries/{delivery_id}/attempts"),
     ("get", "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"),
+    ("get", "/repos/{owner}/{repo}/pulls/{pull_number}"),
+    ("get", "/repos/{owner}/{repo}/pulls/{pull_number}/files"),
 ]
 
 # Operations of GitHub Enterprise Cloud that the api.github.com description lacks, written

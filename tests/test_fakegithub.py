@@ -21,6 +21,7 @@ from jsonschema import Draft202012Validator
 from tests.fakegithub import FakeGitHub
 from tests.fakegithub.openapi import to_json_schema
 from tests.fakegithub.plugin import assert_no_violations, fake_github  # noqa: F401
+from tests.fakegithub.rest import decode_content
 from tests.fakegithub.state import APP_PERMISSIONS
 from tests.fakegithub.webhooks import (
     FIXTURES,
@@ -789,6 +790,36 @@ def test_built_events_fit_githubs_webhook_schemas(event, action, key, options):
         assert payload["head_commit"]["modified"] == [".github/moko.yml"]
     if options.get("sender") == "moko[bot]":
         assert payload["sender"]["type"] == "Bot"
+
+
+def test_pull_requests_from_the_fakes_state(fake):
+    fake.add_repo(ORG, ".github")
+    fake.put_file(ORG, ".github", ".github/moko.yml", "version: 1\n")
+    own = fake.add_pull_request(ORG, ".github", {".github/moko.yml": "version: 1\nmode: dry-run\n"})
+    fork = fake.add_pull_request(ORG, ".github", {".github/moko.yml": None}, user="mallory", fork=True)
+
+    opened = fake.event("pull_request", "opened", owner=ORG, repo=".github", number=fork["number"])
+    assert webhook_errors("pull-request-opened", opened) == []
+    assert opened["pull_request"]["head"]["repo"]["full_name"] == "mallory/.github"
+    assert opened["pull_request"]["head"]["repo"]["fork"] is True
+    assert opened["pull_request"]["base"]["repo"]["full_name"] == f"{ORG}/.github"
+    assert (own["number"], fork["number"]) == (1, 2)
+    # A pull request is an issue too, so that comments can be written on it.
+    assert "pull_request" in fake.issues(ORG, ".github")[0]
+
+
+async def test_pull_request_files_and_head_commits_as_github_serves_them(fake, gh):
+    fake.add_repo(ORG, ".github")
+    fake.put_file(ORG, ".github", ".github/moko.yml", "version: 1\n")
+    pull = fake.add_pull_request(ORG, ".github", {".github/moko.yml": "version: 1\nmode: dry-run\n",
+                                                  "gone.txt": None}, user="mallory", fork=True)
+    files = await gh.getitem(f"/repos/{ORG}/.github/pulls/{pull['number']}/files")
+    assert [(f["filename"], f["status"]) for f in files] == [(".github/moko.yml", "modified"), ("gone.txt", "removed")]
+    assert (await gh.getitem(f"/repos/{ORG}/.github/pulls/{pull['number']}"))["head"]["sha"] == pull["head"]["sha"]
+    # The base repository serves the fork's head commit by its SHA.
+    head = await gh.getitem(f"/repos/{ORG}/.github/contents/.github/moko.yml?ref={pull['head']['sha']}")
+    assert decode_content(head) == "version: 1\nmode: dry-run\n"
+    assert decode_content(await gh.getitem(f"/repos/{ORG}/.github/contents/.github/moko.yml")) == "version: 1\n"
 
 
 def test_events_from_the_fakes_state(fake):

@@ -453,23 +453,49 @@ def get_content(ctx: Context) -> Reply:
         raise HTTPError(404, "This repository is empty.")
     ref = ctx.query.get("ref") or repo.data["default_branch"]
     ref = ref.removeprefix("refs/heads/")
-    if ref not in repo.branches and not any(b.sha == ref for b in repo.branches.values()):
+    files = repo.files
+    if ref in repo.commits:  # a pull request's head commit, from a fork too
+        files = repo.commits[ref]
+    elif ref not in repo.branches and not any(b.sha == ref for b in repo.branches.values()):
         raise HTTPError(404, f"No commit found for the ref {ref}")
     path = ctx.params["path"].strip("/")
-    if path in repo.files:
+    if path in files:
         if "raw" in ctx.headers.get("accept", ""):
-            return Reply(200, raw=repo.files[path], content_type="application/vnd.github.raw")
-        return Reply(200, ctx.state.content_object(repo, path, ref))
-    listing = ctx.state.directory_listing(repo, path, ref)
+            return Reply(200, raw=files[path], content_type="application/vnd.github.raw")
+        return Reply(200, ctx.state.content_object(repo, path, ref, files))
+    listing = ctx.state.directory_listing(repo, path, ref, files)
     if listing is None:
         raise HTTPError(404, "Not Found")
     return Reply(200, listing)
+
+
+# --- pull requests -----------------------------------------------------------------------------
+def _pull(ctx: Context) -> Any:
+    repo = ctx.repo()
+    # "Pull requests" (read) is what GitHub documents for both reads.
+    ctx.require("pull_requests", "read")
+    pull = repo.pulls.get(ctx.params["pull_number"])
+    if pull is None:
+        raise HTTPError(404, "Not Found")
+    return pull
+
+
+@handles("pulls/get")
+def get_pull(ctx: Context) -> Reply:
+    return Reply(200, _pull(ctx).data)
+
+
+@handles("pulls/list-files")
+def list_pull_files(ctx: Context) -> Reply:
+    # GitHub lists at most 3000 files of a pull request.
+    return ctx.page(list(_pull(ctx).files)[:3000])
 
 
 # --- checks ------------------------------------------------------------------------------------
 @handles("checks/create")
 def create_check_run(ctx: Context) -> Reply:
     repo = ctx.repo(write=True)
+    ctx.require("checks", "write")
     body = ctx.data
     number = ctx.state.next_id()
     output = body.get("output") or {}
@@ -491,12 +517,14 @@ def create_check_run(ctx: Context) -> Reply:
         run["status"] = "completed"
         run["completed_at"] = run["completed_at"] or iso()
     repo.check_runs[number] = run
+    repo.annotations[number] = list(output.get("annotations") or [])
     return Reply(201, run)
 
 
 @handles("checks/update")
 def update_check_run(ctx: Context) -> Reply:
     repo = ctx.repo(write=True)
+    ctx.require("checks", "write")
     run = repo.check_runs.get(ctx.params["check_run_id"])
     if run is None:
         raise HTTPError(404, "Not Found")
@@ -504,7 +532,11 @@ def update_check_run(ctx: Context) -> Reply:
     output = body.pop("output", None)
     run.update({k: v for k, v in body.items() if k != "actions"})
     if output:
-        run["output"].update({k: output.get(k) for k in ("title", "summary", "text")})
+        run["output"].update({k: output[k] for k in ("title", "summary", "text") if k in output})
+        # "Each time you update the check run, annotations are appended."
+        added = repo.annotations.setdefault(run["id"], [])
+        added.extend(output.get("annotations") or [])
+        run["output"]["annotations_count"] = len(added)
     if run.get("conclusion") is not None:
         run["status"] = "completed"
         run["completed_at"] = run.get("completed_at") or iso()

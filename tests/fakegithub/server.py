@@ -216,7 +216,7 @@ class FakeGitHub:
             # app.yml's default_permissions: what an installation is granted unless a test
             # says otherwise (add_installation(..., permissions=...)).
             "permissions": dict(APP_PERMISSIONS),
-            "events": ["branch_protection_rule", "create", "issue_comment", "push",
+            "events": ["branch_protection_rule", "create", "issue_comment", "pull_request", "push",
                        "repository", "repository_ruleset"],
         }
         self.state = State(self.url, self.app)
@@ -390,6 +390,27 @@ class FakeGitHub:
     def check_runs(self, owner: str, repo: str) -> list[dict[str, Any]]:
         return list(self.state.get_repo(owner, repo).check_runs.values())
 
+    def check_run_annotations(self, owner: str, repo: str, check_run_id: int) -> list[dict[str, Any]]:
+        """Every annotation sent for a check run (its create and updates), in order."""
+        return list(self.state.get_repo(owner, repo).annotations.get(check_run_id, []))
+
+    def add_pull_request(self, owner: str, repo: str, changes: dict[str, str | bytes | None], *,
+                         user: str = "octocat", fork: bool = False, title: str = "Change the policy",
+                         head_ref: str = "change-policy") -> dict[str, Any]:
+        """Open a pull request into the default branch whose head commit changes files of it
+        (path -> new content, None: removed). With `fork`, the head is in `user`'s fork, an
+        account the App is not installed on; its head commit is still served by the base
+        repository at its SHA, as GitHub serves refs/pull/N/head."""
+        base = self.state.get_repo(owner, repo)
+        head_repo = self.state.fork_of(base, user) if fork else base.data
+        encoded = {path: content.encode() if isinstance(content, str) else content
+                   for path, content in changes.items()}
+        return self.state.add_pull_request(base, changes=encoded, user=user, title=title,
+                                           head_repo=head_repo, head_ref=head_ref).data
+
+    def pull_request(self, owner: str, repo: str, number: int) -> dict[str, Any]:
+        return self.state.get_repo(owner, repo).pulls[number].data
+
     def rulesets(self, owner: str, repo: str) -> list[dict[str, Any]]:
         return list(self.state.get_repo(owner, repo).rulesets.values())
 
@@ -410,6 +431,8 @@ class FakeGitHub:
             overrides["issue"] = self.state.get_repo(owner, repo).issues[number]
         if event in ("installation", "installation_repositories"):
             overrides.setdefault("installation", self.state.installation_object(installation))
+        if event == "pull_request" and repo is not None and "pull_request" not in overrides:
+            overrides["pull_request"] = self.pull_request(owner, repo, overrides.pop("number", 1))
         return build_event(event, action, **kwargs, **overrides)
 
     async def deliver(self, event: str, payload: dict[str, Any], *, guid: str | None = None,

@@ -166,6 +166,14 @@ class Branch:
 
 
 @dataclass
+class PullRequest:
+    """A pull request: the REST object, and its files as `pulls/list-files` lists them."""
+
+    data: dict[str, Any]
+    files: list[dict[str, Any]]
+
+
+@dataclass
 class Repo:
     """One repository: the REST object (the live source of truth) and everything inside it."""
 
@@ -179,6 +187,12 @@ class Repo:
     # branch's exact name is that Branch's `protection`.
     pattern_rules: dict[str, dict[str, Any]] = field(default_factory=dict)
     check_runs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # Annotations of each check run, in the order they were sent (the REST object only counts them).
+    annotations: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    pulls: dict[int, PullRequest] = field(default_factory=dict)
+    # Commits no branch points at, by SHA -> their files: pull requests' head commits, which
+    # GitHub serves from the base repository (refs/pull/N/head), from forks too.
+    commits: dict[str, dict[str, bytes]] = field(default_factory=dict)
     serial: int = 0  # creation order, for sorting
 
     @property
@@ -617,8 +631,9 @@ class State:
         }
 
     # --- contents --------------------------------------------------------------------------
-    def content_object(self, repo: Repo, path: str, ref: str) -> dict[str, Any]:
-        data = repo.files[path]
+    def content_object(self, repo: Repo, path: str, ref: str,
+                       files: dict[str, bytes] | None = None) -> dict[str, Any]:
+        data = (repo.files if files is None else files)[path]
         sha = blob_sha(data)
         api = f"{repo.data['url']}/contents/{path}"
         html = f"{repo.data['html_url']}/blob/{ref}/{path}"
@@ -638,10 +653,12 @@ class State:
             "_links": {"self": f"{api}?ref={ref}", "git": git, "html": html},
         }
 
-    def directory_listing(self, repo: Repo, path: str, ref: str) -> list[dict[str, Any]] | None:
+    def directory_listing(self, repo: Repo, path: str, ref: str,
+                          files: dict[str, bytes] | None = None) -> list[dict[str, Any]] | None:
+        files = repo.files if files is None else files
         prefix = path.rstrip("/") + "/"
         entries: dict[str, dict[str, Any]] = {}
-        for file_path in sorted(repo.files):
+        for file_path in sorted(files):
             if not file_path.startswith(prefix):
                 continue
             rest = file_path[len(prefix):]
@@ -655,11 +672,99 @@ class State:
                                           "_links": {"self": f"{repo.data['url']}/contents/{sub}",
                                                      "git": None, "html": None}})
             else:
-                item = self.content_object(repo, file_path, ref)
+                item = self.content_object(repo, file_path, ref, files)
                 item.pop("content")
                 item.pop("encoding")
                 entries[rest] = item
         return list(entries.values()) if entries else None
+
+    # --- pull requests -----------------------------------------------------------------------
+    def fork_of(self, repo: Repo, owner: str) -> dict[str, Any]:
+        """A fork's REST object under another account (one the App is not installed on)."""
+        account = self.user(owner)
+        number = self.next_id()
+        data = dict(repo.data)
+        data.update({"id": number, "node_id": node_id("Repository", number), "fork": True,
+                     "full_name": f"{account['login']}/{repo.name}", "owner": account})
+        data.pop("organization", None)
+        self._set_urls(data)
+        return data
+
+    def add_pull_request(self, repo: Repo, *, changes: dict[str, bytes | None], user: str,
+                         title: str, head_repo: dict[str, Any], head_ref: str) -> PullRequest:
+        """Open a pull request into the default branch whose head commit changes `changes`
+        (path -> new bytes, None: removed) of the default branch's files."""
+        number = max([*repo.pulls, *repo.issues], default=0) + 1
+        base_branch = repo.branches[repo.data["default_branch"]]
+        head_files = dict(repo.files)
+        diff: list[dict[str, Any]] = []
+        for path, content in changes.items():
+            path = path.strip("/")
+            before = head_files.get(path)
+            if content is None:
+                head_files.pop(path, None)
+            else:
+                head_files[path] = content
+            status = "removed" if content is None else "added" if before is None else "modified"
+            blob = blob_sha(content if content is not None else before or b"")
+            lines_after = 0 if content is None else content.count(b"\n") + 1
+            lines_before = 0 if before is None else before.count(b"\n") + 1
+            diff.append({"sha": blob, "filename": path, "status": status,
+                         "additions": lines_after, "deletions": lines_before,
+                         "changes": lines_after + lines_before, "blob_url": "", "raw_url": "",
+                         "contents_url": ""})
+        head_sha = fake_sha(head_repo["full_name"], head_ref, number, sorted(changes))
+        for entry in diff:
+            entry["blob_url"] = f"{HTML}/{head_repo['full_name']}/blob/{head_sha}/{entry['filename']}"
+            entry["raw_url"] = f"{HTML}/{head_repo['full_name']}/raw/{head_sha}/{entry['filename']}"
+            entry["contents_url"] = f"{repo.data['url']}/contents/{entry['filename']}?ref={head_sha}"
+        repo.commits[head_sha] = head_files
+        pull_id = self.next_id()
+        api = f"{repo.data['url']}/pulls/{number}"
+        issue_api = f"{repo.data['url']}/issues/{number}"
+        html = f"{repo.data['html_url']}/pull/{number}"
+        now = iso()
+        author = self.user(user)
+
+        def side(label_owner: str, ref: str, sha: str, repository: dict[str, Any]) -> dict[str, Any]:
+            return {"label": f"{label_owner}:{ref}", "ref": ref, "sha": sha,
+                    "user": repository["owner"], "repo": repository}
+
+        data = {
+            "url": api, "id": pull_id, "node_id": node_id("PullRequest", pull_id),
+            "html_url": html, "diff_url": f"{html}.diff", "patch_url": f"{html}.patch",
+            "issue_url": issue_api, "commits_url": f"{api}/commits",
+            "review_comments_url": f"{api}/comments",
+            "review_comment_url": f"{repo.data['url']}/pulls/comments{{/number}}",
+            "comments_url": f"{issue_api}/comments",
+            "statuses_url": f"{repo.data['url']}/statuses/{head_sha}",
+            "number": number, "state": "open", "locked": False, "title": title,
+            "user": author, "body": None, "labels": [], "milestone": None,
+            "active_lock_reason": None, "created_at": now, "updated_at": now,
+            "closed_at": None, "merged_at": None, "merge_commit_sha": None,
+            "assignee": None, "assignees": [], "requested_reviewers": [], "requested_teams": [],
+            "head": side(head_repo["owner"]["login"], head_ref, head_sha, head_repo),
+            "base": side(repo.owner, base_branch.name, base_branch.sha, repo.data),
+            "_links": {key: {"href": href} for key, href in (
+                ("self", api), ("html", html), ("issue", issue_api),
+                ("comments", f"{issue_api}/comments"), ("review_comments", f"{api}/comments"),
+                ("review_comment", f"{repo.data['url']}/pulls/comments{{/number}}"),
+                ("commits", f"{api}/commits"),
+                ("statuses", f"{repo.data['url']}/statuses/{head_sha}"))},
+            "author_association": "CONTRIBUTOR" if head_repo.get("fork") else "MEMBER",
+            "auto_merge": None, "draft": False, "merged": False, "mergeable": True,
+            "rebaseable": True, "mergeable_state": "clean", "merged_by": None,
+            "comments": 0, "review_comments": 0, "maintainer_can_modify": False,
+            "commits": 1, "additions": sum(e["additions"] for e in diff),
+            "deletions": sum(e["deletions"] for e in diff), "changed_files": len(diff),
+        }
+        pull = PullRequest(data, diff)
+        repo.pulls[number] = pull
+        # A pull request is an issue too: comments on it are issue comments.
+        issue = self.add_issue(repo, title, user=user, number=number)
+        issue["pull_request"] = {"url": api, "html_url": html, "diff_url": f"{html}.diff",
+                                 "patch_url": f"{html}.patch", "merged_at": None}
+        return pull
 
     # --- issues, comments, reactions ---------------------------------------------------------
     def add_issue(self, repo: Repo, title: str, *, body: str | None = None, user: str,

@@ -152,7 +152,8 @@ def build_event(event: str, action: str | None = None, *, owner: str = "acme",
     branch_protection_rule.edited), `branch` and `protection` (a PUT-shape body) for
     branch_protection_rule, `ref` for create/push, `modified`/`added`/`removed` file lists for
     push, `body`/`user`/`issue_number` for issue_comment, `repositories_added` (names or
-    repository dicts) for installation_repositories. Any other keyword replaces that
+    repository dicts) for installation_repositories, `pull_request` (a REST pull request, e.g.
+    `fake.pull_request(...)`) for pull_request. Any other keyword replaces that
     top-level key of the payload.
     """
     state = _state(owner, owner_type, installation_id)
@@ -291,6 +292,14 @@ def build_event(event: str, action: str | None = None, *, owner: str = "acme",
         payload["comment"] = copy.deepcopy(comment)
         if action == "edited":
             payload["changes"] = overrides.pop("changes", {"body": {"from": ""}})
+    elif event == "pull_request":
+        payload.update(base)
+        pull = copy.deepcopy(overrides.pop("pull_request"))
+        payload["number"] = pull["number"]
+        payload["pull_request"] = pull
+        if action == "synchronize":
+            payload["before"] = overrides.pop("before", fake_sha(pull["head"]["sha"], "before"))
+            payload["after"] = pull["head"]["sha"]
     else:
         raise ValueError(f"build_event does not know {kind}")
     payload.update(overrides)
