@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gidgethub.routing import Router
 
-from handlers import branch_protection, comments, installation, ping, push, repository
+from handlers import branch_protection, comments, installation, ping, pull_request, push, repository
 
 
 def build_router() -> Router:
@@ -15,5 +15,6 @@ def build_router() -> Router:
         repository.router,
         branch_protection.router,
         push.router,
+        pull_request.router,
         comments.router,
     )

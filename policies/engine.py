@@ -239,6 +239,24 @@ class PolicyEngine:
             plan = replace(plan, needs_read=(), unknown=plan.unknown + still)
         return plan
 
+    async def plan_on_server(
+        self, gh: Any, policy: Policy, repo: Mapping[str, Any], known: Known | None, installation: int | None
+    ) -> Plan:
+        """The plan for ``policy`` as this server and the installation's permissions allow it;
+        the policy's fields the server does not have are unknown. Reads only; no lock."""
+        # What the server cannot do (an older GitHub Enterprise Server) is unknown.
+        schema = await schema_for(gh, policy)
+        lacking = unsupported(policy, schema) if schema is not None else {}
+        planned = without_unsupported(policy, schema) if lacking and schema is not None else policy
+        granted = await self.granted(installation)
+        plan = await self.plan(gh, planned, repo, known or Known(), granted)
+        if schema is not None:
+            plan = for_server(plan, schema)
+        if lacking and plan.skipped is None:
+            # Its compliance cannot be told (what the server can do is still planned).
+            plan = replace(plan, unknown=plan.unknown + tuple(sorted(lacking.items())))
+        return plan
+
     async def remediate(
         self,
         gh: Any,
@@ -305,17 +323,7 @@ class PolicyEngine:
             if only_if is not None and not await only_if():
                 return RepoResult(full_name, COMPLIANT, policy=policy, dry_run=dry_run)
             try:
-                # What the server cannot do (an older GitHub Enterprise Server) is unknown.
-                schema = await schema_for(gh, effective)
-                lacking = unsupported(effective, schema) if schema is not None else {}
-                planned = without_unsupported(effective, schema) if lacking and schema is not None else effective
-                granted = await self.granted(run.installation)
-                plan = await self.plan(gh, planned, repo, known or Known(), granted)
-                if schema is not None:
-                    plan = for_server(plan, schema)
-                if lacking and plan.skipped is None:
-                    # Its compliance cannot be told (what the server can do is still planned).
-                    plan = replace(plan, unknown=plan.unknown + tuple(sorted(lacking.items())))
+                plan = await self.plan_on_server(gh, effective, repo, known, run.installation)
             except GitHubException as exc:
                 error = github_error(exc)
                 log.error("repository_read_failed", repo=full_name, error=error)

@@ -62,6 +62,7 @@ ADMIN_ONLY_SETTINGS: tuple[str, ...] = ("security_and_analysis",)
 # What app.yml asks for (its default_permissions): the least the built-in policy needs.
 APP_PERMISSIONS: Mapping[str, str] = {
     "administration": "write",
+    "checks": "write",
     "contents": "read",
     "issues": "write",
     "pull_requests": "write",

@@ -85,12 +85,14 @@ def _file_of(content: Mapping[str, Any]) -> PolicyFile:
         return PolicyFile(b"", sha, "GitHub's answer could not be decoded")
 
 
-async def read_file(gh: Any, owner: str, repo: str, path: str) -> PolicyFile | None:
-    """A file from the default branch, or None when there is none."""
+async def read_file(gh: Any, owner: str, repo: str, path: str, ref: str | None = None) -> PolicyFile | None:
+    """A file from the default branch (or from ``ref``, e.g. a commit SHA), or None when there is none."""
+    url_vars = {"owner": owner, "repo": repo, "path": path}
     try:
-        content = await gh.getitem(
-            "/repos/{owner}/{repo}/contents/{path}", url_vars={"owner": owner, "repo": repo, "path": path}
-        )
+        if ref is None:
+            content = await gh.getitem("/repos/{owner}/{repo}/contents/{path}", url_vars=url_vars)
+        else:
+            content = await gh.getitem("/repos/{owner}/{repo}/contents/{path}{?ref}", url_vars={**url_vars, "ref": ref})
     except BadRequest as exc:
         if exc.status_code == 404:
             return None

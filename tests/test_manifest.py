@@ -20,7 +20,10 @@ NEEDED_BY = {
     "contents": ["/repos/{owner}/{repo}/contents/{path}"],
     "issues": ["/repos/{owner}/{repo}/issues/{issue_number}/comments",
                "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"],
-    "pull_requests": ["/repos/{owner}/{repo}/issues/{issue_number}/comments"],  # /moko in pull requests
+    "checks": ["/repos/{owner}/{repo}/check-runs"],  # the policy preview
+    # /moko in pull requests; the files of a pull request in .github (the policy preview)
+    "pull_requests": ["/repos/{owner}/{repo}/issues/{issue_number}/comments",
+                      "/repos/{owner}/{repo}/pulls/{pull_number}/files"],
     "metadata": ["/repos/{owner}/{repo}/collaborators/{username}/permission"],
 }
 
