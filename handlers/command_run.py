@@ -31,6 +31,7 @@ from handlers.command_report import (
     render_status_summary,
     render_stretched_interval,
 )
+from handlers.policy_preview import is_policy_repository, policy_change, run_preview
 from policies.apply import APPLIED, DRY_RUN, FAILED, Run
 from policies.branch_protection import resolve_branch_rules
 from policies.branch_rules import RulesetRule, classically_unprotected, ruleset_rules
@@ -53,6 +54,7 @@ class Request:
     user: str
     command: Command | InvalidCommand
     sweep_interval: float = 0.0  # MOKO_SWEEP_INTERVAL: /moko status says when the budget stretched it
+    pull_number: int | None = None  # the pull request the comment is on, if it is on one
 
     @property
     def full_name(self) -> str:
@@ -185,12 +187,34 @@ async def answer_plan(request: Request) -> Answer:
     access = await commenter_access(request.gh, *request.owner_and_name, request.user)
     if not at_least(access.role, PLAN_PERMISSION):
         return denied("plan", PLAN_PERMISSION, access)
+    if request.pull_number is not None and is_policy_repository(request.repo):
+        rerun = await _rerun_preview(request, request.pull_number)
+        if rerun is not None:
+            return rerun
     result = await request.engine.remediate(request.gh, request.run, request.repo, apply=False)
     unplanned = _unplanned(result)
     if unplanned is not None or result.plan is None or result.policy is None:
         return with_dry_run_note(unplanned or failed("no plan"), result.dry_run)
     body = render_plan(result.repo, result.policy, result.plan, default_branch_of(request.repo))
     return with_dry_run_note(Answer(body, APPLIED), result.dry_run)
+
+
+async def _rerun_preview(request: Request, number: int) -> Answer | None:
+    """On an open pull request of the `.github` repository that changes the policy file: its
+    preview again, on its current head (None: no such pull request, plan as usual)."""
+    owner, name = request.owner_and_name
+    pull = await request.gh.getitem(
+        "/repos/{owner}/{repo}/pulls/{pull_number}", url_vars={"owner": owner, "repo": name, "pull_number": str(number)}
+    )
+    if pull.get("state") != "open":
+        return None
+    change = await policy_change(request.gh, owner, name, number)
+    if change is None:
+        return None
+    head_sha = str(pull["head"]["sha"])
+    run = await run_preview(request.gh, request.engine, request.run.installation, owner, name, head_sha, change)
+    body = text.PREVIEW_RERUN.format(sha=escape(head_sha[:7]), conclusion=escape(run.conclusion), title=escape(run.title))
+    return Answer(body, APPLIED)
 
 
 async def answer_apply(request: Request) -> Answer:

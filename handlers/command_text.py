@@ -97,6 +97,11 @@ STATUS_STRETCHED = (
 )
 
 PLAN_TITLE = "**What `/moko apply` would change in {repo}**"
+# /moko plan on a pull request that changes the policy file: its preview ran again.
+PREVIEW_RERUN = (
+    "Moko ran the policy preview again on {sha}, this pull request's head: **{conclusion}**, "
+    "{title}. The check run `Moko policy preview` holds the details."
+)
 PLAN_NOTHING = "Nothing: it complies with the policy."
 
 APPLY_TITLE = "**What Moko did in {repo}**"

@@ -159,8 +159,11 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
     gh = await ctx.github()
     bot_login = ctx.services.github.bot_login
     await react(gh, thread, EYES, bot_login)
+    # A comment on a pull request is an issue comment whose issue says it is a pull request.
+    on_pull = bool((event.data.get("issue") or {}).get("pull_request"))
     request = Request(gh, engine_of(ctx), ctx.services.store, run, repo, user, command,
-                      sweep_interval=ctx.services.settings.sweep_interval)
+                      sweep_interval=ctx.services.settings.sweep_interval,
+                      pull_number=thread.issue_number if on_pull else None)
     try:
         answer = await run_command(request)
     except GitHubException as exc:

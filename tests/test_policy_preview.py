@@ -183,3 +183,30 @@ async def test_a_preview_costs_no_more_than_a_dry_run_sweep_plus_its_own_two_req
     assert len(preview_calls) <= len(sweep_calls) + 2, [f"{c.method} {c.path}" for c in preview_calls]
     print(f"requests: dry-run sweep {len(sweep_calls)}, preview {len(preview_calls)}")
     assert repository_writes(org) == []
+
+
+async def test_moko_plan_on_the_pull_request_runs_the_preview_again(org, tmp_path):
+    pull = org.add_pull_request(ORG, ".github", {".github/moko.yml": PROPOSED})
+    opened = org.event("pull_request", "opened", owner=ORG, repo=".github", number=pull["number"])
+    org.set_permission(ORG, ".github", "alice", "triage")
+    org.set_permission(ORG, ".github", "eve", "read")
+    await serve_and_send(org, tmp_path, ("pull_request", opened, "plan-0"))
+    org.repo(ORG, "beta")["has_wiki"] = False  # beta's wiki went off meanwhile: now it would change too
+    command = org.event("issue_comment", "created", owner=ORG, repo=".github", issue_number=pull["number"],
+                        body="/moko plan", user="alice")
+    await serve_and_send(org, tmp_path, ("issue_comment", command, "plan-1"), log_name="serve-2.log")
+
+    first, again = preview_runs(org)
+    assert (first["output"]["title"], again["output"]["title"]) == (
+        "2 of 3 repositories would change", "3 of 3 repositories would change")
+    assert again["head_sha"] == pull["head"]["sha"]
+    [answer] = [c["body"] for c in org.comments(ORG, ".github", pull["number"]) if c["user"]["login"] == "moko[bot]"]
+    assert "Moko ran the policy preview again" in answer and "**neutral**" in answer
+    # The answer and its reactions; no repository changed.
+    assert [w for w in repository_writes(org) if not w.endswith(("/comments", "/reactions"))] == []
+
+    # Below triage, no preview runs.
+    denied = org.event("issue_comment", "created", owner=ORG, repo=".github", issue_number=pull["number"],
+                       body="/moko plan", user="eve")
+    await serve_and_send(org, tmp_path, ("issue_comment", denied, "plan-2"), log_name="serve-3.log")
+    assert len(preview_runs(org)) == 2
