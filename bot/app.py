@@ -217,7 +217,8 @@ async def _serve_setup(
     setup = SetupMode(settings, env_path=env_path)
     runner = web.AppRunner(setup.application(), access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    # The same intake limits as the App's: a setup page is reachable by anyone, too.
+    site = CappedSite(runner, host, port, max_connections=settings.max_connections)
     await site.start()
     shown = "localhost" if host in ("0.0.0.0", "::", "") else host
     log.info("setup_mode", url=f"http://{shown}:{port}/",

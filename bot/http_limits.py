@@ -39,6 +39,21 @@ def handler_args(header_timeout: float) -> dict[str, Any]:
     return {"keepalive_timeout": header_timeout}
 
 
+async def answer_unread(request: web.Request, response: web.Response) -> web.StreamResponse:
+    """Send an answer to a request whose body is still on its way, and close the connection.
+
+    aiohttp would otherwise read the rest of the body and throw it away, for up to 10 s:
+    reading what an unsigned client sends, as fast as it sends, is what the refusal saves.
+    """
+    if request.content.is_eof():
+        return response  # it all came already: nothing more to read, the connection is kept
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
+
+
 class UnverifiedBodies:
     """Bytes of request bodies held before their signature is checked, across all requests.
 

@@ -21,7 +21,7 @@ from gidgethub import BadRequest
 from gidgethub.sansio import Event
 
 from bot.github_events import event_label, payload_misfit
-from bot.http_limits import SMALL_BODY, UnverifiedBodies
+from bot.http_limits import SMALL_BODY, UnverifiedBodies, answer_unread
 from bot.logs import get_logger
 from bot.metrics import WEBHOOKS_RECEIVED, labelled
 from bot.payloads import is_plain_json, parse_payload
@@ -65,21 +65,6 @@ def _busy(label: str) -> web.Response:
     return _answer(503, label, "unverified_full", {"error": "busy"}, {"Retry-After": RETRY_AFTER_SECONDS})
 
 
-async def _unread(request: web.Request, response: web.Response) -> web.StreamResponse:
-    """Send a refusal of a request whose body is still on its way, and close the connection.
-
-    aiohttp would otherwise read the rest of the body and throw it away, for up to 10 s:
-    reading what an unsigned client sends, as fast as it sends, is what the refusal saves.
-    """
-    if request.content.is_eof():
-        return response  # it all came already: nothing more to read, the connection is kept
-    response.force_close()
-    await response.prepare(request)
-    await response.write_eof()
-    request.protocol.force_close()
-    return response
-
-
 def _installation_id(data: Mapping[str, object]) -> int | None:
     installation = data.get("installation")
     if isinstance(installation, dict) and isinstance(installation.get("id"), int):
@@ -110,22 +95,22 @@ class WebhookIntake:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         headers = request.headers
         if not self._workers.accepting:
-            return await _unread(request, _answer(
+            return await answer_unread(request, _answer(
                 503, event_label(headers.get("X-GitHub-Event", "")), "shutting_down", {"error": "shutting down"},
                 {"Retry-After": RETRY_AFTER_SECONDS},
             ))
         signature = headers.get("X-Hub-Signature-256")
         if not signature:
-            return await _unread(request, _answer(
+            return await answer_unread(request, _answer(
                 401, event_label(headers.get("X-GitHub-Event", "")), "unsigned", {"error": "missing X-Hub-Signature-256"}
             ))
         if _SIGNATURE.fullmatch(signature) is None:
-            return await _unread(request, _answer(
+            return await answer_unread(request, _answer(
                 401, event_label(headers.get("X-GitHub-Event", "")), "bad_signature", {"error": "signature does not match"}
             ))
         length = request.content_length
         if length is not None and length > MAX_BODY:
-            return await _unread(request, _answer(
+            return await answer_unread(request, _answer(
                 413, event_label(headers.get("X-GitHub-Event", "")), "too_large", {"error": "payload too large"}
             ))
         body = await self._read_verified(request, signature[7:], length)
@@ -191,7 +176,7 @@ class WebhookIntake:
         held = 0
         if length is not None:
             if not (unverified.take(length, body_size=length) or await unverified.wait_and_take(length, body_size=length)):
-                return await _unread(request, _busy(label))
+                return await answer_unread(request, _busy(label))
             held = length
         mac = self._mac.copy()
         chunks: list[bytes] = []
@@ -204,17 +189,17 @@ class WebhookIntake:
                 while chunk := await content.readany():
                     size += len(chunk)
                     if size > MAX_BODY:
-                        return await _unread(request, _answer(413, label, "too_large", {"error": "payload too large"}))
+                        return await answer_unread(request, _answer(413, label, "too_large", {"error": "payload too large"}))
                     if length is None:  # chunked: held as it comes
                         if not await unverified.wait_and_take(len(chunk), body_size=size):
-                            return await _unread(request, _busy(label))
+                            return await answer_unread(request, _busy(label))
                         held += len(chunk)
                     mac.update(chunk)
                     chunks.append(chunk)
                     if size > SMALL_BODY:
                         await unverified.pace(len(chunk))
         except TimeoutError:
-            return await _unread(request, _answer(408, label, "too_slow", {"error": "body not received in time"}))
+            return await answer_unread(request, _answer(408, label, "too_slow", {"error": "body not received in time"}))
         finally:
             unverified.give_back(held)
         if not hmac.compare_digest(mac.hexdigest(), digest):

@@ -23,6 +23,7 @@ from gidgethub.aiohttp import GitHubAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot.config import Settings
+from bot.http_limits import answer_unread, handler_args
 from bot.logs import get_logger
 from bot.metrics import REGISTRY
 from bot.redact import REDACTOR
@@ -112,7 +113,8 @@ class SetupMode:
         self.registered: asyncio.Future[Registration] = asyncio.get_running_loop().create_future()
 
     def application(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024)
+        # Headers (and idle keep-alive) within MOKO_HEADER_TIMEOUT, as for the App.
+        app = web.Application(client_max_size=1024 * 1024, handler_args=handler_args(self.settings.header_timeout))
         app.router.add_get("/", self.page)
         app.router.add_get(CALLBACK_PATH, self.callback)
         app.router.add_post(WEBHOOK_PATH, self.webhook)
@@ -183,9 +185,10 @@ class SetupMode:
             values=values,
         )
 
-    async def webhook(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "setup", "message": "Moko is not registered yet"}, status=503,
-                                 headers={"Retry-After": "60"})
+    async def webhook(self, request: web.Request) -> web.StreamResponse:
+        # Its body is never read: the connection is closed rather than the rest awaited.
+        return await answer_unread(request, web.json_response(
+            {"status": "setup", "message": "Moko is not registered yet"}, status=503, headers={"Retry-After": "60"}))
 
 
 async def _healthz(request: web.Request) -> web.Response:

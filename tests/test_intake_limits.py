@@ -243,3 +243,37 @@ async def test_a_ping_is_acknowledged_fast_while_big_unsigned_bodies_pour_in(fak
         assert "Traceback" not in moko.log()
     finally:
         assert await moko.stop() == 0
+
+
+async def test_setup_mode_applies_the_same_limits(fake_github, tmp_path):
+    from tests.test_setup_page import CREDENTIALS, setup_environ
+
+    env = {**setup_environ(fake_github, tmp_path), "MOKO_HEADER_TIMEOUT": "0.5", "MOKO_MAX_CONNECTIONS": "3"}
+    moko = await start_moko_process(env, tmp_path / "setup.log", cwd=tmp_path, without=CREDENTIALS)
+    try:
+        assert "setup_mode" in moko.log()
+        # Headers that trickle in: closed at the header limit, unanswered.
+        reader, writer = await connect(moko.url)
+        seconds, said = await closed_after(reader, writer, b"GET / HTTP/1.1\r\nHost: moko\r\n\r\n", limit=5)
+        assert 0.4 < seconds < 2.5 and said == b""
+
+        # A webhook's body is not waited for: 503 at once, and the connection is closed.
+        reader, writer = await connect(moko.url)
+        writer.write(request_head(len(PING), delivery="early"))
+        seconds, said = await closed_after(reader, writer, PING, limit=5)
+        assert seconds < 0.4 and said.startswith(b"HTTP/1.1 503 ")
+
+        # Connections past the cap are refused at once; those held are served.
+        held = [await connect(moko.url) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        reader, writer = await connect(moko.url)
+        refused = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert refused.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 5" in refused
+        reader, writer = held[0]
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: moko\r\n\r\n")
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200 ")
+        for _, writer in held:
+            writer.close()
+    finally:
+        assert await moko.stop() == 0
