@@ -137,7 +137,7 @@ async def _preview_repository(
     full_name = snapshot.full_name
     owner, name = full_name.split("/", 1)
     if snapshot.own_policy_read:
-        source.remember(full_name, snapshot.own_policy, snapshot.own_policy_sha)
+        source.remember(full_name, snapshot.own_policy)
     try:
         resolved = await source.policy_for(gh, installation, owner, name)
         plan = await engine.plan_on_server(gh, resolved.policy, snapshot.repo, snapshot.known(), installation)

@@ -210,3 +210,19 @@ async def test_moko_plan_on_the_pull_request_runs_the_preview_again(org, tmp_pat
                        body="/moko plan", user="eve")
     await serve_and_send(org, tmp_path, ("issue_comment", denied, "plan-2"), log_name="serve-3.log")
     assert len(preview_runs(org)) == 2
+
+
+async def test_repositories_own_files_apply_on_top_of_the_proposed_file(org, tmp_path):
+    # Alpha keeps its wiki off in its own file, which the proposed file lets it decide.
+    org.put_file(ORG, "alpha", ".github/moko.yml", "version: 1\nrepository:\n  has_wiki: false\n")
+    proposed = PROPOSED + "overrides: [repository.has_wiki]\n"
+    pull = org.add_pull_request(ORG, ".github", {".github/moko.yml": proposed})
+    opened = org.event("pull_request", "opened", owner=ORG, repo=".github", number=pull["number"])
+    await serve_and_send(org, tmp_path, ("pull_request", opened, "own-1"))
+
+    [run] = preview_runs(org)
+    assert run["output"]["title"] == "1 of 3 repositories would change"
+    rows = [line for line in run["output"]["text"].splitlines() if line.startswith("| acme/")]
+    assert rows == ["| acme/.github | has\\_wiki: false → true |"]
+    # Read with the batch, not one by one.
+    assert org.count("GET", rf"^/repos/{ORG}/alpha/contents/") == 0
