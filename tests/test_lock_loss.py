@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -50,6 +51,64 @@ async def test_store_writes_go_on_after_their_connections_were_ended(postgres_ur
         assert await store.audit_head() == (1, written[0].hash)
     finally:
         await store.close()
+
+
+class SlowCloseProxy:
+    """A TCP proxy to PostgreSQL that passes every byte at once but, when the server closes a
+    connection, closes the client's side only after a delay: as a busy machine may deliver a
+    session's last message (FATAL, the session was ended) well before the socket's end."""
+
+    def __init__(self, url: str, close_delay: float) -> None:
+        parts = urlsplit(url)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self._url = parts
+        self._delay = close_delay
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        netloc = self._url.netloc.rsplit("@", 1)[0] + "@" if "@" in self._url.netloc else ""
+        return urlunsplit(self._url._replace(netloc=f"{netloc}127.0.0.1:{port}"))
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(*self._upstream)
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+            try:
+                while chunk := await reader.read(65536):
+                    writer.write(chunk)
+                    await writer.drain()
+            except ConnectionError:
+                pass
+            await asyncio.sleep(delay)
+            writer.close()
+
+        for task in (asyncio.ensure_future(pipe(server_reader, client_writer, self._delay)),
+                     asyncio.ensure_future(pipe(client_reader, server_writer, 0.0))):
+            self._tasks.add(task)
+
+
+async def test_store_writes_go_on_when_an_ended_sessions_last_message_comes_before_its_end(postgres_url):
+    async with SlowCloseProxy(postgres_url, close_delay=1.0) as proxied:
+        store = PostgresStore(proxied)
+        await store.open()
+        try:
+            await store.append_audit([audit_entry(1)])  # the pool's connection is open and idle
+            await end_sessions(postgres_url)
+            await asyncio.sleep(0.1)  # its FATAL message has arrived; its end has not
+            written = await store.append_audit([audit_entry(2)])
+            assert await store.audit_head() == (2, written[0].hash)
+        finally:
+            await store.close()
 
 
 async def test_a_repository_lock_whose_session_ended_is_lost_and_free_for_another_replica(postgres_url):

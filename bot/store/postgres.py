@@ -78,6 +78,11 @@ _CONNECTION_LOST = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, starting up
     OSError,
+    # A session ended while its connection sat idle in the pool: asyncpg can read the server's
+    # last message (FATAL, admin shutdown) before it sees the socket close, which leaves the
+    # connection's protocol wedged, so its next operation fails with "cannot switch to state
+    # …; another operation (2) is in progress". The pool drops that connection on release.
+    asyncpg.InternalClientError,
 )
 _RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
