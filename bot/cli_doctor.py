@@ -18,9 +18,12 @@ from gidgethub import GitHubException
 from bot.app import client_options
 from bot.config import Settings
 from bot.github_app import GitHubApp, GitHubCredentialsMissing
+from bot.redelivery import Attempt, failed_deliveries
 from bot.store import open_store
 from policies.apply import github_error
 from policies.loader import PolicyError
+from policies.model import Policy
+from policies.permissions import permission_gaps
 from policies.source import POLICY_PATH, POLICY_REPO, PolicySource
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -126,45 +129,73 @@ async def check_installations(github: GitHubApp, source: PolicySource) -> list[C
             checks.append(Check(f"installation {account}", WARN, "suspended: Moko receives nothing from it",
                                 "unsuspend it in the organization's settings"))
             continue
-        checks.append(await check_policy(github, source, int(installation["id"]), account))
+        policy_check, policy = await check_policy(github, source, int(installation["id"]), account)
+        checks.append(policy_check)
+        if policy is not None:
+            checks.extend(await check_permissions(github, installation, account, policy))
     return checks
 
 
-async def check_policy(github: GitHubApp, source: PolicySource, installation: int, account: str) -> Check:
+async def check_policy(
+    github: GitHubApp, source: PolicySource, installation: int, account: str
+) -> tuple[Check, Policy | None]:
     name = f"policy {account}"
     try:
         gh = await github.installation_client(installation)
-        await source.org_policy(gh, installation, account)
+        policy = await source.org_policy(gh, installation, account)
     except PolicyError as exc:
         return Check(name, FAIL, f"{account}/{POLICY_REPO}/{POLICY_PATH} is invalid: "
-                     + "; ".join(str(p) for p in exc.problems), "moko check-config shows every error with its line")
+                     + "; ".join(str(p) for p in exc.problems),
+                     "moko check-config shows every error with its line"), None
     except GitHubException as exc:
-        return Check(name, FAIL, f"cannot be read ({github_error(exc)})", "check the App's contents: read permission")
-    return Check(name, OK, f"{account}/{POLICY_REPO}/{POLICY_PATH} is valid (or absent: the built-in default)")
+        return Check(name, FAIL, f"cannot be read ({github_error(exc)})",
+                     "check the App's contents: read permission"), None
+    return Check(name, OK, f"{account}/{POLICY_REPO}/{POLICY_PATH} is valid (or absent: the built-in default)"), policy
+
+
+async def check_permissions(
+    github: GitHubApp, installation: dict[str, Any], account: str, policy: Policy
+) -> list[Check]:
+    """What the organization granted the installation against what its policy needs: one
+    warning per policy field the installation may not read or change."""
+    name = f"permissions {account}"
+    granted = installation.get("permissions")
+    if not isinstance(granted, dict):  # the listing left them out: ask for the installation itself
+        try:
+            granted = (await github.app_client().getitem(f"/app/installations/{installation['id']}")).get(
+                "permissions")
+        except GitHubException as exc:
+            return [Check(name, WARN, f"the installation's permissions cannot be read ({github_error(exc)})")]
+    if not isinstance(granted, dict):
+        return [Check(name, WARN, "GitHub does not say which permissions the installation was granted")]
+    gaps = permission_gaps(policy, granted)
+    if not gaps:
+        return [Check(name, OK, "the installation's permissions cover every field of the policy")]
+    consequence = {"read": "Moko reports it unknown", "write": "Moko cannot fix it"}
+    return [Check(name, WARN, f"{gap}, which "
+                  f"{account} has not granted; {consequence[gap.action]}",
+                  "add the permission in the App's settings (Permissions & events); the organization's "
+                  "owner then accepts it in the installation's settings")
+            for gap in gaps]
 
 
 async def check_deliveries(github: GitHubApp, *, now: datetime) -> Check:
     since = now - RECENT_DELIVERIES
-    failed: dict[str, str] = {}
-    delivered: set[str] = set()
+    attempts: list[Attempt] = []
     try:
         async for item in github.app_client().getiter("/app/hook/deliveries?per_page=100"):
-            when = datetime.fromisoformat(str(item["delivered_at"]).replace("Z", "+00:00"))
-            if when < since:
+            attempt = Attempt.from_item(item)
+            if attempt.delivered_at < since:
                 break
-            guid = str(item["guid"])
-            if 200 <= int(item.get("status_code") or 0) < 300:
-                delivered.add(guid)
-            else:
-                failed.setdefault(guid, f"{item.get('event')}: {item.get('status_code')} {item.get('status')}")
+            attempts.append(attempt)
     except GitHubException as exc:
         return Check("deliveries", WARN, f"recent deliveries cannot be listed ({github_error(exc)})")
-    lost = {guid: why for guid, why in failed.items() if guid not in delivered}
+    lost = failed_deliveries(attempts)
     if lost:
-        sample = "; ".join(list(lost.values())[:3])
+        sample = "; ".join(f"{a.event} {a.guid}: {a.status}" for a in list(lost.values())[:3])
         return Check("deliveries", WARN, f"{len(lost)} of the last 3 days' deliveries failed and were not "
                      f"redelivered ({sample})", "moko serve asks GitHub to redeliver them (MOKO_RECOVER_WINDOW)")
-    return Check("deliveries", OK, "no failed delivery in the last 3 days")
+    return Check("deliveries", OK, f"no failed delivery in the last 3 days ({len(attempts)} listed)")
 
 
 async def check_store(settings: Settings) -> Check:

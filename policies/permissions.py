@@ -101,7 +101,11 @@ class PermissionGap:
     need: Need
 
     def __str__(self) -> str:
-        return f"{self.key}: {self.action}ing it needs the {self.need} permission"
+        return f"{self.key}: {self.gerund} it needs the {self.need} permission"
+
+    @property
+    def gerund(self) -> str:
+        return {"read": "reading", "write": "writing"}[self.action]
 
 
 def _keys(policy: Policy) -> list[tuple[str, str]]:

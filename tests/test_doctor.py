@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot.cli_doctor import handled_events
-from tests.support.harness import ROOT, moko_environ
+from tests.support.harness import ROOT, free_port, moko_environ
 
 ORG = "acme"
 
@@ -48,7 +48,8 @@ async def test_a_sound_setup_passes_every_check(fake_github, tmp_path):
     code, out = await doctor(moko_environ(fake_github, f"sqlite:///{tmp_path}/moko.db"))
     checks = lines(out)
     assert code == 0, out
-    for name in ("app key", "webhook", "events", "installations", f"policy {ORG}", "store"):
+    for name in ("app key", "webhook", "events", "installations", f"policy {ORG}", f"permissions {ORG}",
+                 "deliveries", "store"):
         assert checks[name].startswith("ok"), out
     assert "App moko, id 4242" in checks["app key"]
     assert checks["installations"].endswith(f"1: {ORG}")
@@ -102,3 +103,38 @@ async def test_json_is_one_document_with_every_check(fake_github, tmp_path):
     assert by_name["webhook"]["status"] == "fail" and "no webhook URL" in by_name["webhook"]["detail"]
     assert by_name["app key"]["status"] == "ok"
     assert set(by_name["webhook"]) == {"name", "status", "detail", "fix"}
+
+
+async def test_failed_deliveries_not_redelivered_are_a_warning_naming_them(fake_github, tmp_path):
+    sound(fake_github)
+    fake_github.hook_config["url"] = f"http://127.0.0.1:{free_port()}/api/github/webhooks"  # nothing listens
+    payload = fake_github.event("repository", "edited", owner=ORG, repo=".github",
+                                changes={"description": {"from": None}})
+    lost = await fake_github.deliver("repository", payload)
+    # Another failed, then its redelivery went through: not lost.
+    recovered = await fake_github.deliver("repository", payload)
+    await fake_github.deliver("repository", payload, guid=recovered.guid, recorded_as=("OK", 202))
+    code, out = await doctor(moko_environ(fake_github, f"sqlite:///{tmp_path}/moko.db"))
+    deliveries = lines(out)["deliveries"]
+    assert code == 0, out
+    assert deliveries.startswith("warn") and "1 of the last 3 days' deliveries failed" in deliveries
+    assert f"repository {lost.guid}: failed to connect to host" in deliveries and recovered.guid not in deliveries
+    assert "MOKO_RECOVER_WINDOW" in deliveries
+
+
+async def test_each_permission_the_policy_needs_and_the_installation_lacks_is_a_warning(fake_github, tmp_path):
+    sound(fake_github)
+    fake_github.add_installation(2, "umbrella", permissions={"administration": "read"})
+    fake_github.add_repo("umbrella", ".github")
+    fake_github.put_file("umbrella", ".github", ".github/moko.yml",
+                         "version: 1\nrepository:\n  allow_squash_merge: false\nbranches: []\n")
+    code, out = await doctor(moko_environ(fake_github, f"sqlite:///{tmp_path}/moko.db"))
+    gaps = [line for line in out.splitlines() if line.startswith("warn  permissions umbrella:")]
+    assert code == 0, out
+    assert lines(out)[f"permissions {ORG}"].startswith("ok")
+    assert len(gaps) == 2, out
+    assert ("repository.allow_squash_merge: reading it needs the contents: write permission, which umbrella "
+            "has not granted; Moko reports it unknown") in gaps[0]
+    assert ("repository.allow_squash_merge: writing it needs the administration: write permission, which "
+            "umbrella has not granted; Moko cannot fix it") in gaps[1]
+    assert all("App's settings (Permissions & events)" in gap for gap in gaps)
