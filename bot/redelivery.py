@@ -95,7 +95,10 @@ class DeliveryRecovery:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.services = services
-        self.window = services.settings.recover_window
+        settings = services.settings
+        # Never further back than Moko keeps delivery IDs: a delivery it processed and then
+        # pruned must not look like one it never had.
+        self.window = min(settings.recover_window, settings.delivery_retention_days * 86400.0)
         self.every = every
         self.poll_seconds = poll_seconds
         self._sleep = sleep

@@ -143,6 +143,7 @@ async def test_a_redelivery_that_failed_again_is_not_asked_for_by_another_replic
         # The replica that looked stops; the other takes the look over at once; then a new
         # start takes it over from that one. Each finds the failed redelivery, and asks nothing.
         for restart in ("third.log", None):
+            await wait_until(lambda: any("delivery_recovery_done" in p.log() for p in running))
             holder = next(p for p in running if "delivery_recovery_done" in p.log())
             looks = fake_github.count("GET", LISTING)
             if restart:
