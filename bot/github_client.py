@@ -444,30 +444,20 @@ class MokoGitHubAPI(gidgethub.aiohttp.GitHubAPI):
             return "secondary_rate_limit", self._options.secondary_min_wait * 2 ** (attempt - 1)
         return None
 
+    def _attempt_fields(self, reason: str, send: Send, attempt: int, status: int | None) -> dict[str, Any]:
+        """What a log line about sending a request again (or not) says of it."""
+        return {
+            "reason": reason, "method": send.method, "path": send.path,
+            "installation": self._limits.label, "status": status, "attempt": attempt,
+        }
+
     def _log_not_retried(self, reason: str, send: Send, attempt: int, *, status: int | None) -> None:
-        log.warning(
-            "github_not_retried",
-            reason=reason,
-            method=send.method,
-            path=send.path,
-            installation=self._limits.label,
-            status=status,
-            attempt=attempt,
-        )
+        log.warning("github_not_retried", **self._attempt_fields(reason, send, attempt, status))
 
     def _log_retry(
         self, reason: str, send: Send, attempt: int, delay: float, *, status: int | None
     ) -> None:
-        log.info(
-            "github_retry",
-            reason=reason,
-            method=send.method,
-            path=send.path,
-            installation=self._limits.label,
-            status=status,
-            attempt=attempt,
-            delay=round(delay, 3),
-        )
+        log.info("github_retry", **self._attempt_fields(reason, send, attempt, status), delay=round(delay, 3))
         GITHUB_RETRIES.labels(reason).inc()
         GITHUB_WAIT_SECONDS.labels(reason).inc(delay)
 

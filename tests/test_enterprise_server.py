@@ -15,6 +15,7 @@ from bot.github_app import GitHubApp
 from policies.batch_read import ReadFields, read_owner, read_repositories
 from policies.defaults import DEFAULT_POLICY
 from tests.support.harness import run_moko
+from tests.test_permissions import unknown_remediations
 from tests.test_sweep import COMPLIANT, ORG, PROTECTION, compliant_repo, sweep, writes
 
 INSTALLATION = 1
@@ -179,13 +180,6 @@ async def test_a_webhook_asks_the_schema_once_when_the_policy_names_a_newer_fiel
         assert older.repo(ORG, name)["web_commit_signoff_required"] is False  # the rest is not attempted
     assert [c.body for c in older.calls_to("PATCH")] == [{"has_wiki": False}] * 2
     assert len(schema_questions(older)) == 1 and failed_queries(older) == []
-
-
-async def unknown_remediations(moko: Any, policy: str) -> float:
-    async with moko.session.get(moko.url + "/metrics") as response:
-        text = await response.text()
-    line = f'moko_remediations_total{{outcome="unknown",policy="{policy}"}} '
-    return next((float(row[len(line):]) for row in text.splitlines() if row.startswith(line)), 0.0)
 
 
 async def test_status_plan_and_a_webhook_say_unknown_naming_the_field_the_server_lacks(older, env):

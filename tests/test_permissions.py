@@ -45,11 +45,11 @@ def asked_for_merge_settings(fake) -> list[str]:
     return graphql + rest
 
 
-async def unknown_remediations(moko) -> float:
-    """moko_remediations_total{policy="repository",outcome="unknown"} as GET /metrics shows it."""
+async def unknown_remediations(moko, policy: str = "repository") -> float:
+    """moko_remediations_total{policy=…,outcome="unknown"} as GET /metrics shows it."""
     async with moko.session.get(moko.url + "/metrics") as response:
         text = await response.text()
-    line = 'moko_remediations_total{outcome="unknown",policy="repository"} '
+    line = f'moko_remediations_total{{outcome="unknown",policy="{policy}"}} '
     return next((float(row[len(line):]) for row in text.splitlines() if row.startswith(line)), 0.0)
 
 
