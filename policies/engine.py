@@ -281,6 +281,11 @@ class PolicyEngine:
             return RepoResult(full_name, REPO_FAILED, error=str(exc))
         effective = scope.restrict(policy)
         dry_run = self.is_dry_run(policy)
+        if apply and only_if is None:
+            settled = await self._compliant_as_known(gh, run, repo, effective, known)
+            if settled is not None:
+                # Nothing to change and nothing to read: no lock, no store write, no GitHub call.
+                return RepoResult(full_name, COMPLIANT, plan=settled, policy=policy, dry_run=dry_run)
         done: list[ChangeOutcome] = []
         for attempt in range(1, _LOCK_ATTEMPTS + 1):
             try:
@@ -302,6 +307,30 @@ class PolicyEngine:
                 break
             known = None
         return RepoResult(full_name, REPO_FAILED, tuple(done), error=error, policy=policy, dry_run=dry_run)
+
+    async def _compliant_as_known(
+        self, gh: Any, run: Run, repo: Mapping[str, Any], effective: Policy, known: Known | None
+    ) -> Plan | None:
+        """The plan when what is already known (a payload's settings) shows the repository
+        compliant, with nothing to read, defer, hold or leave unknown; None otherwise.
+
+        Most deliveries about a repository find it compliant: deciding that before the
+        repository's lock spares the lock's store writes. A plan that would change anything
+        is made again under the lock, from what is known there.
+        """
+        try:
+            schema = await schema_for(gh, effective)
+            if schema is not None and unsupported(effective, schema):
+                return None
+            granted = await self.granted(run.installation)
+        except GitHubException:
+            return None  # the locked path asks again, and reports the failure
+        known = Known() if known is None else replace(known, protections=dict(known.protections))
+        _mark_unreadable(effective, repo, known, granted)
+        plan = plan_repository(effective, self.state_of(repo, known))
+        if plan.needs_read or plan.changes or plan.deferred or plan.held or plan.unknown or plan.skipped is not None:
+            return None
+        return plan
 
     async def _remediate_locked(
         self,

@@ -53,8 +53,18 @@ class FrozenDict(dict[str, Any]):
         return f"FrozenDict({dict.__repr__(self)})"
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def freeze(value: Any) -> Any:
     """Return an immutable, hashable copy: mappings become FrozenDict, lists become tuples."""
+    # A repository payload is a hundred values, nearly all strings: they are answered by
+    # their exact type first, before the slower abstract-class checks.
+    kind = type(value)
+    if kind in _SCALARS or kind is FrozenDict:
+        return value
+    if kind is dict:
+        return FrozenDict({str(k): v if type(v) in _SCALARS else freeze(v) for k, v in value.items()})
     if isinstance(value, FrozenDict):
         return value
     if isinstance(value, Mapping):

@@ -1,0 +1,326 @@
+"""Processing benchmark: CPU per handled `repository.created` delivery, Moko against Probot.
+
+The work Moko exists for, not `ping`: GitHub's own `repository.created` example, each
+delivery about a repository of its own, under an organization policy of settings only
+(`has_issues: true, has_wiki: false, has_projects: false`), so that Moko and the reference
+do the same GitHub calls:
+
+- `compliant`: the payload already matches the policy: no API call at all;
+- `drifted`: the wiki is on: one `PATCH /repos/{owner}/{repo}` to the fake GitHub, which
+  answers at once.
+
+The fake GitHub (tests/fakegithub, every request checked against GitHub's OpenAPI
+description) runs in its own process. Each round sends `--warmup` deliveries, not measured,
+then `--deliveries` measured ones, `--concurrency` at a time, from this process (bodies
+signed beforehand), to one server at a time, alternating Moko and the minimal Probot app of
+bench/probot_reference (which handles `repository.created` the same way, with Octokit's
+throttling off). Measured per server and workload:
+
+- deliveries/s: measured deliveries over the time from the first sent until the last one
+  processed (Moko acknowledges first and processes after; Probot answers once its handler
+  has finished, so its last answer is its last processed delivery);
+- CPU per delivery until idle: the server process's user + system CPU over the same span;
+- acknowledged/s: measured deliveries over the time until the last answer;
+- peak RSS of the server process (VmHWM).
+
+Afterwards the fake's count of PATCHes must equal the drifted deliveries sent, per server.
+
+    python bench/processing.py [--rounds 2] [--deliveries 3000] [--warmup 3000] [--concurrency 50]
+    python bench/processing.py --only moko --workloads compliant --profile /tmp/prof   # where it goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import copy
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SECRET = "bench-secret"
+EXAMPLE = ROOT / "tests" / "fixtures" / "webhook-examples" / "repository.created.json"
+REFERENCE = ROOT / "bench" / "probot_reference"
+POLICY = "version: 1\nrepository:\n  has_issues: true\n  has_wiki: false\n  has_projects: false\nbranches: []\n"
+COMPLIANT = {"has_issues": True, "has_wiki": False, "has_projects": False}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# --- the fake GitHub's process ------------------------------------------------------------
+
+async def serve_fake(owner: str, drifted: int) -> None:
+    """Build the organization, print where the fake listens, answer `count` lines on stdin."""
+    from tests.fakegithub.server import FakeGitHub
+
+    fake = FakeGitHub()
+    await fake.start()
+    fake.add_installation(1, owner)
+    fake.add_repo(owner, ".github", **COMPLIANT)
+    fake.put_file(owner, ".github", ".github/moko.yml", POLICY)
+    for i in range(drifted):
+        fake.add_repo(owner, f"drifted-{i:05d}", **{**COMPLIANT, "has_wiki": True})
+    print(json.dumps({"url": fake.url, "app_id": fake.app_id, "key": fake.private_key_pem}), flush=True)
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        if line.strip() == "count":
+            patches = fake.count("PATCH", rf"^/repos/{owner}/drifted-\d+$")
+            print(json.dumps({"patches": patches, "violations": list(fake.violations)}), flush=True)
+            fake.reset_calls()
+    await fake.close()
+
+
+class Fake:
+    """The fake GitHub's process, seen from the bench."""
+
+    def __init__(self, owner: str, drifted: int) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--serve-fake", owner, str(drifted)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        )
+        assert self.process.stdout is not None
+        self.info = json.loads(self.process.stdout.readline())
+
+    def patches(self) -> int:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("count\n")
+        self.process.stdin.flush()
+        answer = json.loads(self.process.stdout.readline())
+        if answer["violations"]:
+            raise SystemExit(f"requests the fake GitHub refused: {answer['violations'][:3]}")
+        return int(answer["patches"])
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(30)
+
+
+# --- deliveries ---------------------------------------------------------------------------
+
+def deliveries(run: str, count: int, *, drifted: bool, first: int = 0) -> list[tuple[bytes, dict[str, str]]]:
+    """Signed `repository.created` deliveries, each about a repository of its own."""
+    example = json.loads(EXAMPLE.read_text())
+    signed = []
+    for i in range(first, first + count):
+        payload = copy.deepcopy(example)
+        repository = payload["repository"]
+        name = f"drifted-{i:05d}" if drifted else f"{run}-{i:05d}"
+        repository.update(COMPLIANT, name=name, full_name=f"{repository['owner']['login']}/{name}",
+                          id=10_000_000 + i, node_id=f"R_bench{i}")
+        if drifted:
+            repository["has_wiki"] = True
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        signed.append((body, {
+            "Content-Type": "application/json", "User-Agent": "GitHub-Hookshot/bench",
+            "X-GitHub-Event": "repository", "X-GitHub-Delivery": f"{run}-{i}-{uuid.uuid4()}",
+            "X-GitHub-Hook-ID": "1", "X-GitHub-Hook-Installation-Target-ID": "1",
+            "X-GitHub-Hook-Installation-Target-Type": "integration", "X-Hub-Signature-256": signature,
+        }))
+    return signed
+
+
+async def send_all(url: str, batch: list[tuple[bytes, dict[str, str]]], concurrency: int) -> float:
+    """Post every delivery, `concurrency` at a time; the time of the last answer (monotonic)."""
+    import aiohttp
+
+    queue = list(reversed(batch))
+    refused: list[int] = []
+
+    async def sender(session: aiohttp.ClientSession) -> None:
+        while queue:
+            body, headers = queue.pop()
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                if response.status >= 300:
+                    refused.append(response.status)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(sender(session) for _ in range(concurrency)))
+    if refused:
+        raise SystemExit(f"{len(refused)} deliveries refused: {sorted(set(refused))}")
+    return time.monotonic()
+
+
+# --- the servers --------------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], path: str = "/") -> None:
+    for _ in range(600):
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
+            return
+        time.sleep(0.05)
+    raise SystemExit("the server did not listen")
+
+
+class Server:
+    """One server under test: Moko (`moko serve` on a fresh SQLite file) or the Probot app."""
+
+    def __init__(self, kind: str, fake: dict[str, Any], workdir: Path, profile: str | None = None) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.database = workdir / f"{kind}.db"
+        log = (workdir / f"{kind}.log").open("wb")
+        if kind == "moko":
+            env = {
+                **os.environ, "GITHUB_APP_ID": str(fake["app_id"]), "GITHUB_PRIVATE_KEY": fake["key"],
+                "GITHUB_WEBHOOK_SECRET": SECRET, "GITHUB_API_URL": fake["url"],
+                "MOKO_DATABASE_URL": f"sqlite:///{self.database}", "MOKO_SWEEP_INTERVAL": "0",
+                "MOKO_RECOVER_WINDOW": "0", "MOKO_QUEUE_MAX": "1000000",
+                "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning"),
+            }
+            command = [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+            if profile:
+                # cProfile of the event loop's thread, written when the server stops.
+                command[1:1] = ["-m", "cProfile", "-o", profile]
+            self.process = subprocess.Popen(command, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=log)
+        else:
+            if not (REFERENCE / "node_modules" / "probot").is_dir():
+                subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=REFERENCE, check=True)
+            env = {
+                **os.environ, "APP_ID": str(fake["app_id"]), "PRIVATE_KEY": fake["key"], "WEBHOOK_SECRET": SECRET,
+                "PORT": str(self.port), "BASE_URL": fake["url"], "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warn"),
+            }
+            self.process = subprocess.Popen(["node", "index.js"], cwd=REFERENCE, env=env, stdout=log, stderr=log)
+        wait_listening(self.port, self.process)
+        self.url = f"http://127.0.0.1:{self.port}/api/github/webhooks"
+
+    def unfinished(self, run: str) -> int:
+        """Moko: the run's deliveries not yet done (a failed one ends the bench: it must not fail)."""
+        with contextlib.closing(sqlite3.connect(self.database, timeout=30)) as conn:
+            failed = conn.execute("SELECT count(*) FROM deliveries WHERE id LIKE ? AND state = 'failed'",
+                                  (run + "-%",)).fetchone()[0]
+            if failed:
+                raise SystemExit(f"{failed} deliveries failed in Moko; its log: {self.database.with_suffix('.log')}")
+            return int(conn.execute("SELECT count(*) FROM deliveries WHERE id LIKE ? AND state != 'done'",
+                                    (run + "-%",)).fetchone()[0])
+
+    def idle(self, run: str, last_answer: float) -> float:
+        """When the last delivery of the run was processed (monotonic)."""
+        if self.kind != "moko":
+            return last_answer
+        while self.unfinished(run):
+            time.sleep(0.01)
+        return time.monotonic()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
+
+
+def measure(server: Server, fake: Fake, workload: str, args: argparse.Namespace, round_no: int) -> dict[str, Any]:
+    drifted = workload == "drifted"
+    run = f"{server.kind}{round_no}{workload}"
+    # Drifted repositories exist at the fake; both servers PATCH the same ones in turn.
+    warm = deliveries(run + "w", args.warmup, drifted=drifted, first=0)
+    batch = deliveries(run, args.deliveries, drifted=drifted, first=args.warmup)
+    asyncio.run(send_all(server.url, warm, args.concurrency))
+    server.idle(run + "w", time.monotonic())
+    fake.patches()  # resets the count
+    cpu_before = cpu_seconds(server.process.pid)
+    started = time.monotonic()
+    last_answer = asyncio.run(send_all(server.url, batch, args.concurrency))
+    idle = server.idle(run, last_answer)
+    cpu = cpu_seconds(server.process.pid) - cpu_before
+    patches = fake.patches()
+    expected = args.deliveries if drifted else 0
+    if patches != expected:
+        raise SystemExit(f"{server.kind} {workload}: {patches} PATCHes, expected {expected}")
+    return {
+        "server": server.kind, "workload": workload, "round": round_no,
+        "deliveries_per_s": round(args.deliveries / (idle - started)),
+        "acknowledged_per_s": round(args.deliveries / (last_answer - started)),
+        "cpu_ms_per_delivery": round(cpu * 1000 / args.deliveries, 3),
+        "peak_rss_mib": round(peak_rss_mib(server.process.pid), 1),
+        "patches": patches,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--deliveries", type=int, default=3000)
+    parser.add_argument("--warmup", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--only", choices=["moko", "probot"], action="append", help="default: both, alternating")
+    parser.add_argument("--workloads", default="compliant,drifted")
+    parser.add_argument("--profile", metavar="DIR", help="write a cProfile of each Moko run into DIR")
+    parser.add_argument("--serve-fake", nargs=2, metavar=("OWNER", "DRIFTED"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_fake:
+        asyncio.run(serve_fake(args.serve_fake[0], int(args.serve_fake[1])))
+        return
+    kinds = args.only or ["moko", "probot"]
+    if "probot" in kinds and (shutil.which("node") is None or shutil.which("npm") is None):
+        raise SystemExit("node and npm are needed for the reference")
+    owner = json.loads(EXAMPLE.read_text())["repository"]["owner"]["login"]
+    workloads = args.workloads.split(",")
+    fake = Fake(owner, args.warmup + args.deliveries)
+    results = []
+    try:
+        for round_no in range(1, args.rounds + 1):
+            for workload in workloads:
+                # Alternate which server goes first, so neither always meets a warmer machine.
+                order = kinds if round_no % 2 else list(reversed(kinds))
+                for kind in order:
+                    workdir = Path(tempfile.mkdtemp(prefix="moko-bench-processing-"))
+                    profile = args.profile and f"{args.profile}/{kind}-{workload}-{round_no}.prof"
+                    server = Server(kind, fake.info, workdir, profile if kind == "moko" else None)
+                    try:
+                        result = measure(server, fake, workload, args, round_no)
+                    finally:
+                        server.stop()
+                    shutil.rmtree(workdir)  # kept, with the server's log, when the run failed
+                    print(json.dumps(result), flush=True)
+                    results.append(result)
+    finally:
+        fake.close()
+    print("\n| workload | measure | " + " | ".join(kinds) + " |")
+    print("|---|---|" + "---:|" * len(kinds))
+    for workload in workloads:
+        for measure_name in ("deliveries_per_s", "acknowledged_per_s", "cpu_ms_per_delivery", "peak_rss_mib"):
+            cells = []
+            for kind in kinds:
+                values = [r[measure_name] for r in results if r["server"] == kind and r["workload"] == workload]
+                cells.append(f"{statistics.median(values):g}" if values else "—")
+            print(f"| {workload} | {measure_name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
