@@ -8,7 +8,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
 import aiohttp
@@ -31,6 +31,7 @@ from bot.config import Settings
 from bot.github_app import GitHubApp
 from bot.logs import configure_logging
 from bot.store import open_store
+from handlers.noncompliance import NonComplianceNotice
 from policies.apply import github_error
 from policies.batch_read import OwnerNotFound, viewer_login
 from policies.engine import PolicyEngine
@@ -192,6 +193,15 @@ async def sweep_command(
     return EXIT_FAILURES if report.failed or report.unknown else EXIT_OK
 
 
+def acting(actor: str) -> Callable[[], Awaitable[str]]:
+    """Who the sweep acts as, as the notice asks for it."""
+
+    async def login() -> str:
+        return actor
+
+    return login
+
+
 async def _sweep(
     args: argparse.Namespace,
     settings: Settings,
@@ -204,7 +214,7 @@ async def _sweep(
     try:
         installation, gh, actor = await _acting_as(github, args.org, token_mode)
         engine = PolicyEngine(store=store, audit=AuditWriter(store), dry_run=args.dry_run or settings.dry_run,
-                              permissions=github.installation_permissions)
+                              permissions=github.installation_permissions, notice=NonComplianceNotice(acting(actor)))
         installation_id = None if token_mode else installation
 
         async def sweep(observer: SweepObserver | None = None) -> SweepReport:

@@ -56,7 +56,11 @@ FIELDS_HEADERS = ("field", "repositories")
 UNDECIDED_TITLE = "**What Moko cannot tell** ({count} repositories)"
 UNDECIDED_LINE = "- {repo}: {why}"
 UNDECIDED_MORE = "- … and {count} more"
-MODE_DRY_RUN = "The file sets `mode: dry-run`: once merged, Moko only records what it would change."
+MODE_NOTES = {
+    "dry-run": "The file sets `mode: dry-run`: once merged, Moko only records what it would change.",
+    "report": "The file sets `mode: report`: once merged, Moko changes nothing, records what it would "
+    "change and reports it as `notify` says.",
+}
 TEXT_TITLE = "### Planned changes ({shown} of {total})"
 TEXT_HEADERS = ("repository", "change")
 HELD = "not done, for a person to decide: {field}: {reason}"
@@ -173,8 +177,8 @@ def preview_output(preview: PolicyPreview, head_sha: str) -> CheckOutput:
     skipped = len(preview.repositories) - len(in_scope)
     if skipped:
         parts[-1] += " " + OUT_OF_SCOPE.format(count=skipped)
-    if preview.policy.dry_run:
-        parts.append(MODE_DRY_RUN)
+    if preview.policy.mode in MODE_NOTES:
+        parts.append(MODE_NOTES[preview.policy.mode])
     per_field = preview.changes_per_field()
     if per_field:
         field_rows = [(escape(name), str(count)) for name, count in per_field.items()]

@@ -8,6 +8,7 @@ from bot.context import Services
 from bot.reconcile_budget import TurnCost
 from bot.scheduler import ReconcileCycle
 from handlers.common import ENGINE
+from handlers.noncompliance import NonComplianceNotice
 from policies.engine import PolicyEngine
 from policies.sweep import reconcile_installation
 
@@ -18,6 +19,7 @@ def install_engine(services: Services) -> None:
         audit=services.audit,
         dry_run=services.settings.dry_run,
         permissions=services.github.installation_permissions,
+        notice=NonComplianceNotice(services.github.bot_login),
     )
 
 

@@ -39,6 +39,7 @@ from policies.source import CONTENT_LIMIT, PolicyFile, too_large
 
 PAGE_SIZE = 100  # GitHub's most per connection page, and the most aliases Moko puts in a query
 RULES_PAGE = 20  # branch protection rules per repository; a repository with more may need REST
+NOTICES_PAGE = 10  # open issues by Moko per repository: it opens one
 _ALWAYS = ("name", "nameWithOwner", "isArchived", "isEmpty", "defaultBranchRef { name }", "owner { login }")
 # Every query is named, so GitHub's logs (and the fake's) say what Moko was asking for.
 # rateLimit costs nothing and says what the query cost: reconciliation keeps to a budget.
@@ -74,6 +75,7 @@ class ReadFields:
     protection: bool = True
     branches: tuple[str, ...] = ()  # exact branch names besides the default one
     own_policy: bool = False  # each repository's .github/moko.yml (the policy allows overrides)
+    notices_by: str | None = None  # the login whose open issues to list (the policy notifies)
 
     @classmethod
     def for_policy(cls, policy: Policy, granted: Mapping[str, str] | None = None) -> ReadFields:
@@ -118,6 +120,12 @@ class ReadFields:
             parts.append(f"branch{index}: ref(qualifiedName: {json.dumps('refs/heads/' + branch)}) {{ name }}")
         if self.own_policy:
             parts.append(_OWN_POLICY)
+        if self.notices_by:
+            # Whether Moko has an issue open there: a repository that complies again gets it closed.
+            parts.append(
+                f"openNotices: issues(first: {NOTICES_PAGE}, states: [OPEN], "
+                f"filterBy: {{createdBy: {json.dumps(self.notices_by)}}}) {{ nodes {{ title }} }}"
+            )
         return " ".join(parts)
 
 
@@ -133,6 +141,7 @@ class RepoSnapshot:
     own_policy_read: bool = False  # whether own_policy says what the repository's file holds
     own_policy: PolicyFile | None = None  # its .github/moko.yml, or None when it has none
     rule_patterns: Mapping[str, str | None] = field(default_factory=dict)  # see RepoState
+    open_issues: tuple[str, ...] | None = None  # titles of the open issues Moko opened; None: not read
 
     @property
     def full_name(self) -> str:
@@ -146,6 +155,7 @@ class RepoSnapshot:
             empty=self.empty,
             existing_branches=self.existing_branches,
             rule_patterns=dict(self.rule_patterns),
+            open_issues=self.open_issues,
         )
 
 
@@ -190,7 +200,10 @@ def snapshot_of(node: Mapping[str, Any], fields: ReadFields) -> RepoSnapshot:
         own_file = None if blob is None else _own_policy_file(blob)
         # What the blob cannot tell (a binary file) is left to the REST read, which reports it.
         own_read = blob is None or own_file is not None
-    return RepoSnapshot(repo, settings, protections, empty, existing, own_read, own_file, patterns)
+    open_issues: tuple[str, ...] | None = None
+    if fields.notices_by and isinstance(node.get("openNotices"), dict):
+        open_issues = tuple(str(n.get("title")) for n in node["openNotices"].get("nodes") or () if n)
+    return RepoSnapshot(repo, settings, protections, empty, existing, own_read, own_file, patterns, open_issues)
 
 
 def _own_policy_file(blob: Mapping[str, Any]) -> PolicyFile | None:

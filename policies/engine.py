@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from gidgethub import BadRequest, GitHubException
@@ -118,6 +119,11 @@ class Known:
     existing_branches: frozenset[str] | None = None
     missing_branches: set[str] = field(default_factory=set)
     rule_patterns: dict[str, str | None] = field(default_factory=dict)
+    open_issues: tuple[str, ...] | None = None  # titles of the open issues Moko opened; None: not read
+
+
+# Called after a repository's whole policy was remediated: (gh, run, repo, result, engine, known).
+Notice = Callable[[Any, Run, Mapping[str, Any], "RepoResult", "PolicyEngine", "Known | None"], Awaitable[None]]
 
 
 class PolicyEngine:
@@ -131,12 +137,14 @@ class PolicyEngine:
         source: PolicySource | None = None,
         dry_run: bool = False,
         permissions: PermissionsSource | None = None,
+        notice: Notice | None = None,
     ) -> None:
         self.store = store
         self.audit = audit
         self.source = source or PolicySource()
         self.global_dry_run = dry_run
         self.permissions: PermissionsSource = permissions or _all_permissions
+        self.notice = notice
 
     async def granted(self, installation: int | None) -> Permissions:
         """The installation's granted permissions, which say what Moko may read."""
@@ -273,7 +281,29 @@ class PolicyEngine:
         ``repo`` is a REST repository object (a webhook payload's, or a read one); ``known``
         says what else is known without a read; ``only_if`` is checked under the repository's
         lock, so two deliveries racing for the same one-time work do it once.
+
+        A remediation of the whole policy (``scope`` ALL) is followed by the ``notice`` hook,
+        which tells the repository when it stays non-compliant (policy ``notify``).
         """
+        result = await self._remediate(gh, run, repo, known=known, scope=scope, apply=apply, only_if=only_if)
+        if apply and scope == ALL and self.notice is not None and result.policy is not None:
+            try:
+                await self.notice(gh, run, repo, result, self, known)
+            except GitHubException as exc:  # telling failed; the remediation stands
+                log.error("notice_failed", repo=result.repo, error=github_error(exc))
+        return result
+
+    async def _remediate(
+        self,
+        gh: Any,
+        run: Run,
+        repo: Mapping[str, Any],
+        *,
+        known: Known | None,
+        scope: Concern,
+        apply: bool,
+        only_if: Callable[[], Awaitable[bool]] | None,
+    ) -> RepoResult:
         full_name = str(repo["full_name"])
         try:
             policy = await self.policy_for(gh, run, full_name)
@@ -392,6 +422,15 @@ class PolicyEngine:
             policy=policy,
             dry_run=dry_run,
         )
+
+    async def waiting_since(self, full_name: str, fields: tuple[str, ...]) -> dict[str, datetime]:
+        """For each of the branch rules that still wait for their branch, when the wait began:
+        the time of its deferred record, written once when the wait began."""
+        newest: dict[str, AuditRecord] = {}
+        for record in await self._protection_records(full_name):  # newest first
+            if record.field in fields:
+                newest.setdefault(record.field, record)
+        return {name: record.time for name, record in newest.items() if record.outcome == DEFERRED}
 
     async def _protection_records(self, full_name: str) -> list[AuditRecord]:
         """The repository's latest branch protection records, newest first."""

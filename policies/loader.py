@@ -16,7 +16,8 @@ Overrides: the organization's ``overrides`` list says what a repository's own
   except the organization's ``default`` rule;
 - ``branches.<rule name>``: the rule with that name, replaced or added. Only
   ``branches.default`` lets a repository replace the default branch's rule, or let a rule
-  naming its default branch (e.g. ``main``) win over the organization's ``default`` rule.
+  naming its default branch (e.g. ``main``) win over the organization's ``default`` rule;
+- ``notify``: the repository's own ``notify`` (``issue`` or ``none``).
 
 Anything else in the repository's file is ignored and reported; the allowed keys still apply.
 An invalid repository file changes nothing (all of it is ignored, its problems reported).
@@ -374,6 +375,7 @@ def _policy_from_document(doc: Mapping[str, Any] | None, source: str) -> Policy:
         overrides=tuple(doc.get("overrides") or ()) if "overrides" in doc else default.overrides,
         apply_permission=commands.get("apply_permission", default.apply_permission),
         source=source,
+        notify=doc.get("notify") or default.notify,
     )
 
 
@@ -430,6 +432,7 @@ def merge_loaded(org: Policy, loaded: LoadedFile) -> tuple[Policy, list[PolicyPr
 
     repository = dict(org.repository)
     branches = list(org.branches)
+    notify = org.notify
     # Only an explicit branches.default lets the repository touch the default branch's rules.
     own_default = f"branches.{DEFAULT_BRANCH_RULE}" in allowed
     for key, value in doc.items():
@@ -452,6 +455,11 @@ def merge_loaded(org: Policy, loaded: LoadedFile) -> tuple[Policy, list[PolicyPr
                     repository[name] = setting
                 else:
                     ignore(("repository", name))
+        elif key == "notify":
+            if "notify" in allowed:
+                notify = value or org.notify
+            else:
+                ignore((key,))
         elif key == "branches":
             rules = [
                 BranchRule(rule["name"], rule["protection"], displaces_default=own_default)
@@ -483,7 +491,7 @@ def merge_loaded(org: Policy, loaded: LoadedFile) -> tuple[Policy, list[PolicyPr
         else:
             ignore((key,))
     merged = replace(
-        org, repository=repository, branches=tuple(branches), source=f"{org.source} + {source}"
+        org, repository=repository, branches=tuple(branches), notify=notify, source=f"{org.source} + {source}"
     )
     return merged, sorted(ignored)
 

@@ -6,10 +6,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
-Mode = Literal["enforce", "dry-run"]
+Mode = Literal["enforce", "dry-run", "report"]
+Notify = Literal["issue", "none"]
 Method = Literal["PATCH", "PUT", "DELETE"]
 
-MODES: tuple[str, ...] = ("enforce", "dry-run")
+MODES: tuple[str, ...] = ("enforce", "dry-run", "report")
+NOTIFY: tuple[str, ...] = ("issue", "none")
 PERMISSIONS: tuple[str, ...] = ("admin", "maintain", "write", "triage", "read")
 
 REPOSITORY = "repository"
@@ -140,6 +142,8 @@ class Policy:
     apply_permission: str
     # Where it came from, for logs and audit; not part of the policy's identity.
     source: str = field(default="built-in default", compare=False)
+    # How a repository that stays non-compliant is told: an issue in it, or not at all.
+    notify: Notify = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "repository", freeze(self.repository))
@@ -148,7 +152,12 @@ class Policy:
 
     @property
     def dry_run(self) -> bool:
-        return self.mode == "dry-run"
+        """Whether nothing is changed: ``dry-run``, and ``report`` (which also notifies)."""
+        return self.mode in ("dry-run", "report")
+
+    @property
+    def report(self) -> bool:
+        return self.mode == "report"
 
     def to_dict(self) -> dict[str, Any]:
         """The policy in the shape of moko.yml, JSON/YAML-ready."""
@@ -166,6 +175,7 @@ class Policy:
             },
             "overrides": list(self.overrides),
             "commands": {"apply_permission": self.apply_permission},
+            "notify": self.notify,
         }
 
 

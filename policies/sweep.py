@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.logs import get_logger
@@ -142,6 +142,8 @@ async def sweep_owner(
             await engine.record_config_error(run, full_name, str(exc), source, exc.file_id)
         raise
     fields = ReadFields.for_policy(policy, await engine.granted(installation))
+    if policy.notify == "issue" or "notify" in policy.overrides:
+        fields = replace(fields, notices_by=actor)
     progress = await store.start_sweep(
         request.checkpoint_key(dry_run), sweep_id=sweep_id, retry_failed=request.retry_failed
     )

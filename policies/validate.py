@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from policies import protection_shapes as bp
-from policies.model import MODES, PERMISSIONS
+from policies.model import MODES, NOTIFY, PERMISSIONS
 from policies.repository_settings import (
     COMPANION_FIELDS,
     PATCH_FIELDS,
@@ -26,6 +26,7 @@ TOP_LEVEL_KEYS: tuple[str, ...] = (
     "scope",
     "overrides",
     "commands",
+    "notify",
 )
 RULE_KEYS: tuple[str, ...] = ("name", "protection")
 SCOPE_KEYS: tuple[str, ...] = ("include", "exclude", "archived")
@@ -33,7 +34,7 @@ COMMANDS_KEYS: tuple[str, ...] = ("apply_permission",)
 CHECK_KEYS: tuple[str, ...] = ("context", "app_id")
 SUPPORTED_VERSION = 1
 
-OVERRIDE_HELP = "repository, repository.<field>, branches or branches.<rule name>"
+OVERRIDE_HELP = "repository, repository.<field>, branches, branches.<rule name> or notify"
 
 
 def dotted(path: Path) -> str:
@@ -125,6 +126,10 @@ class _Checker:
         if "mode" in doc and doc["mode"] not in MODES:
             self.report(
                 ("mode",), f"must be one of {', '.join(MODES)}, not {describe(doc['mode'])}"
+            )
+        if "notify" in doc and doc["notify"] not in NOTIFY:
+            self.report(
+                ("notify",), f"must be one of {', '.join(NOTIFY)}, not {describe(doc['notify'])}"
             )
         if doc.get("repository") is not None:
             self.repository(doc["repository"], ("repository",))
@@ -335,7 +340,7 @@ def check_override_key(key: Any) -> str | None:
             hint = f"; did you mean 'repository.{close[0]}'?" if close else ""
             return f"{key!r}: {rest!r} is not a field of PATCH /repos/{{owner}}/{{repo}}{hint}"
         return None
-    if section == "branches":
+    if section == "branches" or key == "notify":
         return None
     return f"{key!r} cannot be overridden; overrides may list {OVERRIDE_HELP}"
 

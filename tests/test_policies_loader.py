@@ -76,6 +76,7 @@ def test_default_policy_is_what_the_spec_states() -> None:
         "scope": {"include": ["*"], "exclude": [], "archived": False},
         "overrides": [],
         "commands": {"apply_permission": "maintain"},
+        "notify": "none",
     }
 
 
@@ -197,7 +198,7 @@ def test_every_error_is_reported_at_once_in_line_order() -> None:
     """)
     assert [line for line, _ in found] == [1, 2, 4, 5, 7, 9, 10]
     assert found[0] == (1, "version: must be 1, not 2")
-    assert found[1] == (2, "mode: must be one of enforce, dry-run, not 'enforcing'")
+    assert found[1] == (2, "mode: must be one of enforce, dry-run, report, not 'enforcing'")
     assert found[2] == (4, "repository.has_wiki: must be true or false, not 'no'")
     assert found[3] == (5, "repository.visibility: must be one of public, private, not 'secret'")
     assert found[4] == (7, "scope.archived: must be true or false, not 'sometimes'")
@@ -321,7 +322,7 @@ def test_top_level_must_be_a_mapping() -> None:
     assert lines_and_messages("- has_wiki: false\n") == [
         (
             1,
-            "the policy must be a mapping with the keys version, mode, repository, branches, scope, overrides, commands",
+            "the policy must be a mapping with the keys version, mode, repository, branches, scope, overrides, commands, notify",
         ),
     ]
 
@@ -345,7 +346,7 @@ def test_parse_policy_raises_with_every_problem_as_file_line_message() -> None:
     with pytest.raises(PolicyError) as caught:
         parse_policy("mode: sometimes\nrepository:\n  has_wikki: true\n", source=".github/moko.yml")
     assert [str(problem) for problem in caught.value.problems] == [
-        ".github/moko.yml:1: mode: must be one of enforce, dry-run, not 'sometimes'",
+        ".github/moko.yml:1: mode: must be one of enforce, dry-run, report, not 'sometimes'",
         ".github/moko.yml:3: repository.has_wikki: not a field of PATCH /repos/{owner}/{repo}; did you mean 'has_wiki'?",
     ]
     assert str(caught.value).splitlines()[0].startswith(".github/moko.yml:1:")
@@ -523,3 +524,25 @@ def test_block_creations_without_push_restrictions_is_refused() -> None:
             "branches[0].protection.block_creations: needs restrictions (who may push) in the same protection",
         )
     ]
+
+
+# --- notify and mode: report ---
+
+
+def test_notify_and_report_mode_are_read_and_checked() -> None:
+    policy = parse_policy("version: 1\nmode: report\nnotify: issue\n")
+    assert (policy.mode, policy.notify, policy.dry_run, policy.report) == ("report", "issue", True, True)
+    assert parse_policy("version: 1\n").notify == "none"
+    problems = validate_policy_text("version: 1\nnotify: email\n")
+    assert [str(p) for p in problems] == ["moko.yml:2: notify: must be one of issue, none, not 'email'"]
+
+
+def test_a_repository_may_set_notify_only_when_the_organization_lists_it() -> None:
+    org = parse_policy("version: 1\nnotify: none\noverrides: [notify]\n")
+    merged, ignored = merge_overrides(org, "notify: issue\n")
+    assert merged.notify == "issue" and ignored == []
+    strict = parse_policy("version: 1\nnotify: issue\noverrides: [repository.has_wiki]\n")
+    merged, ignored = merge_overrides(strict, "notify: none\n")
+    assert merged.notify == "issue"
+    assert [p.message for p in ignored] == [
+        "notify: ignored: the organization's policy allows overriding only repository.has_wiki"]

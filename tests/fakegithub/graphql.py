@@ -447,6 +447,22 @@ class RepoNode(Node):
         rules += [RuleNode(self, pattern, body) for pattern, body in self._repo.pattern_rules.items()]
         return connection(rules, first, after, last, before)
 
+    def issues(self, info: Any, first: int | None = None, after: str | None = None,
+               last: int | None = None, before: str | None = None,
+               states: list[str] | None = None, filterBy: dict[str, Any] | None = None,  # noqa: N803
+               **_ignored: Any) -> dict[str, Any]:
+        """Issues, not pull requests (GraphQL lists those apart), oldest first."""
+        info.context.require("issues", "read")
+        items = [i for i in self._repo.issues.values() if "pull_request" not in i]
+        if states:
+            items = [i for i in items if str(i["state"]).upper() in {str(s).upper() for s in states}]
+        author = (filterBy or {}).get("createdBy")
+        if author:
+            items = [i for i in items if str(i["user"]["login"]).lower() == str(author).lower()]
+        return connection(items, first, after, last, before, make=lambda i: {
+            "number": i["number"], "title": i["title"], "body": i.get("body") or "",
+            "state": str(i["state"]).upper(), "url": i["html_url"]})
+
     def object(self, info: Any, expression: str | None = None,
                oid: str | None = None) -> dict[str, Any] | None:
         if expression is None:
