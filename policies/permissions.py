@@ -41,6 +41,8 @@ METADATA_READ = Need("metadata", "read")  # every App has it
 ADMINISTRATION_READ = Need("administration", "read")
 ADMINISTRATION_WRITE = Need("administration", "write")
 CONTENTS_WRITE = Need("contents", "write")
+ISSUES_READ = Need("issues", "read")  # whether Moko has an issue open (notify: issue)
+ISSUES_WRITE = Need("issues", "write")  # the issue of notify: issue
 
 # GET /repos/{owner}/{repo} and GraphQL's Repository show these only with contents: write.
 MERGE_SETTINGS: tuple[str, ...] = (
@@ -147,5 +149,6 @@ def permissions_table() -> list[tuple[str, str, str]]:
         *[(f"repository.{f}", str(CONTENTS_WRITE), str(ADMINISTRATION_WRITE)) for f in MERGE_SETTINGS],
         *[(f"repository.{f}", str(ADMINISTRATION_WRITE), str(ADMINISTRATION_WRITE)) for f in ADMIN_ONLY_SETTINGS],
         ("branches[].protection", str(ADMINISTRATION_READ), str(ADMINISTRATION_WRITE)),
+        ("notify: issue", str(ISSUES_READ), str(ISSUES_WRITE)),
     ]
     return rows

@@ -31,6 +31,7 @@ from policies.engine import (
     PolicyEngine,
 )
 from policies.loader import PolicyError
+from policies.permissions import ISSUES_READ
 from policies.preloaded_source import with_preloaded_policies
 from policies.reconcile import CONCURRENCY, for_each, remediate_snapshot
 from policies.source import POLICY_PATH, POLICY_REPO
@@ -141,8 +142,10 @@ async def sweep_owner(
             run = Run(sweep_id, request.trigger, actor, installation)
             await engine.record_config_error(run, full_name, str(exc), source, exc.file_id)
         raise
-    fields = ReadFields.for_policy(policy, await engine.granted(installation))
-    if policy.notify == "issue" or "notify" in policy.overrides:
+    granted = await engine.granted(installation)
+    fields = ReadFields.for_policy(policy, granted)
+    # GraphQL would refuse the whole repository for issues it may not read.
+    if (policy.notify == "issue" or "notify" in policy.overrides) and ISSUES_READ.granted_by(granted):
         fields = replace(fields, notices_by=actor)
     progress = await store.start_sweep(
         request.checkpoint_key(dry_run), sweep_id=sweep_id, retry_failed=request.retry_failed
