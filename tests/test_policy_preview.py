@@ -181,6 +181,12 @@ async def test_a_preview_costs_no_more_than_a_dry_run_sweep_plus_its_own_two_req
     graphql = [c for c in preview_calls if c.path == "/graphql"]
     assert len(graphql) == len([c for c in sweep_calls if c.path == "/graphql"])
     assert len(preview_calls) <= len(sweep_calls) + 2, [f"{c.method} {c.path}" for c in preview_calls]
+    # 155 repositories would change: the text lists the first 100, within GitHub's limits.
+    changed = 1 + len([i for i in range(230) if i % 3]) + 1  # .github, alpha, the svc ones with wikis off
+    assert run["output"]["title"] == f"{changed} of 233 repositories would change"
+    assert run["output"]["text"].startswith(f"### Planned changes (100 of {changed})")
+    assert len([line for line in run["output"]["text"].splitlines() if line.startswith("| acme/")]) == 100
+    assert len(run["output"]["summary"]) <= 65_535 and len(run["output"]["text"]) <= 65_535
     print(f"requests: dry-run sweep {len(sweep_calls)}, preview {len(preview_calls)}")
     assert repository_writes(org) == []
 
@@ -226,3 +232,16 @@ async def test_repositories_own_files_apply_on_top_of_the_proposed_file(org, tmp
     assert rows == ["| acme/.github | has\\_wiki: false → true |"]
     # Read with the batch, not one by one.
     assert org.count("GET", rf"^/repos/{ORG}/alpha/contents/") == 0
+
+
+async def test_a_new_push_to_the_pull_request_is_previewed_on_its_new_head(org, tmp_path):
+    pull = org.add_pull_request(ORG, ".github", {".github/moko.yml": INVALID})
+    opened = org.event("pull_request", "opened", owner=ORG, repo=".github", number=pull["number"])
+    first_head = pull["head"]["sha"]
+    pushed = org.push_to_pull_request(ORG, ".github", pull["number"], {".github/moko.yml": PROPOSED})
+    synchronize = org.event("pull_request", "synchronize", owner=ORG, repo=".github", number=pull["number"])
+    assert synchronize["after"] == pushed["head"]["sha"] != first_head
+    await serve_and_send(org, tmp_path, ("pull_request", opened, "sync-0"), ("pull_request", synchronize, "sync-1"))
+
+    runs = {run["head_sha"]: run for run in preview_runs(org)}
+    assert (runs[first_head]["conclusion"], runs[pushed["head"]["sha"]]["conclusion"]) == ("failure", "neutral")

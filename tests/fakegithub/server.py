@@ -408,6 +408,15 @@ class FakeGitHub:
         return self.state.add_pull_request(base, changes=encoded, user=user, title=title,
                                            head_repo=head_repo, head_ref=head_ref).data
 
+    def push_to_pull_request(self, owner: str, repo: str, number: int,
+                             changes: dict[str, str | bytes | None]) -> dict[str, Any]:
+        """A new head commit on the pull request changing files of its head (None: removed)
+        among those it already changes; returns the pull request."""
+        encoded = {path: content.encode() if isinstance(content, str) else content
+                   for path, content in changes.items()}
+        self.state.push_to_pull_request(self.state.get_repo(owner, repo), number, encoded)
+        return self.pull_request(owner, repo, number)
+
     def pull_request(self, owner: str, repo: str, number: int) -> dict[str, Any]:
         return self.state.get_repo(owner, repo).pulls[number].data
 

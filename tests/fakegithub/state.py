@@ -690,6 +690,34 @@ class State:
         self._set_urls(data)
         return data
 
+    def push_to_pull_request(self, repo: Repo, number: int, changes: dict[str, bytes | None]) -> None:
+        """A new head commit on a pull request's branch (GitHub then sends `synchronize`):
+        its files are the previous head's with `changes`, its diff against the base again."""
+        pull = repo.pulls[number]
+        head = pull.data["head"]
+        files = dict(repo.commits[head["sha"]])
+        for path, content in changes.items():
+            if content is None:
+                files.pop(path.strip("/"), None)
+            else:
+                files[path.strip("/")] = content
+        sha = fake_sha(head["sha"], sorted(changes))
+        repo.commits[sha] = files
+        head["sha"] = sha
+        full = head["repo"]["full_name"]
+        for entry in pull.files:
+            path = entry["filename"]
+            if path in files:
+                entry.update({"sha": blob_sha(files[path]),
+                              "status": "modified" if path in repo.files else "added"})
+            else:
+                entry["status"] = "removed"
+            entry.update({"blob_url": f"{HTML}/{full}/blob/{sha}/{path}",
+                          "raw_url": f"{HTML}/{full}/raw/{sha}/{path}",
+                          "contents_url": f"{repo.data['url']}/contents/{path}?ref={sha}"})
+        pull.data["statuses_url"] = f"{repo.data['url']}/statuses/{sha}"
+        pull.data["updated_at"] = iso()
+
     def add_pull_request(self, repo: Repo, *, changes: dict[str, bytes | None], user: str,
                          title: str, head_repo: dict[str, Any], head_ref: str) -> PullRequest:
         """Open a pull request into the default branch whose head commit changes `changes`
