@@ -22,7 +22,7 @@ from bot.store.base import AuditEntry
 from handlers.command_markdown import escape, table
 from handlers.command_report import describe_change
 from policies.apply import APPLIED, FAILED, ROLLED_BACK, Run
-from policies.engine import COMPLIANT, FIXED, Known, PolicyEngine, RepoResult
+from policies.engine import COMPLIANT, FIXED, Known, OpenIssue, PolicyEngine, RepoResult
 from policies.model import Change
 
 log = get_logger("moko.notice")
@@ -104,7 +104,7 @@ def _may_have_issue(result: RepoResult, known: Known | None) -> bool:
     for it is worth a request: when Moko just fixed something, or when a batched read saw it.
     A repository found compliant without a change, and not batch-read, costs nothing."""
     if known is not None and known.open_issues is not None:
-        return ISSUE_TITLE in known.open_issues
+        return any(MARKER in issue.body for issue in known.open_issues)
     return result.outcome == FIXED
 
 
@@ -134,20 +134,27 @@ class NonComplianceNotice:
             return
         if not rows and not _may_have_issue(result, known):
             return
+        seen = None if known is None else known.open_issues
         try:
             if rows:
-                await self._tell(gh, engine, run, owner, name, issue_body(rows))
+                await self._tell(gh, engine, run, owner, name, issue_body(rows), seen)
             else:
-                await self._close(gh, engine, run, owner, name)
+                await self._close(gh, engine, run, owner, name, seen)
         except BadRequest as exc:
             if exc.status_code == 410:  # GitHub: "Issues are disabled for this repo"
                 log.warning("notice_skipped", repo=result.repo, reason="issues are turned off")
                 return
             raise
 
-    async def _find(self, gh: Any, owner: str, name: str) -> dict[str, Any] | None:
+    async def _find(
+        self, gh: Any, owner: str, name: str, seen: tuple[OpenIssue, ...] | None
+    ) -> dict[str, Any] | None:
         """Moko's open non-compliance issue: among the open issues Moko opened, the one with
-        the marker (usually one request: Moko opens few issues)."""
+        the marker; as a batched read saw them (no request), or asked of GitHub (usually one
+        request: Moko opens few issues)."""
+        if seen is not None:
+            found = next((issue for issue in seen if MARKER in issue.body), None)
+            return None if found is None else {"number": found.number, "body": found.body}
         author = await self._author()
         async for issue in gh.getiter(
             "/repos/{owner}/{repo}/issues{?creator,state,per_page}",
@@ -157,8 +164,11 @@ class NonComplianceNotice:
                 return issue
         return None
 
-    async def _tell(self, gh: Any, engine: PolicyEngine, run: Run, owner: str, name: str, body: str) -> None:
-        issue = await self._find(gh, owner, name)
+    async def _tell(
+        self, gh: Any, engine: PolicyEngine, run: Run, owner: str, name: str, body: str,
+        seen: tuple[OpenIssue, ...] | None,
+    ) -> None:
+        issue = await self._find(gh, owner, name, seen)
         url_vars = {"owner": owner, "repo": name}
         if issue is None:
             created = await gh.post(
@@ -175,8 +185,10 @@ class NonComplianceNotice:
             await _record(engine, run, owner, name, issue["number"], issue["number"])
             log.info("notice_updated", repo=f"{owner}/{name}", issue=issue["number"])
 
-    async def _close(self, gh: Any, engine: PolicyEngine, run: Run, owner: str, name: str) -> None:
-        issue = await self._find(gh, owner, name)
+    async def _close(
+        self, gh: Any, engine: PolicyEngine, run: Run, owner: str, name: str, seen: tuple[OpenIssue, ...] | None
+    ) -> None:
+        issue = await self._find(gh, owner, name, seen)
         if issue is None:
             return
         url_vars = {"owner": owner, "repo": name, "issue_number": str(issue["number"])}

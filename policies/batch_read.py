@@ -23,7 +23,7 @@ from policies.branch_protection import (
     protection_from_graphql_rules,
 )
 from policies.defaults import DEFAULT_BRANCH_RULE
-from policies.engine import Known
+from policies.engine import Known, OpenIssue
 from policies.loader import MAX_FILE_BYTES
 from policies.model import Policy
 from policies.permissions import protection_unreadable, unreadable_settings
@@ -124,7 +124,7 @@ class ReadFields:
             # Whether Moko has an issue open there: a repository that complies again gets it closed.
             parts.append(
                 f"openNotices: issues(first: {NOTICES_PAGE}, states: [OPEN], "
-                f"filterBy: {{createdBy: {json.dumps(self.notices_by)}}}) {{ nodes {{ title }} }}"
+                f"filterBy: {{createdBy: {json.dumps(self.notices_by)}}}) {{ nodes {{ number title body }} }}"
             )
         return " ".join(parts)
 
@@ -141,7 +141,7 @@ class RepoSnapshot:
     own_policy_read: bool = False  # whether own_policy says what the repository's file holds
     own_policy: PolicyFile | None = None  # its .github/moko.yml, or None when it has none
     rule_patterns: Mapping[str, str | None] = field(default_factory=dict)  # see RepoState
-    open_issues: tuple[str, ...] | None = None  # titles of the open issues Moko opened; None: not read
+    open_issues: tuple[OpenIssue, ...] | None = None  # the open issues Moko opened; None: not read
 
     @property
     def full_name(self) -> str:
@@ -200,9 +200,12 @@ def snapshot_of(node: Mapping[str, Any], fields: ReadFields) -> RepoSnapshot:
         own_file = None if blob is None else _own_policy_file(blob)
         # What the blob cannot tell (a binary file) is left to the REST read, which reports it.
         own_read = blob is None or own_file is not None
-    open_issues: tuple[str, ...] | None = None
+    open_issues: tuple[OpenIssue, ...] | None = None
     if fields.notices_by and isinstance(node.get("openNotices"), dict):
-        open_issues = tuple(str(n.get("title")) for n in node["openNotices"].get("nodes") or () if n)
+        open_issues = tuple(
+            OpenIssue(int(n["number"]), str(n.get("title") or ""), str(n.get("body") or ""))
+            for n in node["openNotices"].get("nodes") or () if n
+        )
     return RepoSnapshot(repo, settings, protections, empty, existing, own_read, own_file, patterns, open_issues)
 
 

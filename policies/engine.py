@@ -109,6 +109,15 @@ PROTECTION_ONLY = Concern(settings=False)
 NEW_DEFAULT_BRANCH = Concern(named_branches=False)
 
 
+@dataclass(frozen=True)
+class OpenIssue:
+    """An open issue that Moko opened in a repository, as a batched read saw it."""
+
+    number: int
+    title: str
+    body: str
+
+
 @dataclass
 class Known:
     """State known without asking GitHub: from the payload, or a batched read."""
@@ -119,7 +128,7 @@ class Known:
     existing_branches: frozenset[str] | None = None
     missing_branches: set[str] = field(default_factory=set)
     rule_patterns: dict[str, str | None] = field(default_factory=dict)
-    open_issues: tuple[str, ...] | None = None  # titles of the open issues Moko opened; None: not read
+    open_issues: tuple[OpenIssue, ...] | None = None  # the open issues Moko opened; None: not read
 
 
 # Called after a repository's whole policy was remediated: (gh, run, repo, result, engine, known).

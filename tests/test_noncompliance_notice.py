@@ -156,6 +156,20 @@ async def test_a_repository_fixed_by_hand_gets_its_issue_closed_by_the_next_swee
     [issue] = moko_issues(org)
     assert issue["state"] == "closed"
     assert settings_writes(org) == []
-    # Only the repository whose batched read showed Moko's open issue was asked about it.
-    assert [c.path for c in org.calls if c.path.endswith("/issues")] == [f"/repos/{ORG}/stuck/issues"]
+    # The batched read showed Moko's open issue: no issue was looked for one by one.
+    assert [c.path for c in org.calls if c.path.endswith("/issues")] == []
     assert org.count("POST", "^/graphql$") == 3  # the schema, then 100 repositories a query
+
+
+async def test_sweeps_of_a_repository_that_stays_non_compliant_cost_no_issue_request(org, tmp_path):
+    policy(org, "notify: issue\n")
+    org.fail("PATCH", rf"^/repos/{ORG}/stuck$", status=422, body=REFUSED, times=10)
+    env = moko_environ(org, f"sqlite:///{tmp_path}/moko.db")
+    args = cli.build_parser().parse_args(["sweep", "--org", ORG, "--json"])
+    assert await sweep_command(args, load_settings(env), out=io.StringIO(), err=io.StringIO()) == 1
+    [issue] = moko_issues(org)
+    org.reset_calls()
+
+    assert await sweep_command(args, load_settings(env), out=io.StringIO(), err=io.StringIO()) == 1
+    assert moko_issues(org) == [issue] and issue["state"] == "open"
+    assert [f"{c.method} {c.path}" for c in org.calls if "/issues" in c.path] == []
