@@ -49,7 +49,8 @@ WHY_REPORT = "the policy's `mode: report`: Moko changes nothing, it only reports
 WHY_ROLLED_BACK = "undone, because a later change of the same remediation failed"
 WRONG_UNKNOWN = "Moko cannot tell whether it complies"
 WRONG_HELD = "not changed"
-WAITING = "protection of branch {branch} waits for the branch"
+WAITING = "protection of {branch} waits for the branch"
+DEFAULT_BRANCH = "the default branch"
 WAITING_WHY = "the branch does not exist yet (waiting since {since})"
 
 
@@ -85,7 +86,7 @@ async def findings(engine: PolicyEngine, result: RepoResult, repo: Mapping[str, 
             if began is not None and now - began > WAIT_LIMIT:
                 rows.append((
                     _key(change),
-                    escape(WAITING.format(branch=change.target or change.field)),
+                    escape(WAITING.format(branch=f"branch {change.target}" if change.target else DEFAULT_BRANCH)),
                     escape(WAITING_WHY.format(since=began.strftime("%Y-%m-%d %H:%M UTC"))),
                 ))
     for held in plan.held:

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from bot import cli
-from bot.audit import settled
+from bot.audit import AuditWriter, settled
 from bot.cli_sweep import sweep_command
 from bot.config import load_settings
 from bot.store import open_store
+from bot.store.base import AuditEntry
 from tests.support.harness import moko_environ
 from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
 from tests.test_hostile_policies import serve_and_send
@@ -173,3 +175,29 @@ async def test_sweeps_of_a_repository_that_stays_non_compliant_cost_no_issue_req
     assert await sweep_command(args, load_settings(env), out=io.StringIO(), err=io.StringIO()) == 1
     assert moko_issues(org) == [issue] and issue["state"] == "open"
     assert [f"{c.method} {c.path}" for c in org.calls if "/issues" in c.path] == []
+
+
+async def test_protection_waiting_for_its_branch_more_than_a_day_is_told(org, tmp_path):
+    policy(org, "notify: issue\n")
+    org.add_repo(ORG, "empty", empty=True, **COMPLIANT)
+    org.add_repo(ORG, "fresh", empty=True, **COMPLIANT)
+    # Moko deferred the protection of empty's first branch two days ago (an empty repository
+    # has no default branch yet: the rule is the policy's "default" one).
+    store = open_store(f"sqlite:///{tmp_path}/moko.db")
+    await store.open()
+    try:
+        then = datetime.now(UTC) - timedelta(days=2)
+        await AuditWriter(store, clock=lambda: then).write([AuditEntry(
+            time=then, run_id="old-1", trigger="installation", installation=INSTALLATION, repo=f"{ORG}/empty",
+            actor=org.bot_login, policy="branch_protection", field="default", before=None,
+            after=DEFAULT_PROTECTION, outcome="deferred", error="branch does not exist yet")])
+    finally:
+        await store.close()
+    both = org.event("installation_repositories", "added", owner=ORG,
+                     repositories_added=[org.repo(ORG, "empty"), org.repo(ORG, "fresh")])
+    await serve_and_send(org, tmp_path, ("installation_repositories", both, "wait-1"))
+
+    [issue] = moko_issues(org, "empty")
+    assert "protection of the default branch waits for the branch" in issue["body"]
+    assert then.strftime("%Y-%m-%d") in issue["body"]
+    assert moko_issues(org, "fresh") == []  # waiting since now: not yet worth an issue
