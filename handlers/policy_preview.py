@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from gidgethub import BadRequest
+
 from bot.logs import get_logger
 from handlers.preview_report import CHECK_NAME, CheckOutput, invalid_output, preview_output
+from policies.apply import github_error
 from policies.defaults import DEFAULT_POLICY
 from policies.engine import PolicyEngine
 from policies.loader import policy_of
@@ -75,7 +78,17 @@ async def run_preview(
             output = preview_output(await preview_policy(engine, gh, installation, owner, proposed), head_sha)
         else:
             output = invalid_output(loaded.problems, head_sha)
-    run = await post_check_run(gh, owner, repo, head_sha, output)
+    try:
+        run = await post_check_run(gh, owner, repo, head_sha, output)
+    except BadRequest as exc:
+        if exc.status_code != 403:
+            raise
+        # An installation made before the App asked for checks: write has to accept it first;
+        # sending the delivery again would not help.
+        log.error("policy_preview_not_reported", repo=f"{owner}/{repo}", head_sha=head_sha,
+                  conclusion=output.conclusion, error=github_error(exc),
+                  fix="accept the App's new permission (checks: write) in the installation's settings")
+        return PreviewRun(output.conclusion, output.title, None, None)
     log.info("policy_previewed", repo=f"{owner}/{repo}", head_sha=head_sha, conclusion=output.conclusion,
              title=output.title, check_run=run.check_run_id)
     return run

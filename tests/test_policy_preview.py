@@ -245,3 +245,18 @@ async def test_a_new_push_to_the_pull_request_is_previewed_on_its_new_head(org, 
 
     runs = {run["head_sha"]: run for run in preview_runs(org)}
     assert (runs[first_head]["conclusion"], runs[pushed["head"]["sha"]]["conclusion"]) == ("failure", "neutral")
+
+
+async def test_an_installation_without_checks_write_gets_no_check_run_and_a_clear_log_line(fake_github, tmp_path):
+    fake = fake_github
+    # Installed before the App asked for checks: write, and not yet accepted.
+    fake.add_installation(INSTALLATION, ORG)
+    fake.state.installations[INSTALLATION].permissions.pop("checks")
+    fake.add_repo(ORG, ".github", **COMPLIANT)
+    fake.put_file(ORG, ".github", ".github/moko.yml", MERGED)
+    pull = fake.add_pull_request(ORG, ".github", {".github/moko.yml": PROPOSED})
+    opened = fake.event("pull_request", "opened", owner=ORG, repo=".github", number=pull["number"])
+    log = await serve_and_send(fake, tmp_path, ("pull_request", opened, "nochecks-1"))
+    assert preview_runs(fake) == []
+    assert "policy_preview_not_reported" in log and "checks: write" in log
+    assert repository_writes(fake) == []
