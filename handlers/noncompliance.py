@@ -14,14 +14,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from gidgethub import BadRequest
+from gidgethub import BadRequest, GitHubException
 
+from bot.audit import PENDING
 from bot.logs import get_logger
 from bot.redact import REDACTOR
 from bot.store.base import AuditEntry
 from handlers.command_markdown import escape, table
 from handlers.command_report import describe_change
-from policies.apply import APPLIED, FAILED, ROLLED_BACK, Run
+from policies.apply import APPLIED, FAILED, ROLLED_BACK, Run, github_error
 from policies.engine import COMPLIANT, FIXED, Known, OpenIssue, PolicyEngine, RepoResult
 from policies.model import Change
 
@@ -137,10 +138,12 @@ class NonComplianceNotice:
             return
         seen = None if known is None else known.open_issues
         try:
-            if rows:
-                await self._tell(gh, engine, run, owner, name, issue_body(rows), seen)
-            else:
-                await self._close(gh, engine, run, owner, name, seen)
+            # Under the repository's lock: two deliveries about it never open two issues.
+            async with engine.store.repository_lock(result.repo):
+                if rows:
+                    await self._tell(gh, engine, run, owner, name, issue_body(rows), seen)
+                else:
+                    await self._close(gh, engine, run, owner, name, seen)
         except BadRequest as exc:
             if exc.status_code == 410:  # GitHub: "Issues are disabled for this repo"
                 log.warning("notice_skipped", repo=result.repo, reason="issues are turned off")
@@ -170,21 +173,41 @@ class NonComplianceNotice:
         seen: tuple[OpenIssue, ...] | None,
     ) -> None:
         issue = await self._find(gh, owner, name, seen)
+        if issue is None and seen is not None:
+            # What a batched read saw may be older than another delivery's issue: ask first.
+            issue = await self._find(gh, owner, name, None)
         url_vars = {"owner": owner, "repo": name}
+        audit = _Record(engine, run, f"{owner}/{name}")
         if issue is None:
-            created = await gh.post(
-                "/repos/{owner}/{repo}/issues", url_vars=url_vars, data={"title": ISSUE_TITLE, "body": body}
-            )
-            await _record(engine, run, owner, name, None, created.get("number"))
+
+            async def already_opened() -> Any:
+                # A try whose answer was lost may have opened it.
+                return await self._find(gh, owner, name, None)
+
+            await audit.intend(None, "open")
+            try:
+                created = await gh.post(
+                    "/repos/{owner}/{repo}/issues", url_vars=url_vars, data={"title": ISSUE_TITLE, "body": body},
+                    already_done=already_opened,
+                )
+            except GitHubException as exc:
+                await audit.failed(None, "open", exc)
+                raise
+            await audit.done(None, created.get("number"))
             log.info("notice_opened", repo=f"{owner}/{name}", issue=created.get("number"))
         elif issue.get("body") != body:
-            await gh.patch(
-                "/repos/{owner}/{repo}/issues/{issue_number}",
-                url_vars={**url_vars, "issue_number": str(issue["number"])},
-                data={"body": body},
-            )
-            await _record(engine, run, owner, name, issue["number"], issue["number"])
-            log.info("notice_updated", repo=f"{owner}/{name}", issue=issue["number"])
+            number = issue["number"]
+            await audit.intend(number, number)
+            try:
+                await gh.patch(
+                    "/repos/{owner}/{repo}/issues/{issue_number}",
+                    url_vars={**url_vars, "issue_number": str(number)}, data={"body": body},
+                )
+            except GitHubException as exc:
+                await audit.failed(number, number, exc)
+                raise
+            await audit.done(number, number)
+            log.info("notice_updated", repo=f"{owner}/{name}", issue=number)
 
     async def _close(
         self, gh: Any, engine: PolicyEngine, run: Run, owner: str, name: str, seen: tuple[OpenIssue, ...] | None
@@ -192,22 +215,45 @@ class NonComplianceNotice:
         issue = await self._find(gh, owner, name, seen)
         if issue is None:
             return
-        url_vars = {"owner": owner, "repo": name, "issue_number": str(issue["number"])}
-        await gh.post("/repos/{owner}/{repo}/issues/{issue_number}/comments", url_vars=url_vars,
-                      data={"body": f"{MARKER}\n{CLOSING}"})
-        await gh.patch("/repos/{owner}/{repo}/issues/{issue_number}", url_vars=url_vars,
-                       data={"state": "closed", "state_reason": "completed"})
-        await _record(engine, run, owner, name, issue["number"], None)
-        log.info("notice_closed", repo=f"{owner}/{name}", issue=issue["number"])
+        number = issue["number"]
+        url_vars = {"owner": owner, "repo": name, "issue_number": str(number)}
+        audit = _Record(engine, run, f"{owner}/{name}")
+        await audit.intend(number, None)
+        try:
+            await gh.post("/repos/{owner}/{repo}/issues/{issue_number}/comments", url_vars=url_vars,
+                          data={"body": f"{MARKER}\n{CLOSING}"})
+            await gh.patch("/repos/{owner}/{repo}/issues/{issue_number}", url_vars=url_vars,
+                           data={"state": "closed", "state_reason": "completed"})
+        except GitHubException as exc:
+            await audit.failed(number, None, exc)
+            raise
+        await audit.done(number, None)
+        log.info("notice_closed", repo=f"{owner}/{name}", issue=number)
 
 
-async def _record(engine: PolicyEngine, run: Run, owner: str, name: str, before: Any, after: Any) -> None:
-    """The audit record of the issue opened, updated or closed (``before``/``after``: the open
-    issue's number, None when there is none)."""
-    await engine.audit.write([
-        AuditEntry(
-            time=engine.audit.now(), run_id=run.run_id, trigger=run.trigger, installation=run.installation,
-            repo=f"{owner}/{name}", actor=run.actor, policy=NOTICE_POLICY, field="issue",
-            before=before, after=after, outcome=APPLIED,
-        )
-    ])
+class _Record:
+    """The audit records of the issue: ``pending`` before GitHub is asked, then its outcome.
+    Policy ``notify``, field ``issue``; before and after are the open issue's number (None:
+    none is open; ``open``: one is being opened)."""
+
+    def __init__(self, engine: PolicyEngine, run: Run, repo: str) -> None:
+        self._engine, self._run, self._repo = engine, run, repo
+
+    async def _write(self, before: Any, after: Any, outcome: str, error: str | None = None) -> None:
+        run, audit = self._run, self._engine.audit
+        await audit.write([
+            AuditEntry(
+                time=audit.now(), run_id=run.run_id, trigger=run.trigger, installation=run.installation,
+                repo=self._repo, actor=run.actor, policy=NOTICE_POLICY, field="issue",
+                before=before, after=after, outcome=outcome, error=error,
+            )
+        ])
+
+    async def intend(self, before: Any, after: Any) -> None:
+        await self._write(before, after, PENDING)
+
+    async def done(self, before: Any, after: Any) -> None:
+        await self._write(before, after, APPLIED)
+
+    async def failed(self, before: Any, after: Any, exc: GitHubException) -> None:
+        await self._write(before, after, FAILED, github_error(exc))
