@@ -37,6 +37,7 @@ class EventContext:
     installation_id: int | None
     log: Any
     trigger: str = ""
+    retaken: bool = False  # the delivery was claimed before: an earlier try may have done work
 
     async def github(self, *, bulk: bool = False) -> MokoGitHubAPI:
         """A client acting as the App's installation that sent the event."""

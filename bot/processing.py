@@ -69,6 +69,7 @@ class DeliveryProcessor:
                 installation_id=delivery.installation_id,
                 log=log,
                 trigger=f"{delivery.event}.{action}" if action else delivery.event,
+                retaken=delivery.attempts > 1,
             )
             failures = await dispatch_event(self._router, event, ctx)
             elapsed = time.perf_counter() - started

@@ -93,19 +93,26 @@ async def react(gh: Any, thread: Thread, content: str, bot_login: Callable[[], A
     )
 
 
+async def posted_answer(gh: Any, thread: Thread, delivery_id: str) -> Any:
+    """This delivery's answer among the comments since the command, or None."""
+    marker = text.delivery_marker(delivery_id)
+    async for comment in gh.getiter(
+        "/repos/{owner}/{repo}/issues/{issue_number}/comments{?since,per_page}",
+        url_vars={**thread.url_vars, "issue_number": str(thread.issue_number),
+                  "since": thread.created_at or None, "per_page": "100"},
+    ):
+        if marker in str(comment.get("body") or ""):
+            return comment
+    return None
+
+
 async def reply(gh: Any, thread: Thread, body: str, delivery_id: str) -> None:
     marker = text.delivery_marker(delivery_id)
     url_vars = {**thread.url_vars, "issue_number": str(thread.issue_number)}
 
     async def already_done() -> Any:
         # A try whose answer was lost may have posted: this delivery's answer, after the command.
-        async for comment in gh.getiter(
-            "/repos/{owner}/{repo}/issues/{issue_number}/comments{?since,per_page}",
-            url_vars={**url_vars, "since": thread.created_at or None, "per_page": "100"},
-        ):
-            if marker in str(comment.get("body") or ""):
-                return comment
-        return None
+        return await posted_answer(gh, thread, delivery_id)
 
     # Escaping already removed secrets from what was echoed; this also covers Moko's own words.
     await gh.post(
@@ -143,7 +150,8 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
     owner, name = full_name.split("/", 1)
     thread = Thread(owner, name, int(event.data["issue"]["number"]), int(comment["id"]),
                     str(comment.get("html_url") or ""), str(comment.get("created_at") or ""))
-    run = Run(f"cmd-{ctx.delivery_id}", f"command:{command.name}", user, ctx.installation_id)
+    run = Run(f"cmd-{ctx.delivery_id}", f"command:{command.name}", user, ctx.installation_id,
+              retaken=ctx.retaken)
     log = ctx.log.bind(command=command.name, user=user, repo=full_name)
 
     clock = ctx.services.components.get(CLOCK, time.time)
@@ -157,6 +165,10 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
         return
 
     gh = await ctx.github()
+    if ctx.retaken and await posted_answer(gh, thread, ctx.delivery_id) is not None:
+        # An earlier try of this delivery answered before its process stopped: once is enough.
+        log.info("command_already_answered")
+        return
     bot_login = ctx.services.github.bot_login
     await react(gh, thread, EYES, bot_login)
     # A comment on a pull request is an issue comment whose issue says it is a pull request.

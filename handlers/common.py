@@ -29,6 +29,7 @@ def run_of(event: Event, ctx: EventContext) -> Run:
         trigger=ctx.trigger,
         actor=str(sender.get("login") or "github"),
         installation=ctx.installation_id,
+        retaken=ctx.retaken,
     )
 
 

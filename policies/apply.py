@@ -36,6 +36,9 @@ class Run:
     trigger: str
     actor: str
     installation: int | None
+    # Its delivery was taken before (the process died, or it failed and came back): what the
+    # earlier try changed is on GitHub, not in the payload, so nothing is planned from that.
+    retaken: bool = False
 
 
 @dataclass(frozen=True)

@@ -338,9 +338,8 @@ class PolicyEngine:
                 break
             # What was known may be stale now (another replica may have been at work): read the
             # repository again, and plan from what GitHub says under the new lock.
-            owner, name = full_name.split("/", 1)
             try:
-                repo = await gh.getitem("/repos/{owner}/{repo}", url_vars={"owner": owner, "repo": name})
+                repo = await _read_repository(gh, full_name)
             except GitHubException as exc:
                 error = github_error(exc)
                 break
@@ -391,6 +390,11 @@ class PolicyEngine:
             if only_if is not None and not await only_if():
                 return RepoResult(full_name, COMPLIANT, policy=policy, dry_run=dry_run)
             try:
+                if run.retaken:
+                    # An earlier try of this delivery may have made its changes before it
+                    # stopped: planned from its payload they would be made twice.
+                    repo = await _read_repository(gh, full_name)
+                    known = None
                 plan = await self.plan_on_server(gh, effective, repo, known, run.installation)
             except GitHubException as exc:
                 error = github_error(exc)
@@ -504,3 +508,9 @@ __all__ = [
     "NEW_DEFAULT_BRANCH", "REPO_FAILED", "REPO_UNKNOWN", "SETTINGS_ONLY", "SKIPPED", "Concern", "Known", "Permissions",
     "PermissionsSource", "PolicyEngine", "RepoResult", "Run",
 ]
+
+
+async def _read_repository(gh: Any, full_name: str) -> Mapping[str, Any]:
+    """The repository as GitHub has it now (REST)."""
+    owner, name = full_name.split("/", 1)
+    return await gh.getitem("/repos/{owner}/{repo}", url_vars={"owner": owner, "repo": name})
