@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import inspect
 import json
+import random
 import re
 import secrets
 import socket
@@ -105,6 +106,47 @@ class Fault:
 
 
 @dataclass
+class RandomFaults:
+    """Faults drawn at random for every request (see FakeGitHub.random_faults)."""
+
+    server_error: float  # 500 or 502
+    reset: float  # the connection dropped unanswered
+    secondary_limit: float  # 403 with retry-after
+    delay: float  # answered late
+    delay_seconds: float
+    retry_after: int
+    after_effect: float  # share of server errors and resets that hit after the work was done
+    rng: random.Random
+    drawn: dict[str, int] = field(default_factory=dict)
+
+    def draw(self, method: str, path: str) -> Fault | None:
+        roll = self.rng.random()
+        after = self.rng.random() < self.after_effect
+        any_path = re.compile("")
+        kind, fault = "", None
+        if roll < self.server_error:
+            kind = "server_error"
+            fault = Fault(method, any_path, self.rng.choice((500, 502)), 1, {}, None, False, 0.0, after)
+        elif roll < self.server_error + self.reset:
+            kind = "reset"
+            fault = Fault(method, any_path, None, 1, {}, None, True, 0.0, after)
+        elif roll < self.server_error + self.reset + self.secondary_limit:
+            kind = "secondary_limit"
+            body = {"message": "You have exceeded a secondary rate limit. Please wait a few minutes "
+                    "before you try again.", "documentation_url": "https://docs.github.com/rest/"
+                    "using-the-rest-api/rate-limits-for-the-rest-api#about-secondary-rate-limits"}
+            fault = Fault(method, any_path, 403, 1, {"retry-after": str(self.retry_after)}, body,
+                          False, 0.0)
+        elif roll < self.server_error + self.reset + self.secondary_limit + self.delay:
+            kind = "delay"
+            fault = Fault(method, any_path, None, 1, {}, None, False, self.delay_seconds)
+        if fault is not None:
+            key = f"{kind}_after_effect" if fault.after_effect else kind
+            self.drawn[key] = self.drawn.get(key, 0) + 1
+        return fault
+
+
+@dataclass
 class Bucket:
     """A primary rate-limit budget."""
 
@@ -196,6 +238,7 @@ class FakeGitHub:
         self._personal: dict[str, str] = {}
         self._buckets: dict[tuple[Any, ...], Bucket] = {}
         self._faults: list[Fault] = []
+        self._random_faults: RandomFaults | None = None
         self._hooks: list[Callable[[Call], Any]] = []
         self._arrived: list[tuple[str, str]] = []  # (method, path) of every request, on arrival
         self._runner: web.AppRunner | None = None
@@ -540,6 +583,24 @@ class FakeGitHub:
                                   dict(headers or {}), body, reset_connection, delay,
                                   after_effect))
 
+    def random_faults(self, *, server_error: float = 0.0, reset: float = 0.0,
+                      secondary_limit: float = 0.0, delay: float = 0.0, delay_seconds: float = 5.0,
+                      retry_after: int = 1, after_effect: float = 0.0,
+                      seed: int | None = None) -> dict[str, int]:
+        """Fail every request at random: a 500 or 502 (`server_error`), a dropped connection
+        (`reset`), a secondary rate limit (`secondary_limit`: 403 with `retry-after`) or an
+        answer `delay_seconds` late (`delay`), each with its probability. `after_effect` is the
+        share of server errors and resets that hit only the answer, the work being done.
+        Faults set with fail() come first. All probabilities 0 turns the mode off. Returns
+        the counts drawn so far by kind (live: it keeps counting)."""
+        if not any((server_error, reset, secondary_limit, delay)):
+            self._random_faults = None
+            return {}
+        self._random_faults = RandomFaults(server_error, reset, secondary_limit, delay,
+                                           delay_seconds, retry_after, after_effect,
+                                           random.Random(seed))
+        return self._random_faults.drawn
+
     def on_request(self, hook: Callable[[Call], Any]) -> None:
         """Call `hook(call)` (sync or async) for every request, before it is answered."""
         self._hooks.append(hook)
@@ -618,6 +679,8 @@ class FakeGitHub:
             problems.append(f"{method} /graphql: only POST is allowed")
             reply = self._error(404, "Not Found", REST_DOCS)
         fault = next((f for f in self._faults if f.matches(method, path)), None)
+        if fault is None and reply is None and self._random_faults is not None:
+            fault = self._random_faults.draw(method, path)
         auth = self._authenticate(headers)
         done: Reply | None = None
         if reply is None and fault is not None:
