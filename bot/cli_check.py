@@ -9,7 +9,7 @@ from pathlib import Path
 
 from policies.loader import MAX_FILE_BYTES, parse_policy_with_lines, validate_policy_text
 from policies.model import BRANCH_PROTECTION
-from policies.permissions import APP_PERMISSIONS, PermissionGap, permission_gaps
+from policies.permissions import APP_PERMISSIONS, NOTIFY_CONSEQUENCE, PermissionGap, permission_gaps
 
 EXIT_OK, EXIT_INVALID = 0, 2
 
@@ -23,12 +23,14 @@ def permission_warnings(text: str, source: str) -> list[str]:
         section, _, name = gap.key.partition(".")
         if section == BRANCH_PROTECTION:
             return lines.get(("branches", rule_index.get(name, 0)), lines.get(("branches",), 1))
+        if section == "notify":
+            return lines.get(("notify",), 1)
         return lines.get(("repository", name), lines.get(("repository",), 1))
 
     consequence = {"read": "Moko will report it unknown", "write": "Moko cannot fix it"}
     return [
         f"{source}:{line_of(gap)}: warning: {gap}, which app.yml does not grant; "
-        f"{consequence[gap.action]}"
+        f"{NOTIFY_CONSEQUENCE if gap.key == 'notify' else consequence[gap.action]}"
         for gap in permission_gaps(policy, APP_PERMISSIONS)
     ]
 

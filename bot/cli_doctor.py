@@ -23,7 +23,7 @@ from bot.store import open_store
 from policies.apply import github_error
 from policies.loader import PolicyError
 from policies.model import Policy
-from policies.permissions import permission_gaps
+from policies.permissions import NOTIFY_CONSEQUENCE, permission_gaps
 from policies.source import POLICY_PATH, POLICY_REPO, PolicySource
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -172,8 +172,8 @@ async def check_permissions(
     if not gaps:
         return [Check(name, OK, "the installation's permissions cover every field of the policy")]
     consequence = {"read": "Moko reports it unknown", "write": "Moko cannot fix it"}
-    return [Check(name, WARN, f"{gap}, which "
-                  f"{account} has not granted; {consequence[gap.action]}",
+    return [Check(name, WARN, f"{gap}, which {account} has not granted; "
+                  f"{NOTIFY_CONSEQUENCE if gap.key == 'notify' else consequence[gap.action]}",
                   "add the permission in the App's settings (Permissions & events); the organization's "
                   "owner then accepts it in the installation's settings")
             for gap in gaps]

@@ -43,6 +43,7 @@ ADMINISTRATION_WRITE = Need("administration", "write")
 CONTENTS_WRITE = Need("contents", "write")
 ISSUES_READ = Need("issues", "read")  # whether Moko has an issue open (notify: issue)
 ISSUES_WRITE = Need("issues", "write")  # the issue of notify: issue
+NOTIFY_CONSEQUENCE = "Moko cannot tell a repository that does not meet policy"
 
 # GET /repos/{owner}/{repo} and GraphQL's Repository show these only with contents: write.
 MERGE_SETTINGS: tuple[str, ...] = (
@@ -124,6 +125,10 @@ def permission_gaps(policy: Policy, granted: Mapping[str, str] | None) -> list[P
         for action, need in (("read", read_need(section, field)), ("write", write_need(section, field))):
             if not need.granted_by(granted):
                 gaps.append(PermissionGap(f"{section}.{field}", action, need))
+    if policy.notify == "issue":  # Moko's open issue is read, then opened, updated or closed
+        for action, need in (("read", ISSUES_READ), ("write", ISSUES_WRITE)):
+            if not need.granted_by(granted):
+                gaps.append(PermissionGap("notify", action, need))
     return gaps
 
 

@@ -182,3 +182,16 @@ def test_the_readme_says_which_permission_reads_each_merge_setting():
     assert "| `contents: write` | `administration: write` |" in row
     assert [f for f in MOKO_MERGE_SETTINGS if f"`{f}`" not in row and f"`repository.{f}`" not in row] == []
     assert set(MOKO_MERGE_SETTINGS) == set(MERGE_SETTINGS)  # Moko and the fake agree with GitHub's note
+
+
+def test_notify_issue_needs_the_issues_permission():
+    from policies.loader import parse_policy
+    from policies.permissions import permission_gaps
+
+    policy = parse_policy("version: 1\nnotify: issue\n")
+    assert [str(gap) for gap in permission_gaps(policy, {**APP_PERMISSIONS, "issues": "read"})] == [
+        "notify: writing it needs the issues: write permission"]
+    assert [str(gap) for gap in permission_gaps(policy, {k: v for k, v in APP_PERMISSIONS.items() if k != "issues"})] == [
+        "notify: reading it needs the issues: read permission", "notify: writing it needs the issues: write permission"]
+    assert permission_gaps(policy, APP_PERMISSIONS) == []
+    assert [gap.key for gap in permission_gaps(parse_policy("version: 1\nnotify: none\n"), {}) if gap.key == "notify"] == []
