@@ -16,7 +16,7 @@ import pytest
 from gidgethub import BadRequest, GitHubBroken, GraphQLException, InvalidField, QueryError
 from gidgethub.aiohttp import GitHubAPI
 from gidgethub.apps import get_installation_access_token
-from jsonschema import Draft202012Validator
+from jsonschema import Draft7Validator, Draft202012Validator
 
 from tests.fakegithub import FakeGitHub
 from tests.fakegithub.openapi import to_json_schema
@@ -792,6 +792,19 @@ def test_built_events_fit_githubs_webhook_schemas(event, action, key, options):
         assert payload["sender"]["type"] == "Bot"
 
 
+WEBHOOKS_EXTRA = json.loads((FIXTURES / "github-webhooks-extra.json").read_text())
+
+
+def extra_webhook_errors(key: str, payload: dict[str, Any]) -> list[str]:
+    """Errors of a payload against an event of github-webhooks-extra.json (OpenAPI 3.0
+    schemas, made JSON Schema; objects stay open, as GitHub adds fields)."""
+    schema = WEBHOOKS_EXTRA["webhooks"][key]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    components = {kind: {name: to_json_schema(item, strict=False) for name, item in items.items()}
+                  for kind, items in WEBHOOKS_EXTRA["components"].items()}
+    validator = Draft7Validator({**to_json_schema(schema, strict=False), "components": components})
+    return [f"{list(e.absolute_path)}: {e.message[:200]}" for e in validator.iter_errors(payload)]
+
+
 def test_pull_requests_from_the_fakes_state(fake):
     fake.add_repo(ORG, ".github")
     fake.put_file(ORG, ".github", ".github/moko.yml", "version: 1\n")
@@ -806,6 +819,13 @@ def test_pull_requests_from_the_fakes_state(fake):
     assert (own["number"], fork["number"]) == (1, 2)
     # A pull request is an issue too, so that comments can be written on it.
     assert "pull_request" in fake.issues(ORG, ".github")[0]
+    reopened = fake.event("pull_request", "reopened", owner=ORG, repo=".github", number=own["number"])
+    assert extra_webhook_errors("pull-request-reopened", reopened) == []
+    first_head = own["head"]["sha"]
+    fake.push_to_pull_request(ORG, ".github", own["number"], {".github/moko.yml": "version: 1\n"})
+    synchronize = fake.event("pull_request", "synchronize", owner=ORG, repo=".github", number=own["number"])
+    assert extra_webhook_errors("pull-request-synchronize", synchronize) == []
+    assert synchronize["after"] == synchronize["pull_request"]["head"]["sha"] != first_head
 
 
 async def test_pull_request_files_and_head_commits_as_github_serves_them(fake, gh):

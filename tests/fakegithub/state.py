@@ -755,8 +755,11 @@ class State:
         author = self.user(user)
 
         def side(label_owner: str, ref: str, sha: str, repository: dict[str, Any]) -> dict[str, Any]:
+            # A copy as it was then; GitHub's pull request payloads carry no organization in
+            # these (the synchronize schema would want its login).
+            shown = {key: value for key, value in repository.items() if key != "organization"}
             return {"label": f"{label_owner}:{ref}", "ref": ref, "sha": sha,
-                    "user": repository["owner"], "repo": repository}
+                    "user": repository["owner"], "repo": shown}
 
         data = {
             "url": api, "id": pull_id, "node_id": node_id("PullRequest", pull_id),
