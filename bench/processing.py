@@ -235,8 +235,14 @@ class Server:
         """When the last delivery of the run was processed (monotonic)."""
         if self.kind != "moko":
             return last_answer
-        while self.unfinished(run):
-            time.sleep(0.01)
+        left, progressed = self.unfinished(run), time.monotonic()
+        while left:
+            time.sleep(0.02)
+            now_left = self.unfinished(run)
+            if now_left < left:
+                left, progressed = now_left, time.monotonic()
+            elif time.monotonic() - progressed > 120:
+                raise SystemExit(f"Moko processed nothing for 2 minutes, {left} deliveries left")
         return time.monotonic()
 
     def stop(self) -> None:

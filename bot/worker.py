@@ -9,7 +9,10 @@ once they are older than MOKO_DELIVERY_RETENTION_DAYS.
 Turns are fair across installations: a delivery about to wait on its installation (writes go
 one at a time per installation) gives its worker back (bot.turns), and a new worker takes
 the next delivery, so one installation's queue of writes never holds every worker. The
-delivery carries on in its own task once its turn comes.
+delivery carries on in its own task once its turn comes. At most a few deliveries of one
+installation wait so at once; the installation's later ones are held back, unstarted, until one
+of those finishes: a burst of thousands for one installation would otherwise hold thousands of
+parsed payloads, repository locks and leases while they queue for one write at a time.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,6 +86,9 @@ class WorkerPool:
         self._holding: dict[str, float] = {}  # delivery id -> when its lease was last renewed
         self._accepting = False
         self._wakeup = asyncio.Event()
+        self._waiting_turn: dict[int, int] = {}  # installation -> its deliveries given back
+        self._held_back: dict[int, deque[_Item]] = {}  # installation -> deliveries not started
+        self._held_count = 0
 
     # --- intake side ---------------------------------------------------------
 
@@ -90,7 +97,10 @@ class WorkerPool:
         return self._accepting
 
     def has_room(self) -> bool:
-        return self._accepting and self._queue.qsize() + len(self._in_flight) < self._queue_max
+        return self._accepting and self._queued() + len(self._in_flight) < self._queue_max
+
+    def _queued(self) -> int:
+        return self._queue.qsize() + self._held_count
 
     def keeps_payloads(self) -> bool:
         """Whether a delivery queued now should carry its parsed payload. Only when a worker
@@ -110,7 +120,7 @@ class WorkerPool:
         """Start the workers and the recovery loop (which first takes what a crash left)."""
         self._accepting = True
         # Read when /metrics is scraped, not set on every queue change.
-        QUEUE_DEPTH.set_function(self._queue.qsize)
+        QUEUE_DEPTH.set_function(self._queued)
         for _ in range(self._workers):
             self._start_worker()
         self._tasks.add(asyncio.create_task(self._recover_forever(), name="moko-recovery"))
@@ -122,10 +132,42 @@ class WorkerPool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _worker_given_back(self) -> None:
+    def _worker_given_back(self, installation: int | None) -> None:
         """A delivery waits on its installation: a new worker takes its place in the pool."""
+        if installation is not None:
+            self._waiting_turn[installation] = self._waiting_turn.get(installation, 0) + 1
         if self._accepting:
             self._start_worker()
+
+    def _hold_back(self, item: _Item, installation: int | None) -> bool:
+        """Keep the item unstarted while its installation has enough deliveries waiting."""
+        # As many as there are workers: the writes queued behind the current one are ready
+        # (read, locked, their intent on disk), and their store writes share commits.
+        if installation is None or self._waiting_turn.get(installation, 0) < self._workers:
+            return False
+        # Without its parsed payload: parsed again from the stored body when its turn comes.
+        self._held_back.setdefault(installation, deque()).append(replace(item, payload=None))
+        self._held_count += 1
+        return True
+
+    def _ended(self, installation: int | None, waited: bool) -> None:
+        """A delivery of the installation is finished (waited: it had given its worker back):
+        one held back goes to the queue. Every end releases one, so what is held back always
+        has a delivery in flight that will let it go."""
+        if installation is None:
+            return
+        if waited:
+            left = self._waiting_turn.get(installation, 0) - 1
+            if left > 0:
+                self._waiting_turn[installation] = left
+            else:
+                self._waiting_turn.pop(installation, None)
+        held = self._held_back.get(installation)
+        if held:
+            self._held_count -= 1
+            self._queue.put_nowait(held.popleft())
+            if not held:
+                del self._held_back[installation]
 
     def _enqueue(self, item: _Item) -> None:
         if item.claimed is not None:
@@ -136,7 +178,7 @@ class WorkerPool:
         """Claim unfinished deliveries from the store while there is room; return how many."""
         taken = 0
         while True:
-            room = self._queue_max - self._queue.qsize() - len(self._in_flight)
+            room = self._queue_max - self._queued() - len(self._in_flight)
             if room <= 0:
                 return taken
             claimed = await self._store.claim_pending(self._owner, self._lease, min(room, 100))
@@ -167,7 +209,9 @@ class WorkerPool:
         """Stop taking work, let in-flight deliveries finish (up to grace), give back the rest."""
         self._accepting = False
         self._wakeup.set()
-        pending: list[_Item] = []
+        pending: list[_Item] = [item for held in self._held_back.values() for item in held]
+        self._held_back.clear()
+        self._held_count = 0
         while not self._queue.empty():
             pending.append(self._queue.get_nowait())
         self._waiting.clear()
@@ -190,7 +234,7 @@ class WorkerPool:
 
     async def wait_idle(self) -> None:
         """Wait until the queue is empty and nothing is in flight (tests and benchmarks)."""
-        await self._wait_until(lambda: not self._queue.qsize() and not self._in_flight)
+        await self._wait_until(lambda: not self._queued() and not self._in_flight)
 
     async def _wait_until(self, settled: Callable[[], bool]) -> None:
         self._watchers += 1
@@ -203,11 +247,15 @@ class WorkerPool:
     # --- the workers ---------------------------------------------------------
 
     async def _work(self) -> None:
-        turn = Turn(self._worker_given_back)
+        current: list[int | None] = [None]  # the installation of the delivery in hand
+        turn = Turn(lambda: self._worker_given_back(current[0]))
         hold_turn(turn)  # this task's own context
         while not turn.given_back:
             item = await self._queue.get()
             delivery_id, claimed, payload = item.delivery_id, item.claimed, item.payload
+            current[0] = claimed.installation_id if claimed is not None else None
+            if self._accepting and self._hold_back(item, current[0]):
+                continue
             self._waiting.discard(delivery_id)
             if not self._accepting and claimed is None:
                 await self._notify_settled()
@@ -225,6 +273,7 @@ class WorkerPool:
                 log.error("worker_error", delivery=delivery_id, error=REDACTOR.text(str(exc)), exc_info=True)
             finally:
                 self._in_flight.discard(delivery_id)
+                self._ended(current[0], turn.given_back)
                 await self._notify_settled()
 
     async def _notify_settled(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 
 import aiohttp
@@ -54,3 +55,38 @@ async def test_ten_busy_installations_progress_together(fake_github, tmp_path):
     # Each delivery applied once: one PATCH and one PUT per repository.
     assert fake_github.count("PATCH") == INSTALLATIONS * REPOSITORIES
     assert fake_github.count("PUT", r"/protection$") == INSTALLATIONS * REPOSITORIES
+
+
+def repository_locks_held(db) -> int:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT count(*) FROM locks WHERE name LIKE 'repo:%'").fetchone()[0]
+
+
+async def test_a_burst_for_one_installation_waits_unstarted_beyond_the_workers(fake_github, tmp_path):
+    # Writes of one installation go one at a time. A burst of new repositories for it must not
+    # start every delivery at once (each holding its parsed payload, its repository's lock and
+    # its lease while it queues for the write): beyond the workers, they wait unstarted.
+    fake_github.add_installation(1, "acme")
+    names = [f"burst{j}" for j in range(16)]
+    for name in names:
+        fake_github.add_repo("acme", name, has_wiki=True, has_issues=True, has_projects=False)
+    fake_github.fail("PATCH", r"^/repos/acme/[^/]+$", delay=0.3, times=len(names))
+    db = tmp_path / "moko.db"
+    env = moko_environ(fake_github, f"sqlite:///{db}", MOKO_WORKERS="2")
+    server = await start_moko_process(env, tmp_path / "serve.log")
+    most = 0
+    try:
+        async with aiohttp.ClientSession() as session:
+            for name in names:
+                created = fake_github.event("repository", "created", owner="acme", repo=name)
+                assert (await post_webhook(session, server.url, "repository", created)).status == 202
+            deadline = time.monotonic() + 60
+            while not all(fixed(fake_github, "acme", name) for name in names):
+                assert time.monotonic() < deadline, "repositories not fixed in time"
+                most = max(most, repository_locks_held(db))
+                await asyncio.sleep(0.02)
+    finally:
+        assert await server.stop() == 0, server.log()
+    # One writing, the workers' worth waiting for their turn, the workers busy with the next.
+    assert 1 <= most <= 1 + 2 * 2
+    assert fake_github.count("PATCH") == len(names)
