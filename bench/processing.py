@@ -39,6 +39,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -80,7 +81,11 @@ async def serve_fake(owner: str, drifted: int) -> None:
     while line := await loop.run_in_executor(None, sys.stdin.readline):
         if line.strip() == "count":
             patches = fake.count("PATCH", rf"^/repos/{owner}/drifted-\d+$")
-            print(json.dumps({"patches": patches, "violations": list(fake.violations)}), flush=True)
+            kinds: dict[str, int] = {}
+            for call in fake.calls:
+                kind = f"{call.method} {re.sub(r'drifted-[0-9]+', '{repo}', call.path)}"
+                kinds[kind] = kinds.get(kind, 0) + 1
+            print(json.dumps({"patches": patches, "calls": kinds, "violations": list(fake.violations)}), flush=True)
             fake.reset_calls()
     await fake.close()
 
@@ -103,6 +108,7 @@ class Fake:
         answer = json.loads(self.process.stdout.readline())
         if answer["violations"]:
             raise SystemExit(f"requests the fake GitHub refused: {answer['violations'][:3]}")
+        self.calls = answer["calls"]
         return int(answer["patches"])
 
     def close(self) -> None:
@@ -275,6 +281,7 @@ def measure(server: Server, fake: Fake, workload: str, args: argparse.Namespace,
         "cpu_ms_per_delivery": round(cpu * 1000 / args.deliveries, 3),
         "peak_rss_mib": round(peak_rss_mib(server.process.pid), 1),
         "patches": patches,
+        "github_calls": fake.calls,
     }
 
 

@@ -320,16 +320,18 @@ class PolicyEngine:
             return RepoResult(full_name, REPO_FAILED, error=str(exc))
         effective = scope.restrict(policy)
         dry_run = self.is_dry_run(policy)
-        if apply and only_if is None:
-            settled = await self._compliant_as_known(gh, run, repo, effective, known)
-            if settled is not None:
+        as_known = None
+        if apply and only_if is None and not run.retaken:
+            as_known = await self._plan_as_known(gh, run, repo, effective, known)
+            if as_known is not None and _changes_nothing(as_known):
                 # Nothing to change and nothing to read: no lock, no store write, no GitHub call.
-                return RepoResult(full_name, COMPLIANT, plan=settled, policy=policy, dry_run=dry_run)
+                return RepoResult(full_name, COMPLIANT, plan=as_known, policy=policy, dry_run=dry_run)
         done: list[ChangeOutcome] = []
         for attempt in range(1, _LOCK_ATTEMPTS + 1):
             try:
                 return await self._remediate_locked(
-                    gh, run, repo, policy, effective, dry_run, known, apply=apply, only_if=only_if, done=done
+                    gh, run, repo, policy, effective, dry_run, known, apply=apply, only_if=only_if, done=done,
+                    planned=as_known if attempt == 1 else None,
                 )
             except RepositoryLockLost as lost:
                 log.warning("repository_lock_lost", repo=full_name, error=str(lost), attempt=attempt)
@@ -346,15 +348,15 @@ class PolicyEngine:
             known = None
         return RepoResult(full_name, REPO_FAILED, tuple(done), error=error, policy=policy, dry_run=dry_run)
 
-    async def _compliant_as_known(
+    async def _plan_as_known(
         self, gh: Any, run: Run, repo: Mapping[str, Any], effective: Policy, known: Known | None
     ) -> Plan | None:
-        """The plan when what is already known (a payload's settings) shows the repository
-        compliant, with nothing to read, defer, hold or leave unknown; None otherwise.
+        """The plan when what is already known (a payload's settings) decides it, with
+        nothing to read and nothing the server lacks; None otherwise.
 
         Most deliveries about a repository find it compliant: deciding that before the
-        repository's lock spares the lock's store writes. A plan that would change anything
-        is made again under the lock, from what is known there.
+        repository's lock spares the lock's store writes. A plan that changes something is
+        the one made under the lock too (it reads nothing, so it would come out the same).
         """
         try:
             schema = await schema_for(gh, effective)
@@ -366,9 +368,9 @@ class PolicyEngine:
         known = Known() if known is None else replace(known, protections=dict(known.protections))
         _mark_unreadable(effective, repo, known, granted)
         plan = plan_repository(effective, self.state_of(repo, known))
-        if plan.needs_read or plan.changes or plan.deferred or plan.held or plan.unknown or plan.skipped is not None:
+        if plan.needs_read or plan.skipped is not None:
             return None
-        return plan
+        return plan if schema is None else for_server(plan, schema)
 
     async def _remediate_locked(
         self,
@@ -383,8 +385,10 @@ class PolicyEngine:
         apply: bool,
         only_if: Callable[[], Awaitable[bool]] | None,
         done: list[ChangeOutcome],
+        planned: Plan | None = None,
     ) -> RepoResult:
-        """remediate()'s work under the repository's lock; done collects the change outcomes."""
+        """remediate()'s work under the repository's lock; done collects the change outcomes.
+        ``planned``: the plan already made from what is known, which needed no read."""
         full_name = str(repo["full_name"])
         async with self.store.repository_lock(full_name) as lock:
             if only_if is not None and not await only_if():
@@ -395,7 +399,7 @@ class PolicyEngine:
                     # stopped: planned from its payload they would be made twice.
                     repo = await _read_repository(gh, full_name)
                     known = None
-                plan = await self.plan_on_server(gh, effective, repo, known, run.installation)
+                plan = planned or await self.plan_on_server(gh, effective, repo, known, run.installation)
             except GitHubException as exc:
                 error = github_error(exc)
                 log.error("repository_read_failed", repo=full_name, error=error)
@@ -487,6 +491,11 @@ def _mark_unreadable(policy: Policy, repo: Mapping[str, Any], known: Known, gran
     if why is not None and policy.branches:
         for branch in branches_to_check(policy, present.get("default_branch")):
             known.protections.setdefault(branch, Unreadable(why))
+
+
+def _changes_nothing(plan: Plan) -> bool:
+    """Compliant as planned: nothing to change, defer, hold, read or leave unknown."""
+    return not (plan.changes or plan.deferred or plan.held or plan.unknown or plan.needs_read) and plan.skipped is None
 
 
 def _outcome(plan: Plan, outcomes: list[ChangeOutcome], ok: bool, dry_run: bool) -> str:

@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -275,12 +276,16 @@ class SQLiteStore(Store):
 
     async def _call(self, fn: Callable[[sqlite3.Connection], Any], *, atomic: bool = False) -> Any:
         """Run fn in the next batch; atomic: fn is a single statement (no savepoint needed)."""
+        return await self._submit(fn, atomic=atomic)
+
+    def _submit(self, fn: Callable[[sqlite3.Connection], Any], *, atomic: bool = False) -> asyncio.Future[Any]:
+        """Queue fn for the next batch now, in order with every other write; its future."""
         loop = self._own_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append(_Job(fn, future, atomic))
         if self._commit is None:
             self._flush_later(loop)
-        return await future
+        return future
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any], *, snapshot: bool = False) -> Any:
         """Run a read on the reader connection, outside the write batches: in WAL mode it sees
@@ -983,7 +988,7 @@ class SQLiteStore(Store):
         return bool(await self._call(take))
 
     async def unlock(self, name: str, owner: str) -> None:
-        await self._call(lambda conn: conn.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner)))
+        await self._call(_release_lock(name, owner), atomic=True)
 
     @asynccontextmanager
     async def repository_lock(self, repo: str) -> AsyncIterator[HeldLock]:
@@ -1015,12 +1020,11 @@ class SQLiteStore(Store):
                 # Not suppress(CancelledError): that would also swallow this task's own
                 # cancellation arriving here, and the cancelled work would carry on.
                 await asyncio.gather(keeper, return_exceptions=True)
-                try:
-                    await self.unlock(name, owner)
-                except sqlite3.Error as exc:
-                    # The row expires after the lock's TTL; the work's own error, if any, is
-                    # what its caller must hear about, not this one.
-                    log.warning("repository_lock_not_released", repo=repo, error=str(exc))
+                # The release goes with the next commit (the delivery's own end, most often),
+                # not one of its own: queued before anything the next holder here asks, it
+                # comes first in that batch, and another process may wait a moment longer.
+                released = self._submit(_release_lock(name, owner), atomic=True)
+                released.add_done_callback(partial(_release_failed, repo))
                 if not lock._waiters:  # type: ignore[attr-defined]
                     self._repo_locks.pop(repo, None)
 
@@ -1070,3 +1074,14 @@ class SQLiteStore(Store):
             return conn.execute("SELECT count(*) FROM hits WHERE key = ?", (key,)).fetchone()[0]
 
         return int(await self._call(hit))
+
+
+def _release_lock(name: str, owner: str) -> Callable[[sqlite3.Connection], Any]:
+    return lambda conn: conn.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
+
+
+def _release_failed(repo: str, released: asyncio.Future[Any]) -> None:
+    # The row expires after the lock's TTL; the work's own error, if any, is what its caller
+    # must hear about, not this one.
+    if not released.cancelled() and (error := released.exception()) is not None:
+        log.warning("repository_lock_not_released", repo=repo, error=str(error))
