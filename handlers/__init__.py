@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from gidgethub.routing import Router
 
-from handlers import branch_protection, comments, installation, ping, pull_request, push, repository
+from handlers import (
+    branch_protection,
+    comments,
+    installation,
+    ping,
+    pull_request,
+    push,
+    repository,
+    rulesets,
+)
 
 
 def build_router() -> Router:
@@ -14,6 +23,7 @@ def build_router() -> Router:
         installation.router,
         repository.router,
         branch_protection.router,
+        rulesets.router,
         push.router,
         pull_request.router,
         comments.router,

@@ -16,9 +16,8 @@ router = Router()
 @router.register("repository", action="created")
 async def remediate_new_repository(event: Event, ctx: EventContext) -> None:
     repo = repository_of(event)
-    # The payload holds the settings, and a new repository has no protection to read.
-    default = repo.get("default_branch")
-    known = Known(protections={default: None} if default else {})
+    # The payload holds the settings, and a new repository has no protection or rulesets to read.
+    known = Known.new_repository(repo.get("default_branch"))
     gh = await ctx.github()
     raise_on_failures([await engine_of(ctx).remediate(gh, run_of(event, ctx), repo, known=known)], ctx)
 

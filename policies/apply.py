@@ -20,6 +20,7 @@ from bot.logs import get_logger
 from bot.metrics import REMEDIATIONS
 from bot.store.base import AuditEntry, HeldLock
 from policies.model import REPOSITORY, Change
+from policies.registry import KINDS_BY_NAME, inverse_of
 from policies.repository_settings import patch_body
 
 log = get_logger("moko.apply")
@@ -105,12 +106,15 @@ async def rule_pattern(gh: Any, owner: str, name: str, branch: str) -> str | Non
     return rule.get("pattern")
 
 
-async def send_step(gh: Any, owner: str, repo: str, step: Step) -> None:
-    """The request for one step."""
+async def send_step(gh: Any, owner: str, repo: str, step: Step) -> Step:
+    """The request for one step; returns the step as made (what undoing it needs to know)."""
+    kind = KINDS_BY_NAME.get(step.kind)
+    if kind is not None and kind.send is not None:
+        return Step(tuple([await kind.send(gh, owner, repo, change) for change in step.changes]))
     if step.kind == REPOSITORY:
         body = patch_body(step.changes, {c.field: c.after for c in step.changes})
         await gh.patch("/repos/{owner}/{repo}", url_vars={"owner": owner, "repo": repo}, data=body)
-        return
+        return step
     change = step.changes[0]
     url_vars = {"owner": owner, "repo": repo, "branch": change.target or change.field}
     url = "/repos/{owner}/{repo}/branches/{branch}/protection"
@@ -123,8 +127,9 @@ async def send_step(gh: Any, owner: str, repo: str, step: Step) -> None:
         if getattr(exc, "status_code", None) == 404 and "branch not found" in str(exc).lower():
             raise BranchMissing(change.target or change.field) from exc
         if change.method == "DELETE" and getattr(exc, "status_code", None) == 404:
-            return  # already unprotected: what the step wanted
+            return step  # already unprotected: what the step wanted
         raise
+    return step
 
 
 class Transaction:
@@ -200,7 +205,7 @@ class Transaction:
                 if index < len(steps) - 1:  # a later step may fail: this one must be undoable
                     step = await self._undoable(step)
                 await self.intend(step.changes)
-                await send_step(self._gh, self.owner, self.repo, step)
+                step = await send_step(self._gh, self.owner, self.repo, step)
             except BranchMissing:
                 await self.record(step.changes, DEFERRED, "branch does not exist yet")
                 continue
@@ -227,7 +232,7 @@ class Transaction:
 
     async def _roll_back(self, applied: list[Step]) -> None:
         for step in reversed(applied):
-            undo = Step(tuple(change.inverse() for change in step.changes))
+            undo = Step(tuple(inverse_of(change) for change in step.changes))
             await self.intend(undo.changes)
             try:
                 await send_step(self._gh, self.owner, self.repo, undo)

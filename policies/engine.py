@@ -29,6 +29,7 @@ from policies.loader import PolicyError
 from policies.model import BRANCH_PROTECTION, REPOSITORY, Plan, Policy, RepoState, Unreadable
 from policies.permissions import protection_unreadable, unreadable_settings
 from policies.plan import branches_to_check, plan_repository
+from policies.registry import POLICY_KINDS, new_repository_state
 from policies.repository_settings import missing_fields
 from policies.server_fields import for_server, schema_for, unsupported, without_unsupported
 from policies.source import POLICY_PATH, POLICY_REPO, PolicySource
@@ -91,8 +92,11 @@ class Concern:
     settings: bool = True
     protection: bool = True
     named_branches: bool = True  # False: only the default branch's rule
+    rulesets: bool = True
 
     def restrict(self, policy: Policy) -> Policy:
+        if not self.rulesets:
+            policy = replace(policy, rulesets=())
         if not self.settings:
             policy = replace(policy, repository={})
         if not self.protection:
@@ -103,10 +107,11 @@ class Concern:
 
 
 ALL = Concern()
-SETTINGS_ONLY = Concern(protection=False)
-PROTECTION_ONLY = Concern(settings=False)
+SETTINGS_ONLY = Concern(protection=False, rulesets=False)
+PROTECTION_ONLY = Concern(settings=False, rulesets=False)
+RULESETS_ONLY = Concern(settings=False, protection=False)
 # The default branch moved: its rule now means another branch; the named ones did not change.
-NEW_DEFAULT_BRANCH = Concern(named_branches=False)
+NEW_DEFAULT_BRANCH = Concern(named_branches=False, rulesets=False)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,16 @@ class Known:
     missing_branches: set[str] = field(default_factory=set)
     rule_patterns: dict[str, str | None] = field(default_factory=dict)
     open_issues: tuple[OpenIssue, ...] | None = None  # the open issues Moko opened; None: not read
+    kind_state: dict[str, Any] = field(default_factory=dict)  # see RepoState.kind_state
+
+    @classmethod
+    def new_repository(cls, default_branch: str | None) -> Known:
+        """What a repository created a moment ago has: its default branch unprotected, and
+        what each policy kind says a new repository has."""
+        return cls(
+            protections={default_branch: None} if default_branch else {},
+            kind_state=new_repository_state(),
+        )
 
 
 # Called after a repository's whole policy was remediated: (gh, run, repo, result, engine, known).
@@ -200,10 +215,15 @@ class PolicyEngine:
     def is_dry_run(self, policy: Policy) -> bool:
         return self.global_dry_run or policy.dry_run
 
-    async def read_state(self, gh: Any, repo: Mapping[str, Any], known: Known, plan: Plan) -> Known:
+    async def read_state(
+        self, gh: Any, repo: Mapping[str, Any], known: Known, plan: Plan, policy: Policy | None = None
+    ) -> Known:
         """Read from GitHub what the plan could not decide (REST), and return the richer state."""
         owner, name = str(repo["full_name"]).split("/", 1)
         url_vars = {"owner": owner, "repo": name}
+        for kind in POLICY_KINDS:
+            if kind.read is not None and policy is not None and f"{kind.name}.*" in plan.needs_read:
+                known.kind_state[kind.name] = await kind.read(gh, owner, name, policy)
         if plan.settings_to_read:
             answer = await gh.getitem("/repos/{owner}/{repo}", url_vars=url_vars)
             known.settings = {**(known.settings or {}), **answer}
@@ -235,7 +255,7 @@ class PolicyEngine:
             existing = frozenset(set(known.protections) | ({default} if default else set())) - known.missing_branches
         return RepoState.from_rest(
             settings, empty=known.empty, protections=known.protections, existing_branches=existing,
-            rule_patterns=known.rule_patterns,
+            rule_patterns=known.rule_patterns, kind_state=known.kind_state,
         )
 
     async def plan(
@@ -249,7 +269,7 @@ class PolicyEngine:
         rounds = 0
         while plan.needs_read and plan.skipped is None and rounds < _MAX_READ_ROUNDS:
             rounds += 1
-            known = await self.read_state(gh, repo, known, plan)
+            known = await self.read_state(gh, repo, known, plan, policy)
             plan = plan_repository(policy, self.state_of(repo, known))
         if plan.needs_read and plan.skipped is None:
             still = tuple((key, STILL_UNREAD) for key in plan.needs_read)
@@ -365,7 +385,9 @@ class PolicyEngine:
             granted = await self.granted(run.installation)
         except GitHubException:
             return None  # the locked path asks again, and reports the failure
-        known = Known() if known is None else replace(known, protections=dict(known.protections))
+        known = Known() if known is None else replace(
+            known, protections=dict(known.protections), kind_state=dict(known.kind_state)
+        )
         _mark_unreadable(effective, repo, known, granted)
         plan = plan_repository(effective, self.state_of(repo, known))
         if plan.needs_read or plan.skipped is not None:
@@ -514,6 +536,7 @@ def _outcome(plan: Plan, outcomes: list[ChangeOutcome], ok: bool, dry_run: bool)
 
 __all__ = [
     "ALL", "COMPLIANT", "DRY_RUN", "FIXED", "PLANNED", "PROTECTION_ONLY", "REPOSITORY", "REPO_DEFERRED",
+    "RULESETS_ONLY",
     "NEW_DEFAULT_BRANCH", "REPO_FAILED", "REPO_UNKNOWN", "SETTINGS_ONLY", "SKIPPED", "Concern", "Known", "Permissions",
     "PermissionsSource", "PolicyEngine", "RepoResult", "Run",
 ]

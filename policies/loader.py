@@ -17,6 +17,8 @@ Overrides: the organization's ``overrides`` list says what a repository's own
 - ``branches.<rule name>``: the rule with that name, replaced or added. Only
   ``branches.default`` lets a repository replace the default branch's rule, or let a rule
   naming its default branch (e.g. ``main``) win over the organization's ``default`` rule;
+- ``rulesets``: the whole ``rulesets`` section (the repository's list replaces the org's);
+- ``rulesets.<ruleset name>``: the ruleset with that name, replaced or added;
 - ``notify``: the repository's own ``notify`` (``issue`` or ``none``).
 
 Anything else in the repository's file is ignored and reported; the allowed keys still apply.
@@ -376,6 +378,7 @@ def _policy_from_document(doc: Mapping[str, Any] | None, source: str) -> Policy:
         apply_permission=commands.get("apply_permission", default.apply_permission),
         source=source,
         notify=doc.get("notify") or default.notify,
+        rulesets=tuple(doc["rulesets"] or ()) if "rulesets" in doc else default.rulesets,
     )
 
 
@@ -433,6 +436,7 @@ def merge_loaded(org: Policy, loaded: LoadedFile) -> tuple[Policy, list[PolicyPr
     repository = dict(org.repository)
     branches = list(org.branches)
     notify = org.notify
+    rulesets = list(org.rulesets)
     # Only an explicit branches.default lets the repository touch the default branch's rules.
     own_default = f"branches.{DEFAULT_BRANCH_RULE}" in allowed
     for key, value in doc.items():
@@ -460,6 +464,19 @@ def merge_loaded(org: Policy, loaded: LoadedFile) -> tuple[Policy, list[PolicyPr
                 notify = value or org.notify
             else:
                 ignore((key,))
+        elif key == "rulesets":
+            if "rulesets" in allowed:
+                rulesets = list(value or ())
+                continue
+            for index, entry in enumerate(value or ()):
+                if f"rulesets.{entry['name']}" not in allowed:
+                    ignore(("rulesets", index))
+                    continue
+                names = [existing["name"] for existing in rulesets]
+                if entry["name"] in names:
+                    rulesets[names.index(entry["name"])] = entry
+                else:
+                    rulesets.append(entry)
         elif key == "branches":
             rules = [
                 BranchRule(rule["name"], rule["protection"], displaces_default=own_default)
@@ -491,7 +508,8 @@ def merge_loaded(org: Policy, loaded: LoadedFile) -> tuple[Policy, list[PolicyPr
         else:
             ignore((key,))
     merged = replace(
-        org, repository=repository, branches=tuple(branches), notify=notify, source=f"{org.source} + {source}"
+        org, repository=repository, branches=tuple(branches), notify=notify, rulesets=tuple(rulesets),
+        source=f"{org.source} + {source}",
     )
     return merged, sorted(ignored)
 

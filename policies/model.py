@@ -8,7 +8,7 @@ from typing import Any, Literal, NoReturn
 
 Mode = Literal["enforce", "dry-run", "report"]
 Notify = Literal["issue", "none"]
-Method = Literal["PATCH", "PUT", "DELETE"]
+Method = Literal["PATCH", "PUT", "DELETE", "POST"]
 
 MODES: tuple[str, ...] = ("enforce", "dry-run", "report")
 NOTIFY: tuple[str, ...] = ("issue", "none")
@@ -18,6 +18,7 @@ REPOSITORY = "repository"
 BRANCH_PROTECTION = "branch_protection"
 # A need to read: which classic rule (its pattern) protects a branch.
 BRANCH_PROTECTION_RULE = "branch_protection_rule"
+RULESETS = "rulesets"
 
 
 class FrozenDict(dict[str, Any]):
@@ -144,9 +145,12 @@ class Policy:
     source: str = field(default="built-in default", compare=False)
     # How a repository that stays non-compliant is told: an issue in it, or not at all.
     notify: Notify = "none"
+    # Bodies of POST /repos/{owner}/{repo}/rulesets, matched by name (none: none managed).
+    rulesets: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "repository", freeze(self.repository))
+        object.__setattr__(self, "rulesets", tuple(freeze(r) for r in self.rulesets))
         object.__setattr__(self, "branches", tuple(self.branches))
         object.__setattr__(self, "overrides", tuple(self.overrides))
 
@@ -176,6 +180,7 @@ class Policy:
             "overrides": list(self.overrides),
             "commands": {"apply_permission": self.apply_permission},
             "notify": self.notify,
+            **({"rulesets": [thaw(r) for r in self.rulesets]} if self.rulesets else {}),
         }
 
 
@@ -186,6 +191,9 @@ class Change:
     - ``policy="repository"``: ``field`` is a PATCH /repos/{owner}/{repo} field, ``before`` and
       ``after`` its values; ``method="PATCH"``. Several of them are sent as ONE PATCH
       (see ``repository_settings.patch_body``).
+    - ``policy="rulesets"``: ``field`` is the ruleset's name, ``target`` its id (as a string;
+      None for a POST until it is made); ``before``/``after`` are its bodies (see
+      ``policies.rulesets``, which also gives its inverse).
     - ``policy="branch_protection"``: ``field`` and ``target`` are the branch name; ``method`` is
       ``"PUT"`` (``after`` is the whole PUT body) or ``"DELETE"`` (``after`` is None);
       ``before`` is the PUT body that recreates the current protection, or None when the branch
@@ -259,6 +267,9 @@ class RepoState:
     protections: Mapping[str, Any] = field(default_factory=FrozenDict)
     existing_branches: frozenset[str] | None = None
     rule_patterns: Mapping[str, str | None] = field(default_factory=FrozenDict)
+    # Other policy kinds' state, by kind name (e.g. "rulesets": name -> ruleset); a kind
+    # missing here is not known yet.
+    kind_state: Mapping[str, Any] = field(default_factory=FrozenDict)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -266,6 +277,7 @@ class RepoState:
         object.__setattr__(self, "settings", freeze(self.settings))
         object.__setattr__(self, "protections", freeze(self.protections))
         object.__setattr__(self, "rule_patterns", freeze(self.rule_patterns))
+        object.__setattr__(self, "kind_state", freeze(self.kind_state))
         if self.existing_branches is not None:
             object.__setattr__(self, "existing_branches", frozenset(self.existing_branches))
 
@@ -278,6 +290,7 @@ class RepoState:
         protections: Mapping[str, Any] | None = None,
         existing_branches: Iterable[str] | None = None,
         rule_patterns: Mapping[str, str | None] | None = None,
+        kind_state: Mapping[str, Any] | None = None,
     ) -> RepoState:
         """Build from a REST repository object (GET /repos/… or a webhook's ``repository``)."""
         return cls(
@@ -290,6 +303,7 @@ class RepoState:
             protections=protections or {},
             existing_branches=None if existing_branches is None else frozenset(existing_branches),
             rule_patterns=rule_patterns or {},
+            kind_state=kind_state or {},
         )
 
 

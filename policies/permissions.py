@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from policies.model import BRANCH_PROTECTION, REPOSITORY, Policy
+from policies.model import BRANCH_PROTECTION, REPOSITORY, RULESETS, Policy
 
 LEVELS = ("read", "write", "admin")
 
@@ -77,6 +77,8 @@ def read_need(section: str, field: str) -> Need:
     """The permission reading one policy field needs (``section`` is its kind)."""
     if section == BRANCH_PROTECTION:
         return ADMINISTRATION_READ
+    if section == RULESETS:  # GitHub lists and reads repository rulesets with metadata: read
+        return METADATA_READ
     if field in MERGE_SETTINGS:
         return CONTENTS_WRITE
     if field in ADMIN_ONLY_SETTINGS:
@@ -85,8 +87,8 @@ def read_need(section: str, field: str) -> Need:
 
 
 def write_need(section: str, field: str) -> Need:
-    """The permission changing one policy field needs: repository settings and branch
-    protection are both the repository's administration."""
+    """The permission changing one policy field needs: repository settings, branch
+    protection and rulesets are all the repository's administration."""
     return ADMINISTRATION_WRITE
 
 
@@ -114,6 +116,7 @@ class PermissionGap:
 def _keys(policy: Policy) -> list[tuple[str, str]]:
     keys = [(REPOSITORY, field) for field in policy.repository]
     keys += [(BRANCH_PROTECTION, rule.name) for rule in policy.branches]
+    keys += [(RULESETS, str(ruleset["name"])) for ruleset in policy.rulesets]
     return keys
 
 
@@ -154,6 +157,7 @@ def permissions_table() -> list[tuple[str, str, str]]:
         *[(f"repository.{f}", str(CONTENTS_WRITE), str(ADMINISTRATION_WRITE)) for f in MERGE_SETTINGS],
         *[(f"repository.{f}", str(ADMINISTRATION_WRITE), str(ADMINISTRATION_WRITE)) for f in ADMIN_ONLY_SETTINGS],
         ("branches[].protection", str(ADMINISTRATION_READ), str(ADMINISTRATION_WRITE)),
+        ("rulesets[]", str(METADATA_READ), str(ADMINISTRATION_WRITE)),
         ("notify: issue", str(ISSUES_READ), str(ISSUES_WRITE)),
     ]
     return rows

@@ -2,24 +2,64 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from policies.branch_protection import plan_protection_kind
-from policies.model import BRANCH_PROTECTION, REPOSITORY, KindPlan, Policy, RepoState
+from policies.model import (
+    BRANCH_PROTECTION,
+    REPOSITORY,
+    RULESETS,
+    Change,
+    KindPlan,
+    Policy,
+    RepoState,
+)
 from policies.repository_settings import plan_settings_kind
+from policies.rulesets import inverse_ruleset, plan_rulesets_kind, read_rulesets, send_ruleset
+
+# (gh, owner, repo, policy) -> the kind's state of the repository (``RepoState.kind_state``).
+Reader = Callable[[Any, str, str, Policy], Awaitable[Any]]
+# (gh, owner, repo, change) -> the change as made.
+Sender = Callable[[Any, str, str, Change], Awaitable[Change]]
 
 
 @dataclass(frozen=True)
 class PolicyKind:
-    """A kind of policy: its name (the audit record's ``policy``) and its pure planner."""
+    """A kind of policy: its name (the audit record's ``policy``) and its pure planner.
+
+    A kind whose state lives in ``RepoState.kind_state`` also says how to read it (REST, when
+    its plan needs ``<name>.*``), how to send a change and how to undo one; the two older
+    kinds still do these in the engine and the transaction.
+    """
 
     name: str
     plan: Callable[[Policy, RepoState], KindPlan]
+    read: Reader | None = None
+    send: Sender | None = None
+    inverse: Callable[[Change], Change] | None = None
+    # What a repository created a moment ago has (nothing to read): e.g. no rulesets.
+    new_repository: Any = None
 
 
 # Settings first: a protection rule such as required_linear_history can depend on them.
 POLICY_KINDS: tuple[PolicyKind, ...] = (
     PolicyKind(REPOSITORY, plan_settings_kind),
     PolicyKind(BRANCH_PROTECTION, plan_protection_kind),
+    PolicyKind(RULESETS, plan_rulesets_kind, read_rulesets, send_ruleset, inverse_ruleset, {}),
 )
+KINDS_BY_NAME: dict[str, PolicyKind] = {kind.name: kind for kind in POLICY_KINDS}
+
+
+def new_repository_state() -> dict[str, Any]:
+    """Each kind's state of a repository just created (``RepoState.kind_state``)."""
+    return {kind.name: kind.new_repository for kind in POLICY_KINDS if kind.new_repository is not None}
+
+
+def inverse_of(change: Change) -> Change:
+    """The change that undoes ``change``, as its kind says."""
+    kind = KINDS_BY_NAME.get(change.policy)
+    if kind is not None and kind.inverse is not None:
+        return kind.inverse(change)
+    return change.inverse()

@@ -14,6 +14,7 @@ from policies.repository_settings import (
     REFUSED_FIELDS,
     check_setting,
 )
+from policies.rulesets import check_rulesets
 
 Path = tuple[str | int, ...]
 Problem = tuple[Path, str]
@@ -27,6 +28,7 @@ TOP_LEVEL_KEYS: tuple[str, ...] = (
     "overrides",
     "commands",
     "notify",
+    "rulesets",
 )
 RULE_KEYS: tuple[str, ...] = ("name", "protection")
 SCOPE_KEYS: tuple[str, ...] = ("include", "exclude", "archived")
@@ -34,7 +36,10 @@ COMMANDS_KEYS: tuple[str, ...] = ("apply_permission",)
 CHECK_KEYS: tuple[str, ...] = ("context", "app_id")
 SUPPORTED_VERSION = 1
 
-OVERRIDE_HELP = "repository, repository.<field>, branches, branches.<rule name> or notify"
+OVERRIDE_HELP = (
+    "repository, repository.<field>, branches, branches.<rule name>, rulesets, "
+    "rulesets.<ruleset name> or notify"
+)
 
 
 def dotted(path: Path) -> str:
@@ -135,6 +140,8 @@ class _Checker:
             self.repository(doc["repository"], ("repository",))
         if doc.get("branches") is not None:
             self.branches(doc["branches"], ("branches",))
+        if doc.get("rulesets") is not None:
+            self.problems.extend(check_rulesets(doc["rulesets"], ("rulesets",)))
         if doc.get("scope") is not None:
             self.scope(doc["scope"], ("scope",))
         if doc.get("overrides") is not None:
@@ -340,7 +347,7 @@ def check_override_key(key: Any) -> str | None:
             hint = f"; did you mean 'repository.{close[0]}'?" if close else ""
             return f"{key!r}: {rest!r} is not a field of PATCH /repos/{{owner}}/{{repo}}{hint}"
         return None
-    if section == "branches" or key == "notify":
+    if section in ("branches", "rulesets") or key == "notify":
         return None
     return f"{key!r} cannot be overridden; overrides may list {OVERRIDE_HELP}"
 

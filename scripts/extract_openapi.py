@@ -1,5 +1,7 @@
 """Extract the REST operations Moko needs beyond the subset into tests/fixtures/github-rest-extra.json,
-and the webhook events beyond github-webhooks-subset.json into tests/fixtures/github-webhooks-extra.json."""
+the webhook events beyond github-webhooks-subset.json into tests/fixtures/github-webhooks-extra.json,
+and the body of POST /repos/{owner}/{repo}/rulesets into policies/ruleset_body.json (Moko checks a
+policy's ``rulesets`` entries against it)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SOURCE = Path("/work/shared/data/github-rest-full.json.gz")
 DEFAULT_TARGET = ROOT / "tests" / "fixtures" / "github-rest-extra.json"
 WEBHOOKS_TARGET = ROOT / "tests" / "fixtures" / "github-webhooks-extra.json"
+RULESET_BODY_TARGET = ROOT / "policies" / "ruleset_body.json"
+RULESET_BODY_OPERATION = ("post", "/repos/{owner}/{repo}/rulesets")
 
 # Webhook events (x-webhooks keys) Moko handles beyond github-webhooks-subset.json.
-WEBHOOKS: list[str] = ["pull-request-reopened", "pull-request-synchronize"]
+WEBHOOKS: list[str] = ["pull-request-reopened", "pull-request-synchronize", "repository-ruleset-created"]
 
 # (method, path template) pairs the fake GitHub must know beyond github-rest-subset.json.
 OPERATIONS: list[tuple[str, str]] = [
@@ -182,6 +186,18 @@ def extract_webhooks(full: dict[str, Any], names: list[str]) -> dict[str, Any]:
     })
 
 
+def extract_request_body(full: dict[str, Any], operation: tuple[str, str]) -> dict[str, Any]:
+    """One operation's JSON request body schema, with the component schemas it references."""
+    method, template = operation
+    body = full["paths"][template][method]["requestBody"]["content"]["application/json"]["schema"]
+    return _with_components(full, {
+        "description": f"The request body of {method.upper()} {template}, from @octokit/openapi's "
+        "api.github.com description. Regenerate with scripts/extract_openapi.py; do not edit by hand.",
+        "version": full["info"].get("version", ""),
+        "schema": body,
+    })
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
@@ -195,6 +211,9 @@ def main() -> None:
     webhooks = extract_webhooks(full, WEBHOOKS)
     WEBHOOKS_TARGET.write_text(json.dumps(webhooks, indent=1, sort_keys=False) + "\n", encoding="utf-8")
     print(f"wrote {len(WEBHOOKS)} webhook events to {WEBHOOKS_TARGET}")
+    ruleset_body = extract_request_body(full, RULESET_BODY_OPERATION)
+    RULESET_BODY_TARGET.write_text(json.dumps(ruleset_body, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote the ruleset body schema to {RULESET_BODY_TARGET}")
 
 
 if __name__ == "__main__":

@@ -986,3 +986,43 @@ async def test_deliveries_are_listed_newest_first_by_cursor_and_redelivered_with
         assert unsigned.value.status_code == 401
     finally:
         await runner.cleanup()
+
+
+RULESET_BODY = {"name": "protect-default", "target": "branch", "enforcement": "active",
+                "conditions": {"ref_name": {"include": ["~DEFAULT_BRANCH"], "exclude": []}},
+                "rules": [{"type": "deletion"}]}
+
+
+async def test_rulesets_are_listed_as_summaries_and_read_whole_by_id(fake, gh):
+    made = await gh.post(f"/repos/{ORG}/widgets/rulesets", data=RULESET_BODY)
+    fake.add_org_ruleset(ORG, {**RULESET_BODY, "name": "org-wide", "conditions": {
+        "ref_name": {"include": ["~ALL"], "exclude": []},
+        "repository_name": {"include": ["~ALL"], "exclude": []}}})
+    listed = [item async for item in gh.getiter(f"/repos/{ORG}/widgets/rulesets")]
+    # As GitHub's own example: no rules, conditions or bypass actors in the list, and the
+    # organization's rulesets too unless includes_parents=false.
+    assert {item["name"]: item["source_type"] for item in listed} == {
+        "org-wide": "Organization", "protect-default": "Repository"}
+    assert not any("rules" in item or "conditions" in item for item in listed)
+    own = [item async for item in gh.getiter(f"/repos/{ORG}/widgets/rulesets?includes_parents=false")]
+    assert [item["name"] for item in own] == ["protect-default"]
+    whole = await gh.getitem(f"/repos/{ORG}/widgets/rulesets/{made['id']}")
+    assert whole["rules"] == RULESET_BODY["rules"] and whole["conditions"] == RULESET_BODY["conditions"]
+    # A misspelt key in a body is refused, as the schema lists every key.
+    with pytest.raises(BadRequest):
+        await gh.put(f"/repos/{ORG}/widgets/rulesets/{made['id']}", data={"enforcment": "active"})
+    fake.take_violations()
+
+
+@pytest.mark.parametrize(("action", "key"), [
+    ("created", "repository-ruleset-created"), ("edited", "repository-ruleset-edited"),
+    ("deleted", "repository-ruleset-deleted"),
+])
+def test_repository_ruleset_events_fit_githubs_schemas(fake, action, key):
+    ruleset = fake.add_ruleset(ORG, "widgets", RULESET_BODY)
+    payload = fake.event("repository_ruleset", action, owner=ORG, repo="widgets", ruleset=ruleset)
+    errors = (extra_webhook_errors(key, payload) if key in WEBHOOKS_EXTRA["webhooks"]
+              else webhook_errors(key, payload))
+    assert errors == []
+    assert payload["repository_ruleset"]["id"] == ruleset["id"]
+    assert payload["repository"]["full_name"] == f"{ORG}/widgets"

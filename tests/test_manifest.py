@@ -16,7 +16,8 @@ ALWAYS_SENT = {"installation", "installation_repositories", "ping"}
 # "Permissions required for GitHub Apps"). A permission with no entry, or whose requests are
 # gone from the code, is one the manifest should not ask for.
 NEEDED_BY = {
-    "administration": ["/repos/{owner}/{repo}/branches/{branch}/protection", "/repos/{owner}/{repo}"],
+    "administration": ["/repos/{owner}/{repo}/branches/{branch}/protection", "/repos/{owner}/{repo}",
+                       "/repos/{owner}/{repo}/rulesets"],
     "contents": ["/repos/{owner}/{repo}/contents/{path}"],
     "issues": ["/repos/{owner}/{repo}/issues/{issue_number}/comments",
                "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"],

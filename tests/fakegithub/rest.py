@@ -682,15 +682,24 @@ def _ruleset(ctx: Context, repo: Repo) -> dict[str, Any]:
     return ruleset
 
 
+# What GitHub's list of rulesets holds of each (its own example): no target, conditions, rules
+# or bypass actors; those are read one ruleset at a time.
+RULESET_SUMMARY = ("id", "name", "source_type", "source", "enforcement", "node_id", "_links",
+                   "created_at", "updated_at")
+
+
 @handles("repos/get-repo-rulesets")
 def list_rulesets(ctx: Context) -> Reply:
     repo = ctx.repo()
     items = list(repo.rulesets.values())
+    # includes_parents defaults to true: the organization's rulesets for this repository too.
+    if str(ctx.query.get("includes_parents", "true")).lower() != "false":
+        items = ctx.state.org_rulesets_for(repo) + items
     targets = ctx.query.get("targets")
     if targets:
         wanted = set(str(targets).split(",")) if isinstance(targets, str) else set(targets)
         items = [r for r in items if r["target"] in wanted]
-    return ctx.page(items)
+    return ctx.page([{key: r[key] for key in RULESET_SUMMARY if key in r} for r in items])
 
 
 @handles("repos/create-repo-ruleset")
@@ -714,7 +723,10 @@ def get_ruleset(ctx: Context) -> Reply:
 def update_ruleset(ctx: Context) -> Reply:
     repo = ctx.repo(write=True)
     ruleset = _ruleset(ctx, repo)
-    ruleset.update(copy.deepcopy(ctx.data))
+    body = copy.deepcopy(ctx.data or {})
+    if any(r["name"] == body.get("name") and r is not ruleset for r in repo.rulesets.values()):
+        raise HTTPError(422, "Validation Failed", errors=["Name must be unique"])
+    ruleset.update(body)
     ruleset["updated_at"] = iso()
     return Reply(200, ruleset)
 

@@ -506,6 +506,19 @@ class State:
                               "ruleset_source": ruleset["source"], "ruleset_id": ruleset["id"]})
         return found
 
+    def org_rulesets_for(self, repo: Repo) -> list[dict[str, Any]]:
+        """The organization's rulesets whose repository condition takes in this repository."""
+        found = []
+        for ruleset in self.org_rulesets.get(repo.owner.lower(), {}).values():
+            names = (ruleset.get("conditions") or {}).get("repository_name")
+            if names is not None:
+                def named(patterns: list[str]) -> bool:
+                    return any(p == "~ALL" or branch_pattern_matches(p, repo.name) for p in patterns)
+                if not named(names.get("include") or []) or named(names.get("exclude") or []):
+                    continue
+            found.append(ruleset)
+        return found
+
     def _ruleset_applies(self, repo: Repo, ruleset: dict[str, Any], branch: str) -> bool:
         conditions = ruleset.get("conditions") or {}
         names = conditions.get("repository_name")

@@ -153,7 +153,8 @@ def build_event(event: str, action: str | None = None, *, owner: str = "acme",
     branch_protection_rule, `ref` for create/push, `modified`/`added`/`removed` file lists for
     push, `body`/`user`/`issue_number` for issue_comment, `repositories_added` (names or
     repository dicts) for installation_repositories, `pull_request` (a REST pull request, e.g.
-    `fake.pull_request(...)`) for pull_request. Any other keyword replaces that
+    `fake.pull_request(...)`) for pull_request, `ruleset` (a ruleset as the REST API answers it,
+    e.g. from `fake.rulesets(...)`) and `changes` (edited) for repository_ruleset. Any other keyword replaces that
     top-level key of the payload.
     """
     state = _state(owner, owner_type, installation_id)
@@ -203,6 +204,14 @@ def build_event(event: str, action: str | None = None, *, owner: str = "acme",
         if action == "edited":
             payload["changes"] = overrides.pop(
                 "changes", {"required_approving_review_count": {"from": 0}})
+    elif event == "repository_ruleset":
+        payload.update(base)
+        ruleset = copy.deepcopy(overrides.pop("ruleset"))
+        # The payload holds the ruleset as the REST API answers it, less the reader's view.
+        ruleset.pop("current_user_can_bypass", None)
+        payload["repository_ruleset"] = ruleset
+        if action == "edited":
+            payload["changes"] = overrides.pop("changes", {"enforcement": {"from": "disabled"}})
     elif event == "create":
         payload.update(base)
         payload.update({"ref": overrides.pop("ref", repo_obj.get("default_branch", "main")),

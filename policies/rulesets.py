@@ -1,0 +1,266 @@
+"""Policy kind "rulesets": repository rulesets, matched by name, created or updated to comply.
+
+Each entry of a policy's ``rulesets`` section is the body of
+``POST /repos/{owner}/{repo}/rulesets`` (``name``, ``target``, ``enforcement``, ``conditions``,
+``rules``, ``bypass_actors``), checked against GitHub's own schema of that body
+(``ruleset_body.json``, extracted from GitHub's OpenAPI description by
+``scripts/extract_openapi.py``).
+
+What "compliant" means: the repository has a ruleset of that name (one of its own, not an
+organization's) whose values include what the entry names. GitHub adds fields to its answers
+(``id``, ``source``, ``_links``, ``node_id``, ``created_at``, parameters the entry left to
+their defaults); they are not compared. Lists are compared as sets of items (rules, bypass
+actors and ref patterns in any order), each item as far as the entry names it.
+
+A ruleset that is missing is created (POST), a drifted one is updated (PUT, with the entry
+as its body); rulesets the policy does not name are never touched. Undoing a creation deletes
+the ruleset; undoing an update PUTs back what it held.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from importlib import resources
+from typing import Any
+
+from policies.model import RULESETS, Change, KindPlan, Policy, RepoState, is_unreadable, thaw
+
+# The fields of a ruleset that its create body can set: what an undo writes back.
+BODY_KEYS: tuple[str, ...] = ("name", "target", "enforcement", "conditions", "rules", "bypass_actors")
+# A need to read: the repository's own rulesets (the list, then each managed one by id).
+READ_KEY = f"{RULESETS}.*"
+
+_LIST = "/repos/{owner}/{repo}/rulesets{?includes_parents,per_page}"
+_ONE = "/repos/{owner}/{repo}/rulesets/{ruleset_id}"
+
+
+# --- checking a policy's entries against GitHub's schema ------------------------------------
+
+Path = tuple[str | int, ...]
+Problem = tuple[Path, str]
+
+
+def _load_schema() -> dict[str, Any]:
+    text = resources.files("policies").joinpath("ruleset_body.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+_SCHEMA = _load_schema()
+_COMPONENTS: Mapping[str, Any] = _SCHEMA["components"]["schemas"]
+_TYPES: Mapping[str, tuple[type, ...]] = {
+    "object": (dict,), "array": (list,), "string": (str,), "boolean": (bool,),
+    "integer": (int,), "number": (int, float),
+}
+
+
+def _resolve(schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    while "$ref" in schema:
+        schema = _COMPONENTS[str(schema["$ref"]).rsplit("/", 1)[-1]]
+    return schema
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    if isinstance(value, bool) and kind in ("integer", "number"):
+        return False
+    return isinstance(value, _TYPES.get(kind, (object,)))
+
+
+def _variant_type(schema: Mapping[str, Any]) -> tuple[str, ...]:
+    """The ``type`` values a oneOf variant of a rule accepts (its discriminating enum)."""
+    prop = _resolve(schema).get("properties", {}).get("type", {})
+    return tuple(prop.get("enum", ()))
+
+
+def check_value(value: Any, schema: Mapping[str, Any], path: Path) -> list[Problem]:
+    """Problems of ``value`` against an OpenAPI 3.0 schema, closed as GitHub's fake is: a key
+    the schema does not list is a problem, so a misspelt key never passes."""
+    schema = _resolve(schema)
+    if value is None:
+        return [] if schema.get("nullable") else [(path, "must not be null")]
+    if "oneOf" in schema:
+        variants = [_resolve(s) for s in schema["oneOf"]]
+        typed = {t: v for v in variants for t in _variant_type(v)}
+        if typed and isinstance(value, Mapping):
+            kind = value.get("type")
+            if kind not in typed:
+                return [(path + ("type",), f"must be one of {', '.join(sorted(typed))}, not {_shown(kind)}")]
+            return check_value(value, typed[kind], path)
+        results = [check_value(value, v, path) for v in variants]
+        if any(not r for r in results):
+            return []
+        return min(results, key=len)
+    kind = schema.get("type")
+    if kind and not _type_ok(value, kind):
+        return [(path, f"must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not {_shown(value)}")]
+    if "enum" in schema and value not in schema["enum"]:
+        return [(path, f"must be one of {', '.join(map(str, schema['enum']))}, not {_shown(value)}")]
+    problems: list[Problem] = []
+    if "minimum" in schema and isinstance(value, (int, float)) and value < schema["minimum"]:
+        problems.append((path, f"must be at least {schema['minimum']}, not {value}"))
+    if "maximum" in schema and isinstance(value, (int, float)) and value > schema["maximum"]:
+        problems.append((path, f"must be at most {schema['maximum']}, not {value}"))
+    if isinstance(value, Mapping):
+        properties = schema.get("properties")
+        for required in schema.get("required", ()):
+            if required not in value:
+                problems.append((path, f"{required}: missing (GitHub requires it)"))
+        for key, item in value.items():
+            if properties is not None and key not in properties:
+                allowed = ", ".join(properties)
+                problems.append((path + (key,), f"unknown key (allowed: {allowed})"))
+            elif properties is not None:
+                problems.extend(check_value(item, properties[key], path + (key,)))
+    if isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            problems.extend(check_value(item, schema["items"], path + (index,)))
+    return problems
+
+
+def check_rulesets(value: Any, path: Path) -> list[Problem]:
+    """Problems of a ``rulesets`` section: a list of create bodies with distinct names."""
+    if not isinstance(value, list):
+        return [(path, f"must be a list of POST /repos/{{owner}}/{{repo}}/rulesets bodies, not {_shown(value)}")]
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(value):
+        where = path + (index,)
+        if not isinstance(entry, Mapping):
+            problems.append((where, f"must be the body of POST /repos/{{owner}}/{{repo}}/rulesets, not {_shown(entry)}"))
+            continue
+        problems.extend(check_value(entry, _SCHEMA["schema"], where))
+        name = entry.get("name")
+        if isinstance(name, str):
+            if not name:
+                problems.append((where + ("name",), "must not be empty"))
+            elif name in seen:
+                problems.append((where + ("name",), f"{name!r} already names a ruleset (rulesets[{seen[name]}])"))
+            else:
+                seen[name] = index
+    return problems
+
+
+# --- comparing and planning ---------------------------------------------------------------
+
+
+def matches(have: Any, want: Any) -> bool:
+    """Whether GitHub's value ``have`` holds what the policy's ``want`` names."""
+    if isinstance(want, Mapping):
+        if not isinstance(have, Mapping):
+            return False
+        return all(matches(have.get(key), value) for key, value in want.items())
+    if isinstance(want, (list, tuple)):
+        if not isinstance(have, (list, tuple)) or len(have) != len(want):
+            return False
+        remaining = list(have)
+        for item in want:
+            found = next((i for i, candidate in enumerate(remaining) if matches(candidate, item)), None)
+            if found is None:
+                return False
+            del remaining[found]
+        return True
+    return bool(have == want)
+
+
+def restorable(ruleset: Mapping[str, Any]) -> dict[str, Any]:
+    """The body that writes a ruleset back as it is (what undoing an update sends)."""
+    return {key: thaw(ruleset[key]) for key in BODY_KEYS if ruleset.get(key) is not None}
+
+
+def plan_rulesets_kind(policy: Policy, repo: RepoState) -> KindPlan:
+    """The "rulesets" policy kind for one repository (its state: name -> ruleset, as
+    ``GET …/rulesets/{id}`` answers; not known yet: read it)."""
+    if not policy.rulesets:
+        return KindPlan()
+    have = repo.kind_state.get(RULESETS)
+    if have is None:
+        return KindPlan(needs_read=(READ_KEY,))
+    if is_unreadable(have):
+        return KindPlan(unknown=((RULESETS, have.reason),))
+    changes: list[Change] = []
+    for wanted in policy.rulesets:
+        name = str(wanted["name"])
+        current = have.get(name)
+        if current is None:
+            changes.append(Change(RULESETS, name, None, thaw(wanted), "POST"))
+        elif not matches(current, wanted):
+            changes.append(
+                Change(RULESETS, name, restorable(current), thaw(wanted), "PUT", str(current["id"]))
+            )
+    return KindPlan(changes=tuple(changes))
+
+
+# --- reading and writing ----------------------------------------------------------------------
+
+
+async def _own_rulesets(gh: Any, owner: str, repo: str) -> list[Mapping[str, Any]]:
+    """The repository's own rulesets as the list answers them (no rules or conditions)."""
+    url_vars = {"owner": owner, "repo": repo, "includes_parents": "false", "per_page": "100"}
+    return [
+        item async for item in gh.getiter(_LIST, url_vars=url_vars)
+        if item.get("source_type", "Repository") == "Repository"
+    ]
+
+
+async def read_rulesets(gh: Any, owner: str, repo: str, policy: Policy) -> dict[str, Any]:
+    """Name -> ruleset (with its rules) for the rulesets the policy names that exist: the list
+    leaves rules and conditions out, so each managed one is read by its id."""
+    wanted = {str(entry["name"]) for entry in policy.rulesets}
+    found: dict[str, Any] = {}
+    for item in await _own_rulesets(gh, owner, repo):
+        if item.get("name") in wanted:
+            found[str(item["name"])] = await gh.getitem(
+                _ONE, url_vars={"owner": owner, "repo": repo, "ruleset_id": str(item["id"])}
+            )
+    return found
+
+
+async def send_ruleset(gh: Any, owner: str, repo: str, change: Change) -> Change:
+    """The request for one ruleset change; returns the change as made (a created ruleset's id
+    in ``target``, so that undoing it can delete it)."""
+    url_vars = {"owner": owner, "repo": repo}
+    if change.method == "POST":
+
+        async def already_made() -> Any:
+            # A POST whose answer was lost may have created it: find it by name.
+            for item in await _own_rulesets(gh, owner, repo):
+                if item.get("name") == change.field:
+                    return item
+            return None
+
+        made = await gh.post(
+            "/repos/{owner}/{repo}/rulesets", url_vars=url_vars, data=change.after,
+            already_done=already_made,
+        )
+        return replace(change, target=str(made["id"]))
+    one = {**url_vars, "ruleset_id": str(change.target)}
+    if change.method == "DELETE":
+        await gh.delete(_ONE, url_vars=one)
+    else:
+        await gh.put(_ONE, url_vars=one, data=change.after)
+    return change
+
+
+def inverse_ruleset(change: Change) -> Change:
+    """The change that undoes one: a created ruleset is deleted, an updated one written back."""
+    if change.method == "POST":
+        return Change(RULESETS, change.field, change.after, None, "DELETE", change.target)
+    return Change(RULESETS, change.field, change.after, change.before, "PUT", change.target)
+
+
+def section_of(rulesets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The section as moko.yml holds it (JSON/YAML-ready)."""
+    return [thaw(entry) for entry in rulesets]

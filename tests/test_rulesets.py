@@ -1,0 +1,222 @@
+"""The `rulesets:` section from outside: Moko creates, updates and puts back the repository
+rulesets a policy names (matched by name), and leaves every other ruleset alone."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+
+from bot.audit import settled
+from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
+
+RULESET = {
+    "name": "protect-default",
+    "target": "branch",
+    "enforcement": "active",
+    "conditions": {"ref_name": {"include": ["~DEFAULT_BRANCH"], "exclude": []}},
+    "rules": [
+        {"type": "deletion"},
+        {"type": "non_fast_forward"},
+        {"type": "pull_request", "parameters": {
+            "required_approving_review_count": 1,
+            "dismiss_stale_reviews_on_push": True,
+            "require_code_owner_review": False,
+            "require_last_push_approval": False,
+            "required_review_thread_resolution": False,
+        }},
+    ],
+}
+POLICY = """version: 1
+rulesets:
+  - name: protect-default
+    target: branch
+    enforcement: active
+    conditions:
+      ref_name:
+        include: ["~DEFAULT_BRANCH"]
+        exclude: []
+    rules:
+      - type: deletion
+      - type: non_fast_forward
+      - type: pull_request
+        parameters:
+          required_approving_review_count: 1
+          dismiss_stale_reviews_on_push: true
+          require_code_owner_review: false
+          require_last_push_approval: false
+          required_review_thread_resolution: false
+"""
+UNMANAGED = {"name": "team-tags", "target": "tag", "enforcement": "evaluate",
+             "conditions": {"ref_name": {"include": ["~ALL"], "exclude": []}},
+             "rules": [{"type": "deletion"}]}
+
+
+@pytest.fixture
+def org(fake_github):
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, ".github", **COMPLIANT)
+    fake_github.put_file(ORG, ".github", ".github/moko.yml", POLICY)
+    return fake_github
+
+
+def compliant_repo(fake, name: str) -> None:
+    fake.add_repo(ORG, name, **COMPLIANT)
+    fake.set_protection(ORG, name, "main", DEFAULT_PROTECTION)
+
+
+def by_name(fake, name: str) -> dict[str, dict]:
+    return {r["name"]: r for r in fake.rulesets(ORG, name)}
+
+
+async def records(moko, name: str):
+    return settled(await moko.services.store.audit_records(repo=f"{ORG}/{name}"))
+
+
+def ruleset_calls(fake, name: str) -> list[tuple[str, str]]:
+    prefix = f"/repos/{ORG}/{name}/rulesets"
+    return [(c.method, c.path) for c in fake.calls if c.path.startswith(prefix)]
+
+
+async def test_a_new_repository_gets_the_policys_ruleset_with_one_post(org, moko):
+    org.add_repo(ORG, "widgets", **COMPLIANT)
+    await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="widgets"),
+                       delivery="new-1")
+    made = by_name(org, "widgets")["protect-default"]
+    assert made["enforcement"] == "active" and made["rules"] == RULESET["rules"]
+    assert made["conditions"] == RULESET["conditions"]
+    # A new repository has no rulesets: nothing is read first.
+    assert ruleset_calls(org, "widgets") == [("POST", f"/repos/{ORG}/widgets/rulesets")]
+    trail = [r for r in await records(moko, "widgets") if r.policy == "rulesets"]
+    assert [(r.field, r.before, r.after, r.outcome) for r in trail] == [
+        ("protect-default", None, RULESET, "applied")]
+
+
+async def test_a_ruleset_edited_by_hand_is_put_back_and_moko_s_own_edit_starts_nothing(org, moko):
+    compliant_repo(org, "app")
+    made = org.add_ruleset(ORG, "app", RULESET)
+    other = org.add_ruleset(ORG, "app", UNMANAGED)
+    made["enforcement"] = "disabled"
+    made["rules"] = [{"type": "deletion"}]
+    edited = org.event("repository_ruleset", "edited", owner=ORG, repo="app", ruleset=made,
+                       changes={"enforcement": {"from": "active"}})
+    await moko.deliver("repository_ruleset", edited)
+    now = by_name(org, "app")
+    assert now["protect-default"]["enforcement"] == "active"
+    assert now["protect-default"]["rules"] == RULESET["rules"]
+    assert now["protect-default"]["id"] == made["id"]
+    assert now["team-tags"] == other  # not the policy's: untouched
+    # The list (summaries), the managed one by id, one PUT; never the other ruleset.
+    assert ruleset_calls(org, "app") == [
+        ("GET", f"/repos/{ORG}/app/rulesets"),
+        ("GET", f"/repos/{ORG}/app/rulesets/{made['id']}"),
+        ("PUT", f"/repos/{ORG}/app/rulesets/{made['id']}"),
+    ]
+    put = org.calls_to("PUT", rf"^/repos/{ORG}/app/rulesets/")[0]
+    assert put.body == RULESET
+    trail = [r for r in await records(moko, "app") if r.policy == "rulesets"]
+    assert [(r.field, r.outcome) for r in trail] == [("protect-default", "applied")]
+    assert trail[0].before["enforcement"] == "disabled" and trail[0].after == RULESET
+
+    # GitHub tells Moko of its own PUT; that starts no new round.
+    org.reset_calls()
+    own = org.event("repository_ruleset", "edited", owner=ORG, repo="app",
+                    ruleset=by_name(org, "app")["protect-default"], sender=org.bot_login)
+    await moko.deliver("repository_ruleset", own)
+    assert org.calls == [] or ruleset_calls(org, "app") == []
+
+
+async def test_a_deleted_ruleset_is_made_again(org, moko):
+    compliant_repo(org, "core")
+    made = org.add_ruleset(ORG, "core", RULESET)
+    del org.state.get_repo(ORG, "core").rulesets[made["id"]]
+    deleted = org.event("repository_ruleset", "deleted", owner=ORG, repo="core", ruleset=made)
+    await moko.deliver("repository_ruleset", deleted)
+    assert by_name(org, "core")["protect-default"]["rules"] == RULESET["rules"]
+    assert ruleset_calls(org, "core") == [("GET", f"/repos/{ORG}/core/rulesets"),
+                                          ("POST", f"/repos/{ORG}/core/rulesets")]
+
+
+async def test_a_compliant_ruleset_and_unmanaged_ones_are_left_alone(org, moko):
+    compliant_repo(org, "steady")
+    # GitHub's answer holds more than the policy names (ids, links, dates, other order).
+    reordered = {**copy.deepcopy(RULESET), "rules": list(reversed(RULESET["rules"])),
+                 "bypass_actors": []}
+    org.add_ruleset(ORG, "steady", reordered)
+    org.add_ruleset(ORG, "steady", UNMANAGED)
+    org.add_org_ruleset(ORG, {**UNMANAGED, "name": "protect-default",
+                              "conditions": {**UNMANAGED["conditions"],
+                                             "repository_name": {"include": ["~ALL"], "exclude": []}}})
+    before = copy.deepcopy(org.rulesets(ORG, "steady"))
+    created = org.event("repository_ruleset", "created", owner=ORG, repo="steady",
+                        ruleset=by_name(org, "steady")["team-tags"])
+    await moko.deliver("repository_ruleset", created)
+    assert org.rulesets(ORG, "steady") == before
+    assert [c for c in org.calls if "/rulesets" in c.path and c.method != "GET"] == []
+    assert [r for r in await records(moko, "steady") if r.policy == "rulesets"] == []
+
+
+async def test_without_a_rulesets_section_no_ruleset_is_read_or_written(org, moko):
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\n")
+    compliant_repo(org, "plain")
+    made = org.add_ruleset(ORG, "plain", {**RULESET, "enforcement": "disabled"})
+    edited = org.event("repository_ruleset", "edited", owner=ORG, repo="plain", ruleset=made)
+    await moko.deliver("repository_ruleset", edited)
+    assert ruleset_calls(org, "plain") == []
+    assert by_name(org, "plain")["protect-default"]["enforcement"] == "disabled"
+
+
+async def test_a_created_ruleset_is_deleted_when_a_later_step_fails(org, moko):
+    org.put_file(ORG, ".github", ".github/moko.yml", POLICY + (
+        "  - name: second\n    enforcement: active\n"
+        "    conditions: {ref_name: {include: ['~ALL'], exclude: []}}\n"
+        "    rules: [{type: required_linear_history}]\n"))
+    org.add_repo(ORG, "fragile", **COMPLIANT)
+    payload = org.event("repository", "created", owner=ORG, repo="fragile")
+    # Someone made a ruleset of the second one's name after GitHub sent the event: the new
+    # repository's first POST succeeds, its second is refused (names are unique).
+    theirs = org.add_ruleset(ORG, "fragile", {**UNMANAGED, "name": "second"})
+    await moko.deliver("repository", payload)
+    assert list(by_name(org, "fragile")) == ["second"]
+    assert by_name(org, "fragile")["second"] == theirs
+    trail = [(r.field, r.outcome) for r in await records(moko, "fragile") if r.policy == "rulesets"]
+    assert trail == [("protect-default", "applied"), ("second", "failed"),
+                     ("protect-default", "rolled-back")]
+    assert ruleset_calls(org, "fragile") == [
+        ("POST", f"/repos/{ORG}/fragile/rulesets"), ("POST", f"/repos/{ORG}/fragile/rulesets"),
+        ("DELETE", f"/repos/{ORG}/fragile/rulesets/{theirs['id'] + 1}")]
+
+
+async def test_dry_run_writes_no_ruleset_and_records_it(org, moko):
+    org.put_file(ORG, ".github", ".github/moko.yml", "mode: dry-run\n" + POLICY)
+    org.add_repo(ORG, "trial", **COMPLIANT)
+    await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="trial"))
+    assert org.rulesets(ORG, "trial") == []
+    assert org.count("POST", r"/rulesets") == 0 and org.count("PUT", r"/rulesets") == 0
+    trail = [(r.field, r.outcome) for r in await records(moko, "trial") if r.policy == "rulesets"]
+    assert trail == [("protect-default", "dry-run")]
+
+
+def check_config(tmp_path, text: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "moko.yml"
+    path.write_text(text)
+    return subprocess.run([sys.executable, "-m", "bot.cli", "check-config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_check_config_checks_rulesets_against_githubs_schema(tmp_path):
+    ok = check_config(tmp_path, POLICY)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = POLICY.replace("type: deletion", "type: deletoin").replace(
+        "required_approving_review_count: 1", "required_approving_review_count: 11").replace(
+        "exclude: []", "exclude: []\n        excluded: []")
+    result = check_config(tmp_path, bad + "  - name: protect-default\n    enforcement: active\n")
+    assert result.returncode == 2
+    lines = result.stdout.splitlines()
+    path = tmp_path / "moko.yml"
+    assert f"{path}:10: rulesets[0].conditions.ref_name.excluded: unknown key (allowed: include, exclude)" in lines
+    assert any(line.startswith(f"{path}:12: rulesets[0].rules[0].type: must be one of") for line in lines)
+    assert f"{path}:16: rulesets[0].rules[2].parameters.required_approving_review_count: must be at most 10, not 11" in lines
+    assert f"{path}:21: rulesets[1].name: 'protect-default' already names a ruleset (rulesets[0])" in lines
