@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import asyncpg
 
 from tests.support.harness import moko_environ, post_webhook, start_moko_process
 from tests.support.org import DEFAULT_PROTECTION, INSTALLATION, ORG
+from tests.support.waiting import wait_until
 
 TAKEN_UP_WITHIN = 10.0
 OTHER = "umbrella"
@@ -30,13 +30,6 @@ def drifted_org(fake, slow: dict[str, float]) -> None:
         fake.set_protection(owner, name, "main", DEFAULT_PROTECTION)
         fake.fail("PATCH", f"^/repos/{owner}/{name}$", delay=delay)
 
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.1)
 
 
 async def at_github(fake) -> bool:

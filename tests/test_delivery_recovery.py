@@ -9,13 +9,13 @@ import dataclasses
 import re
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 
 from bot.redelivery import RECOVER_EVERY, DeliveryRecovery
 from tests.support.harness import free_port, moko_environ, run_moko, start_moko_process
 from tests.support.org import DEFAULT_PROTECTION, INSTALLATION, ORG
+from tests.support.waiting import wait_until
 
 ATTEMPTS = r"^/app/hook/deliveries/\d+/attempts$"
 LISTING = r"^/app/hook/deliveries$"
@@ -33,18 +33,6 @@ def drifted(fake, *names: str) -> None:
 def edited(fake, name: str) -> dict:
     return fake.event("repository", "edited", owner=ORG, repo=name, changes={"description": {"from": None}})
 
-
-async def wait_until(predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
 
 
 def applied_wiki_fixes(db) -> dict[str, int]:

@@ -10,7 +10,6 @@ import asyncio
 import re
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import asyncpg
@@ -18,6 +17,7 @@ import pytest
 
 from tests.support.harness import MokoProcess, moko_environ, post_webhook, start_moko_process
 from tests.support.org import COMPLIANT, DEFAULT_PROTECTION
+from tests.support.waiting import wait_until
 
 INTERVAL = 2.0
 # What "within one interval" may add: a poll (a tenth of the interval), the turn's own reads
@@ -34,18 +34,6 @@ def compliant_org(fake, installation: int, account: str, names: list[str]) -> No
         fake.add_repo(account, name, **COMPLIANT)
         fake.set_protection(account, name, "main", DEFAULT_PROTECTION)
 
-
-async def wait_for(predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
 
 
 def record_reads(fake) -> list[tuple[float, int]]:
@@ -64,7 +52,7 @@ async def time_to_fix(fake, account: str, name: str) -> float:
     """Turn the wiki on behind Moko's back (no webhook); seconds until it is off again."""
     fake.repo(account, name)["has_wiki"] = True
     started = time.monotonic()
-    await wait_for(lambda: fake.repo(account, name)["has_wiki"] is False, timeout=30)
+    await wait_until(lambda: fake.repo(account, name)["has_wiki"] is False, timeout=30)
     return time.monotonic() - started
 
 
@@ -91,7 +79,7 @@ async def test_drift_without_a_webhook_is_fixed_within_one_interval_whatever_ano
     env = moko_environ(fake, f"sqlite:///{tmp_path}/moko.db", **SHORT)
     moko = await start_moko_process(env, tmp_path / "moko.log")
     try:
-        await wait_for(lambda: any(i == 2 for _, i in reads))
+        await wait_until(lambda: any(i == 2 for _, i in reads))
         fixes = []
         for pause in (0.3, 1.1, 0.7):
             await asyncio.sleep(pause)  # drift at different moments of the interval
@@ -112,7 +100,7 @@ async def _two_replicas_share_the_installations(fake, database_url: str, tmp_pat
     first = await start_moko_process(env, tmp_path / "a.log")
     second = await start_moko_process(env, tmp_path / "b.log")
     try:
-        await wait_for(lambda: {i for _, i in reads} == {i for i, _ in accounts})
+        await wait_until(lambda: {i for _, i in reads} == {i for i, _ in accounts})
         watched_from = time.monotonic()
         await asyncio.sleep(4 * INTERVAL)
         watched_until = time.monotonic()
@@ -172,7 +160,7 @@ async def test_a_killed_replica_s_installation_is_taken_over_once_its_lease_laps
         assert held_by is not None  # the dead replica still holds the turn
         survivor = await start_moko_process(env, tmp_path / "survivor.log")
         started = time.monotonic()
-        await wait_for(lambda: fake.repo("acme", "x")["has_wiki"] is False)
+        await wait_until(lambda: fake.repo("acme", "x")["has_wiki"] is False)
         taken_after = time.monotonic() - started
     finally:
         if survivor is not None:
@@ -189,7 +177,7 @@ async def test_a_new_installation_is_reconciled_joins_the_cycle_and_leaves_it_wh
     env = moko_environ(fake, f"sqlite:///{db}", **SHORT)
     moko = await start_moko_process(env, tmp_path / "moko.log")
     try:
-        await wait_for(lambda: fake.count("GET", "^/app/installations$") >= 1 and 1 in sqlite_turns(db))
+        await wait_until(lambda: fake.count("GET", "^/app/installations$") >= 1 and 1 in sqlite_turns(db))
         # Installed after Moko listed the installations: only the event can tell it.
         fake.add_installation(5, "newco")
         fake.add_repo("newco", "drifted", has_wiki=True, has_issues=True, has_projects=False)
@@ -197,7 +185,7 @@ async def test_a_new_installation_is_reconciled_joins_the_cycle_and_leaves_it_wh
             reply = await post_webhook(session, moko.url, "installation",
                                        fake.event("installation", "created", owner="newco", repo="drifted"))
             assert reply.status == 202
-            await wait_for(lambda: fake.repo("newco", "drifted")["has_wiki"] is False)
+            await wait_until(lambda: fake.repo("newco", "drifted")["has_wiki"] is False)
             assert 5 in sqlite_turns(db)  # it joined the cycle with the event
             # Drift with no webhook: the cycle fixes it.
             fix = await time_to_fix(fake, "newco", "drifted")
@@ -205,7 +193,7 @@ async def test_a_new_installation_is_reconciled_joins_the_cycle_and_leaves_it_wh
             reply = await post_webhook(session, moko.url, "installation",
                                        fake.event("installation", "deleted", owner="newco"))
             assert reply.status == 202
-            await wait_for(lambda: 5 not in sqlite_turns(db))
+            await wait_until(lambda: 5 not in sqlite_turns(db))
             fake.reset_calls()
             await asyncio.sleep(2 * INTERVAL)
     finally:
@@ -227,7 +215,7 @@ async def test_a_tiny_budget_stretches_the_interval_and_moko_says_so(fake_github
     env = moko_environ(fake, f"sqlite:///{db}", MOKO_SWEEP_INTERVAL=f"{INTERVAL:g}s", MOKO_SWEEP_BUDGET="0.0001")
     moko = await start_moko_process(env, tmp_path / "moko.log")
     try:
-        await wait_for(lambda: "reconcile_interval_stretched" in moko.log())
+        await wait_until(lambda: "reconcile_interval_stretched" in moko.log())
         async with aiohttp.ClientSession() as session:
             async with session.get(moko.url + "/metrics") as response:
                 metrics = await response.text()
@@ -235,7 +223,7 @@ async def test_a_tiny_budget_stretches_the_interval_and_moko_says_so(fake_github
                                sender="octocat")
             reply = await post_webhook(session, moko.url, "issue_comment", event)
             assert reply.status == 202
-            await wait_for(lambda: any(c["user"]["login"] == fake.bot_login for c in fake.comments("acme", "x", 1)))
+            await wait_until(lambda: any(c["user"]["login"] == fake.bot_login for c in fake.comments("acme", "x", 1)))
         await asyncio.sleep(2 * INTERVAL)
     finally:
         assert await moko.stop() == 0, moko.log()
@@ -267,7 +255,7 @@ async def test_an_invalid_policy_file_is_audited_once_however_many_turns_find_it
     async def turns(log_name: str, count: int) -> None:
         moko = await start_moko_process(env, tmp_path / log_name)
         try:
-            await wait_for(lambda: moko.log().count("reconcile_not_possible") >= count)
+            await wait_until(lambda: moko.log().count("reconcile_not_possible") >= count)
         finally:
             assert await moko.stop() == 0, moko.log()
 
