@@ -154,8 +154,18 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
               retaken=ctx.retaken)
     log = ctx.log.bind(command=command.name, user=user, repo=full_name)
 
-    clock = ctx.services.components.get(CLOCK, time.time)
-    turn = await rate_turn(ctx.services.store, full_name, user, clock)
+    if ctx.retaken:
+        gh = await ctx.github()
+        if await posted_answer(gh, thread, ctx.delivery_id) is not None:
+            # An earlier try of this delivery answered before its process stopped: once is enough.
+            log.info("command_already_answered")
+            return
+        # The first try counted the command against the user's limit: counted at every try,
+        # a command whose process died a few times would be throttled.
+        turn = Turn.ALLOWED
+    else:
+        clock = ctx.services.components.get(CLOCK, time.time)
+        turn = await rate_turn(ctx.services.store, full_name, user, clock)
     if turn is not Turn.ALLOWED:
         COMMANDS.labels(command=command.name, outcome="throttled").inc()
         log.warning("command_throttled", notice=turn is Turn.NOTICE)
@@ -165,10 +175,6 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
         return
 
     gh = await ctx.github()
-    if ctx.retaken and await posted_answer(gh, thread, ctx.delivery_id) is not None:
-        # An earlier try of this delivery answered before its process stopped: once is enough.
-        log.info("command_already_answered")
-        return
     bot_login = ctx.services.github.bot_login
     await react(gh, thread, EYES, bot_login)
     # A comment on a pull request is an issue comment whose issue says it is a pull request.

@@ -27,31 +27,31 @@ async def finished(db, delivery: str, timeout: float = 60.0) -> str:
     return found
 
 
-async def arrived(fake, method: str, path: str, timeout: float = 30.0) -> None:
+async def arrived(fake, method: str, path: str, times: int = 1, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    while not fake.arrived(method, path):
+    while fake.arrived(method, path) < times:
         assert time.monotonic() < deadline, f"no {method} {path} reached GitHub"
         await asyncio.sleep(0.05)
 
 
 async def killed_mid_delivery(fake, tmp_path, event: str, payload: dict, delivery: str,
-                              held: tuple[str, str]) -> str:
-    """Send the delivery, kill Moko once the held request has reached GitHub (carried out,
-    its answer held back), start Moko again; the retaken delivery's end state."""
+                              held: tuple[str, str], kills: int = 1) -> str:
+    """Send the delivery; each time the held request reaches GitHub (carried out, or not,
+    as its fault says; its answer held back), kill Moko and start it again (`kills` times);
+    the retaken delivery's end state."""
     db = tmp_path / "moko.db"
     env = moko_environ(fake, f"sqlite:///{db}")
-    first = await start_moko_process(env, tmp_path / "first.log")
+    running = await start_moko_process(env, tmp_path / "first.log")
     try:
         async with aiohttp.ClientSession() as session:
-            assert (await post_webhook(session, first.url, event, payload, delivery=delivery)).status == 202
-        await arrived(fake, *held)
-    finally:
-        first.kill()
-    following = await start_moko_process(env, tmp_path / "following.log")
-    try:
+            assert (await post_webhook(session, running.url, event, payload, delivery=delivery)).status == 202
+        for kill in range(1, kills + 1):
+            await arrived(fake, *held, times=kill)
+            running.kill()
+            running = await start_moko_process(env, tmp_path / f"after-{kill}.log")
         return await finished(db, delivery)
     finally:
-        await following.stop()
+        running.kill()
 
 
 async def test_a_new_repository_s_delivery_retaken_after_a_crash_writes_nothing_the_first_try_wrote(
@@ -95,3 +95,27 @@ async def test_a_command_retaken_after_a_crash_is_applied_and_answered_once(fake
     mine = [c for c in fake_github.comments(ORG, "widgets", 7) if c["user"]["login"] == fake_github.bot_login]
     assert len(mine) == 1
     assert "has\\_projects: true → false — **done**" in mine[0]["body"]
+
+
+async def test_a_command_retaken_after_crashes_does_not_count_again_against_the_user_s_limit(
+    fake_github, tmp_path
+):
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "widgets", **COMPLIANT)
+    fake_github.set_protection(ORG, "widgets", "main", DEFAULT_PROTECTION)
+    fake_github.set_permission(ORG, "widgets", "maria", "maintain")
+    payload = fake_github.event("issue_comment", "created", owner=ORG, repo="widgets", sender="maria",
+                                issue_number=5, body="/moko status")
+    # One command, the user's only one; its process dies at its first request (the reaction,
+    # which never takes effect) six times over: more tries than the 5 commands a minute.
+    reactions = rf"^/repos/{ORG}/widgets/issues/comments/\d+/reactions$"
+    fake_github.fail("POST", reactions, delay=60, times=6)
+
+    state = await killed_mid_delivery(fake_github, tmp_path, "issue_comment", payload, "status-5",
+                                      ("POST", reactions), kills=6)
+
+    assert state == "done"
+    mine = [c["body"] for c in fake_github.comments(ORG, "widgets", 5)
+            if c["user"]["login"] == fake_github.bot_login]
+    assert len(mine) == 1, mine
+    assert "✅ It complies with the policy." in mine[0]
