@@ -20,6 +20,7 @@ def install_engine(services: Services) -> None:
         dry_run=services.settings.dry_run,
         permissions=services.github.installation_permissions,
         notice=NonComplianceNotice(services.github.bot_login),
+        in_flight_for=services.settings.request_timeout,
     )
 
 

@@ -3,6 +3,7 @@ plan, and apply (or only record, in dry-run) as one transaction under the reposi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -18,6 +19,7 @@ from policies.apply import (
     DEFERRED,
     DRY_RUN,
     FAILED,
+    PENDING,
     ChangeOutcome,
     Run,
     Transaction,
@@ -162,7 +164,12 @@ class PolicyEngine:
         dry_run: bool = False,
         permissions: PermissionsSource | None = None,
         notice: Notice | None = None,
+        in_flight_for: float = 0.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        # How long a request may still take effect on GitHub after it was sent: its timeout.
+        self.in_flight_for = in_flight_for
+        self._sleep = sleep
         self.store = store
         self.audit = audit
         self.source = source or PolicySource()
@@ -419,6 +426,7 @@ class PolicyEngine:
                 if run.retaken:
                     # An earlier try of this delivery may have made its changes before it
                     # stopped: planned from its payload they would be made twice.
+                    await self._let_earlier_writes_land(run, full_name)
                     repo = await _read_repository(gh, full_name)
                     known = None
                 plan = planned or await self.plan_on_server(gh, effective, repo, known, run.installation)
@@ -470,6 +478,19 @@ class PolicyEngine:
             if record.field in fields:
                 newest.setdefault(record.field, record)
         return {name: record.time for name, record in newest.items() if record.outcome == DEFERRED}
+
+    async def _let_earlier_writes_land(self, run: Run, full_name: str) -> None:
+        """Wait until a write an earlier try sent (its intent is the run's newest record for
+        the repository, with no outcome after it) can no longer take effect. Its process died
+        with the request (or a retry of it) on its way, before now, and GitHub may still carry
+        it out until the request's timeout: read before that, the repository looks unchanged
+        and the write is made twice. Only a crash costs this wait."""
+        if self.in_flight_for <= 0:
+            return
+        records = await self.store.audit_records(repo=full_name, run_id=run.run_id, newest_first=True, limit=1)
+        if records and records[0].outcome == PENDING:
+            log.info("waiting_for_earlier_write", repo=full_name, seconds=self.in_flight_for)
+            await self._sleep(self.in_flight_for)
 
     async def _protection_records(self, full_name: str) -> list[AuditRecord]:
         """The repository's latest branch protection records, newest first."""

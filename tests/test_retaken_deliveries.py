@@ -1,6 +1,7 @@
 """A delivery taken again after its process died is not applied twice: what the first try
-changed is on GitHub, not in the payload, so the retake plans from GitHub, and a command the
-first try answered is not answered again."""
+changed is on GitHub, not in the payload, so the retake plans from GitHub (once a write the
+dead try sent can no longer land), and a command the first try answered is not answered
+again, nor counted again against the user's limit."""
 
 from __future__ import annotations
 
@@ -35,12 +36,13 @@ async def arrived(fake, method: str, path: str, times: int = 1, timeout: float =
 
 
 async def killed_mid_delivery(fake, tmp_path, event: str, payload: dict, delivery: str,
-                              held: tuple[str, str], kills: int = 1) -> str:
+                              held: tuple[str, str], kills: int = 1, request_timeout: float = 3.0) -> str:
     """Send the delivery; each time the held request reaches GitHub (carried out, or not,
     as its fault says; its answer held back), kill Moko and start it again (`kills` times);
     the retaken delivery's end state."""
     db = tmp_path / "moko.db"
-    env = moko_environ(fake, f"sqlite:///{db}")
+    # The request timeout is also how long a retake waits for a write its dead try sent.
+    env = moko_environ(fake, f"sqlite:///{db}", MOKO_REQUEST_TIMEOUT=str(request_timeout))
     running = await start_moko_process(env, tmp_path / "first.log")
     try:
         async with aiohttp.ClientSession() as session:
@@ -119,3 +121,23 @@ async def test_a_command_retaken_after_crashes_does_not_count_again_against_the_
             if c["user"]["login"] == fake_github.bot_login]
     assert len(mine) == 1, mine
     assert "✅ It complies with the policy." in mine[0]
+
+
+async def test_a_write_still_on_its_way_when_its_process_died_is_not_made_again(fake_github, tmp_path):
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "slow", **COMPLIANT)
+    fake_github.set_protection(ORG, "slow", "main", DEFAULT_PROTECTION)
+    fake_github.repo(ORG, "slow")["has_wiki"] = True
+    payload = fake_github.event("repository", "edited", owner=ORG, repo="slow",
+                                changes={"description": {"from": None}})
+    settings = rf"^/repos/{ORG}/slow$"
+    # GitHub carries the PATCH out 5 s after it arrived: after the process that sent it died
+    # and the next one took the delivery up again.
+    fake_github.fail("PATCH", settings, delay=5)
+
+    state = await killed_mid_delivery(fake_github, tmp_path, "repository", payload, "edited-1",
+                                      ("PATCH", settings), request_timeout=6)
+
+    assert state == "done"
+    assert fake_github.arrived("PATCH", settings) == 1
+    assert fake_github.repo(ORG, "slow")["has_wiki"] is False
