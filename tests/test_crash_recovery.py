@@ -61,6 +61,9 @@ async def test_sqlite_a_killed_process_s_claim_is_taken_up_by_the_next_start_and
         found = await asyncio.to_thread(rows)
         return all(found.get(delivery, ("", 0))[0] == state for delivery, state in wanted)
 
+    async def taken_again(delivery: str) -> bool:
+        return (await asyncio.to_thread(rows)).get(delivery, ("", 0))[1] >= 2
+
     doomed = await start_moko_process(env, tmp_path / "doomed.log")
     live = await start_moko_process(env, tmp_path / "live.log")
     try:
@@ -71,8 +74,10 @@ async def test_sqlite_a_killed_process_s_claim_is_taken_up_by_the_next_start_and
         following = await start_moko_process(env, tmp_path / "following.log")
         try:
             started = time.monotonic()
-            await wait_until(lambda: states(("crash-1", "done")), timeout=30)
+            await wait_until(lambda: taken_again("crash-1"), timeout=30)
             taken_up = time.monotonic() - started
+            # Done once the PATCH the dead process sent can no longer land (its timeout).
+            await wait_until(lambda: states(("crash-1", "done")), timeout=60)
             await wait_until(lambda: states(("steady-1", "done")))
         finally:
             assert await following.stop() == 0, following.log()
@@ -109,6 +114,9 @@ async def test_postgres_a_surviving_replica_takes_up_a_killed_one_s_claim_and_ke
         found = await rows()
         return all(found.get(delivery, ("", 0))[0] == state for delivery, state in wanted)
 
+    async def taken_again(delivery: str) -> bool:
+        return (await rows()).get(delivery, ("", 0))[1] >= 2
+
     doomed = await start_moko_process(env, tmp_path / "doomed.log")
     survivor = await start_moko_process(env, tmp_path / "survivor.log")
     try:
@@ -117,8 +125,10 @@ async def test_postgres_a_surviving_replica_takes_up_a_killed_one_s_claim_and_ke
         await wait_until(lambda: at_github(fake_github))
         doomed.kill()
         killed = time.monotonic()
-        await wait_until(lambda: states(("crash-1", "done")), timeout=30)
+        await wait_until(lambda: taken_again("crash-1"), timeout=30)
         taken_up = time.monotonic() - killed
+        # Done once the PATCH the dead process sent can no longer land (its timeout).
+        await wait_until(lambda: states(("crash-1", "done")), timeout=60)
         await wait_until(lambda: states(("steady-1", "done")))
     finally:
         assert await survivor.stop() == 0, survivor.log()
