@@ -919,10 +919,29 @@ async def soak_main(args: argparse.Namespace) -> dict[str, Any]:
         sampler.cancel()
         await fake.ask("faults")
         await mokos.stop(replica)
+        states = Counter((await campaign.store.states(list(stream.sent))).values())
+        late = [s for s in samples if s["t"] >= 300] or samples
         return {"samples": samples, "deliveries": n, "acknowledged": len(stream.acknowledged),
-                "minutes": args.soak, "rate": args.rate, "workdir": str(workdir)}
+                "states": dict(states), "minutes": args.soak, "rate": args.rate,
+                "after_5_min": {key: {"first": late[0][key], "last": late[-1][key],
+                                      "min": min(s[key] for s in late), "max": max(s[key] for s in late),
+                                      "slope_per_min": slope(late, key)}
+                                for key in ("rss_mib", "fds", "db_mib")} if late else {},
+                "db_bytes_per_delivery": round(samples[-1]["db_mib"] * 2**20 / max(1, n)) if samples else None,
+                "workdir": str(workdir)}
     finally:
         fake.close()
+
+
+def slope(samples: list[dict[str, Any]], key: str) -> float:
+    """Least-squares slope of a sampled value, per minute."""
+    points = [(s["t"] / 60, s[key]) for s in samples if s[key] is not None]
+    if len(points) < 2:
+        return 0.0
+    mean_t = statistics.fmean(t for t, _ in points)
+    mean_v = statistics.fmean(v for _, v in points)
+    spread = sum((t - mean_t) ** 2 for t, _ in points)
+    return round(sum((t - mean_t) * (v - mean_v) for t, v in points) / spread, 3) if spread else 0.0
 
 
 def plot(result: dict[str, Any], path: str) -> None:
@@ -941,8 +960,8 @@ def plot(result: dict[str, Any], path: str) -> None:
         axis.set_ylabel(label)
         axis.grid(True, alpha=0.3)
     axes[-1].set_xlabel("minutes")
-    figure.suptitle(f"moko serve (SQLite), {result['rate']} deliveries/s, 20 % faults + 2 % secondary "
-                    f"limits + 5 % 5 s delays, {result['minutes']} min")
+    figure.suptitle(f"moko serve (SQLite), {result['rate']:g} deliveries/s for {result['minutes']:g} min\n"
+                    "GitHub: 20 % 5xx or dropped, 2 % secondary limits, 5 % answered 5 s late")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
