@@ -638,8 +638,9 @@ async def check(campaign: Campaign, report: dict[str, Any], audit_exit: int, aud
     stream, store = campaign.stream, campaign.store
     ids = list(stream.sent)
     states = await store.states(ids)
+    table = "audit" if store.url.startswith("sqlite:") else "audit_log"
     duplicates = await store.query(
-        "SELECT run_id, repo, field, count(*) FROM audit WHERE outcome = 'applied' "
+        f"SELECT run_id, repo, field, count(*) FROM {table} WHERE outcome = 'applied' "
         "GROUP BY run_id, repo, field HAVING count(*) > 1")
     ours = [row for row in duplicates if any(str(row[0]).endswith(d) for d in stream.sent)]
     over, under = {}, {}
