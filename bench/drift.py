@@ -6,8 +6,10 @@ and 5,000 GraphQL points an hour per installation, a query's cost from its conne
 in this process with one organization of N compliant repositories; `moko serve` runs as its
 own process against it, on a fresh SQLite file, with the default MOKO_SWEEP_BUDGET (0.10).
 After Moko's first turn, the wiki is turned on in the fake's state directly (GitHub sends no
-webhook for that) in random repositories at random moments; a drift is fixed when Moko's
-PATCH turns it off again. The run ends once every drift is fixed (or the time is up).
+webhook for that) in random repositories at random moments (a Poisson process), for
+--seconds or the interval the budget allowed, whichever is longer; a drift is fixed when
+Moko's PATCH turns it off again. The run ends once every drift is fixed, or an interval and
+two minutes after the last drift.
 
 What each run reports:
 - time from drift to fix, p50 and p99 (with few drifts, p99 is the slowest);
@@ -157,9 +159,13 @@ async def measure(run: Run, seed: int) -> Run:
                     raise RuntimeError(f"no reconciliation turn in {run.seconds:.0f} s")
                 await asyncio.sleep(0.2)
             first_turn = time.monotonic()
-            # Drift until the time is up, less room for the last drifts to be found and fixed.
-            await inject(fake, names, run, first_turn + run.seconds, random.Random(seed))
-            deadline = time.monotonic() + run.seconds
+            # The interval the budget allows, as the first turn set it: drift is injected for at
+            # least that long, so drifts fall at every moment of a cycle.
+            logged = run.turns[0].logged
+            allowed = float(logged.get("seconds", 0.0)) + float(logged.get("next_in_seconds", 0.0))
+            await inject(fake, names, run, first_turn + max(run.seconds, allowed), random.Random(seed))
+            # The last drifts are found by the next turn: at most an interval, and its sweep.
+            deadline = time.monotonic() + allowed + 120.0
             while len(run.fixed_at) < len(run.drifted_at) and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
 
@@ -218,8 +224,8 @@ def main() -> None:
     parser.add_argument("--repositories", type=int, nargs="+", default=[1_000, 10_000])
     parser.add_argument("--interval", default="60s", help="MOKO_SWEEP_INTERVAL (default 60s: a run spans cycles)")
     parser.add_argument("--seconds", type=float, default=240.0,
-                        help="how long drift is injected after Moko's first turn (and at most how long "
-                             "the last drifts may then take)")
+                        help="how long drift is injected after Moko's first turn, at least (never "
+                             "less than the interval the budget allows)")
     parser.add_argument("--drifts-per-minute", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
