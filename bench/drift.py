@@ -168,6 +168,10 @@ async def measure(run: Run, seed: int) -> Run:
             deadline = time.monotonic() + allowed + 120.0
             while len(run.fixed_at) < len(run.drifted_at) and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
+            # The turn that made the last fix ends the measured cycles: wait for it to finish.
+            last_fix = max(run.fixed_at.values(), default=first_turn)
+            while run.turns[-1].seen < last_fix and time.monotonic() < deadline + 120.0:
+                await asyncio.sleep(0.2)
 
 
             async with aiohttp.ClientSession() as session, session.get(moko.url + "/metrics") as response:
