@@ -21,6 +21,7 @@ from policies.branch_protection import diff_protection, normalize_written, resol
 from policies.branch_rules import RulesetRule
 from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.model import BRANCH_PROTECTION, REPOSITORY, Change, Held, Plan, Policy
+from policies.registry import KINDS_BY_NAME, POLICY_KINDS
 from policies.server_fields import PROTECTION_KEYS
 
 STATUS_CELL_LIMIT = 200
@@ -39,6 +40,10 @@ def _drift_keys(change: Change, policy: Policy | None, default_branch: str | Non
 
 def describe_change(change: Change, policy: Policy | None, default_branch: str | None) -> str:
     """One change as a line of text (escaped)."""
+    kind = KINDS_BY_NAME.get(change.policy)
+    if kind is not None and kind.describe is not None:
+        what, detail = kind.describe(change)
+        return escape(what) + ("" if detail is None else ": " + escape(detail, STATUS_CELL_LIMIT))
     if change.policy == REPOSITORY:
         return text.CHANGE_SETTING.format(
             field=escape(change.field), before=escape_value(change.before), after=escape_value(change.after)
@@ -123,6 +128,11 @@ def status_rows(
         if branch in ruleset_branches:
             actual = text.RULESETS_APPLY.format(actual=actual)
         rows.append((escape(BRANCH_PROTECTION), escape(label), wanted, actual, compliant))
+    for kind in POLICY_KINDS:
+        if kind.status is not None:
+            for name, wanted, actual, ok in kind.status(policy, plan):
+                verdict = text.UNKNOWN if ok is None else (text.YES if ok else text.NO)
+                rows.append((escape(kind.name), escape(name), escape(wanted), escape(actual, STATUS_CELL_LIMIT), verdict))
     return rows
 
 

@@ -28,6 +28,7 @@ from policies.loader import MAX_FILE_BYTES
 from policies.model import Policy
 from policies.permissions import protection_unreadable, unreadable_settings
 from policies.protection_shapes import covering_pattern
+from policies.registry import KINDS_BY_NAME, POLICY_KINDS
 from policies.repository_settings import GRAPHQL_FIELDS, rest_settings_from_graphql
 from policies.server_fields import (
     QUERIED_TYPES,
@@ -76,6 +77,7 @@ class ReadFields:
     branches: tuple[str, ...] = ()  # exact branch names besides the default one
     own_policy: bool = False  # each repository's .github/moko.yml (the policy allows overrides)
     notices_by: str | None = None  # the login whose open issues to list (the policy notifies)
+    kinds: tuple[str, ...] = ()  # policy kinds whose own part of the read is asked (registry)
 
     @classmethod
     def for_policy(cls, policy: Policy, granted: Mapping[str, str] | None = None) -> ReadFields:
@@ -95,8 +97,13 @@ class ReadFields:
                     branches.append(name)
         hidden = unreadable_settings(settings, granted)
         protection = protection and protection_unreadable(granted) is None
+        kinds = tuple(
+            kind.name for kind in POLICY_KINDS
+            if kind.graphql_selection and kind.wants_graphql is not None and kind.wants_graphql(policy)
+        )
         return cls(
-            frozenset(settings - set(hidden)), protection, tuple(dict.fromkeys(branches)), bool(policy.overrides)
+            frozenset(settings - set(hidden)), protection, tuple(dict.fromkeys(branches)), bool(policy.overrides),
+            kinds=kinds,
         )
 
     def selection(self, schema: ServerSchema | None = None) -> str:
@@ -118,6 +125,7 @@ class ReadFields:
         for index, branch in enumerate(self.branches):
             # Whether the branch exists: protection cannot be put on a branch that does not.
             parts.append(f"branch{index}: ref(qualifiedName: {json.dumps('refs/heads/' + branch)}) {{ name }}")
+        parts.extend(str(KINDS_BY_NAME[name].graphql_selection) for name in self.kinds)
         if self.own_policy:
             parts.append(_OWN_POLICY)
         if self.notices_by:
@@ -142,6 +150,7 @@ class RepoSnapshot:
     own_policy: PolicyFile | None = None  # its .github/moko.yml, or None when it has none
     rule_patterns: Mapping[str, str | None] = field(default_factory=dict)  # see RepoState
     open_issues: tuple[OpenIssue, ...] | None = None  # the open issues Moko opened; None: not read
+    kind_state: Mapping[str, Any] = field(default_factory=dict)  # see RepoState.kind_state
 
     @property
     def full_name(self) -> str:
@@ -156,6 +165,7 @@ class RepoSnapshot:
             existing_branches=self.existing_branches,
             rule_patterns=dict(self.rule_patterns),
             open_issues=self.open_issues,
+            kind_state=dict(self.kind_state),
         )
 
 
@@ -206,7 +216,15 @@ def snapshot_of(node: Mapping[str, Any], fields: ReadFields) -> RepoSnapshot:
             OpenIssue(int(n["number"]), str(n.get("title") or ""), str(n.get("body") or ""))
             for n in node["openNotices"].get("nodes") or () if n
         )
-    return RepoSnapshot(repo, settings, protections, empty, existing, own_read, own_file, patterns, open_issues)
+    kind_state: dict[str, Any] = {}
+    for name in fields.kinds:
+        from_graphql = KINDS_BY_NAME[name].from_graphql
+        state = None if from_graphql is None else from_graphql(node)
+        if state is not None:
+            kind_state[name] = state
+    return RepoSnapshot(
+        repo, settings, protections, empty, existing, own_read, own_file, patterns, open_issues, kind_state
+    )
 
 
 def _own_policy_file(blob: Mapping[str, Any]) -> PolicyFile | None:

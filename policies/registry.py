@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,17 @@ from policies.model import (
     RepoState,
 )
 from policies.repository_settings import plan_settings_kind
-from policies.rulesets import inverse_ruleset, plan_rulesets_kind, read_rulesets, send_ruleset
+from policies.rulesets import (
+    GRAPHQL_SELECTION,
+    describe_ruleset,
+    inverse_ruleset,
+    plan_rulesets_kind,
+    read_rulesets,
+    ruleset_status,
+    rulesets_from_graphql,
+    send_ruleset,
+    wants_rulesets,
+)
 
 # (gh, owner, repo, policy) -> the kind's state of the repository (``RepoState.kind_state``).
 Reader = Callable[[Any, str, str, Policy], Awaitable[Any]]
@@ -41,13 +51,26 @@ class PolicyKind:
     inverse: Callable[[Change], Change] | None = None
     # What a repository created a moment ago has (nothing to read): e.g. no rulesets.
     new_repository: Any = None
+    # Its part of the batched read: a Repository selection, whether a policy needs it, and
+    # its state from the answer (None: the batched read cannot tell; REST reads it).
+    graphql_selection: str | None = None
+    wants_graphql: Callable[[Policy], bool] | None = None
+    from_graphql: Callable[[Mapping[str, Any]], Any] | None = None
+    # For status and plan: a change in plain text (what is done, and its detail or None),
+    # and one row per entry of the policy (name, wanted, actual, compliant: True, False, or
+    # None when unknown).
+    describe: Callable[[Change], tuple[str, str | None]] | None = None
+    status: Callable[[Policy, Any], list[tuple[str, str, str, bool | None]]] | None = None
 
 
 # Settings first: a protection rule such as required_linear_history can depend on them.
 POLICY_KINDS: tuple[PolicyKind, ...] = (
     PolicyKind(REPOSITORY, plan_settings_kind),
     PolicyKind(BRANCH_PROTECTION, plan_protection_kind),
-    PolicyKind(RULESETS, plan_rulesets_kind, read_rulesets, send_ruleset, inverse_ruleset, {}),
+    PolicyKind(
+        RULESETS, plan_rulesets_kind, read_rulesets, send_ruleset, inverse_ruleset, {},
+        GRAPHQL_SELECTION, wants_rulesets, rulesets_from_graphql, describe_ruleset, ruleset_status,
+    ),
 )
 KINDS_BY_NAME: dict[str, PolicyKind] = {kind.name: kind for kind in POLICY_KINDS}
 

@@ -197,6 +197,9 @@ def plan_rulesets_kind(policy: Policy, repo: RepoState) -> KindPlan:
         if current is None:
             changes.append(Change(RULESETS, name, None, thaw(wanted), "POST"))
         elif not matches(current, wanted):
+            if current.get(FROM_GRAPHQL):
+                # Writing (and undoing) needs the ruleset as REST has it.
+                return KindPlan(needs_read=(READ_KEY,))
             changes.append(
                 Change(RULESETS, name, restorable(current), thaw(wanted), "PUT", str(current["id"]))
             )
@@ -264,3 +267,128 @@ def inverse_ruleset(change: Change) -> Change:
 def section_of(rulesets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The section as moko.yml holds it (JSON/YAML-ready)."""
     return [thaw(entry) for entry in rulesets]
+
+
+# --- the batched read (GraphQL) ------------------------------------------------------------
+
+RULESETS_PAGE = 10  # rulesets per repository in a batched read; more: REST says
+RULES_PAGE = 20  # rules per ruleset; more: REST says
+# A ruleset as GraphQL gave it: enough to tell it complies, not to write it back (no bypass
+# actors, only some rules' parameters), so a drifted one is read again with REST first.
+FROM_GRAPHQL = "__graphql"
+# Rule parameters the batched read asks for (the same names as REST's, in camelCase); a rule
+# whose parameters are not here reads as drifted, and REST decides.
+_PARAMETERS = {
+    "PullRequestParameters": "dismissStaleReviewsOnPush requireCodeOwnerReview requireLastPushApproval "
+    "requiredApprovingReviewCount requiredReviewThreadResolution",
+    "RequiredStatusChecksParameters": "strictRequiredStatusChecksPolicy doNotEnforceOnCreate "
+    "requiredStatusChecks { context integrationId }",
+    "RequiredDeploymentsParameters": "requiredDeploymentEnvironments",
+    "CommitMessagePatternParameters": "name negate operator pattern",
+    "CommitAuthorEmailPatternParameters": "name negate operator pattern",
+    "CommitterEmailPatternParameters": "name negate operator pattern",
+    "BranchNamePatternParameters": "name negate operator pattern",
+    "TagNamePatternParameters": "name negate operator pattern",
+    "UpdateParameters": "updateAllowsFetchAndMerge",
+}
+GRAPHQL_SELECTION = (
+    f"rulesets(first: {RULESETS_PAGE}, includeParents: false) {{ totalCount nodes {{ "
+    "databaseId name target enforcement conditions { refName { include exclude } } "
+    "bypassActors(first: 1) { totalCount } "
+    f"rules(first: {RULES_PAGE}) {{ totalCount nodes {{ type parameters {{ __typename "
+    + " ".join(f"... on {name} {{ {fields} }}" for name, fields in _PARAMETERS.items())
+    + " } } } } }"
+)
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{ch.lower()}" if ch.isupper() else ch for ch in name)
+
+
+def _rest_shape(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {_snake(k): _rest_shape(v) for k, v in value.items() if k != "__typename"}
+    if isinstance(value, list):
+        return [_rest_shape(v) for v in value]
+    return value
+
+
+def _rule_from_graphql(node: Mapping[str, Any]) -> dict[str, Any]:
+    rule: dict[str, Any] = {"type": str(node["type"]).lower()}
+    if node.get("parameters") is not None:
+        rule["parameters"] = _rest_shape(node["parameters"])
+    return rule
+
+
+def rulesets_from_graphql(repository: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Name -> ruleset in REST's shape (marked ``FROM_GRAPHQL``) from a batched read's
+    ``Repository`` node; None when the read could not see them all (REST says then)."""
+    connection = repository.get("rulesets")
+    if not isinstance(connection, Mapping):
+        return None
+    nodes = [n for n in connection.get("nodes") or () if n]
+    if int(connection.get("totalCount") or 0) > len(nodes):
+        return None
+    found: dict[str, Any] = {}
+    for node in nodes:
+        rules = node.get("rules") or {}
+        rule_nodes = [r for r in rules.get("nodes") or () if r]
+        if int(rules.get("totalCount") or 0) > len(rule_nodes):
+            return None
+        ruleset: dict[str, Any] = {
+            "id": node.get("databaseId"), "name": node["name"],
+            "enforcement": str(node["enforcement"]).lower(),
+            "rules": [_rule_from_graphql(r) for r in rule_nodes], FROM_GRAPHQL: True,
+        }
+        if node.get("target"):
+            ruleset["target"] = str(node["target"]).lower()
+        ref_name = (node.get("conditions") or {}).get("refName")
+        if ref_name is not None:
+            ruleset["conditions"] = {"ref_name": _rest_shape(ref_name)}
+        if int((node.get("bypassActors") or {}).get("totalCount") or 0) == 0:
+            ruleset["bypass_actors"] = []
+        found[str(node["name"])] = ruleset
+    return found
+
+
+def wants_rulesets(policy: Policy) -> bool:
+    """Whether a batched read for this policy asks for rulesets (a repository may add some)."""
+    return bool(policy.rulesets) or any(key.partition(".")[0] == RULESETS for key in policy.overrides)
+
+
+# --- describing (status, plan) -------------------------------------------------------------
+
+
+def drifted_keys(change: Change) -> list[str]:
+    """The keys of the policy's body that the ruleset does not hold as named."""
+    before = change.before or {}
+    return [key for key, value in (change.after or {}).items() if not matches(before.get(key), value)]
+
+
+def describe_ruleset(change: Change) -> tuple[str, str | None]:
+    """One change in plain text: what is done, and the detail (None: nothing more to say)."""
+    if change.method == "POST":
+        return f"create ruleset {change.field}", None
+    if change.method == "DELETE":
+        return f"delete ruleset {change.field}", None
+    return f"update ruleset {change.field}", f"differs in {', '.join(drifted_keys(change)) or 'rules'}"
+
+
+def ruleset_status(policy: Policy, plan: Any) -> list[tuple[str, str, str, bool | None]]:
+    """(ruleset name, wanted, actual, compliant: True, False or None for unknown), one row per
+    ruleset the policy names."""
+    changes = {c.field: c for c in plan.changes if c.policy == RULESETS}
+    unknown = any(key.split(".", 1)[0] == RULESETS for key, _ in plan.unknown) or READ_KEY in plan.needs_read
+    rows: list[tuple[str, str, str, bool | None]] = []
+    for wanted in policy.rulesets:
+        name = str(wanted["name"])
+        summary = f"{wanted.get('enforcement')}, {len(wanted.get('rules') or ())} rules"
+        change = changes.get(name)
+        if change is not None:
+            actual = "missing" if change.before is None else f"differs in {', '.join(drifted_keys(change))}"
+            rows.append((name, summary, actual, False))
+        elif unknown:
+            rows.append((name, summary, "unknown", None))
+        else:
+            rows.append((name, summary, "as wanted", True))
+    return rows

@@ -220,3 +220,87 @@ def test_check_config_checks_rulesets_against_githubs_schema(tmp_path):
     assert any(line.startswith(f"{path}:12: rulesets[0].rules[0].type: must be one of") for line in lines)
     assert f"{path}:16: rulesets[0].rules[2].parameters.required_approving_review_count: must be at most 10, not 11" in lines
     assert f"{path}:21: rulesets[1].name: 'protect-default' already names a ruleset (rulesets[0])" in lines
+
+
+# --- sweeps and the continuous reconciliation (the batched GraphQL read) -------------------
+
+
+async def test_a_sweep_tells_compliant_rulesets_from_the_batched_read_and_fixes_drift(org, env):
+    from tests.test_sweep import sweep
+
+    for name in ("alpha", "beta", "gamma"):
+        compliant_repo(org, name)
+        org.add_ruleset(ORG, name, RULESET)
+        org.add_ruleset(ORG, name, UNMANAGED)
+    drifted = by_name(org, "beta")["protect-default"]
+    drifted["enforcement"] = "evaluate"  # changed by hand; GitHub sends no event to a sweep
+    del org.state.get_repo(ORG, "gamma").rulesets[by_name(org, "gamma")["protect-default"]["id"]]
+    org.reset_calls()
+    code, doc, err = await sweep(env)
+    assert code == 0, err
+    outcomes = {r["repo"]: r["outcome"] for r in doc["results"]}
+    assert outcomes == {f"{ORG}/.github": "fixed", f"{ORG}/alpha": "compliant",
+                        f"{ORG}/beta": "fixed", f"{ORG}/gamma": "fixed"}
+    assert by_name(org, "beta")["protect-default"]["enforcement"] == "active"
+    assert by_name(org, "gamma")["protect-default"]["rules"] == RULESET["rules"]
+    assert all(r["team-tags"]["enforcement"] == "evaluate" for r in map(lambda n: by_name(org, n),
+                                                                         ("alpha", "beta", "gamma")))
+    # The compliant repository costs no REST read of its rulesets: the batched read told.
+    assert ruleset_calls(org, "alpha") == []
+    # The drifted one is read with REST (what the PUT, and its undo, rest on), then put back;
+    # the missing one is created from the batched read alone.
+    assert ruleset_calls(org, "beta") == [
+        ("GET", f"/repos/{ORG}/beta/rulesets"),
+        ("GET", f"/repos/{ORG}/beta/rulesets/{drifted['id']}"),
+        ("PUT", f"/repos/{ORG}/beta/rulesets/{drifted['id']}"),
+    ]
+    assert ruleset_calls(org, "gamma") == [("POST", f"/repos/{ORG}/gamma/rulesets")]
+    queries = [c.graphql_query for c in org.calls if c.graphql_query and "MokoOwnerRepositories" in c.graphql_query]
+    assert queries and all("rulesets(first:" in q for q in queries)
+
+    # Dry-run: the drift is found and recorded, nothing is written.
+    by_name(org, "alpha")["protect-default"]["rules"] = [{"type": "deletion"}]
+    org.reset_calls()
+    code, doc, err = await sweep(env, "--dry-run")
+    assert {r["repo"]: r["outcome"] for r in doc["results"]}[f"{ORG}/alpha"] == "planned"
+    assert [c for c in org.calls if "/rulesets" in c.path and c.method != "GET"] == []
+
+
+async def test_the_continuous_reconciliation_puts_a_drifted_ruleset_back(org, tmp_path):
+    from tests.support.harness import moko_environ, start_moko_process
+    from tests.support.waiting import wait_until
+    from tests.test_reconciliation import SHORT
+
+    compliant_repo(org, "svc")
+    made = org.add_ruleset(ORG, "svc", RULESET)
+    env = moko_environ(org, f"sqlite:///{tmp_path}/moko.db", **SHORT)
+    moko = await start_moko_process(env, tmp_path / "moko.log")
+    try:
+        await wait_until(lambda: any("MokoOwnerRepositories" in (c.graphql_query or "") for c in org.calls))
+        made["enforcement"] = "disabled"  # changed by hand, and the event was lost
+        await wait_until(lambda: by_name(org, "svc")["protect-default"]["enforcement"] == "active")
+    finally:
+        assert await moko.stop() == 0, moko.log()
+    assert org.count("PUT", rf"^/repos/{ORG}/svc/rulesets/{made['id']}$") == 1
+
+
+async def test_status_and_plan_show_the_policys_rulesets(org, moko):
+    import re
+
+    compliant_repo(org, "widgets")
+    org.set_permission(ORG, "widgets", "alice", "triage")
+    made = org.add_ruleset(ORG, "widgets", RULESET)
+    made["enforcement"] = "disabled"
+
+    def answer() -> str:
+        bodies = [c["body"] for c in org.comments(ORG, "widgets", 1) if c["user"]["login"] == org.bot_login]
+        return re.sub(r"<!--[^>]*-->", "", bodies[-1])
+
+    for body in ("/moko status", "/moko plan"):
+        event = org.event("issue_comment", "created", owner=ORG, repo="widgets", body=body, sender="alice")
+        await moko.deliver("issue_comment", event)
+        if body == "/moko status":
+            assert "| rulesets | protect-default | active, 3 rules | differs in enforcement | no |" in answer()
+        else:
+            assert "- update ruleset protect-default: differs in enforcement" in answer()
+    assert [c for c in org.calls if "/rulesets" in c.path and c.method != "GET"] == []

@@ -355,6 +355,61 @@ _REPO_KEYS = {
 }
 
 
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _graphql_shape(value: Any) -> Any:
+    """A REST value with GraphQL's field names (snake_case to camelCase)."""
+    if isinstance(value, dict):
+        return {_camel(k): _graphql_shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_graphql_shape(v) for v in value]
+    return value
+
+
+class RulesetNode(Node):
+    """A RepositoryRuleset, from the ruleset as the REST API answers it."""
+
+    typename = "RepositoryRuleset"
+
+    def __init__(self, ruleset: dict[str, Any]) -> None:
+        self._ruleset = ruleset
+        self.databaseId = ruleset["id"]
+        self.id = ruleset["node_id"]
+        self.name = ruleset["name"]
+        self.target = str(ruleset.get("target", "branch")).upper()
+        self.enforcement = str(ruleset["enforcement"]).upper()
+        self.createdAt = ruleset["created_at"]
+        self.updatedAt = ruleset["updated_at"]
+        conditions = ruleset.get("conditions") or {}
+        self.conditions = {key: _graphql_shape(conditions[rest]) if conditions.get(rest) is not None else None
+                           for key, rest in (("refName", "ref_name"), ("repositoryName", "repository_name"))}
+        self.source = {"__typename": "Repository" if ruleset["source_type"] == "Repository" else "Organization"}
+
+    def rules(self, info: Any, first: int | None = None, after: str | None = None,
+              last: int | None = None, before: str | None = None, type: str | None = None) -> dict[str, Any]:  # noqa: A002
+        items = [r for r in self._ruleset.get("rules") or [] if type is None or r["type"].upper() == type]
+
+        def node(rule: dict[str, Any]) -> dict[str, Any]:
+            parameters = rule.get("parameters")
+            typename = "".join(p.capitalize() for p in rule["type"].split("_")) + "Parameters"
+            shaped = None if parameters is None else {"__typename": typename, **_graphql_shape(parameters)}
+            return {"type": rule["type"].upper(), "parameters": shaped, "id": f"RR_{rule['type']}"}
+
+        return connection(items, first, after, last, before, make=node)
+
+    def bypassActors(self, info: Any, first: int | None = None, after: str | None = None,  # noqa: N802
+                     last: int | None = None, before: str | None = None) -> dict[str, Any]:
+        actors = [{"bypassMode": str(a.get("bypass_mode", "always")).upper(), "deployKey": False,
+                   "enterpriseOwner": False, "organizationAdmin": a.get("actor_type") == "OrganizationAdmin",
+                   "repositoryRoleDatabaseId": a.get("actor_id") if a.get("actor_type") == "RepositoryRole" else None,
+                   "id": f"RRBA_{index}"}
+                  for index, a in enumerate(self._ruleset.get("bypass_actors") or [])]
+        return connection(actors, first, after, last, before)
+
+
 class RepoNode(Node):
     """A Repository, read live from the REST object of the state."""
 
@@ -446,6 +501,16 @@ class RepoNode(Node):
                  for b in self._repo.branches.values() if b.protection]
         rules += [RuleNode(self, pattern, body) for pattern, body in self._repo.pattern_rules.items()]
         return connection(rules, first, after, last, before)
+
+    def rulesets(self, info: Any, first: int | None = None, after: str | None = None,
+                 last: int | None = None, before: str | None = None, includeParents: bool = True,  # noqa: N803
+                 targets: list[str] | None = None) -> dict[str, Any]:
+        items = list(self._repo.rulesets.values())
+        if includeParents:
+            items = self._state.org_rulesets_for(self._repo) + items
+        if targets:
+            items = [r for r in items if r.get("target", "branch").upper() in targets]
+        return connection(items, first, after, last, before, make=RulesetNode)
 
     def issues(self, info: Any, first: int | None = None, after: str | None = None,
                last: int | None = None, before: str | None = None,
