@@ -106,6 +106,14 @@ class ReadFields:
             kinds=kinds,
         )
 
+    def graphql_kinds(self, schema: ServerSchema | None) -> tuple[str, ...]:
+        """The kinds whose part of the read the server can answer (an older GitHub Enterprise
+        Server may lack ``Repository.rulesets``: those are read with REST)."""
+        return tuple(
+            name for name in self.kinds
+            if schema is None or schema.has(REPOSITORY_TYPE, str(KINDS_BY_NAME[name].graphql_field))
+        )
+
     def selection(self, schema: ServerSchema | None = None) -> str:
         """The selection set of one ``Repository`` node: with ``schema``, only the fields the
         server has (a query naming one it lacks would fail whole)."""
@@ -125,7 +133,7 @@ class ReadFields:
         for index, branch in enumerate(self.branches):
             # Whether the branch exists: protection cannot be put on a branch that does not.
             parts.append(f"branch{index}: ref(qualifiedName: {json.dumps('refs/heads/' + branch)}) {{ name }}")
-        parts.extend(str(KINDS_BY_NAME[name].graphql_selection) for name in self.kinds)
+        parts.extend(str(KINDS_BY_NAME[name].graphql_selection) for name in self.graphql_kinds(schema))
         if self.own_policy:
             parts.append(_OWN_POLICY)
         if self.notices_by:

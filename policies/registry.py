@@ -54,6 +54,7 @@ class PolicyKind:
     # Its part of the batched read: a Repository selection, whether a policy needs it, and
     # its state from the answer (None: the batched read cannot tell; REST reads it).
     graphql_selection: str | None = None
+    graphql_field: str | None = None  # the Repository field it starts with (the server may lack it)
     wants_graphql: Callable[[Policy], bool] | None = None
     from_graphql: Callable[[Mapping[str, Any]], Any] | None = None
     # For status and plan: a change in plain text (what is done, and its detail or None),
@@ -69,7 +70,7 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
     PolicyKind(BRANCH_PROTECTION, plan_protection_kind),
     PolicyKind(
         RULESETS, plan_rulesets_kind, read_rulesets, send_ruleset, inverse_ruleset, {},
-        GRAPHQL_SELECTION, wants_rulesets, rulesets_from_graphql, describe_ruleset, ruleset_status,
+        GRAPHQL_SELECTION, "rulesets", wants_rulesets, rulesets_from_graphql, describe_ruleset, ruleset_status,
     ),
 )
 KINDS_BY_NAME: dict[str, PolicyKind] = {kind.name: kind for kind in POLICY_KINDS}

@@ -304,3 +304,39 @@ async def test_status_and_plan_show_the_policys_rulesets(org, moko):
         else:
             assert "- update ruleset protect-default: differs in enforcement" in answer()
     assert [c for c in org.calls if "/rulesets" in c.path and c.method != "GET"] == []
+
+
+async def test_an_updated_ruleset_is_put_back_when_a_later_step_fails(org, moko):
+    org.put_file(ORG, ".github", ".github/moko.yml", POLICY + (
+        "  - name: second\n    enforcement: active\n"
+        "    conditions: {ref_name: {include: ['~ALL'], exclude: []}}\n"
+        "    rules: [{type: required_linear_history}]\n"))
+    compliant_repo(org, "app")
+    made = org.add_ruleset(ORG, "app", {**RULESET, "enforcement": "evaluate"})
+    held = {k: copy.deepcopy(made[k]) for k in ("name", "target", "enforcement", "conditions", "rules",
+                                                  "bypass_actors")}
+    org.fail("POST", rf"^/repos/{ORG}/app/rulesets$", 422, times=1)
+    edited = org.event("repository_ruleset", "edited", owner=ORG, repo="app", ruleset=made)
+    await moko.deliver("repository_ruleset", edited)
+    now = by_name(org, "app")
+    assert list(now) == ["protect-default"]
+    assert {k: now["protect-default"][k] for k in held} == held  # as it was before the run
+    puts = [c.body for c in org.calls_to("PUT", rf"^/repos/{ORG}/app/rulesets/{made['id']}$")]
+    assert puts == [RULESET, held]
+    trail = [(r.field, r.outcome) for r in await records(moko, "app") if r.policy == "rulesets"]
+    assert trail == [("protect-default", "applied"), ("second", "failed"),
+                     ("protect-default", "rolled-back")]
+
+
+async def test_a_server_without_graphql_rulesets_is_read_with_rest(org, env):
+    from tests.test_sweep import sweep
+
+    org.serve_schema(without_fields={"Repository": ["rulesets"]})
+    compliant_repo(org, "old")
+    made = org.add_ruleset(ORG, "old", {**RULESET, "enforcement": "disabled"})
+    code, doc, err = await sweep(env, "--repo", "old")
+    assert code == 0, err
+    assert by_name(org, "old")["protect-default"]["enforcement"] == "active"
+    assert ruleset_calls(org, "old") == [
+        ("GET", f"/repos/{ORG}/old/rulesets"), ("GET", f"/repos/{ORG}/old/rulesets/{made['id']}"),
+        ("PUT", f"/repos/{ORG}/old/rulesets/{made['id']}")]
