@@ -77,7 +77,8 @@ class ReadFields:
     branches: tuple[str, ...] = ()  # exact branch names besides the default one
     own_policy: bool = False  # each repository's .github/moko.yml (the policy allows overrides)
     notices_by: str | None = None  # the login whose open issues to list (the policy notifies)
-    kinds: tuple[str, ...] = ()  # policy kinds whose own part of the read is asked (registry)
+    # Policy kinds whose own part of the read is asked (registry): (kind name, its selection).
+    kinds: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def for_policy(cls, policy: Policy, granted: Mapping[str, str] | None = None) -> ReadFields:
@@ -98,8 +99,8 @@ class ReadFields:
         hidden = unreadable_settings(settings, granted)
         protection = protection and protection_unreadable(granted) is None
         kinds = tuple(
-            kind.name for kind in POLICY_KINDS
-            if kind.graphql_selection and kind.wants_graphql is not None and kind.wants_graphql(policy)
+            (kind.name, selection) for kind in POLICY_KINDS
+            if kind.graphql_selection is not None and (selection := kind.graphql_selection(policy))
         )
         return cls(
             frozenset(settings - set(hidden)), protection, tuple(dict.fromkeys(branches)), bool(policy.overrides),
@@ -107,10 +108,10 @@ class ReadFields:
         )
 
     def graphql_kinds(self, schema: ServerSchema | None) -> tuple[str, ...]:
-        """The kinds whose part of the read the server can answer (an older GitHub Enterprise
-        Server may lack ``Repository.rulesets``: those are read with REST)."""
+        """The selections of the kinds whose part of the read the server can answer (an older
+        GitHub Enterprise Server may lack ``Repository.rulesets``: those are read with REST)."""
         return tuple(
-            name for name in self.kinds
+            selection for name, selection in self.kinds
             if schema is None or schema.has(REPOSITORY_TYPE, str(KINDS_BY_NAME[name].graphql_field))
         )
 
@@ -133,7 +134,7 @@ class ReadFields:
         for index, branch in enumerate(self.branches):
             # Whether the branch exists: protection cannot be put on a branch that does not.
             parts.append(f"branch{index}: ref(qualifiedName: {json.dumps('refs/heads/' + branch)}) {{ name }}")
-        parts.extend(str(KINDS_BY_NAME[name].graphql_selection) for name in self.graphql_kinds(schema))
+        parts.extend(self.graphql_kinds(schema))
         if self.own_policy:
             parts.append(_OWN_POLICY)
         if self.notices_by:
@@ -225,7 +226,7 @@ def snapshot_of(node: Mapping[str, Any], fields: ReadFields) -> RepoSnapshot:
             for n in node["openNotices"].get("nodes") or () if n
         )
     kind_state: dict[str, Any] = {}
-    for name in fields.kinds:
+    for name, _selection in fields.kinds:
         from_graphql = KINDS_BY_NAME[name].from_graphql
         state = None if from_graphql is None else from_graphql(node)
         if state is not None:

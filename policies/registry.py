@@ -18,15 +18,14 @@ from policies.model import (
 )
 from policies.repository_settings import plan_settings_kind
 from policies.rulesets import (
-    GRAPHQL_SELECTION,
     describe_ruleset,
+    graphql_selection,
     inverse_ruleset,
     plan_rulesets_kind,
     read_rulesets,
     ruleset_status,
     rulesets_from_graphql,
     send_ruleset,
-    wants_rulesets,
 )
 
 # (gh, owner, repo, policy) -> the kind's state of the repository (``RepoState.kind_state``).
@@ -53,9 +52,8 @@ class PolicyKind:
     new_repository: Any = None
     # Its part of the batched read: a Repository selection, whether a policy needs it, and
     # its state from the answer (None: the batched read cannot tell; REST reads it).
-    graphql_selection: str | None = None
+    graphql_selection: Callable[[Policy], str | None] | None = None
     graphql_field: str | None = None  # the Repository field it starts with (the server may lack it)
-    wants_graphql: Callable[[Policy], bool] | None = None
     from_graphql: Callable[[Mapping[str, Any]], Any] | None = None
     # For status and plan: a change in plain text (what is done, and its detail or None),
     # and one row per entry of the policy (name, wanted, actual, compliant: True, False, or
@@ -70,7 +68,7 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
     PolicyKind(BRANCH_PROTECTION, plan_protection_kind),
     PolicyKind(
         RULESETS, plan_rulesets_kind, read_rulesets, send_ruleset, inverse_ruleset, {},
-        GRAPHQL_SELECTION, "rulesets", wants_rulesets, rulesets_from_graphql, describe_ruleset, ruleset_status,
+        graphql_selection, "rulesets", rulesets_from_graphql, describe_ruleset, ruleset_status,
     ),
 )
 KINDS_BY_NAME: dict[str, PolicyKind] = {kind.name: kind for kind in POLICY_KINDS}

@@ -271,7 +271,9 @@ def section_of(rulesets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 # --- the batched read (GraphQL) ------------------------------------------------------------
 
-RULESETS_PAGE = 10  # rulesets per repository in a batched read; more: REST says
+# Rulesets per repository in a batched read (more: REST says). GitHub prices a query by the
+# nodes its connections could hold: each ruleset's rules cost a point per 100 rulesets.
+RULESETS_PAGE = 5
 RULES_PAGE = 20  # rules per ruleset; more: REST says
 # A ruleset as GraphQL gave it: enough to tell it complies, not to write it back (no bypass
 # actors, only some rules' parameters), so a drifted one is read again with REST first.
@@ -291,14 +293,26 @@ _PARAMETERS = {
     "TagNamePatternParameters": "name negate operator pattern",
     "UpdateParameters": "updateAllowsFetchAndMerge",
 }
-GRAPHQL_SELECTION = (
-    f"rulesets(first: {RULESETS_PAGE}, includeParents: false) {{ totalCount nodes {{ "
-    "databaseId name target enforcement conditions { refName { include exclude } } "
-    "bypassActors(first: 1) { totalCount } "
+_RULES_SELECTION = (
     f"rules(first: {RULES_PAGE}) {{ totalCount nodes {{ type parameters {{ __typename "
     + " ".join(f"... on {name} {{ {fields} }}" for name, fields in _PARAMETERS.items())
-    + " } } } } }"
+    + " } } }"
 )
+# Whether a ruleset has bypass actors (none: ``bypass_actors: []`` complies), asked only when
+# the policy names them, as it costs as much as the rules.
+_BYPASS_SELECTION = "bypassActors(first: 1) { totalCount }"
+
+
+def graphql_selection(policy: Policy) -> str | None:
+    """The batched read's part for this policy (None: it manages no rulesets)."""
+    if not wants_rulesets(policy):
+        return None
+    bypass = any("bypass_actors" in entry for entry in policy.rulesets)
+    return (
+        f"rulesets(first: {RULESETS_PAGE}, includeParents: false) {{ totalCount nodes {{ "
+        "databaseId name target enforcement conditions { refName { include exclude } } "
+        + (_BYPASS_SELECTION + " " if bypass else "") + _RULES_SELECTION + " } }"
+    )
 
 
 def _snake(name: str) -> str:
@@ -345,7 +359,8 @@ def rulesets_from_graphql(repository: Mapping[str, Any]) -> dict[str, Any] | Non
         ref_name = (node.get("conditions") or {}).get("refName")
         if ref_name is not None:
             ruleset["conditions"] = {"ref_name": _rest_shape(ref_name)}
-        if int((node.get("bypassActors") or {}).get("totalCount") or 0) == 0:
+        bypass = node.get("bypassActors")
+        if isinstance(bypass, Mapping) and int(bypass.get("totalCount") or 0) == 0:
             ruleset["bypass_actors"] = []
         found[str(node["name"])] = ruleset
     return found

@@ -340,3 +340,22 @@ async def test_a_server_without_graphql_rulesets_is_read_with_rest(org, env):
     assert ruleset_calls(org, "old") == [
         ("GET", f"/repos/{ORG}/old/rulesets"), ("GET", f"/repos/{ORG}/old/rulesets/{made['id']}"),
         ("PUT", f"/repos/{ORG}/old/rulesets/{made['id']}")]
+
+
+async def test_a_policy_naming_bypass_actors_is_still_told_by_the_batched_read(org, env):
+    from tests.test_sweep import sweep
+
+    org.put_file(ORG, ".github", ".github/moko.yml", POLICY.replace(
+        "    rules:", "    bypass_actors: []\n    rules:", 1))
+    compliant_repo(org, "calm")
+    org.add_ruleset(ORG, "calm", {**RULESET, "bypass_actors": []})
+    compliant_repo(org, "loose")
+    loose = org.add_ruleset(ORG, "loose", {**RULESET, "bypass_actors": [
+        {"actor_id": 1, "actor_type": "OrganizationAdmin", "bypass_mode": "always"}]})
+    code, doc, err = await sweep(env, "--repo", "calm", "--repo", "loose")
+    assert code == 0, err
+    assert {r["repo"]: r["outcome"] for r in doc["results"]} == {
+        f"{ORG}/calm": "compliant", f"{ORG}/loose": "fixed"}
+    assert ruleset_calls(org, "calm") == []
+    assert by_name(org, "loose")["protect-default"]["bypass_actors"] == []
+    assert org.count("PUT", rf"^/repos/{ORG}/loose/rulesets/{loose['id']}$") == 1
