@@ -359,3 +359,29 @@ async def test_a_policy_naming_bypass_actors_is_still_told_by_the_batched_read(o
     assert ruleset_calls(org, "calm") == []
     assert by_name(org, "loose")["protect-default"]["bypass_actors"] == []
     assert org.count("PUT", rf"^/repos/{ORG}/loose/rulesets/{loose['id']}$") == 1
+
+
+async def test_a_repository_may_replace_the_rulesets_only_when_the_organization_allows_it(org, moko):
+    org.put_file(ORG, ".github", ".github/moko.yml", POLICY + "overrides: [rulesets.protect-default]\n")
+    own = POLICY.replace("enforcement: active", "enforcement: evaluate", 1) + (
+        "  - name: extra\n    enforcement: active\n"
+        "    conditions: {ref_name: {include: ['~ALL'], exclude: []}}\n"
+        "    rules: [{type: required_linear_history}]\n")
+    org.add_repo(ORG, "custom", **COMPLIANT)
+    org.put_file(ORG, "custom", ".github/moko.yml", own)
+    await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="custom"))
+    # Its own protect-default applies; "extra" is not among the keys it may override.
+    assert {name: r["enforcement"] for name, r in by_name(org, "custom").items()} == {
+        "protect-default": "evaluate"}
+
+
+
+async def test_overrides_rulesets_lets_a_repository_manage_none(org, moko):
+    org.put_file(ORG, ".github", ".github/moko.yml", POLICY + "overrides: [rulesets]\n")
+    org.add_repo(ORG, "bare", **COMPLIANT)
+    org.put_file(ORG, "bare", ".github/moko.yml", "rulesets: []\n")
+    org.add_repo(ORG, "usual", **COMPLIANT)
+    for name in ("bare", "usual"):
+        await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo=name))
+    assert org.rulesets(ORG, "bare") == []
+    assert list(by_name(org, "usual")) == ["protect-default"]
