@@ -154,7 +154,13 @@ async def test_a_compliant_ruleset_and_unmanaged_ones_are_left_alone(org, moko):
                         ruleset=by_name(org, "steady")["team-tags"])
     await moko.deliver("repository_ruleset", created)
     assert org.rulesets(ORG, "steady") == before
-    assert [c for c in org.calls if "/rulesets" in c.path and c.method != "GET"] == []
+    # The same event where the managed ruleset drifted does change it.
+    compliant_repo(org, "moved")
+    org.add_ruleset(ORG, "moved", {**RULESET, "rules": RULESET["rules"][:2]})
+    await moko.deliver("repository_ruleset", org.event(
+        "repository_ruleset", "created", owner=ORG, repo="moved", ruleset=by_name(org, "moved")["protect-default"]))
+    assert len(by_name(org, "moved")["protect-default"]["rules"]) == 3
+    assert [c for c in org.calls if c.path.startswith(f"/repos/{ORG}/steady/rulesets") and c.method != "GET"] == []
     assert [r for r in await records(moko, "steady") if r.policy == "rulesets"] == []
 
 
@@ -166,6 +172,11 @@ async def test_without_a_rulesets_section_no_ruleset_is_read_or_written(org, mok
     await moko.deliver("repository_ruleset", edited)
     assert ruleset_calls(org, "plain") == []
     assert by_name(org, "plain")["protect-default"]["enforcement"] == "disabled"
+    # Once the policy names it, pushing the policy file puts it in line.
+    org.put_file(ORG, ".github", ".github/moko.yml", POLICY)
+    await moko.deliver("push", org.event("push", owner=ORG, repo=".github", ref="refs/heads/main",
+                                         modified=[".github/moko.yml"]))
+    assert by_name(org, "plain")["protect-default"]["enforcement"] == "active"
 
 
 async def test_a_created_ruleset_is_deleted_when_a_later_step_fails(org, moko):
