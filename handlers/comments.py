@@ -156,6 +156,9 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
 
     if ctx.retaken:
         gh = await ctx.github()
+        # The earlier try's answer may be on its way still: looked for too early, it would
+        # be posted twice.
+        await engine_of(ctx).let_earlier_requests_land()
         if await posted_answer(gh, thread, ctx.delivery_id) is not None:
             # An earlier try of this delivery answered before its process stopped: once is enough.
             log.info("command_already_answered")

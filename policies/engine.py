@@ -490,6 +490,12 @@ class PolicyEngine:
         records = await self.store.audit_records(repo=full_name, run_id=run.run_id, newest_first=True, limit=1)
         if records and records[0].outcome == PENDING:
             log.info("waiting_for_earlier_write", repo=full_name, seconds=self.in_flight_for)
+            await self.let_earlier_requests_land()
+
+    async def let_earlier_requests_land(self) -> None:
+        """Wait as long as a request sent by a process that died before now may still be
+        carried out by GitHub: its timeout."""
+        if self.in_flight_for > 0:
             await self._sleep(self.in_flight_for)
 
     async def _protection_records(self, full_name: str) -> list[AuditRecord]:

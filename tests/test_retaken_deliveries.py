@@ -141,3 +141,31 @@ async def test_a_write_still_on_its_way_when_its_process_died_is_not_made_again(
     assert state == "done"
     assert fake_github.arrived("PATCH", settings) == 1
     assert fake_github.repo(ORG, "slow")["has_wiki"] is False
+
+
+async def test_a_command_whose_answer_was_still_on_its_way_when_its_process_died_is_answered_once(
+    fake_github, tmp_path
+):
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "widgets", **COMPLIANT)
+    fake_github.set_protection(ORG, "widgets", "main", DEFAULT_PROTECTION)
+    fake_github.set_permission(ORG, "widgets", "maria", "maintain")
+    payload = fake_github.event("issue_comment", "created", owner=ORG, repo="widgets", sender="maria",
+                                issue_number=9, body="/moko status")
+    answers = rf"^/repos/{ORG}/widgets/issues/9/comments$"
+    # GitHub posts the answer 5 s after it arrived: after its process died and the next one
+    # took the command up again.
+    fake_github.fail("POST", answers, delay=5)
+
+    state = await killed_mid_delivery(fake_github, tmp_path, "issue_comment", payload, "status-9",
+                                      ("POST", answers), request_timeout=6)
+    deadline = time.monotonic() + 30
+    while fake_github.count("POST", answers) < fake_github.arrived("POST", answers):
+        assert time.monotonic() < deadline, "a held answer was never carried out"
+        await asyncio.sleep(0.1)  # until every answer that reached GitHub is carried out
+
+    assert state == "done"
+    mine = [c["body"] for c in fake_github.comments(ORG, "widgets", 9)
+            if c["user"]["login"] == fake_github.bot_login]
+    assert len(mine) == 1, mine
+    assert "✅ It complies with the policy." in mine[0]
