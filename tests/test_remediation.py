@@ -1,4 +1,4 @@
-"""Issue 3 from outside: signed webhooks drive Moko against the fake GitHub; every API call counted."""
+"""Remediation from outside: signed webhooks drive Moko against the fake GitHub; every API call counted."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 7 from outside: two `moko serve` processes sharing one PostgreSQL database."""
+"""Replicas from outside: two `moko serve` processes sharing one PostgreSQL database."""
 
 from __future__ import annotations
 
