@@ -814,3 +814,21 @@ async def test_stored_delivery_ids_names_the_known_ones_in_any_state(store: Stor
     many = [f"unknown-{n}" for n in range(1200)]
     assert await store.stored_delivery_ids(["d-queued", "d-done", "d-never", *many]) == {"d-queued", "d-done"}
     assert await store.stored_delivery_ids([]) == set()
+
+
+async def test_postgres_an_append_run_again_after_its_commit_went_through_is_not_appended_twice(
+    postgres_url: str, open_test_store
+):
+    # A connection lost during COMMIT is run again on a new connection; the COMMIT may have
+    # gone through (a server restart): the same entries must not appear twice in the trail.
+    store = await open_test_store(postgres_url)
+    try:
+        entries = [audit_entry(n) for n in range(3)]
+        first = await store.append_audit(entries)
+        again = await store.append_audit(entries)
+        later = await store.append_audit([audit_entry(7)])
+        assert again == first
+        assert [r.seq for r in await store.audit_records()] == [1, 2, 3, 4]
+        assert later[0].prev_hash == first[-1].hash
+    finally:
+        await store.close()

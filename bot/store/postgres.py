@@ -237,7 +237,7 @@ def _reconnecting(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
     The pool replaces a closed connection when one is next acquired. An operation that failed
     this way did not commit (or, if the connection died during COMMIT, rarely did: the
     operations are conditional updates and upserts, which a second run leaves as they are;
-    an audit append could then appear twice, which the chain still verifies)."""
+    an audit append finds its entries already in the chain and appends nothing)."""
 
     @functools.wraps(method)
     async def retrying(self: PostgresStore, *args: Any, **kwargs: Any) -> Any:
@@ -627,6 +627,21 @@ class PostgresStore(Store):
         async with self._pool.acquire() as conn, conn.transaction():
             # The lock is held until commit, so the next writer reads this batch's last hash.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_CHAIN_LOCK)
+            first = entries[0]
+            # Run again after a connection lost during COMMIT, which may have committed: the
+            # same entries (their time included) already in the chain are not appended twice.
+            stored = await conn.fetch(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE run_id = $1 AND time = $2 AND repo = $3 "
+                "AND field = $4 AND outcome = $5 ORDER BY seq LIMIT 1",
+                first.run_id, _utc(first.time), first.repo, first.field, first.outcome,
+            )
+            if stored:
+                seq = stored[0]["seq"]
+                rows = await conn.fetch(
+                    f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE seq >= $1 AND seq < $2 ORDER BY seq",
+                    seq, seq + len(entries),
+                )
+                return [_audit_record(row) for row in rows]
             last = await conn.fetchrow("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
             if last is None:
                 prev_hash, prev_seq = await _anchor(conn)
