@@ -49,14 +49,14 @@ def client_options(settings: Settings) -> ClientOptions:
     )
 
 
-def build_github(settings: Settings, session: aiohttp.ClientSession, *, use_token: bool = False) -> GitHubApp:
+def build_github(settings: Settings, session: aiohttp.ClientSession) -> GitHubApp:
+    """The App's GitHub client for `serve`: always as the App, never with GITHUB_TOKEN."""
     return GitHubApp(
         session=session,
         api_url=settings.api_url,
         graphql_url=settings.graphql_url,
         app_id=settings.app_id,
         private_key=settings.private_key,
-        token=settings.token if use_token else None,
         options=client_options(settings),
     )
 

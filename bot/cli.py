@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import ConfigError, Settings, environ_with_dotenv, load_settings
+from bot.exit_codes import EXIT_OK, EXIT_USAGE
 from bot.redact import mask_url_credentials
 from bot.store.base import StoreUnavailable
-
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):

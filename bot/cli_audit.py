@@ -24,10 +24,10 @@ from bot.audit_chain import (
     verify_chain,
 )
 from bot.config import ConfigError, Settings, parse_duration
+from bot.exit_codes import EXIT_FAILURES, EXIT_OK, EXIT_USAGE
 from bot.store import open_store
 from bot.store.base import AuditRecord, Store
 
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 TABLE_COLUMNS = ("time", "run", "trigger", "repo", "actor", "policy", "field", "before", "after", "outcome", "error")
 
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from bot.exit_codes import EXIT_OK, EXIT_USAGE
 from policies.loader import MAX_FILE_BYTES, parse_policy_with_lines, validate_policy_text
 from policies.model import BRANCH_PROTECTION
 from policies.permissions import APP_PERMISSIONS, NOTIFY_CONSEQUENCE, PermissionGap, permission_gaps
-
-EXIT_OK, EXIT_INVALID = 0, 2
 
 
 def permission_warnings(text: str, source: str) -> list[str]:
@@ -42,12 +41,12 @@ def run_check_config(path: str) -> int:
             data = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         print(f"{path}:0: cannot read the file: {exc.strerror}", file=sys.stderr)
-        return EXIT_INVALID
+        return EXIT_USAGE
     problems = validate_policy_text(data, source=path)
     for problem in problems:
         print(str(problem))
     if problems:
-        return EXIT_INVALID
+        return EXIT_USAGE
     print(f"{path}: valid")
     for warning in permission_warnings(data.decode("utf-8"), path):
         print(warning)

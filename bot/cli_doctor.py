@@ -17,6 +17,7 @@ from gidgethub import GitHubException
 
 from bot.app import client_options
 from bot.config import Settings
+from bot.exit_codes import EXIT_FAILURES, EXIT_OK
 from bot.github_app import GitHubApp, GitHubCredentialsMissing
 from bot.redelivery import Attempt, failed_deliveries
 from bot.store import open_store
@@ -27,7 +28,6 @@ from policies.permissions import NOTIFY_CONSEQUENCE, permission_gaps
 from policies.source import POLICY_PATH, POLICY_REPO, PolicySource
 
 OK, WARN, FAIL = "ok", "warn", "fail"
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 # GitHub keeps an App's deliveries for 3 days; older failures are beyond redelivery anyway.
 RECENT_DELIVERIES = timedelta(days=3)
 # GitHub sends these to every App whether it subscribes or not.

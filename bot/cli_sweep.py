@@ -28,6 +28,7 @@ from rich.text import Text
 from bot.app import client_options
 from bot.audit import AuditWriter
 from bot.config import Settings
+from bot.exit_codes import EXIT_FAILURES, EXIT_OK, EXIT_USAGE
 from bot.github_app import GitHubApp
 from bot.logs import configure_logging
 from bot.store import open_store
@@ -37,8 +38,6 @@ from policies.batch_read import OwnerNotFound, viewer_login
 from policies.engine import PolicyEngine
 from policies.loader import PolicyError
 from policies.sweep import COUNTED, SweepObserver, SweepReport, SweepRequest, sweep_owner
-
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 
 GitHubFactory = Callable[[Settings, aiohttp.ClientSession], GitHubApp]
 
