@@ -35,7 +35,7 @@ from handlers.policy_preview import is_policy_repository, policy_change, run_pre
 from policies.apply import APPLIED, DRY_RUN, FAILED, Run
 from policies.branch_protection import resolve_branch_rules
 from policies.branch_rules import RulesetRule, classically_unprotected, ruleset_rules
-from policies.engine import REPO_FAILED, SKIPPED, PolicyEngine, RepoResult
+from policies.engine import REPO_FAILED, SKIPPED, SWEEP, PolicyEngine, RepoResult
 from policies.loader import PolicyError
 from policies.model import Plan, Policy
 
@@ -145,7 +145,8 @@ async def answer_status(request: Request) -> Answer:
     """Compliance for anyone who can comment; which fields differ only for triage and up (on
     a public repository anyone can comment, and the table shows what admins alone can read)."""
     access = await commenter_access(request.gh, *request.owner_and_name, request.user)
-    result = await request.engine.remediate(request.gh, request.run, request.repo, apply=False)
+    # Stale branches too: sweeps delete them, and the answer says what the next one will.
+    result = await request.engine.remediate(request.gh, request.run, request.repo, apply=False, scope=SWEEP)
     unplanned = _unplanned(result)
     if unplanned is not None or result.plan is None or result.policy is None:
         return with_dry_run_note(unplanned or failed("no plan"), result.dry_run)
@@ -191,7 +192,8 @@ async def answer_plan(request: Request) -> Answer:
         rerun = await _rerun_preview(request, request.pull_number)
         if rerun is not None:
             return rerun
-    result = await request.engine.remediate(request.gh, request.run, request.repo, apply=False)
+    # Stale branches too: sweeps delete them, and the answer says what the next one will.
+    result = await request.engine.remediate(request.gh, request.run, request.repo, apply=False, scope=SWEEP)
     unplanned = _unplanned(result)
     if unplanned is not None or result.plan is None or result.policy is None:
         return with_dry_run_note(unplanned or failed("no plan"), result.dry_run)

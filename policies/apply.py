@@ -20,7 +20,7 @@ from bot.logs import get_logger
 from bot.metrics import REMEDIATIONS
 from bot.store.base import AuditEntry, HeldLock
 from policies.model import REPOSITORY, Change
-from policies.registry import KINDS_BY_NAME, inverse_of
+from policies.registry import KINDS_BY_NAME, inverse_of, is_independent
 from policies.repository_settings import patch_body
 
 log = get_logger("moko.apply")
@@ -197,7 +197,27 @@ class Transaction:
             await self.record(changes, DRY_RUN)
 
     async def apply(self, changes: Sequence[Change]) -> bool:
-        """Apply in order; on a failure undo what was applied. True when nothing failed."""
+        """Apply in order; on a failure undo what was applied. True when nothing failed.
+
+        Changes of an independent kind (a branch deletion) come after the rest, once it all
+        went through, each on its own: one that fails is recorded and the next is tried."""
+        if not await self._apply_together([c for c in changes if not is_independent(c)]):
+            return False
+        ok = True
+        for change in (c for c in changes if is_independent(c)):
+            step = Step((change,))
+            await self.intend(step.changes)
+            try:
+                await send_step(self._gh, self.owner, self.repo, step)
+            except GitHubException as exc:
+                await self.record(step.changes, FAILED, github_error(exc))
+                ok = False
+                continue
+            await self.record(step.changes, APPLIED)
+        return ok
+
+    async def _apply_together(self, changes: Sequence[Change]) -> bool:
+        """The transaction: in order, and on a failure undo what was applied."""
         applied: list[Step] = []
         steps = steps_for(changes)
         for index, step in enumerate(steps):

@@ -81,10 +81,13 @@ class ReadFields:
     kinds: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def for_policy(cls, policy: Policy, granted: Mapping[str, str] | None = None) -> ReadFields:
+    def for_policy(
+        cls, policy: Policy, granted: Mapping[str, str] | None = None, *, sweep: bool = False
+    ) -> ReadFields:
         """The organization policy's fields, and those a repository may override, less what
         the installation's ``granted`` permissions may not read (GraphQL would refuse the
-        whole repository for one such field; the planner says those are unknown)."""
+        whole repository for one such field; the planner says those are unknown). Kinds that
+        only sweeps apply (stale branches) are asked only with ``sweep``."""
         settings = set(policy.repository)
         branches = [rule.name for rule in policy.branches if rule.name != DEFAULT_BRANCH_RULE]
         protection = bool(policy.branches)
@@ -100,7 +103,8 @@ class ReadFields:
         protection = protection and protection_unreadable(granted) is None
         kinds = tuple(
             (kind.name, selection) for kind in POLICY_KINDS
-            if kind.graphql_selection is not None and (selection := kind.graphql_selection(policy))
+            if kind.graphql_selection is not None and (sweep or not kind.sweeps_only)
+            and (selection := kind.graphql_selection(policy))
         )
         return cls(
             frozenset(settings - set(hidden)), protection, tuple(dict.fromkeys(branches)), bool(policy.overrides),

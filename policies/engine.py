@@ -95,8 +95,17 @@ class Concern:
     protection: bool = True
     named_branches: bool = True  # False: only the default branch's rule
     rulesets: bool = True
+    # Sweep-only kinds (deleting stale branches): planned by sweeps, /moko plan and status only.
+    sweep_only: bool = False
+
+    @property
+    def whole(self) -> bool:
+        """Whether it is the repository's whole policy (as an event's remediation knows it)."""
+        return self.settings and self.protection and self.named_branches and self.rulesets
 
     def restrict(self, policy: Policy) -> Policy:
+        if not self.sweep_only and policy.branch_cleanup is not None:
+            policy = replace(policy, branch_cleanup=None)
         if not self.rulesets:
             policy = replace(policy, rulesets=())
         if not self.settings:
@@ -109,6 +118,8 @@ class Concern:
 
 
 ALL = Concern()
+# A sweep's (and /moko plan's and status's) concern: the whole policy, stale branches too.
+SWEEP = Concern(sweep_only=True)
 SETTINGS_ONLY = Concern(protection=False, rulesets=False)
 PROTECTION_ONLY = Concern(settings=False, rulesets=False)
 RULESETS_ONLY = Concern(settings=False, protection=False)
@@ -322,7 +333,7 @@ class PolicyEngine:
         which tells the repository when it stays non-compliant (policy ``notify``).
         """
         result = await self._remediate(gh, run, repo, known=known, scope=scope, apply=apply, only_if=only_if)
-        if apply and scope == ALL and self.notice is not None and result.policy is not None:
+        if apply and scope.whole and self.notice is not None and result.policy is not None:
             try:
                 await self.notice(gh, run, repo, result, self, known)
             except GitHubException as exc:  # telling failed; the remediation stands
@@ -563,7 +574,7 @@ def _outcome(plan: Plan, outcomes: list[ChangeOutcome], ok: bool, dry_run: bool)
 
 __all__ = [
     "ALL", "COMPLIANT", "DRY_RUN", "FIXED", "PLANNED", "PROTECTION_ONLY", "REPOSITORY", "REPO_DEFERRED",
-    "RULESETS_ONLY",
+    "RULESETS_ONLY", "SWEEP",
     "NEW_DEFAULT_BRANCH", "REPO_FAILED", "REPO_UNKNOWN", "SETTINGS_ONLY", "SKIPPED", "Concern", "Known", "Permissions",
     "PermissionsSource", "PolicyEngine", "RepoResult", "Run",
 ]

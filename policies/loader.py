@@ -19,7 +19,11 @@ Overrides: the organization's ``overrides`` list says what a repository's own
   naming its default branch (e.g. ``main``) win over the organization's ``default`` rule;
 - ``rulesets``: the whole ``rulesets`` section (the repository's list replaces the org's);
 - ``rulesets.<ruleset name>``: the ruleset with that name, replaced or added;
-- ``notify``: the repository's own ``notify`` (``issue`` or ``none``).
+- ``notify``: the repository's own ``notify`` (``issue`` or ``none``);
+- ``branch_cleanup``: the repository's own ``branch_cleanup`` section, replacing the
+  organization's whole (``null``: none). Deleting branches is destructive, so like the
+  sensitive repository fields it is allowed only by that name: a repository's section is
+  otherwise ignored, whether it would delete more or less.
 
 Anything else in the repository's file is ignored and reported; the allowed keys still apply.
 An invalid repository file changes nothing (all of it is ignored, its problems reported).
@@ -33,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from policies.branch_cleanup import section_from
 from policies.defaults import DEFAULT_BRANCH_RULE, DEFAULT_POLICY
 from policies.model import BranchRule, Policy, Scope
 from policies.repository_settings import SENSITIVE_FIELDS
@@ -379,6 +384,7 @@ def _policy_from_document(doc: Mapping[str, Any] | None, source: str) -> Policy:
         source=source,
         notify=doc.get("notify") or default.notify,
         rulesets=tuple(doc["rulesets"] or ()) if "rulesets" in doc else default.rulesets,
+        branch_cleanup=section_from(doc["branch_cleanup"]) if "branch_cleanup" in doc else default.branch_cleanup,
     )
 
 
@@ -437,6 +443,7 @@ def merge_loaded(org: Policy, loaded: LoadedFile) -> tuple[Policy, list[PolicyPr
     branches = list(org.branches)
     notify = org.notify
     rulesets = list(org.rulesets)
+    cleanup = org.branch_cleanup
     # Only an explicit branches.default lets the repository touch the default branch's rules.
     own_default = f"branches.{DEFAULT_BRANCH_RULE}" in allowed
     for key, value in doc.items():
@@ -464,6 +471,15 @@ def merge_loaded(org: Policy, loaded: LoadedFile) -> tuple[Policy, list[PolicyPr
                 notify = value or org.notify
             else:
                 ignore((key,))
+        elif key == "branch_cleanup":
+            if "branch_cleanup" in allowed:
+                cleanup = section_from(value)
+            else:
+                ignore(
+                    (key,),
+                    "deleting branches cannot be undone by Moko, so the organization's overrides "
+                    "must list branch_cleanup by name",
+                )
         elif key == "rulesets":
             if "rulesets" in allowed:
                 rulesets = list(value or ())
@@ -509,7 +525,7 @@ def merge_loaded(org: Policy, loaded: LoadedFile) -> tuple[Policy, list[PolicyPr
             ignore((key,))
     merged = replace(
         org, repository=repository, branches=tuple(branches), notify=notify, rulesets=tuple(rulesets),
-        source=f"{org.source} + {source}",
+        branch_cleanup=cleanup, source=f"{org.source} + {source}",
     )
     return merged, sorted(ignored)
 

@@ -19,6 +19,7 @@ BRANCH_PROTECTION = "branch_protection"
 # A need to read: which classic rule (its pattern) protects a branch.
 BRANCH_PROTECTION_RULE = "branch_protection_rule"
 RULESETS = "rulesets"
+BRANCH_CLEANUP = "branch_cleanup"
 
 
 class FrozenDict(dict[str, Any]):
@@ -131,6 +132,21 @@ class Scope:
 
 
 @dataclass(frozen=True)
+class BranchCleanup:
+    """The ``branch_cleanup`` section: delete branches with no commits for ``after`` (as
+    written, e.g. ``90d``; ``after_seconds`` the same in seconds), only merged ones unless
+    ``merged_only`` is false, never those a ``keep`` glob matches."""
+
+    after: str
+    after_seconds: float
+    merged_only: bool = True
+    keep: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"after": self.after, "merged_only": self.merged_only, "keep": list(self.keep)}
+
+
+@dataclass(frozen=True)
 class Policy:
     """An organization's policy, after loading (and after a repository's overrides)."""
 
@@ -147,6 +163,8 @@ class Policy:
     notify: Notify = "none"
     # Bodies of POST /repos/{owner}/{repo}/rulesets, matched by name (none: none managed).
     rulesets: tuple[Mapping[str, Any], ...] = ()
+    # Stale branches to delete in sweeps (None: no branch is ever deleted).
+    branch_cleanup: BranchCleanup | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "repository", freeze(self.repository))
@@ -181,6 +199,7 @@ class Policy:
             "commands": {"apply_permission": self.apply_permission},
             "notify": self.notify,
             **({"rulesets": [thaw(r) for r in self.rulesets]} if self.rulesets else {}),
+            **({"branch_cleanup": self.branch_cleanup.to_dict()} if self.branch_cleanup else {}),
         }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from policies.model import BRANCH_PROTECTION, REPOSITORY, RULESETS, Policy
+from policies.model import BRANCH_CLEANUP, BRANCH_PROTECTION, REPOSITORY, RULESETS, Policy
 
 LEVELS = ("read", "write", "admin")
 
@@ -88,7 +88,10 @@ def read_need(section: str, field: str) -> Need:
 
 def write_need(section: str, field: str) -> Need:
     """The permission changing one policy field needs: repository settings, branch
-    protection and rulesets are all the repository's administration."""
+    protection and rulesets are all the repository's administration; deleting a branch is
+    writing its contents."""
+    if section == BRANCH_CLEANUP:
+        return CONTENTS_WRITE
     return ADMINISTRATION_WRITE
 
 
@@ -117,6 +120,8 @@ def _keys(policy: Policy) -> list[tuple[str, str]]:
     keys = [(REPOSITORY, field) for field in policy.repository]
     keys += [(BRANCH_PROTECTION, rule.name) for rule in policy.branches]
     keys += [(RULESETS, str(ruleset["name"])) for ruleset in policy.rulesets]
+    if policy.branch_cleanup is not None:
+        keys.append((BRANCH_CLEANUP, "branches"))
     return keys
 
 

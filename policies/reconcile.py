@@ -13,8 +13,10 @@ from bot.logs import get_logger
 from policies.apply import Run, github_error
 from policies.batch_read import PAGE_SIZE, ReadFields, RepoSnapshot, read_owner, read_repositories
 from policies.engine import (
+    ALL,
     REPO_FAILED,
     SKIPPED,
+    Concern,
     PolicyEngine,
     RepoResult,
 )
@@ -40,8 +42,11 @@ async def fields_for(engine: PolicyEngine, gh: Any, run: Run, owner: str) -> Rea
     return ReadFields.for_policy(policy, await engine.granted(run.installation))
 
 
-async def remediate_snapshot(engine: PolicyEngine, gh: Any, run: Run, snapshot: RepoSnapshot) -> RepoResult:
+async def remediate_snapshot(
+    engine: PolicyEngine, gh: Any, run: Run, snapshot: RepoSnapshot, scope: Concern = ALL
+) -> RepoResult:
     """One repository from a batched read; a GitHub error fails this repository, not the batch.
+    Sweeps pass ``SWEEP``: only they delete stale branches.
 
     With an engine from ``with_preloaded_policies``, the repository's own policy file comes
     from the read too.
@@ -51,7 +56,7 @@ async def remediate_snapshot(engine: PolicyEngine, gh: Any, run: Run, snapshot: 
     try:
         # An empty repository's protection waits for its first push; the engine records that
         # once, not at every round.
-        return await engine.remediate(gh, run, snapshot.repo, known=snapshot.known())
+        return await engine.remediate(gh, run, snapshot.repo, known=snapshot.known(), scope=scope)
     except GitHubException as exc:  # e.g. the policy file could not be read
         error = github_error(exc)
         log.error("repository_remediation_failed", repo=snapshot.full_name, error=error)

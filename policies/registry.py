@@ -6,8 +6,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from policies.branch_cleanup import (
+    cleanup_from_graphql,
+    cleanup_status,
+    delete_branch,
+    describe_deletion,
+    plan_cleanup_kind,
+    read_cleanup,
+)
+from policies.branch_cleanup import graphql_selection as cleanup_selection
 from policies.branch_protection import plan_protection_kind
 from policies.model import (
+    BRANCH_CLEANUP,
     BRANCH_PROTECTION,
     REPOSITORY,
     RULESETS,
@@ -60,6 +70,12 @@ class PolicyKind:
     # None when unknown).
     describe: Callable[[Change], tuple[str, str | None]] | None = None
     status: Callable[[Policy, Any], list[tuple[str, str, str, bool | None]]] | None = None
+    # Planned and applied by sweeps only (never on a webhook or /moko apply): the batched read
+    # asks for it only in sweeps, and an event's remediation leaves it out of the policy.
+    sweeps_only: bool = False
+    # Each change is a step of its own, after the others: one that fails undoes nothing, and
+    # none is undone when another fails (a deletion is not part of the transaction).
+    independent: bool = False
 
 
 # Settings first: a protection rule such as required_linear_history can depend on them.
@@ -70,6 +86,12 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
         RULESETS, plan_rulesets_kind, read_rulesets, send_ruleset, inverse_ruleset, {},
         graphql_selection, "rulesets", rulesets_from_graphql, describe_ruleset, ruleset_status,
     ),
+    # Last: a branch goes only once everything else is in line.
+    PolicyKind(
+        BRANCH_CLEANUP, plan_cleanup_kind, read_cleanup, delete_branch, None, None,
+        cleanup_selection, "refs", cleanup_from_graphql, describe_deletion, cleanup_status,
+        sweeps_only=True, independent=True,
+    ),
 )
 KINDS_BY_NAME: dict[str, PolicyKind] = {kind.name: kind for kind in POLICY_KINDS}
 
@@ -77,6 +99,12 @@ KINDS_BY_NAME: dict[str, PolicyKind] = {kind.name: kind for kind in POLICY_KINDS
 def new_repository_state() -> dict[str, Any]:
     """Each kind's state of a repository just created (``RepoState.kind_state``)."""
     return {kind.name: kind.new_repository for kind in POLICY_KINDS if kind.new_repository is not None}
+
+
+def is_independent(change: Change) -> bool:
+    """Whether a change is a step of its own, outside the transaction (see PolicyKind)."""
+    kind = KINDS_BY_NAME.get(change.policy)
+    return kind is not None and kind.independent
 
 
 def inverse_of(change: Change) -> Change:

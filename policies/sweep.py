@@ -28,6 +28,7 @@ from policies.engine import (
     REPO_FAILED,
     REPO_UNKNOWN,
     SKIPPED,
+    SWEEP,
     PolicyEngine,
 )
 from policies.loader import PolicyError
@@ -143,7 +144,7 @@ async def sweep_owner(
             await engine.record_config_error(run, full_name, str(exc), source, exc.file_id)
         raise
     granted = await engine.granted(installation)
-    fields = ReadFields.for_policy(policy, granted)
+    fields = ReadFields.for_policy(policy, granted, sweep=True)
     # GraphQL would refuse the whole repository for issues it may not read.
     if (policy.notify == "issue" or "notify" in policy.overrides) and ISSUES_READ.granted_by(granted):
         fields = replace(fields, notices_by=actor)
@@ -161,7 +162,7 @@ async def sweep_owner(
         if outcome is not None:  # finished by an earlier run of this sweep
             entry: dict[str, Any] = {"repo": snapshot.full_name, "outcome": outcome, "changes": []}
         else:
-            result = await remediate_snapshot(engine, gh, run, snapshot)
+            result = await remediate_snapshot(engine, gh, run, snapshot, SWEEP)
             await store.checkpoint(run.run_id, snapshot.full_name, result.outcome, result.error)
             entry = result.to_dict()
         report.results.append(entry)

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from policies import protection_shapes as bp
+from policies.branch_cleanup import check_branch_cleanup
 from policies.model import MODES, NOTIFY, PERMISSIONS
 from policies.repository_settings import (
     COMPANION_FIELDS,
@@ -29,6 +30,7 @@ TOP_LEVEL_KEYS: tuple[str, ...] = (
     "commands",
     "notify",
     "rulesets",
+    "branch_cleanup",
 )
 RULE_KEYS: tuple[str, ...] = ("name", "protection")
 SCOPE_KEYS: tuple[str, ...] = ("include", "exclude", "archived")
@@ -38,7 +40,7 @@ SUPPORTED_VERSION = 1
 
 OVERRIDE_HELP = (
     "repository, repository.<field>, branches, branches.<rule name>, rulesets, "
-    "rulesets.<ruleset name> or notify"
+    "rulesets.<ruleset name>, notify or branch_cleanup"
 )
 
 
@@ -142,6 +144,8 @@ class _Checker:
             self.branches(doc["branches"], ("branches",))
         if doc.get("rulesets") is not None:
             self.problems.extend(check_rulesets(doc["rulesets"], ("rulesets",)))
+        if "branch_cleanup" in doc:
+            self.problems.extend(check_branch_cleanup(doc["branch_cleanup"], ("branch_cleanup",)))
         if doc.get("scope") is not None:
             self.scope(doc["scope"], ("scope",))
         if doc.get("overrides") is not None:
@@ -347,7 +351,7 @@ def check_override_key(key: Any) -> str | None:
             hint = f"; did you mean 'repository.{close[0]}'?" if close else ""
             return f"{key!r}: {rest!r} is not a field of PATCH /repos/{{owner}}/{{repo}}{hint}"
         return None
-    if section in ("branches", "rulesets") or key == "notify":
+    if section in ("branches", "rulesets") or key in ("notify", "branch_cleanup"):
         return None
     return f"{key!r} cannot be overridden; overrides may list {OVERRIDE_HELP}"
 

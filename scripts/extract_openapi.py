@@ -41,6 +41,7 @@ OPERATIONS: list[tuple[str, str]] = [
     ("get", "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"),
     ("get", "/repos/{owner}/{repo}/pulls/{pull_number}"),
     ("get", "/repos/{owner}/{repo}/pulls/{pull_number}/files"),
+    ("delete", "/repos/{owner}/{repo}/git/refs/{ref}"),
 ]
 
 # Operations of GitHub Enterprise Cloud that the api.github.com description lacks, written

@@ -322,7 +322,7 @@ def test_top_level_must_be_a_mapping() -> None:
     assert lines_and_messages("- has_wiki: false\n") == [
         (
             1,
-            "the policy must be a mapping with the keys version, mode, repository, branches, scope, overrides, commands, notify, rulesets",
+            "the policy must be a mapping with the keys version, mode, repository, branches, scope, overrides, commands, notify, rulesets, branch_cleanup",
         ),
     ]
 

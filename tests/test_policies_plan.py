@@ -215,7 +215,7 @@ def test_graphql_state_that_cannot_be_judged_asks_for_a_rest_read() -> None:
 
 
 def test_registry_lists_each_policy_kind_once_settings_first() -> None:
-    assert [kind.name for kind in POLICY_KINDS] == ["repository", "branch_protection", "rulesets"]
+    assert [kind.name for kind in POLICY_KINDS] == ["repository", "branch_protection", "rulesets", "branch_cleanup"]
 
 
 # --- which branches ---

@@ -410,6 +410,13 @@ class RulesetNode(Node):
         return connection(actors, first, after, last, before)
 
 
+def _pull_state(pull: dict[str, Any]) -> str:
+    """A pull request's GraphQL state: OPEN, MERGED or CLOSED (closed without a merge)."""
+    if pull["state"] == "open":
+        return "OPEN"
+    return "MERGED" if pull.get("merged") else "CLOSED"
+
+
 class RepoNode(Node):
     """A Repository, read live from the REST object of the state."""
 
@@ -474,14 +481,62 @@ class RepoNode(Node):
         branch = self._repo.branches.get(branch_name)
         if branch is None:
             return None
+        repo, state = self._repo, self._state
+
+        def compare(info: Any, headRef: str) -> dict[str, Any] | None:  # noqa: N803
+            # "Compares the current ref as a base ref to another head ref, if the comparison
+            # can be made": a head that is not a branch here cannot be compared (null).
+            head = repo.branches.get(headRef.removeprefix("refs/heads/"))
+            return None if head is None else state.compare(branch, head)
+
+        def associated_pull_requests(info: Any, first: int | None = None, after: str | None = None,
+                                     last: int | None = None, before: str | None = None,
+                                     states: list[str] | None = None,
+                                     orderBy: dict[str, Any] | None = None,  # noqa: N803
+                                     **_ignored: Any) -> dict[str, Any]:
+            # "A list of pull requests with this ref as the head ref": this repository's own.
+            info.context.require("pull_requests", "read")
+            pulls = [p.data for p in repo.pulls.values()
+                     if p.data["head"]["ref"] == branch.name
+                     and p.data["head"]["repo"]["full_name"] == repo.data["full_name"]]
+            if states:
+                pulls = [p for p in pulls if _pull_state(p) in states]
+            if orderBy:
+                key = {"CREATED_AT": "created_at", "UPDATED_AT": "updated_at"}.get(orderBy.get("field"), "created_at")
+                pulls.sort(key=lambda p: (p[key], p["number"]), reverse=orderBy.get("direction") == "DESC")
+            return connection(pulls, first, after, last, before, make=lambda p: {
+                "__typename": "PullRequest", "number": p["number"], "state": _pull_state(p),
+                "headRefName": p["head"]["ref"], "headRefOid": p["head"]["sha"],
+                "mergedAt": p.get("merged_at"), "url": p["html_url"]})
+
+        def rules(info: Any, first: int | None = None, after: str | None = None,
+                  last: int | None = None, before: str | None = None, **_ignored: Any) -> dict[str, Any]:
+            # "Branch protection rules that are enforced on this ref": the active rulesets' rules.
+            items = state.branch_rules(repo, branch.name)
+            return connection(items, first, after, last, before, make=lambda r: {
+                "__typename": "RepositoryRule", "type": str(r["type"]).upper(), "parameters": None})
+
         return {
             "__typename": "Ref", "name": branch.name, "prefix": "refs/heads/",
             "id": node_id("Ref", int(branch.sha[:8], 16)),
             "target": {"__typename": "Commit", "oid": branch.sha, "abbreviatedOid": branch.sha[:7],
-                       "id": node_id("Commit", int(branch.sha[:8], 16))},
+                       "id": node_id("Commit", int(branch.sha[:8], 16)),
+                       "committedDate": branch.committed_date},
             "branchProtectionRule": self._rule_of(branch.name),
             "repository": self,
+            "compare": compare,
+            "associatedPullRequests": associated_pull_requests,
+            "rules": rules,
         }
+
+    def refs(self, info: Any, refPrefix: str, first: int | None = None,  # noqa: N803
+             after: str | None = None, last: int | None = None, before: str | None = None,
+             **_ignored: Any) -> dict[str, Any] | None:
+        """Branches, in GitHub's default order (alphabetical); this fake has no tags."""
+        if refPrefix != "refs/heads/":
+            return connection([], first, after, last, before)
+        names = sorted(self._repo.branches)
+        return connection(names, first, after, last, before, make=self._ref)
 
     def _rule_of(self, branch_name: str) -> RuleNode | None:
         rule = self._state.classic_rule(self._repo, branch_name)

@@ -400,6 +400,25 @@ def delete_protection(ctx: Context) -> Reply:
     return Reply(204)
 
 
+@handles("git/delete-ref")
+def delete_ref(ctx: Context) -> Reply:
+    """DELETE …/git/refs/{ref}: `ref` is `heads/<branch>` with the branch's slashes as they
+    are. A ref that is not there is GitHub's 422 "Reference does not exist"; the default
+    branch cannot be deleted (422), nor a branch an active ruleset forbids deleting."""
+    repo = ctx.repo(write=True)
+    ctx.require("contents", "write")
+    ref = str(ctx.params["ref"])
+    kind, _, name = ref.partition("/")
+    if kind != "heads" or name not in repo.branches:
+        raise HTTPError(422, "Reference does not exist")
+    if name == repo.data["default_branch"]:
+        raise HTTPError(422, "Cannot delete the default branch")
+    if any(rule["type"] == "deletion" for rule in ctx.state.branch_rules(repo, name)):
+        raise HTTPError(422, "Repository rule violations found\n\nCannot delete this branch")
+    del repo.branches[name]
+    return Reply(204)
+
+
 @handles("repos/get-branch-rules")
 def get_branch_rules(ctx: Context) -> Reply:
     repo = ctx.repo()

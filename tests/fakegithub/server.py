@@ -320,9 +320,41 @@ class FakeGitHub:
         """The live REST object of a repository (mutate it to simulate drift)."""
         return self.state.get_repo(owner, name).data
 
-    def add_branch(self, owner: str, repo: str, branch: str) -> None:
-        """Create a branch (the first one makes an empty repository non-empty)."""
-        self.state.push(self.state.get_repo(owner, repo), branch)
+    def add_branch(self, owner: str, repo: str, branch: str, *, committed: str | None = None,
+                   commits: int = 1) -> str:
+        """Create a branch (the first one makes an empty repository non-empty) from the default
+        branch's head, with `commits` commits of its own (0: it is the default branch's head),
+        the last one dated `committed` (ISO 8601; now by default). Returns its head SHA."""
+        return self.state.push(self.state.get_repo(owner, repo), branch, committed_date=committed,
+                               commits=commits).sha
+
+    def push(self, owner: str, repo: str, branch: str, *, committed: str | None = None) -> str:
+        """A new commit on an existing branch; returns its SHA."""
+        return self.state.push(self.state.get_repo(owner, repo), branch, committed_date=committed).sha
+
+    def merge_branch(self, owner: str, repo: str, branch: str) -> None:
+        """Merge a branch into the default branch (a merge commit): the default branch then
+        holds the branch's head."""
+        self.state.merge(self.state.get_repo(owner, repo), branch)
+
+    def branches(self, owner: str, repo: str) -> dict[str, str]:
+        """Branch name -> head SHA."""
+        return {b.name: b.sha for b in self.state.get_repo(owner, repo).branches.values()}
+
+    def add_branch_pull_request(self, owner: str, repo: str, branch: str, *,
+                                state: str = "open") -> dict[str, Any]:
+        """A pull request from a branch of the repository into its default branch, with the
+        branch's head as its head: `open`, `merged` (closed, merged at that head) or `closed`."""
+        base = self.state.get_repo(owner, repo)
+        pull = self.state.add_pull_request(base, changes={}, user="octocat", title=f"Work on {branch}",
+                                           head_repo=base.data, head_ref=branch)
+        pull.data["head"]["sha"] = base.branches[branch].sha
+        if state != "open":
+            merged = state == "merged"
+            pull.data.update({"state": "closed", "closed_at": pull.data["updated_at"], "merged": merged,
+                              "merged_at": pull.data["updated_at"] if merged else None})
+            base.issues[pull.data["number"]]["state"] = "closed"
+        return pull.data
 
     def set_protection(self, owner: str, repo: str, branch: str,
                        body: dict[str, Any] | None) -> None:

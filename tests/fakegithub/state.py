@@ -158,11 +158,20 @@ class Installation:
 
 @dataclass
 class Branch:
-    """A branch: its head commit and its protection as last PUT (None when unprotected)."""
+    """A branch: its head commit and its protection as last PUT (None when unprotected).
+
+    ``committed_date`` is the head commit's date; ``history`` every commit reachable from
+    the head (oldest first, the head last), which says what another branch holds of it."""
 
     name: str
     sha: str
     protection: dict[str, Any] | None = None
+    committed_date: str = field(default_factory=lambda: iso())
+    history: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.history and self.sha:
+            self.history = [self.sha]
 
 
 @dataclass
@@ -445,17 +454,46 @@ class State:
     def touch(self, repo: Repo) -> None:
         repo.data["updated_at"] = iso()
 
-    def push(self, repo: Repo, branch: str | None = None) -> None:
-        """Record a commit on a branch (creating the default branch of an empty repository)."""
+    def push(self, repo: Repo, branch: str | None = None, *, committed_date: str | None = None,
+             commits: int = 1) -> Branch:
+        """Record commits on a branch (creating the default branch of an empty repository). A
+        new branch starts from the default branch's head, as one made on GitHub does; with
+        ``commits=0`` it is that head and holds nothing of its own."""
         name = branch or repo.data["default_branch"]
         head = repo.branches.get(name)
-        sha = fake_sha(repo.data["full_name"], name, next(self._serial))
         if head is None:
-            repo.branches[name] = Branch(name, sha)
-        else:
+            base = repo.branches.get(repo.data["default_branch"])
+            head = Branch(name, base.sha, history=list(base.history), committed_date=base.committed_date) \
+                if base is not None else Branch(name, "")
+            repo.branches[name] = head
+        for _ in range(commits):
+            sha = fake_sha(repo.data["full_name"], name, next(self._serial))
             head.sha = sha
+            head.history.append(sha)
+        if commits:
+            head.committed_date = committed_date or iso()
+        elif committed_date is not None:
+            head.committed_date = committed_date
         repo.data["pushed_at"] = iso()
         repo.data["size"] = max(repo.data.get("size") or 0, 1)
+        return head
+
+    def merge(self, repo: Repo, branch: str) -> None:
+        """Merge a branch into the default branch with a merge commit: the default branch then
+        holds every commit of the branch."""
+        source = repo.branches[branch]
+        default = repo.branches[repo.data["default_branch"]]
+        default.history += [sha for sha in source.history if sha not in default.history]
+        self.push(repo, default.name)
+
+    @staticmethod
+    def compare(base: Branch, head: Branch) -> dict[str, Any]:
+        """GraphQL's Comparison of two branches (base, head), as `Ref.compare` answers it."""
+        ahead = len([sha for sha in head.history if sha not in set(base.history)])
+        behind = len([sha for sha in base.history if sha not in set(head.history)])
+        status = ("IDENTICAL" if not ahead and not behind else "AHEAD" if not behind
+                  else "BEHIND" if not ahead else "DIVERGED")
+        return {"__typename": "Comparison", "status": status, "aheadBy": ahead, "behindBy": behind}
 
     # --- branch protection -----------------------------------------------------------------
     def classic_rule(self, repo: Repo, branch: str) -> tuple[str, dict[str, Any]] | None:

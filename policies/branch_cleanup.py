@@ -1,0 +1,387 @@
+"""Policy kind "branch_cleanup": branches with no commits for a while, deleted by sweeps.
+
+The section (``after: 90d``, ``merged_only: true``, ``keep: [globs]``) names which branches go:
+those whose head commit is older than ``after``, merged (their head commit is in the default
+branch, or their latest merged pull request had that head) unless ``merged_only`` is false,
+and no ``keep`` glob matches. The default branch, branches a classic rule or a ruleset
+protects, and branches with an open pull request are always kept.
+
+Deleting is destructive, so it happens in sweeps only (``moko sweep`` and the continuous
+reconciliation), never on a webhook or ``/moko apply``; ``/moko plan`` and ``status`` show
+what would go. Each deletion is its own step: one that fails does not undo the others, nor
+the repository's other changes, and none is undone when something else fails. Its audit
+record holds the branch's head SHA in ``before``, so a deleted branch can be made again by
+hand (``git push origin SHA:refs/heads/NAME``).
+
+Reading is in two steps: the batched read asks each repository's branches with their head
+commit's date and classic rule (about 1 GraphQL point per 100 repositories); only a
+repository with a branch old enough to go is read again, with one query of its own, for
+open and merged pull requests, rulesets and whether the default branch holds the head.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from gidgethub import BadRequest
+
+from policies.model import (
+    BRANCH_CLEANUP,
+    BranchCleanup,
+    Change,
+    KindPlan,
+    Policy,
+    RepoState,
+    is_unreadable,
+)
+
+Path = tuple[str | int, ...]
+Problem = tuple[Path, str]
+
+KEYS: tuple[str, ...] = ("after", "merged_only", "keep")
+READ_KEY = f"{BRANCH_CLEANUP}.*"
+# Durations as Moko's settings write them (MOKO_SWEEP_INTERVAL): a number and s, m, h or d.
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+REFS_PAGE = 100  # branches per repository in one query; more: the next page (or REST says)
+# The ref path of DELETE …/git/refs/{ref}: GitHub takes a branch's slashes as they are, so
+# each part between them is escaped on its own (``#`` or ``%`` in a name must not be taken
+# for the URL's).
+_DELETE = "/repos/{owner}/{repo}/git/refs/{+ref}"
+GONE = "reference does not exist"
+
+
+# --- the section ------------------------------------------------------------------------------
+
+
+def parse_after(value: Any) -> float | None:
+    """``after`` in seconds, or None when it is not a duration such as 90d."""
+    if not isinstance(value, str):
+        return None
+    match = _DURATION.match(value)
+    if match is None:
+        return None
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    return seconds if seconds > 0 else None
+
+
+def glob_problem(pattern: Any) -> str | None:
+    """Why ``pattern`` is not a usable branch glob, or None."""
+    if not isinstance(pattern, str) or not pattern:
+        return "must be a non-empty glob such as release/*"
+    if pattern.count("[") > pattern.count("]"):
+        return f"{pattern!r}: a [ is not closed"
+    try:
+        re.compile(fnmatch.translate(pattern))
+    except re.error as exc:
+        return f"{pattern!r} is not a glob: {exc}"
+    return None
+
+
+def check_branch_cleanup(value: Any, path: Path) -> list[Problem]:
+    """Problems of a ``branch_cleanup`` section (null: none; no branch is deleted)."""
+    if value is None:
+        return []
+    if not isinstance(value, Mapping):
+        return [(path, "must be a mapping {after, merged_only, keep}, not " + _shown(value))]
+    problems: list[Problem] = []
+    for key in value:
+        if key not in KEYS:
+            problems.append((path + (key,), f"unknown key (allowed: {', '.join(KEYS)})"))
+    if "after" not in value:
+        problems.append((path, "after: missing (how long a branch has had no commits, e.g. 90d)"))
+    elif parse_after(value["after"]) is None:
+        problems.append((path + ("after",), f"must be a duration such as 90d, 12h or 30m, not {_shown(value['after'])}"))
+    if "merged_only" in value and not isinstance(value["merged_only"], bool):
+        problems.append((path + ("merged_only",), f"must be true or false, not {_shown(value['merged_only'])}"))
+    keep = value.get("keep")
+    if keep is not None and not isinstance(keep, list):
+        problems.append((path + ("keep",), f"must be a list of branch globs, not {_shown(keep)}"))
+    for index, pattern in enumerate(keep if isinstance(keep, list) else ()):
+        problem = glob_problem(pattern)
+        if problem:
+            problems.append((path + ("keep", index), problem))
+    return problems
+
+
+def section_from(value: Mapping[str, Any] | None) -> BranchCleanup | None:
+    """The section of a VALID document (None: nothing is deleted)."""
+    if value is None:
+        return None
+    seconds = parse_after(value["after"])
+    assert seconds is not None  # validated
+    return BranchCleanup(
+        after=str(value["after"]).strip(), after_seconds=seconds,
+        merged_only=bool(value.get("merged_only", True)), keep=tuple(value.get("keep") or ()),
+    )
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+# --- what is known of a repository's branches --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BranchInfo:
+    """One branch: its head, when that was committed, and what keeps it."""
+
+    name: str
+    sha: str
+    committed_at: datetime | None  # None: its head is not a commit Moko can date: kept
+    protected: bool  # a classic rule protects it (or, once detailed, a ruleset applies)
+    open_pulls: int | None = None  # open pull requests from it; None: not read
+    merged: bool | None = None  # None: not read (only asked for branches old enough to go)
+
+
+@dataclass(frozen=True)
+class Branches:
+    """A repository's branches as read at ``as_of``; ``detailed``: pull requests, rulesets
+    and merges are known too (else only names, heads, dates and classic rules)."""
+
+    as_of: datetime
+    default: str | None
+    branches: tuple[BranchInfo, ...]
+    detailed: bool = False
+
+
+def kept_by(cleanup: BranchCleanup, name: str) -> str | None:
+    """The ``keep`` glob that keeps a branch, or None."""
+    return next((p for p in cleanup.keep if fnmatch.fnmatchcase(name, p)), None)
+
+
+def old_enough(cleanup: BranchCleanup, branches: Branches) -> list[BranchInfo]:
+    """The branches whose age alone would let them go: not the default, not protected, not
+    kept by a glob, head older than ``after``."""
+    limit = branches.as_of - timedelta(seconds=cleanup.after_seconds)
+    return [
+        b for b in branches.branches
+        if b.name != branches.default and not b.protected and kept_by(cleanup, b.name) is None
+        and b.committed_at is not None and b.committed_at < limit
+    ]
+
+
+def _goes(cleanup: BranchCleanup, branch: BranchInfo) -> bool:
+    return branch.open_pulls == 0 and not branch.protected and (not cleanup.merged_only or branch.merged is True)
+
+
+def plan_cleanup_kind(policy: Policy, repo: RepoState) -> KindPlan:
+    """The "branch_cleanup" kind for one repository (its state: ``Branches``)."""
+    cleanup = policy.branch_cleanup
+    if cleanup is None or repo.empty:
+        return KindPlan()
+    have = repo.kind_state.get(BRANCH_CLEANUP)
+    if have is None:
+        return KindPlan(needs_read=(READ_KEY,))
+    if is_unreadable(have):
+        return KindPlan(unknown=((BRANCH_CLEANUP, have.reason),))
+    if repo.default_branch and have.default != repo.default_branch:
+        have = Branches(have.as_of, repo.default_branch, have.branches, have.detailed)
+    candidates = old_enough(cleanup, have)
+    if not candidates:
+        return KindPlan()
+    if not have.detailed:
+        return KindPlan(needs_read=(READ_KEY,))
+    changes = [
+        Change(BRANCH_CLEANUP, b.name, head_record(b), None, "DELETE", b.name)
+        for b in candidates if _goes(cleanup, b)
+    ]
+    return KindPlan(changes=tuple(changes))
+
+
+def head_record(branch: BranchInfo) -> dict[str, Any]:
+    """What the audit record keeps of a deleted branch: enough to make it again."""
+    committed = branch.committed_at.isoformat().replace("+00:00", "Z") if branch.committed_at else None
+    return {"sha": branch.sha, "committed_at": committed}
+
+
+# --- reading (GraphQL) ------------------------------------------------------------------------
+
+_REF_FIELDS = "name target { oid ... on Commit { committedDate } } branchProtectionRule { pattern }"
+
+
+def graphql_selection(policy: Policy) -> str | None:
+    """The batched read's part: each repository's branches, their heads' dates and classic
+    rules (one connection: about a point per 100 repositories)."""
+    if policy.branch_cleanup is None and BRANCH_CLEANUP not in policy.overrides:
+        return None
+    return (
+        f'cleanupRefs: refs(refPrefix: "refs/heads/", first: {REFS_PAGE}) '
+        f"{{ totalCount nodes {{ {_REF_FIELDS} }} }}"
+    )
+
+
+def _date(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _info(node: Mapping[str, Any], **more: Any) -> BranchInfo:
+    target = node.get("target") or {}
+    return BranchInfo(
+        name=str(node["name"]), sha=str(target.get("oid") or ""),
+        committed_at=_date(target.get("committedDate")),
+        protected=node.get("branchProtectionRule") is not None, **more,
+    )
+
+
+def cleanup_from_graphql(repository: Mapping[str, Any]) -> Branches | None:
+    """The branches a batched read saw; None when it could not see them all."""
+    connection = repository.get("cleanupRefs")
+    if not isinstance(connection, Mapping):
+        return None
+    nodes = [n for n in connection.get("nodes") or () if n]
+    if int(connection.get("totalCount") or 0) > len(nodes):
+        return None
+    default = (repository.get("defaultBranchRef") or {}).get("name")
+    return Branches(datetime.now(UTC), default, tuple(_info(n) for n in nodes))
+
+
+_DETAIL_QUERY = """
+query MokoBranchCleanup($owner: String!, $name: String!, $after: String) {
+  repository(owner: $owner, name: $name) {
+    defaultBranchRef { name }
+    refs(refPrefix: "refs/heads/", first: %(page)d, after: $after) {
+      pageInfo { hasNextPage endCursor }
+      nodes {
+        %(fields)s
+        rules(first: 1) { totalCount }
+        openPulls: associatedPullRequests(states: [OPEN], first: 1) { totalCount }
+        mergedPulls: associatedPullRequests(states: [MERGED], first: 1,
+                                            orderBy: {field: UPDATED_AT, direction: DESC}) {
+          nodes { headRefOid }
+        }
+      }
+    }
+  }
+}
+""".replace("%(page)d", str(REFS_PAGE)).replace("%(fields)s", _REF_FIELDS)
+# Whether the default branch holds each head: its comparison with the branch (base: the
+# default branch, head: the branch). Behind or identical: every commit of the branch is in it.
+_CONTAINED = ("BEHIND", "IDENTICAL")
+COMPARES_PAGE = 100
+
+
+async def read_cleanup(gh: Any, owner: str, repo: str, policy: Policy) -> Branches:
+    """Every branch of the repository with what decides whether it goes: one query per 100
+    branches, then, when only merged branches go, one query per 100 branches old enough to
+    go that no merged pull request accounts for (does the default branch hold the head?)."""
+    default: str | None = None
+    found: list[BranchInfo] = []
+    after: str | None = None
+    as_of = datetime.now(UTC)
+    while True:
+        data = await gh.graphql(_DETAIL_QUERY, owner=owner, name=repo, after=after)
+        repository = data.get("repository") or {}
+        default = (repository.get("defaultBranchRef") or {}).get("name")
+        connection = repository.get("refs") or {}
+        for node in connection.get("nodes") or ():
+            if not node:
+                continue
+            merged_heads = [p.get("headRefOid") for p in (node.get("mergedPulls") or {}).get("nodes") or () if p]
+            sha = str((node.get("target") or {}).get("oid") or "")
+            found.append(_info(
+                node, open_pulls=int((node.get("openPulls") or {}).get("totalCount") or 0),
+                merged=True if sha and sha in merged_heads else None,
+            ))
+            if int((node.get("rules") or {}).get("totalCount") or 0) > 0:
+                found[-1] = replace(found[-1], protected=True)  # a ruleset applies
+        info = connection.get("pageInfo") or {}
+        if not info.get("hasNextPage"):
+            break
+        after = info.get("endCursor")
+    branches = Branches(as_of, default, tuple(found), detailed=True)
+    cleanup = policy.branch_cleanup
+    if cleanup is None or not cleanup.merged_only or default is None:
+        return branches
+    undecided = [b.name for b in old_enough(cleanup, branches) if b.merged is None and b.open_pulls == 0]
+    contained: dict[str, bool] = {}
+    for start in range(0, len(undecided), COMPARES_PAGE):
+        contained.update(await _contained(gh, owner, repo, undecided[start:start + COMPARES_PAGE]))
+    return Branches(as_of, default, tuple(
+        replace(b, merged=contained.get(b.name, b.merged)) for b in found
+    ), detailed=True)
+
+
+async def _contained(gh: Any, owner: str, repo: str, names: Sequence[str]) -> dict[str, bool]:
+    """Branch name -> whether the default branch holds its head (one query; comparisons are
+    not connections, so it costs a point whatever their number)."""
+    aliases = " ".join(
+        f"b{i}: compare(headRef: {json.dumps(name)}) {{ status }}" for i, name in enumerate(names)
+    )
+    query = (
+        "query MokoBranchesMerged($owner: String!, $name: String!) { "
+        f"repository(owner: $owner, name: $name) {{ defaultBranchRef {{ {aliases} }} }} }}"
+    )
+    data = await gh.graphql(query, owner=owner, name=repo)
+    ref = (data.get("repository") or {}).get("defaultBranchRef") or {}
+    return {
+        name: (ref.get(f"b{i}") or {}).get("status") in _CONTAINED for i, name in enumerate(names)
+    }
+
+
+# --- deleting ---------------------------------------------------------------------------------
+
+
+def ref_path(branch: str) -> str:
+    """``heads/<branch>`` for DELETE …/git/refs/{ref}: slashes kept, every part escaped."""
+    return "heads/" + "/".join(quote(part, safe="") for part in branch.split("/"))
+
+
+async def delete_branch(gh: Any, owner: str, repo: str, change: Change) -> Change:
+    """DELETE the branch; one already gone (422 "Reference does not exist") is what was wanted."""
+    try:
+        await gh.delete(_DELETE, url_vars={"owner": owner, "repo": repo, "ref": ref_path(change.field)})
+    except BadRequest as exc:
+        if getattr(exc, "status_code", None) == 422 and GONE in str(exc).lower():
+            return change
+        raise
+    return change
+
+
+# --- describing (status, plan) -------------------------------------------------------------
+
+
+def describe_deletion(change: Change) -> tuple[str, str | None]:
+    """One deletion in plain text, with the head it had."""
+    before = change.before or {}
+    sha = str(before.get("sha") or "")[:12]
+    committed = str(before.get("committed_at") or "")[:10]
+    detail = f"head {sha}, last commit {committed}; " if sha else ""
+    return f"delete branch {change.field}", detail + "sweeps delete it, not /moko apply"
+
+
+def cleanup_status(policy: Policy, plan: Any) -> list[tuple[str, str, str, bool | None]]:
+    """One row for the section: what it asks, and the branches that would go (by the next sweep)."""
+    cleanup = policy.branch_cleanup
+    if cleanup is None:
+        return []
+    wanted = f"none without commits for {cleanup.after}" + (" (merged)" if cleanup.merged_only else "")
+    going = [c.field for c in plan.changes if c.policy == BRANCH_CLEANUP]
+    unknown = any(key.split(".", 1)[0] == BRANCH_CLEANUP for key, _ in plan.unknown) or READ_KEY in plan.needs_read
+    if going:
+        shown = ", ".join(going[:10]) + (f" and {len(going) - 10} more" if len(going) > 10 else "")
+        return [("stale branches", wanted, f"the next sweep deletes {shown}", False)]
+    if unknown:
+        return [("stale branches", wanted, "unknown", None)]
+    return [("stale branches", wanted, "none", True)]
