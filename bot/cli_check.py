@@ -22,8 +22,8 @@ def permission_warnings(text: str, source: str) -> list[str]:
         section, _, name = gap.key.partition(".")
         if section == BRANCH_PROTECTION:
             return lines.get(("branches", rule_index.get(name, 0)), lines.get(("branches",), 1))
-        if section == "notify":
-            return lines.get(("notify",), 1)
+        if section != "repository":  # notify, rulesets, branch_cleanup: the section's line
+            return lines.get((section,), 1)
         return lines.get(("repository", name), lines.get(("repository",), 1))
 
     consequence = {"read": "Moko will report it unknown", "write": "Moko cannot fix it"}

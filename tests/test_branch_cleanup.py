@@ -245,7 +245,10 @@ def check_config(tmp_path, text: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_check_config_rejects_a_bad_section_with_its_lines(tmp_path):
-    assert check_config(tmp_path, POLICY).returncode == 0
+    ok = check_config(tmp_path, POLICY)
+    assert ok.returncode == 0
+    # app.yml asks for contents: read; deleting a branch needs write.
+    assert f"{tmp_path / 'moko.yml'}:2: warning: branch_cleanup.branches: writing it needs the contents: write" in ok.stdout
     bad = check_config(tmp_path, "version: 1\nbranch_cleanup:\n  after: 3 months\n  merged_only: yes please\n"
                        "  keep: [\"release/[0-9\", \"\"]\n  keep_open: true\n")
     assert bad.returncode == 2
@@ -276,3 +279,35 @@ async def test_a_repository_may_enable_deletion_only_when_the_organization_lists
     assert code == 0, err
     assert cleanup_changes(doc, "own") == [("old", "applied")]
     assert "old" not in org.branches(ORG, "own")
+
+
+async def test_what_a_sweep_of_301_repositories_costs_with_and_without_the_section(org, env):
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\n")
+    for i in range(300):
+        name = f"repo-{i:03d}"
+        compliant_repo(org, name)
+        for branch in ("feature/x", "fix"):  # recent work: nothing old enough to go
+            org.add_branch(ORG, name, branch, committed=ago(5))
+    org.add_branch(ORG, "repo-007", "stale", committed=ago(200))
+    org.merge_branch(ORG, "repo-007", "stale")
+
+    async def points(policy: str) -> tuple[int, list[str], int]:
+        org.put_file(ORG, ".github", ".github/moko.yml", policy)
+        org.reset_calls()
+        before = org.rate_limit(INSTALLATION, "graphql")["used"]
+        code, doc, err = await sweep(env)
+        assert code == 0, err
+        names = [re.search(r"query (\w+)", c.graphql_query).group(1) for c in org.calls if c.graphql_query]
+        rest = len([c for c in org.calls if not c.graphql_query and c.path.startswith("/repos/")])
+        return org.rate_limit(INSTALLATION, "graphql")["used"] - before, names, rest
+
+    without, names_without, rest_without = await points("version: 1\n")
+    with_section, names_with, rest_with = await points(POLICY)
+    # 4 pages of 100 repositories; each asks for their branches as one more connection (about
+    # a point a page, as GitHub rounds). Only the repository with an old branch costs a query
+    # of its own (3 points: its branches' pull requests and rules), the question of its merge
+    # (1) and a DELETE.
+    assert names_without.count("MokoOwnerRepositories") == names_with.count("MokoOwnerRepositories") == 4
+    assert [n for n in names_with if n.startswith("MokoBranch")] == ["MokoBranchCleanup", "MokoBranchesMerged"]
+    assert rest_with == rest_without + 1
+    assert (without, with_section) == (5, 12)
