@@ -311,3 +311,37 @@ async def test_what_a_sweep_of_301_repositories_costs_with_and_without_the_secti
     assert [n for n in names_with if n.startswith("MokoBranch")] == ["MokoBranchCleanup", "MokoBranchesMerged"]
     assert rest_with == rest_without + 1
     assert (without, with_section) == (5, 12)
+
+
+# --- planning, without I/O ------------------------------------------------------------------
+
+
+def test_planning_is_pure_and_keeps_what_it_cannot_tell():
+    from policies.branch_cleanup import Branches, BranchInfo, plan_cleanup_kind
+    from policies.engine import ALL, SWEEP
+    from policies.loader import parse_policy
+    from policies.model import RepoState
+
+    policy = parse_policy(POLICY)
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    old, young = now - timedelta(days=91), now - timedelta(days=89)
+
+    def plan(*branches: BranchInfo, detailed: bool = True, empty: bool = False, chosen=policy):
+        state = Branches(now, "main", branches, detailed)
+        repo = RepoState(f"{ORG}/x", default_branch="main", empty=empty, kind_state={"branch_cleanup": state})
+        return plan_cleanup_kind(chosen, repo)
+
+    def branch(name: str, when: datetime = old, **kw) -> BranchInfo:
+        return BranchInfo(name, "a" * 40, when, kw.pop("protected", False), **{"open_pulls": 0, "merged": True, **kw})
+
+    going = plan(branch("main"), branch("gone"), branch("young", young), branch("release/1"),
+                 branch("open", open_pulls=1), branch("unmerged", merged=False), branch("unasked", merged=None),
+                 branch("guarded", protected=True), branch("undated", None))
+    assert [(c.field, c.method, c.before["sha"]) for c in going.changes] == [("gone", "DELETE", "a" * 40)]
+    # Names and dates alone: an old branch asks for the details first; none old: nothing more.
+    assert plan(branch("gone"), detailed=False).needs_read == ("branch_cleanup.*",)
+    assert plan(branch("young", young), detailed=False) == type(going)()
+    assert plan(branch("gone"), empty=True).changes == ()
+    # Only sweeps (and /moko plan, status) plan it: an event's remediation leaves it out.
+    assert ALL.restrict(policy).branch_cleanup is None
+    assert SWEEP.restrict(policy).branch_cleanup == policy.branch_cleanup

@@ -1026,3 +1026,51 @@ def test_repository_ruleset_events_fit_githubs_schemas(fake, action, key):
     assert errors == []
     assert payload["repository_ruleset"]["id"] == ruleset["id"]
     assert payload["repository"]["full_name"] == f"{ORG}/widgets"
+
+
+# --- branches: refs, comparisons, pull requests by head, deleting a ref -------------------
+
+
+async def test_refs_compare_and_associated_pull_requests_answer_as_githubs(fake, gh):
+    fake.push(ORG, "widgets", "main", committed="2026-01-02T03:04:05Z")
+    fake.add_branch(ORG, "widgets", "merged/one", committed="2026-02-01T00:00:00Z")
+    fake.merge_branch(ORG, "widgets", "merged/one")
+    ahead = fake.add_branch(ORG, "widgets", "ahead")
+    fake.add_branch(ORG, "widgets", "same", commits=0)
+    fake.add_branch_pull_request(ORG, "widgets", "ahead", state="merged")
+    fake.add_branch_pull_request(ORG, "widgets", "ahead", state="open")
+    query = """query($owner: String!, $name: String!) { repository(owner: $owner, name: $name) {
+      defaultBranchRef { a: compare(headRef: "merged/one") { status aheadBy behindBy }
+                         b: compare(headRef: "ahead") { status aheadBy behindBy }
+                         c: compare(headRef: "same") { status } d: compare(headRef: "nope") { status } }
+      refs(refPrefix: "refs/heads/", first: 10) { totalCount nodes { name
+        target { oid ... on Commit { committedDate } }
+        open: associatedPullRequests(states: [OPEN], first: 5) { totalCount }
+        merged: associatedPullRequests(states: [MERGED], first: 1,
+                                       orderBy: {field: UPDATED_AT, direction: DESC}) { nodes { state headRefOid } }
+        rules(first: 1) { totalCount } } } } }"""
+    data = (await gh.graphql(query, endpoint=fake.graphql_url, owner=ORG, name="widgets"))["repository"]
+    compared = data["defaultBranchRef"]
+    # main holds merged/one and its merge commit; "ahead" started from there, one commit on.
+    assert compared["a"] == {"status": "BEHIND", "aheadBy": 0, "behindBy": 1}
+    assert compared["b"] == {"status": "AHEAD", "aheadBy": 1, "behindBy": 0}
+    assert compared["c"] == {"status": "IDENTICAL"} and compared["d"] is None
+    refs = {n["name"]: n for n in data["refs"]["nodes"]}
+    assert list(refs) == ["ahead", "main", "merged/one", "same"]  # alphabetical, as GitHub's default
+    assert refs["merged/one"]["target"]["committedDate"] == "2026-02-01T00:00:00Z"
+    assert refs["ahead"]["target"]["oid"] == ahead
+    assert refs["ahead"]["open"] == {"totalCount": 1}
+    assert refs["ahead"]["merged"]["nodes"] == [{"state": "MERGED", "headRefOid": ahead}]
+    assert refs["main"]["open"] == {"totalCount": 0} and refs["main"]["rules"] == {"totalCount": 0}
+
+
+async def test_deleting_a_ref_takes_the_branchs_slashes_and_says_when_it_is_gone(fake, gh):
+    fake.add_branch(ORG, "widgets", "feature/a#b")
+    await gh.delete(f"/repos/{ORG}/widgets/git/refs/heads/feature/a%23b")
+    assert "feature/a#b" not in fake.branches(ORG, "widgets")
+    with pytest.raises(InvalidField) as gone:
+        await gh.delete(f"/repos/{ORG}/widgets/git/refs/heads/feature/a%23b")
+    assert gone.value.status_code == 422 and str(gone.value) == "Reference does not exist"
+    with pytest.raises(InvalidField):
+        await gh.delete(f"/repos/{ORG}/widgets/git/refs/heads/main")
+    assert "main" in fake.branches(ORG, "widgets")
