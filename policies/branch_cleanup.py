@@ -17,6 +17,10 @@ Reading is in two steps: the batched read asks each repository's branches with t
 commit's date and classic rule (about 1 GraphQL point per 100 repositories); only a
 repository with a branch old enough to go is read again, with one query of its own, for
 open and merged pull requests, rulesets and whether the default branch holds the head.
+What that read found keeping an old branch (an open pull request, no merge, a ruleset) is
+remembered for ``KEPT_FOR`` while the branch's head stays the same, so a repository whose
+old branches all stay costs that query once a day, not at every sweep; a branch is deleted
+only on what a read of that very sweep found.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
+from cachetools import TTLCache
 from gidgethub import BadRequest
 
 from policies.model import (
@@ -56,6 +61,9 @@ REFS_PAGE = 100  # branches per repository in one query; more: the next page (or
 # for the URL's).
 _DELETE = "/repos/{owner}/{repo}/git/refs/{+ref}"
 GONE = "reference does not exist"
+# How long what keeps an old branch is trusted without asking again: a pull request closed,
+# a merge or a ruleset removed meanwhile delays its deletion by as much, never more.
+KEPT_FOR = 24 * 3600
 
 
 # --- the section ------------------------------------------------------------------------------
@@ -181,6 +189,14 @@ def _goes(cleanup: BranchCleanup, branch: BranchInfo) -> bool:
     return branch.open_pulls == 0 and not branch.protected and (not cleanup.merged_only or branch.merged is True)
 
 
+def _kept_as_known(cleanup: BranchCleanup, branch: BranchInfo) -> bool:
+    """Whether what is known of the branch keeps it (an open pull request, or not merged
+    where only merged branches go)."""
+    if branch.open_pulls is None:
+        return False
+    return branch.open_pulls > 0 or (cleanup.merged_only and branch.merged is False)
+
+
 def plan_cleanup_kind(policy: Policy, repo: RepoState) -> KindPlan:
     """The "branch_cleanup" kind for one repository (its state: ``Branches``)."""
     cleanup = policy.branch_cleanup
@@ -197,6 +213,10 @@ def plan_cleanup_kind(policy: Policy, repo: RepoState) -> KindPlan:
     if not candidates:
         return KindPlan()
     if not have.detailed:
+        # Deleting rests on a read of its own; a batched read's branches go no further than
+        # "kept" (remembered from an earlier read, see KEPT_FOR).
+        if all(_kept_as_known(cleanup, b) for b in candidates):
+            return KindPlan()
         return KindPlan(needs_read=(READ_KEY,))
     changes = [
         Change(BRANCH_CLEANUP, b.name, head_record(b), None, "DELETE", b.name)
@@ -245,8 +265,26 @@ def _info(node: Mapping[str, Any], **more: Any) -> BranchInfo:
     )
 
 
+# (repository, branch, head SHA) -> what a read found keeping that old branch.
+_kept: TTLCache[tuple[str, str, str], BranchInfo] = TTLCache(maxsize=100_000, ttl=KEPT_FOR)
+
+
+def forget() -> None:
+    """Forget what kept old branches (a new process, or another GitHub, knows nothing)."""
+    _kept.clear()
+
+
+def _remembered(full_name: str, info: BranchInfo) -> BranchInfo:
+    known = _kept.get((full_name.lower(), info.name, info.sha))
+    if known is None:
+        return info
+    return replace(info, protected=info.protected or known.protected, open_pulls=known.open_pulls,
+                   merged=known.merged)
+
+
 def cleanup_from_graphql(repository: Mapping[str, Any]) -> Branches | None:
-    """The branches a batched read saw; None when it could not see them all."""
+    """The branches a batched read saw (with what an earlier read found keeping an old one);
+    None when it could not see them all."""
     connection = repository.get("cleanupRefs")
     if not isinstance(connection, Mapping):
         return None
@@ -254,7 +292,8 @@ def cleanup_from_graphql(repository: Mapping[str, Any]) -> Branches | None:
     if int(connection.get("totalCount") or 0) > len(nodes):
         return None
     default = (repository.get("defaultBranchRef") or {}).get("name")
-    return Branches(datetime.now(UTC), default, tuple(_info(n) for n in nodes))
+    full_name = str(repository.get("nameWithOwner") or "")
+    return Branches(datetime.now(UTC), default, tuple(_remembered(full_name, _info(n)) for n in nodes))
 
 
 _DETAIL_QUERY = """
@@ -312,15 +351,29 @@ async def read_cleanup(gh: Any, owner: str, repo: str, policy: Policy) -> Branch
         after = info.get("endCursor")
     branches = Branches(as_of, default, tuple(found), detailed=True)
     cleanup = policy.branch_cleanup
-    if cleanup is None or not cleanup.merged_only or default is None:
+    if cleanup is None or default is None:
         return branches
-    undecided = [b.name for b in old_enough(cleanup, branches) if b.merged is None and b.open_pulls == 0]
-    contained: dict[str, bool] = {}
-    for start in range(0, len(undecided), COMPARES_PAGE):
-        contained.update(await _contained(gh, owner, repo, undecided[start:start + COMPARES_PAGE]))
-    return Branches(as_of, default, tuple(
-        replace(b, merged=contained.get(b.name, b.merged)) for b in found
-    ), detailed=True)
+    if cleanup.merged_only:
+        undecided = [b.name for b in old_enough(cleanup, branches) if b.merged is None and b.open_pulls == 0]
+        contained: dict[str, bool] = {}
+        for start in range(0, len(undecided), COMPARES_PAGE):
+            contained.update(await _contained(gh, owner, repo, undecided[start:start + COMPARES_PAGE]))
+        branches = Branches(as_of, default, tuple(
+            replace(b, merged=contained.get(b.name, b.merged)) for b in found
+        ), detailed=True)
+    _remember_kept(f"{owner}/{repo}", cleanup, branches)
+    return branches
+
+
+def _remember_kept(full_name: str, cleanup: BranchCleanup, branches: Branches) -> None:
+    """Remember, for the next batched reads, what keeps each old branch that stays: a ruleset,
+    an open pull request, no merge."""
+    everything = replace(cleanup, keep=())
+    limit = branches.as_of - timedelta(seconds=cleanup.after_seconds)
+    for b in branches.branches:
+        old = b.committed_at is not None and b.committed_at < limit and b.name != branches.default
+        if old and kept_by(cleanup, b.name) is None and (b.protected or _kept_as_known(everything, b)):
+            _kept[(full_name.lower(), b.name, b.sha)] = b
 
 
 async def _contained(gh: Any, owner: str, repo: str, names: Sequence[str]) -> dict[str, bool]:

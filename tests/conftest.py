@@ -8,6 +8,7 @@ import pytest
 import pytest_asyncio
 
 from bot import github_schema
+from policies import branch_cleanup
 from tests.support.harness import RunningMoko, moko_environ, run_moko
 
 pytest_plugins = ("tests.fakegithub.plugin", "tests.pg", "tests.support.github_client")
@@ -29,7 +30,9 @@ async def moko(env) -> AsyncIterator[RunningMoko]:
 @pytest.fixture(autouse=True)
 def _fresh_server_schemas():
     """Each test's fake GitHub is a new server (a port may come back): forget the schemas
-    asked of earlier ones, as a new process would."""
+    asked of earlier ones, and what kept their old branches, as a new process would."""
     github_schema.forget()
+    branch_cleanup.forget()
     yield
     github_schema.forget()
+    branch_cleanup.forget()

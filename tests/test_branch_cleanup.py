@@ -126,11 +126,20 @@ async def test_a_sweep_lists_stale_branches_in_dry_run_then_deletes_them(org, en
     assert applied == heads
     assert all(r.after is None for r in records)
 
-    # The next sweep finds nothing to delete and writes nothing.
+    # The next sweep finds nothing to delete and writes nothing; what keeps the old branches
+    # that stay was found by the last read, and is not asked again for a day.
     org.reset_calls()
     code, doc, err = await sweep(env)
     assert code == 0, err
     assert cleanup_changes(doc) == [] and ref_deletions(org) == []
+    assert not any("MokoBranch" in (c.graphql_query or "") for c in org.calls)
+    # A kept branch whose head moves is asked about again.
+    org.push(ORG, "app", "old-unmerged", committed=ago(100))
+    org.reset_calls()
+    code, doc, err = await sweep(env)
+    assert code == 0, err
+    assert any("MokoBranchCleanup" in (c.graphql_query or "") for c in org.calls)
+    assert "old-unmerged" in org.branches(ORG, "app")
 
 
 async def test_merged_only_false_deletes_old_unmerged_branches_too(org, env):
