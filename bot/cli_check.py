@@ -29,9 +29,16 @@ def permission_warnings(text: str, source: str) -> list[str]:
     consequence = {"read": "Moko will report it unknown", "write": "Moko cannot fix it"}
     return [
         f"{source}:{line_of(gap)}: warning: {gap}, which app.yml does not grant; "
-        f"{NOTIFY_CONSEQUENCE if gap.key == 'notify' else consequence[gap.action]}"
+        f"{_CONSEQUENCES.get(gap.key, consequence[gap.action])}"
         for gap in permission_gaps(policy, APP_PERMISSIONS)
     ]
+
+
+# What a missing permission costs, where "Moko cannot fix it" would not say it.
+_CONSEQUENCES = {
+    "notify": NOTIFY_CONSEQUENCE,
+    "branch_cleanup.branches": "GitHub refuses each deletion, and the sweep reports the repository failed",
+}
 
 
 def run_check_config(path: str) -> int:

@@ -368,11 +368,10 @@ async def read_cleanup(gh: Any, owner: str, repo: str, policy: Policy) -> Branch
 def _remember_kept(full_name: str, cleanup: BranchCleanup, branches: Branches) -> None:
     """Remember, for the next batched reads, what keeps each old branch that stays: a ruleset,
     an open pull request, no merge."""
-    everything = replace(cleanup, keep=())
     limit = branches.as_of - timedelta(seconds=cleanup.after_seconds)
     for b in branches.branches:
         old = b.committed_at is not None and b.committed_at < limit and b.name != branches.default
-        if old and kept_by(cleanup, b.name) is None and (b.protected or _kept_as_known(everything, b)):
+        if old and kept_by(cleanup, b.name) is None and (b.protected or _kept_as_known(cleanup, b)):
             _kept[(full_name.lower(), b.name, b.sha)] = b
 
 
