@@ -116,7 +116,8 @@ async def preview_policy(
     """Plan ``proposed`` as the policy of ``owner``'s organization against every repository,
     without writing anything. Raises a GitHub error when the batched read fails."""
     source = PreloadedPolicySource(ProposedPolicySource(proposed, engine.source.parsed))
-    fields = ReadFields.for_policy(proposed, await engine.granted(installation))
+    # As a dry-run sweep: stale branches too (sweeps delete them once the file is merged).
+    fields = ReadFields.for_policy(proposed, await engine.granted(installation), sweep=True)
     results: list[RepoPreview] = []
 
     async def one(snapshot: RepoSnapshot) -> None:

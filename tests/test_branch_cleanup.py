@@ -354,3 +354,25 @@ def test_planning_is_pure_and_keeps_what_it_cannot_tell():
     # Only sweeps (and /moko plan, status) plan it: an event's remediation leaves it out.
     assert ALL.restrict(policy).branch_cleanup is None
     assert SWEEP.restrict(policy).branch_cleanup == policy.branch_cleanup
+
+
+async def test_a_pull_request_adding_the_section_previews_the_branches_it_would_delete(org, tmp_path):
+    from tests.test_hostile_policies import serve_and_send
+
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\n")
+    compliant_repo(org, "alpha")
+    org.add_branch(ORG, "alpha", "done", committed=ago(200))
+    org.merge_branch(ORG, "alpha", "done")
+    compliant_repo(org, "beta")
+    org.add_branch(ORG, "beta", "recent", committed=ago(2))
+    pull = org.add_pull_request(ORG, ".github", {".github/moko.yml": POLICY})
+    opened = org.event("pull_request", "opened", owner=ORG, repo=".github", number=pull["number"])
+    await serve_and_send(org, tmp_path, ("pull_request", opened, "preview-cleanup"))
+    [run] = [r for r in org.check_runs(ORG, ".github") if r["name"] == "Moko policy preview"]
+    rows = [line for line in run["output"]["text"].splitlines() if line.startswith("| acme/")]
+    assert len(rows) == 1 and rows[0].startswith("| acme/alpha | delete branch done: head ")
+    assert ref_deletions(org) == [] and "done" in org.branches(ORG, "alpha")
+    # Read as a dry-run sweep reads: the branches in the batched read, and a query of its own
+    # only for the repository with an old branch.
+    names = [re.search(r"query (\w+)", c.graphql_query).group(1) for c in org.calls if c.graphql_query]
+    assert names.count("MokoBranchCleanup") == 1
