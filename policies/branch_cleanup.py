@@ -37,6 +37,7 @@ from urllib.parse import quote
 from cachetools import TTLCache
 from gidgethub import BadRequest
 
+from bot.github_schema import server_schema
 from policies.model import (
     BRANCH_CLEANUP,
     BranchCleanup,
@@ -46,6 +47,7 @@ from policies.model import (
     RepoState,
     is_unreadable,
 )
+from policies.server_fields import QUERIED_TYPES, REF_TYPE
 
 Path = tuple[str | int, ...]
 Problem = tuple[Path, str]
@@ -304,7 +306,7 @@ query MokoBranchCleanup($owner: String!, $name: String!, $after: String) {
       pageInfo { hasNextPage endCursor }
       nodes {
         %(fields)s
-        rules(first: 1) { totalCount }
+        %(rules)s
         openPulls: associatedPullRequests(states: [OPEN], first: 1) { totalCount }
         mergedPulls: associatedPullRequests(states: [MERGED], first: 1,
                                             orderBy: {field: UPDATED_AT, direction: DESC}) {
@@ -315,6 +317,10 @@ query MokoBranchCleanup($owner: String!, $name: String!, $after: String) {
   }
 }
 """.replace("%(page)d", str(REFS_PAGE)).replace("%(fields)s", _REF_FIELDS)
+# Whether a ruleset applies to the branch. An older GitHub Enterprise Server has no Ref.rules
+# (a query naming it would fail whole): there, a branch only a ruleset protects is not known
+# to be protected, and GitHub refuses its DELETE when the ruleset forbids deleting it.
+_RULES = "rules(first: 1) { totalCount }"
 # Whether the default branch holds each head: its comparison with the branch (base: the
 # default branch, head: the branch). Behind or identical: every commit of the branch is in it.
 _CONTAINED = ("BEHIND", "IDENTICAL")
@@ -329,8 +335,10 @@ async def read_cleanup(gh: Any, owner: str, repo: str, policy: Policy) -> Branch
     found: list[BranchInfo] = []
     after: str | None = None
     as_of = datetime.now(UTC)
+    schema = await server_schema(gh, QUERIED_TYPES)
+    query = _DETAIL_QUERY.replace("%(rules)s", _RULES if schema.has(REF_TYPE, "rules") else "")
     while True:
-        data = await gh.graphql(_DETAIL_QUERY, owner=owner, name=repo, after=after)
+        data = await gh.graphql(query, owner=owner, name=repo, after=after)
         repository = data.get("repository") or {}
         default = (repository.get("defaultBranchRef") or {}).get("name")
         connection = repository.get("refs") or {}

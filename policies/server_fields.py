@@ -19,8 +19,9 @@ from policies.repository_settings import GRAPHQL_FIELDS
 
 REPOSITORY_TYPE = "Repository"
 RULE_TYPE = "BranchProtectionRule"
+REF_TYPE = "Ref"  # a branch (stale branches): whether the server has its rulesets' rules
 # The GraphQL types whose fields the batched reads name.
-QUERIED_TYPES: tuple[str, ...] = (REPOSITORY_TYPE, RULE_TYPE)
+QUERIED_TYPES: tuple[str, ...] = (REPOSITORY_TYPE, RULE_TYPE, REF_TYPE)
 
 # Branch protection keys (the PUT body's) -> the BranchProtectionRule field that tells
 # whether the server has them.

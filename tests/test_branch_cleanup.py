@@ -376,3 +376,20 @@ async def test_a_pull_request_adding_the_section_previews_the_branches_it_would_
     # only for the repository with an old branch.
     names = [re.search(r"query (\w+)", c.graphql_query).group(1) for c in org.calls if c.graphql_query]
     assert names.count("MokoBranchCleanup") == 1
+
+
+async def test_a_server_without_ref_rules_is_not_asked_for_them(org, env):
+    org.serve_schema(without_fields={"Ref": ["rules"]})  # an older GitHub Enterprise Server
+    compliant_repo(org, "old")
+    for branch in ("done", "guard/x"):
+        org.add_branch(ORG, "old", branch, committed=ago(200))
+        org.merge_branch(ORG, "old", branch)
+    org.add_ruleset(ORG, "old", GUARD)
+    code, doc, err = await sweep(env, "--repo", "old")
+    # The query names no field the server lacks; the branch only a ruleset guards is not known
+    # to be guarded, and GitHub refuses its deletion.
+    queries = [c.graphql_query for c in org.calls if "MokoBranchCleanup" in (c.graphql_query or "")]
+    assert queries and not any("rules(" in q for q in queries)
+    assert code == 1
+    assert cleanup_changes(doc, "old") == [("done", "applied"), ("guard/x", "failed")]
+    assert set(org.branches(ORG, "old")) == {"main", "guard/x"}
