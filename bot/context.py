@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings
@@ -38,6 +39,7 @@ class EventContext:
     log: Any
     trigger: str = ""
     retaken: bool = False  # the delivery was claimed before: an earlier try may have done work
+    received_at: datetime | None = None  # when the delivery was stored: its payload is older
 
     async def github(self, *, bulk: bool = False) -> MokoGitHubAPI:
         """A client acting as the App's installation that sent the event."""

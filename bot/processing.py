@@ -70,6 +70,7 @@ class DeliveryProcessor:
                 log=log,
                 trigger=f"{delivery.event}.{action}" if action else delivery.event,
                 retaken=delivery.attempts > 1,
+                received_at=delivery.received_at,
             )
             failures = await dispatch_event(self._router, event, ctx)
             elapsed = time.perf_counter() - started

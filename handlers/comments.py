@@ -151,7 +151,7 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
     thread = Thread(owner, name, int(event.data["issue"]["number"]), int(comment["id"]),
                     str(comment.get("html_url") or ""), str(comment.get("created_at") or ""))
     run = Run(f"cmd-{ctx.delivery_id}", f"command:{command.name}", user, ctx.installation_id,
-              retaken=ctx.retaken)
+              retaken=ctx.retaken, observed_at=ctx.received_at)
     log = ctx.log.bind(command=command.name, user=user, repo=full_name)
 
     if ctx.retaken:

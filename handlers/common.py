@@ -30,6 +30,7 @@ def run_of(event: Event, ctx: EventContext) -> Run:
         actor=str(sender.get("login") or "github"),
         installation=ctx.installation_id,
         retaken=ctx.retaken,
+        observed_at=ctx.received_at,
     )
 
 

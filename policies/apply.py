@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from gidgethub import GitHubException
@@ -40,6 +41,10 @@ class Run:
     # Its delivery was taken before (the process died, or it failed and came back): what the
     # earlier try changed is on GitHub, not in the payload, so nothing is planned from that.
     retaken: bool = False
+    # When what the run knows of its repositories was current: its delivery's arrival (the
+    # payload is older still, by GitHub's delivery time), a sweep's start. A change another
+    # run made after that is not in it. None: when the remediation starts.
+    observed_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gidgethub import BadRequest, GitHubException
@@ -45,6 +45,13 @@ COMPLIANT, FIXED, REPO_FAILED, REPO_DEFERRED, SKIPPED, PLANNED, REPO_UNKNOWN = (
 _MAX_READ_ROUNDS = 3
 # A remediation whose repository lock was lost stops, then starts over once under a new lock.
 _LOCK_ATTEMPTS = 2
+# A repository with another run's intent this close to (or after) the time a run's state was
+# current may have been changed since (see PolicyEngine._changed_since): this covers the time
+# GitHub takes to deliver a webhook, and clocks of replicas and GitHub that disagree. The
+# request timeout is added: a write lands up to that long after its intent was recorded.
+OBSERVED_MARGIN = 60.0
+# How many of a repository's newest records are looked through for an intent in that time.
+_RECENT_INTENTS = 8
 LEFT_OUT = (
     "GitHub's answer to GET /repos/{owner}/{repo} left it out "
     "(a permission these credentials lack, or a field this server does not have)"
@@ -358,6 +365,7 @@ class PolicyEngine:
             return RepoResult(full_name, REPO_FAILED, error=str(exc))
         effective = scope.restrict(policy)
         dry_run = self.is_dry_run(policy)
+        observed = run.observed_at or datetime.now(UTC)
         as_known = None
         if apply and only_if is None and not run.retaken:
             as_known = await self._plan_as_known(gh, run, repo, effective, known)
@@ -369,7 +377,7 @@ class PolicyEngine:
             try:
                 return await self._remediate_locked(
                     gh, run, repo, policy, effective, dry_run, known, apply=apply, only_if=only_if, done=done,
-                    planned=as_known if attempt == 1 else None,
+                    planned=as_known if attempt == 1 else None, observed=observed,
                 )
             except RepositoryLockLost as lost:
                 log.warning("repository_lock_lost", repo=full_name, error=str(lost), attempt=attempt)
@@ -378,6 +386,7 @@ class PolicyEngine:
                 break
             # What was known may be stale now (another replica may have been at work): read the
             # repository again, and plan from what GitHub says under the new lock.
+            observed = datetime.now(UTC)
             try:
                 repo = await _read_repository(gh, full_name)
             except GitHubException as exc:
@@ -394,7 +403,8 @@ class PolicyEngine:
 
         Most deliveries about a repository find it compliant: deciding that before the
         repository's lock spares the lock's store writes. A plan that changes something is
-        the one made under the lock too (it reads nothing, so it would come out the same).
+        the one made under the lock too (it reads nothing, so it would come out the same),
+        unless another run changed the repository meanwhile (see ``_changed_since``).
         """
         try:
             schema = await schema_for(gh, effective)
@@ -426,9 +436,11 @@ class PolicyEngine:
         only_if: Callable[[], Awaitable[bool]] | None,
         done: list[ChangeOutcome],
         planned: Plan | None = None,
+        observed: datetime,
     ) -> RepoResult:
         """remediate()'s work under the repository's lock; done collects the change outcomes.
-        ``planned``: the plan already made from what is known, which needed no read."""
+        ``planned``: the plan already made from what is known, which needed no read;
+        ``observed``: when what is known (``repo``, ``known``) was current."""
         full_name = str(repo["full_name"])
         async with self.store.repository_lock(full_name) as lock:
             if only_if is not None and not await only_if():
@@ -438,8 +450,13 @@ class PolicyEngine:
                     # An earlier try of this delivery may have made its changes before it
                     # stopped: planned from its payload they would be made twice.
                     await self._let_earlier_writes_land(run, full_name)
-                    repo = await _read_repository(gh, full_name)
-                    known = None
+                    repo, known, planned = await _read_repository(gh, full_name), None, None
+                elif apply and not dry_run and await self._changed_since(run, full_name, observed):
+                    # Another run (a delivery about the same repository, a reconcile) changed
+                    # it after what this run knows was current: that plan would make the
+                    # same change again. Plan from what GitHub says now.
+                    log.info("repository_changed_meanwhile", repo=full_name)
+                    repo, known, planned = await _read_repository(gh, full_name), None, None
                 plan = planned or await self.plan_on_server(gh, effective, repo, known, run.installation)
             except GitHubException as exc:
                 error = github_error(exc)
@@ -502,6 +519,32 @@ class PolicyEngine:
         if records and records[0].outcome == PENDING:
             log.info("waiting_for_earlier_write", repo=full_name, seconds=self.in_flight_for)
             await self.let_earlier_requests_land()
+
+    async def _changed_since(self, run: Run, full_name: str, observed: datetime) -> bool:
+        """Whether another run may have changed the repository after ``observed``: it has an
+        intent (a ``pending`` record) from then on, or from shortly before (OBSERVED_MARGIN).
+        Every write Moko makes has its intent recorded first, under the lock this run holds
+        now; so one indexed read of the newest records tells, and the common case (nobody
+        else at work) costs no request. An intent GitHub refused as not possible yet (its
+        outcome ``deferred``: no such branch) changed nothing; nor did records that are no
+        intent (dry-run, a command's). This run's own intents count from ``observed`` on,
+        without the margin: it knows when it read."""
+        since = observed - timedelta(seconds=OBSERVED_MARGIN + self.in_flight_for)
+        records = await self.store.audit_records(repo=full_name, newest_first=True, limit=_RECENT_INTENTS)
+        refused: dict[tuple[str, str, str], int] = {}
+        for record in records:  # newest first: an outcome comes before its intent
+            if record.time < since:
+                return False  # the older ones are older still
+            key = (record.run_id, record.policy, record.field)
+            if record.outcome == DEFERRED:
+                refused[key] = refused.get(key, 0) + 1
+            elif record.outcome == PENDING:
+                if refused.get(key):
+                    refused[key] -= 1
+                elif record.run_id != run.run_id or record.time >= observed:
+                    return True
+        # All of them recent and none an intent: there may be one among the older ones.
+        return len(records) == _RECENT_INTENTS
 
     async def let_earlier_requests_land(self) -> None:
         """Wait as long as a request sent by a process that died before now may still be

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from bot.logs import get_logger
@@ -132,6 +133,8 @@ async def sweep_owner(
     engine = with_preloaded_policies(engine)
     dry_run = engine.global_dry_run
     sweep_id = new_sweep_id()
+    # Before the first read: a change another run makes after it is not in the batched reads.
+    started = datetime.now(UTC)
     try:
         policy = await engine.source.org_policy(gh, installation, request.owner)
     except PolicyError as exc:
@@ -151,7 +154,7 @@ async def sweep_owner(
     progress = await store.start_sweep(
         request.checkpoint_key(dry_run), sweep_id=sweep_id, retry_failed=request.retry_failed
     )
-    run = Run(progress.sweep_id, request.trigger, actor, installation)
+    run = Run(progress.sweep_id, request.trigger, actor, installation, observed_at=started)
     done = {name.lower(): outcome for name, outcome in progress.outcomes.items()}
     report = SweepReport(request.owner, progress.sweep_id, progress.resumed, dry_run)
     log.info("sweep_started", owner=request.owner, sweep=progress.sweep_id, resumed=progress.resumed,
