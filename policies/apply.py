@@ -28,6 +28,8 @@ log = get_logger("moko.apply")
 
 APPLIED, DRY_RUN, FAILED, ROLLED_BACK, DEFERRED = "applied", "dry-run", "failed", "rolled-back", "deferred"
 PENDING = "pending"
+# An earlier try's intent that GitHub shows was not carried out (its process stopped first).
+NOT_MADE = "Moko stopped before GitHub answered, and GitHub shows the change was not made"
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,11 @@ class Transaction:
         for change in changes:
             REMEDIATIONS.labels(policy=change.policy, outcome=outcome).inc()
             self.outcomes.append(ChangeOutcome(change, outcome, error))
+
+    async def settle(self, changes: Sequence[Change], outcome: str, error: str | None = None) -> None:
+        """Outcome records for intents an earlier try left open, that are not this run's
+        outcomes (a change the try did not make is made, and recorded, anew)."""
+        await self._audit.write(self._entries(changes, outcome, error))
 
     async def dry_run(self, changes: Sequence[Change]) -> None:
         if changes:

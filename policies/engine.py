@@ -11,14 +11,16 @@ from typing import Any
 
 from gidgethub import BadRequest, GitHubException
 
-from bot.audit import AuditWriter
+from bot.audit import AuditWriter, settled
 from bot.logs import get_logger
 from bot.metrics import REMEDIATIONS
 from bot.store.base import AuditEntry, AuditRecord, RepositoryLockLost, Store
 from policies.apply import (
+    APPLIED,
     DEFERRED,
     DRY_RUN,
     FAILED,
+    NOT_MADE,
     PENDING,
     ChangeOutcome,
     Run,
@@ -28,7 +30,15 @@ from policies.apply import (
 )
 from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.loader import PolicyError
-from policies.model import BRANCH_PROTECTION, REPOSITORY, Plan, Policy, RepoState, Unreadable
+from policies.model import (
+    BRANCH_PROTECTION,
+    REPOSITORY,
+    Change,
+    Plan,
+    Policy,
+    RepoState,
+    Unreadable,
+)
 from policies.permissions import protection_unreadable, unreadable_settings
 from policies.plan import branches_to_check, plan_repository
 from policies.registry import POLICY_KINDS, new_repository_state
@@ -445,11 +455,12 @@ class PolicyEngine:
         async with self.store.repository_lock(full_name) as lock:
             if only_if is not None and not await only_if():
                 return RepoResult(full_name, COMPLIANT, policy=policy, dry_run=dry_run)
+            intents: list[AuditRecord] = []
             try:
                 if run.retaken:
                     # An earlier try of this delivery may have made its changes before it
                     # stopped: planned from its payload they would be made twice.
-                    await self._let_earlier_writes_land(run, full_name)
+                    intents = await self._let_earlier_writes_land(run, full_name)
                     repo, known, planned = await _read_repository(gh, full_name), None, None
                 elif apply and not dry_run and await self._changed_since(run, full_name, observed):
                     # Another run (a delivery about the same repository, a reconcile) changed
@@ -467,6 +478,8 @@ class PolicyEngine:
             if not apply:
                 return RepoResult(full_name, PLANNED, plan=plan, policy=policy, dry_run=dry_run)
             transaction = Transaction(gh, self.audit, run, full_name, lock=lock, outcomes=done)
+            if intents:
+                await _settle_intents(transaction, intents, plan)
             if dry_run:
                 await transaction.dry_run(plan.changes + plan.deferred)
                 ok = True
@@ -507,18 +520,18 @@ class PolicyEngine:
                 newest.setdefault(record.field, record)
         return {name: record.time for name, record in newest.items() if record.outcome == DEFERRED}
 
-    async def _let_earlier_writes_land(self, run: Run, full_name: str) -> None:
-        """Wait until a write an earlier try sent (its intent is the run's newest record for
-        the repository, with no outcome after it) can no longer take effect. Its process died
-        with the request (or a retry of it) on its way, before now, and GitHub may still carry
-        it out until the request's timeout: read before that, the repository looks unchanged
-        and the write is made twice. Only a crash costs this wait."""
-        if self.in_flight_for <= 0:
-            return
-        records = await self.store.audit_records(repo=full_name, run_id=run.run_id, newest_first=True, limit=1)
-        if records and records[0].outcome == PENDING:
+    async def _let_earlier_writes_land(self, run: Run, full_name: str) -> list[AuditRecord]:
+        """The intents an earlier try of the run recorded for the repository and left without
+        an outcome; with any, wait first until the write it sent can no longer take effect.
+        Its process died with the request (or a retry of it) on its way, before now, and
+        GitHub may still carry it out until the request's timeout: read before that, the
+        repository looks unchanged and the write is made twice. Only a crash costs this wait."""
+        records = await self.store.audit_records(repo=full_name, run_id=run.run_id)
+        intents = [record for record in settled(records) if record.outcome == PENDING]
+        if intents and self.in_flight_for > 0:
             log.info("waiting_for_earlier_write", repo=full_name, seconds=self.in_flight_for)
             await self.let_earlier_requests_land()
+        return intents
 
     async def _changed_since(self, run: Run, full_name: str, observed: datetime) -> bool:
         """Whether another run may have changed the repository after ``observed``: it has an
@@ -573,6 +586,27 @@ class PolicyEngine:
             gh, run, repo, known=known, scope=PROTECTION_ONLY,
             only_if=lambda: self._still_deferred(full_name, fields),
         )
+
+
+async def _settle_intents(transaction: Transaction, intents: list[AuditRecord], plan: Plan) -> None:
+    """Give the intents an earlier try left without an outcome (its process stopped between
+    asking GitHub and recording the answer) the outcome GitHub shows now, read after the
+    write could no longer land: ``applied`` when the plan, made from that read, no longer has
+    the change (the try made it), ``failed`` when it still has (this run makes it, with a
+    record of its own). One that the read could not tell stays pending."""
+    planned = {(c.policy, c.field) for c in (*plan.changes, *plan.deferred)}
+    untold = {key for key, _why in plan.unknown} | set(plan.needs_read)
+    made: list[Change] = []
+    not_made: list[Change] = []
+    for intent in intents:
+        if f"{intent.policy}.{intent.field}" in untold:
+            continue
+        change = Change(intent.policy, intent.field, intent.before, intent.after)
+        (not_made if (intent.policy, intent.field) in planned else made).append(change)
+    if made:
+        await transaction.record(made, APPLIED)
+    if not_made:
+        await transaction.settle(not_made, FAILED, NOT_MADE)
 
 
 def _waiting(records: list[AuditRecord], fields: tuple[str, ...]) -> bool:

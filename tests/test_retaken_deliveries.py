@@ -11,6 +11,7 @@ import time
 
 import aiohttp
 
+from policies.apply import NOT_MADE
 from tests.support.harness import moko_environ, post_webhook, start_moko_process
 from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
 
@@ -169,3 +170,64 @@ async def test_a_command_whose_answer_was_still_on_its_way_when_its_process_died
             if c["user"]["login"] == fake_github.bot_login]
     assert len(mine) == 1, mine
     assert "✅ It complies with the policy." in mine[0]
+
+
+def audit_rows(db, repo: str, field: str) -> list[tuple[str, str, str | None]]:
+    with sqlite3.connect(db, timeout=30) as conn:
+        return conn.execute("SELECT run_id, outcome, error FROM audit WHERE repo = ? AND field = ? ORDER BY seq",
+                            (f"{ORG}/{repo}", field)).fetchall()
+
+
+async def test_a_change_made_by_a_try_that_died_before_recording_it_is_recorded_applied_by_the_retake(
+    fake_github, tmp_path
+):
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "widgets", **COMPLIANT)
+    fake_github.set_protection(ORG, "widgets", "main", DEFAULT_PROTECTION)
+    fake_github.repo(ORG, "widgets")["has_projects"] = True  # a toggle: no webhook
+    fake_github.set_permission(ORG, "widgets", "maria", "maintain")
+    payload = fake_github.event("issue_comment", "created", owner=ORG, repo="widgets", sender="maria",
+                                issue_number=3, body="/moko apply")
+    settings = rf"^/repos/{ORG}/widgets$"
+    # The PATCH is carried out; its answer is held until the process that sent it is gone.
+    fake_github.fail("PATCH", settings, delay=60, after_effect=True)
+
+    state = await killed_mid_delivery(fake_github, tmp_path, "issue_comment", payload, "apply-3",
+                                      ("PATCH", settings))
+
+    assert state == "done"
+    assert fake_github.arrived("PATCH", settings) == 1
+    assert fake_github.repo(ORG, "widgets")["has_projects"] is False
+    # The dead try's intent has its outcome: the change it made, recorded once.
+    assert audit_rows(tmp_path / "moko.db", "widgets", "has_projects") == [
+        ("cmd-apply-3", "pending", None), ("cmd-apply-3", "applied", None),
+    ]
+    mine = [c["body"] for c in fake_github.comments(ORG, "widgets", 3) if c["user"]["login"] == fake_github.bot_login]
+    assert len(mine) == 1, mine
+    assert "has\\_projects: true → false — **done**" in mine[0]
+
+
+async def test_a_change_a_dead_try_intended_and_github_never_made_is_recorded_failed_and_made_by_the_retake(
+    fake_github, tmp_path
+):
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "lost", **COMPLIANT)
+    fake_github.set_protection(ORG, "lost", "main", DEFAULT_PROTECTION)
+    fake_github.repo(ORG, "lost")["has_wiki"] = True
+    payload = fake_github.event("repository", "edited", owner=ORG, repo="lost",
+                                changes={"description": {"from": None}})
+    settings = rf"^/repos/{ORG}/lost$"
+    # The PATCH is held, then dropped without being carried out; its process dies meanwhile.
+    fake_github.fail("PATCH", settings, delay=60, reset_connection=True)
+
+    state = await killed_mid_delivery(fake_github, tmp_path, "repository", payload, "edited-4",
+                                      ("PATCH", settings))
+
+    assert state == "done"
+    assert fake_github.repo(ORG, "lost")["has_wiki"] is False
+    made = [c for c in fake_github.calls_to("PATCH", settings) if c.status == 200]
+    assert len(made) == 1
+    # The dead try's intent: not made; the retake's: made, each recorded once.
+    assert [(outcome, error) for _run, outcome, error in audit_rows(tmp_path / "moko.db", "lost", "has_wiki")] == [
+        ("pending", None), ("failed", NOT_MADE), ("pending", None), ("applied", None),
+    ]
