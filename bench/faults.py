@@ -26,7 +26,8 @@ repository; any fixer may make it (the delivery, or a reconcile), but only once.
 Afterwards: deliveries acknowledged, stored, finished, lost; writes per repository against
 the plan (2xx answers at the fake: a repository with more was changed twice) and the
 audit trail's `applied` records per delivery, repository and field (more than one: applied
-twice); repositories compliant; `/moko apply` answered by exactly one comment each;
+twice), and per repository against the plan whichever runs recorded them (more: two fixers
+wrote the same fix); repositories compliant; `/moko apply` answered by exactly one comment each;
 `moko audit --verify`; time from the last delivery to the last fix; peak RSS; descriptors.
 Repositories a failed delivery left drifted are for the continuous reconciliation: Moko is
 then restarted with `MOKO_SWEEP_INTERVAL=10s` and given up to 3 minutes.
@@ -654,6 +655,18 @@ async def check(campaign: Campaign, report: dict[str, Any], audit_exit: int, aud
         "GROUP BY run_id, repo, field HAVING count(*) > 1")
     retaken = (await store.query("SELECT count(*) FROM deliveries WHERE attempts > 1"))[0][0]
     ours = [row for row in duplicates if any(str(row[0]).endswith(d) for d in stream.sent)]
+    # Across runs too: two fixers of one repository (two deliveries, a delivery and a push's
+    # reconcile) each recording the same fix. A run makes one settings PATCH and one PUT a
+    # branch, so its applied records of a repository's kind count as one write.
+    applied = await store.query(
+        f"SELECT repo, policy, count(DISTINCT run_id) FROM {table} WHERE outcome = 'applied' "
+        "AND policy IN ('repository', 'branch_protection') GROUP BY repo, policy")
+    applied_over = {}
+    for repo, policy, runs in applied:
+        kind = "settings" if policy == "repository" else "protection"
+        planned = stream.plan[repo][kind] if repo in stream.plan else 0
+        if runs > planned:
+            applied_over[f"{repo} {kind}"] = (int(runs), planned)
     over, under = {}, {}
     for name, plan in stream.plan.items():
         done = report["writes"].get(name, {})
@@ -685,6 +698,7 @@ async def check(campaign: Campaign, report: dict[str, Any], audit_exit: int, aud
         "written_less_than_planned": under,
         "unplanned_writes": unplanned,
         "applied_twice_in_audit": [list(map(str, row)) for row in ours],
+        "applied_more_than_planned": applied_over,
         "repositories": len(report["compliant"]),
         "noncompliant": noncompliant,
         "commands": len(report["answers"]),
@@ -825,6 +839,8 @@ def verdict(result: dict[str, Any]) -> list[str]:
                         f"{result['unplanned_writes']}")
     if result["applied_twice_in_audit"]:
         problems.append(f"applied twice (audit): {result['applied_twice_in_audit'][:5]}")
+    if result["applied_more_than_planned"]:
+        problems.append(f"applied more than planned (audit): {result['applied_more_than_planned']}")
     if result["noncompliant"]:
         problems.append(f"not compliant: {result['noncompliant'][:10]}")
     if result["commands_answered_once"] != result["commands"]:
@@ -846,7 +862,8 @@ def print_table(result: dict[str, Any]) -> None:
         ("claimed again after a kill (started or not)", str(result["retaken"])),
         ("writes planned / made (2xx)", f"{result['writes_planned']} / {result['writes_made']}"),
         ("repositories written more than planned", str(len(result['written_more_than_planned']))),
-        ("applied twice (audit)", str(len(result['applied_twice_in_audit']))),
+        ("applied twice (audit): by one run / by runs beyond the plan",
+         f"{len(result['applied_twice_in_audit'])} / {len(result['applied_more_than_planned'])}"),
         ("repositories compliant", f"{result['repositories'] - len(result['noncompliant'])} / {result['repositories']}"),
         ("left to the reconciliation", str(result["reconciled_after"])),
         ("commands answered exactly once", f"{result['commands_answered_once']} / {result['commands']}"),

@@ -34,6 +34,7 @@ def test_two_hundred_deliveries_under_faults_and_kills_are_each_applied_once():
     assert result["written_more_than_planned"] == {}, context
     assert result["unplanned_writes"] == {}, context
     assert result["applied_twice_in_audit"] == [], context
+    assert result["applied_more_than_planned"] == {}, context
     assert result["noncompliant"] == [], context
     assert result["commands"] > 0 and result["commands_answered_once"] == result["commands"], context
     assert result["audit_verify_exit"] == 0, context
