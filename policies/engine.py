@@ -33,6 +33,7 @@ from policies.loader import PolicyError
 from policies.model import (
     BRANCH_PROTECTION,
     REPOSITORY,
+    RULESETS,
     Change,
     Plan,
     Policy,
@@ -479,7 +480,7 @@ class PolicyEngine:
                 return RepoResult(full_name, PLANNED, plan=plan, policy=policy, dry_run=dry_run)
             transaction = Transaction(gh, self.audit, run, full_name, lock=lock, outcomes=done)
             if intents:
-                await _settle_intents(transaction, intents, plan)
+                await _settle_intents(transaction, intents, effective, plan)
             if dry_run:
                 await transaction.dry_run(plan.changes + plan.deferred)
                 ok = True
@@ -588,18 +589,21 @@ class PolicyEngine:
         )
 
 
-async def _settle_intents(transaction: Transaction, intents: list[AuditRecord], plan: Plan) -> None:
+async def _settle_intents(
+    transaction: Transaction, intents: list[AuditRecord], effective: Policy, plan: Plan
+) -> None:
     """Give the intents an earlier try left without an outcome (its process stopped between
     asking GitHub and recording the answer) the outcome GitHub shows now, read after the
     write could no longer land: ``applied`` when the plan, made from that read, no longer has
     the change (the try made it), ``failed`` when it still has (this run makes it, with a
-    record of its own). One that the read could not tell stays pending."""
+    record of its own). One that this plan does not decide (another policy kind, a field it
+    could not read) stays pending."""
     planned = {(c.policy, c.field) for c in (*plan.changes, *plan.deferred)}
     untold = {key for key, _why in plan.unknown} | set(plan.needs_read)
     made: list[Change] = []
     not_made: list[Change] = []
     for intent in intents:
-        if f"{intent.policy}.{intent.field}" in untold:
+        if not _decides(effective, intent) or f"{intent.policy}.{intent.field}" in untold:
             continue
         change = Change(intent.policy, intent.field, intent.before, intent.after)
         (not_made if (intent.policy, intent.field) in planned else made).append(change)
@@ -607,6 +611,18 @@ async def _settle_intents(transaction: Transaction, intents: list[AuditRecord], 
         await transaction.record(made, APPLIED)
     if not_made:
         await transaction.settle(not_made, FAILED, NOT_MADE)
+
+
+def _decides(effective: Policy, intent: AuditRecord) -> bool:
+    """Whether a plan of ``effective`` says what the intent's field should be (not an issue's
+    record, nor a kind or field this remediation leaves out)."""
+    if intent.policy == REPOSITORY:
+        return intent.field in effective.repository
+    if intent.policy == BRANCH_PROTECTION:
+        return bool(effective.branches)
+    if intent.policy == RULESETS:
+        return any(ruleset.get("name") == intent.field for ruleset in effective.rulesets)
+    return False
 
 
 def _waiting(records: list[AuditRecord], fields: tuple[str, ...]) -> bool:
