@@ -1,6 +1,6 @@
 """Two fixers of one repository at once make its fix once: two deliveries about the same
 drifted repository in flight together (on one process, or on two replicas), and a delivery
-racing a policy push's reconcile. Each planned from what it knew before the repository's lock
+racing a policy push's reconcile or a `moko sweep`. Each planned from what it knew before the repository's lock
 (a payload, a batched read); the second to get the lock must see that the first changed the
 repository since, and plan again from GitHub instead of writing the same change again.
 
@@ -10,8 +10,11 @@ the second has planned from the drifted state."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 import sqlite3
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -177,4 +180,34 @@ async def test_a_delivery_racing_a_policy_push_s_reconcile_fixes_the_repository_
         await wait_until(lambda: done(rows, "push-3", "edited-3"), timeout=60)
     finally:
         assert await moko.stop() == 0, moko.log()
+    assert_fixed_once(fake_github, await rows.wiki_records(), protection_puts=0)
+
+
+async def test_a_delivery_racing_a_sweep_in_another_process_fixes_the_repository_once(fake_github, tmp_path):
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "racer", **{**COMPLIANT, "has_wiki": True})
+    fake_github.set_protection(ORG, "racer", "main", DEFAULT_PROTECTION)
+    edited = fake_github.event("repository", "edited", owner=ORG, repo="racer",
+                               changes={"description": {"from": None}})
+    db = tmp_path / "moko.db"
+    rows = SqliteRows(db)
+    env = moko_environ(fake_github, f"sqlite:///{db}")
+    # `moko sweep`'s batched read sees the wiki on; its answer is held until the delivery,
+    # sent to `moko serve` on the same database meanwhile, has fixed the repository.
+    read = hold_first(fake_github, "POST", r"^/graphql$", lambda: done(rows, "edited-5"),
+                      graphql_name="MokoOwnerRepositories")
+    moko = await start_moko_process(env, tmp_path / "moko.log")
+    try:
+        sweep = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot.cli", "sweep", "--org", ORG, "--json",
+            env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        await wait_until(lambda: bool(read), timeout=30)
+        await post(moko.url, "repository", edited, "edited-5")
+        out, err = await asyncio.wait_for(sweep.communicate(), 60)
+    finally:
+        assert await moko.stop() == 0, moko.log()
+    assert sweep.returncode == 0, err.decode()[-3000:]
+    outcomes = {r["repo"]: r["outcome"] for r in json.loads(out)["results"]}
+    assert outcomes == {f"{ORG}/racer": "compliant"}
     assert_fixed_once(fake_github, await rows.wiki_records(), protection_puts=0)
