@@ -75,6 +75,10 @@ async def test_a_new_repository_s_delivery_retaken_after_a_crash_writes_nothing_
     assert fake_github.arrived("PUT", protection) == 1
     assert fake_github.repo(ORG, "fresh")["has_wiki"] is False
     assert fake_github.protection(ORG, "fresh", "main") == DEFAULT_PROTECTION
+    # The PUT the dead try made, and had not recorded, is recorded applied by the retake.
+    assert [outcome for _run, outcome, _error in audit_rows(tmp_path / "moko.db", "fresh", "main")] == [
+        "pending", "applied",
+    ]
 
 
 async def test_a_command_retaken_after_a_crash_is_applied_and_answered_once(fake_github, tmp_path):
