@@ -461,14 +461,19 @@ class PolicyEngine:
                 if run.retaken:
                     # An earlier try of this delivery may have made its changes before it
                     # stopped: planned from its payload they would be made twice.
-                    intents = await self._let_earlier_writes_land(run, full_name)
+                    intents = await self._open_intents(run, full_name)
+                    _changed, unanswered = await self._changed_since(run, full_name, observed)
+                    await self._let_earlier_writes_land(full_name, bool(intents) or unanswered)
                     repo, known, planned = await _read_repository(gh, full_name), None, None
-                elif apply and not dry_run and await self._changed_since(run, full_name, observed):
-                    # Another run (a delivery about the same repository, a reconcile) changed
-                    # it after what this run knows was current: that plan would make the
-                    # same change again. Plan from what GitHub says now.
-                    log.info("repository_changed_meanwhile", repo=full_name)
-                    repo, known, planned = await _read_repository(gh, full_name), None, None
+                elif apply and not dry_run:
+                    changed, unanswered = await self._changed_since(run, full_name, observed)
+                    if changed:
+                        # Another run (a delivery about the same repository, a reconcile)
+                        # changed it after what this run knows was current: that plan would
+                        # make the same change again. Plan from what GitHub says now.
+                        log.info("repository_changed_meanwhile", repo=full_name)
+                        await self._let_earlier_writes_land(full_name, unanswered)
+                        repo, known, planned = await _read_repository(gh, full_name), None, None
                 plan = planned or await self.plan_on_server(gh, effective, repo, known, run.installation)
             except GitHubException as exc:
                 error = github_error(exc)
@@ -521,44 +526,50 @@ class PolicyEngine:
                 newest.setdefault(record.field, record)
         return {name: record.time for name, record in newest.items() if record.outcome == DEFERRED}
 
-    async def _let_earlier_writes_land(self, run: Run, full_name: str) -> list[AuditRecord]:
+    async def _open_intents(self, run: Run, full_name: str) -> list[AuditRecord]:
         """The intents an earlier try of the run recorded for the repository and left without
-        an outcome; with any, wait first until the write it sent can no longer take effect.
-        Its process died with the request (or a retry of it) on its way, before now, and
-        GitHub may still carry it out until the request's timeout: read before that, the
-        repository looks unchanged and the write is made twice. Only a crash costs this wait."""
+        an outcome (its process stopped in between)."""
         records = await self.store.audit_records(repo=full_name, run_id=run.run_id)
-        intents = [record for record in settled(records) if record.outcome == PENDING]
-        if intents and self.in_flight_for > 0:
+        return [record for record in settled(records) if record.outcome == PENDING]
+
+    async def _let_earlier_writes_land(self, full_name: str, unanswered: bool) -> None:
+        """With an intent left without an outcome (``unanswered``: by an earlier try of this
+        run, or by another run, whose process died with the request, or a retry of it, on its
+        way), wait until the write can no longer take effect: GitHub may still carry it out
+        until the request's timeout, and read before that, the repository looks unchanged
+        and the write is made twice. Only a crash costs this wait."""
+        if unanswered and self.in_flight_for > 0:
             log.info("waiting_for_earlier_write", repo=full_name, seconds=self.in_flight_for)
             await self.let_earlier_requests_land()
-        return intents
 
-    async def _changed_since(self, run: Run, full_name: str, observed: datetime) -> bool:
+    async def _changed_since(self, run: Run, full_name: str, observed: datetime) -> tuple[bool, bool]:
         """Whether another run may have changed the repository after ``observed``: it has an
-        intent (a ``pending`` record) from then on, or from shortly before (OBSERVED_MARGIN).
-        Every write Moko makes has its intent recorded first, under the lock this run holds
-        now; so one indexed read of the newest records tells, and the common case (nobody
-        else at work) costs no request. An intent GitHub refused as not possible yet (its
-        outcome ``deferred``: no such branch) changed nothing; nor did records that are no
-        intent (dry-run, a command's). This run's own intents count from ``observed`` on,
-        without the margin: it knows when it read."""
+        intent (a ``pending`` record) from then on, or from shortly before (OBSERVED_MARGIN);
+        and whether such an intent of another run has no outcome (its process died with the
+        request on its way: the write may still land). Every write Moko makes has its intent
+        recorded first, under the lock this run holds now; so one indexed read of the newest
+        records tells, and the common case (nobody else at work) costs no request. An intent
+        GitHub refused as not possible yet (its outcome ``deferred``: no such branch) changed
+        nothing; nor did records that are no intent (dry-run, a command's). This run's own
+        intents count from ``observed`` on, without the margin: it knows when it read."""
         since = observed - timedelta(seconds=OBSERVED_MARGIN + self.in_flight_for)
         records = await self.store.audit_records(repo=full_name, newest_first=True, limit=_RECENT_INTENTS)
-        refused: dict[tuple[str, str, str], int] = {}
-        for record in records:  # newest first: an outcome comes before its intent
+        answers: dict[tuple[str, str, str], list[str]] = {}
+        changed = unanswered = False
+        for record in records:  # newest first: an intent's outcome comes before it
             if record.time < since:
-                return False  # the older ones are older still
+                return changed, unanswered  # the older ones are older still
             key = (record.run_id, record.policy, record.field)
-            if record.outcome == DEFERRED:
-                refused[key] = refused.get(key, 0) + 1
-            elif record.outcome == PENDING:
-                if refused.get(key):
-                    refused[key] -= 1
-                elif record.run_id != run.run_id or record.time >= observed:
-                    return True
-        # All of them recent and none an intent: there may be one among the older ones.
-        return len(records) == _RECENT_INTENTS
+            if record.outcome != PENDING:
+                answers.setdefault(key, []).append(record.outcome)
+                continue
+            outcome = answers[key].pop() if answers.get(key) else None
+            if outcome == DEFERRED or (record.run_id == run.run_id and record.time < observed):
+                continue
+            changed = True
+            unanswered = unanswered or (outcome is None and record.run_id != run.run_id)
+        # All of them recent: there may be an intent among the older ones.
+        return changed or len(records) == _RECENT_INTENTS, unanswered
 
     async def let_earlier_requests_land(self) -> None:
         """Wait as long as a request sent by a process that died before now may still be

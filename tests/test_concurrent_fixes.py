@@ -211,3 +211,33 @@ async def test_a_delivery_racing_a_sweep_in_another_process_fixes_the_repository
     outcomes = {r["repo"]: r["outcome"] for r in json.loads(out)["results"]}
     assert outcomes == {f"{ORG}/racer": "compliant"}
     assert_fixed_once(fake_github, await rows.wiki_records(), protection_puts=0)
+
+
+async def test_a_fixer_after_one_that_died_mid_write_waits_for_that_write_before_reading(fake_github, tmp_path):
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "racer", **{**COMPLIANT, "has_wiki": True})
+    fake_github.set_protection(ORG, "racer", "main", DEFAULT_PROTECTION)
+    first = fake_github.event("repository", "edited", owner=ORG, repo="racer", changes={"description": {"from": None}})
+    second = fake_github.event("repository", "edited", owner=ORG, repo="racer", changes={"homepage": {"from": None}})
+    # GitHub carries the first PATCH out 5 s after it arrived: after the process that sent it
+    # died, and the other process, whose delivery waited for the repository, took the lock.
+    fake_github.fail("PATCH", SETTINGS, delay=5)
+    db = tmp_path / "moko.db"
+    rows = SqliteRows(db)
+    # The request timeout is how long a write sent by a process that died may still land.
+    env = moko_environ(fake_github, f"sqlite:///{db}", MOKO_REQUEST_TIMEOUT="6")
+    doomed = await start_moko_process(env, tmp_path / "doomed.log")
+    live = await start_moko_process(env, tmp_path / "live.log")
+    try:
+        await post(doomed.url, "repository", first, "edited-6")
+        await wait_until(lambda: fake_github.arrived("PATCH", SETTINGS) == 1, timeout=30)
+        await post(live.url, "repository", second, "edited-7")
+        await wait_until(lambda: claimed(rows, "edited-7"), timeout=30)
+        doomed.kill()
+        await wait_until(lambda: done(rows, "edited-6", "edited-7"), timeout=60)
+    finally:
+        doomed.kill()
+        assert await live.stop() == 0, live.log()
+    assert fake_github.arrived("PATCH", SETTINGS) == 1
+    # The dead process's intent, given its outcome when its delivery was taken again.
+    assert_fixed_once(fake_github, await rows.wiki_records(), protection_puts=0)
