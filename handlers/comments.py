@@ -71,7 +71,18 @@ def written_by_bot(comment: dict[str, Any]) -> bool:
     return user.get("type") == "Bot" or login.endswith("[bot]") or text.MARKER in (comment.get("body") or "")
 
 
-async def react(gh: Any, thread: Thread, content: str, bot_login: Callable[[], Awaitable[str]]) -> None:
+async def react(gh: Any, thread: Thread, content: str, bot_login: Callable[[], Awaitable[str]],
+                log: Any) -> None:
+    """React to the command's comment. A reaction only tells the commenter how far Moko got:
+    when GitHub refuses it after the client's retries, the command goes on without it (its
+    answer says the same), rather than failing with the work undone."""
+    try:
+        await _react(gh, thread, content, bot_login)
+    except GitHubException as exc:
+        log.warning("command_reaction_failed", reaction=content, error=github_error(exc))
+
+
+async def _react(gh: Any, thread: Thread, content: str, bot_login: Callable[[], Awaitable[str]]) -> None:
     url_vars = {**thread.url_vars, "comment_id": str(thread.comment_id)}
 
     async def already_done() -> Any:
@@ -179,7 +190,7 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
 
     gh = await ctx.github()
     bot_login = ctx.services.github.bot_login
-    await react(gh, thread, EYES, bot_login)
+    await react(gh, thread, EYES, bot_login, log)
     # A comment on a pull request is an issue comment whose issue says it is a pull request.
     on_pull = bool((event.data.get("issue") or {}).get("pull_request"))
     request = Request(gh, engine_of(ctx), ctx.services.store, run, repo, user, command,
@@ -197,7 +208,7 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
         COMMANDS.labels(command=command.name, outcome="failed").inc()
         raise CommandFailed(error) from exc
     await record(ctx, run, full_name, command, thread, answer.outcome, answer.error)
-    await react(gh, thread, ROCKET if answer.done else CONFUSED, bot_login)
+    await react(gh, thread, ROCKET if answer.done else CONFUSED, bot_login, log)
     COMMANDS.labels(command=command.name, outcome=_metric_outcome(command, answer)).inc()
     log.info("command_answered", outcome=answer.outcome, error=answer.error)
     if answer.broken:

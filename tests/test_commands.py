@@ -231,6 +231,26 @@ async def test_apply_by_a_maintainer_remediates(drifted, moko):
     assert writes(drifted) == []
 
 
+async def test_apply_goes_on_when_github_refuses_its_reactions(drifted, moko):
+    # The eyes and the rocket only say how far Moko got; GitHub failing them, every retry
+    # included, must not leave the repository drifted and the command unanswered.
+    drifted.set_permission(ORG, REPO, "mia", "maintain")
+    drifted.fail("POST", r"/issues/comments/\d+/reactions$", 502, times=1000)
+    asked, _ = await command(moko, drifted, "/moko apply", user="mia", delivery="apply-unreacted")
+    assert drifted.repo(ORG, REPO)["has_wiki"] is False
+    assert drifted.protection(ORG, REPO, "main") is not None
+    [answer] = answers(drifted)
+    assert answer.endswith(" — **done**") and "has\\_wiki: true → false — **done**" in answer
+    assert reactions(drifted, asked["id"]) == []
+    assert drifted.arrived("POST", r"/reactions$") >= 2  # both were tried
+    assert [(r.policy, r.field, r.outcome) for r in await trail(moko)] == [
+        ("repository", "has_wiki", "applied"),
+        ("branch_protection", "main", "applied"),
+        ("command", "apply", "applied"),
+    ]
+    assert (await moko.services.store.get_delivery("apply-unreacted")).state == DONE
+
+
 async def test_a_custom_role_based_on_maintain_may_apply_when_github_tells_its_base(fake_github, moko):
     # The App was granted the organization permission that lists custom repository roles.
     fake_github.add_installation(INSTALLATION, ORG, permissions={"organization_custom_roles": "read"})
