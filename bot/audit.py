@@ -45,17 +45,15 @@ class AuditWriter:
         for entry in entries:
             if entry.outcome not in OUTCOMES:
                 raise ValueError(f"unknown audit outcome {entry.outcome!r}")
-        clean = [
-            replace(
-                entry,
-                before=self._redactor.value(entry.before),
-                after=self._redactor.value(entry.after),
-                error=self._redactor.text(entry.error) if entry.error else entry.error,
-                field=self._redactor.text(entry.field),
-            )
-            for entry in entries
-        ]
-        return await self._store.append_audit(clean)
+        return await self._store.append_audit([self._redacted(entry) for entry in entries])
+
+    def _redacted(self, entry: AuditEntry) -> AuditEntry:
+        before, after = self._redactor.value(entry.before), self._redactor.value(entry.after)
+        error = self._redactor.text(entry.error) if entry.error else entry.error
+        field = self._redactor.text(entry.field)
+        if before is entry.before and after is entry.after and error is entry.error and field == entry.field:
+            return entry  # most entries hold no secret: no copy (two for each change made)
+        return replace(entry, before=before, after=after, error=error, field=field)
 
 
 async def vouch_for_plain_records(store: Store, writer: AuditWriter, owner: str) -> AuditRecord | None:

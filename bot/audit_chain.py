@@ -54,14 +54,14 @@ def is_keyed(digest: str) -> bool:
     return digest.startswith(KEYED_PREFIX)
 
 
+# The canonical JSON's encoder, made once: json.dumps with options builds one for each call,
+# and every record written is hashed.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
 def record_hash(entry: AuditEntry | AuditRecord, prev_hash: str, key: bytes | None = None) -> str:
     """SHA-256 (or, with a key, HMAC-SHA256) over the previous hash and the record's canonical JSON."""
-    payload = json.dumps(
-        {"prev_hash": prev_hash, **canonical_fields(entry)},
-        sort_keys=True,
-        separators=(",", ":"),
-        default=str,
-    ).encode()
+    payload = _CANONICAL_JSON.encode({"prev_hash": prev_hash, **canonical_fields(entry)}).encode()
     if key is None:
         return hashlib.sha256(payload).hexdigest()
     return KEYED_PREFIX + hmac.new(key, payload, hashlib.sha256).hexdigest()
@@ -76,20 +76,14 @@ def chain(
         digest = record_hash(entry, prev_hash, key)
         records.append(
             AuditRecord(
-                seq=first_seq + offset,
-                prev_hash=prev_hash,
-                hash=digest,
-                **{name: getattr(entry, name) for name in _ENTRY_FIELDS},
+                seq=first_seq + offset, time=entry.time, run_id=entry.run_id, trigger=entry.trigger,
+                installation=entry.installation, repo=entry.repo, actor=entry.actor, policy=entry.policy,
+                field=entry.field, before=entry.before, after=entry.after, outcome=entry.outcome,
+                error=entry.error, prev_hash=prev_hash, hash=digest,
             )
         )
         prev_hash = digest
     return records
-
-
-_ENTRY_FIELDS = (
-    "time", "run_id", "trigger", "installation", "repo", "actor",
-    "policy", "field", "before", "after", "outcome", "error",
-)
 
 
 @dataclass(frozen=True)

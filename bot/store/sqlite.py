@@ -177,8 +177,8 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
+# Made once: json.dumps with options builds an encoder for each call (two per audit record).
+_dumps = json.JSONEncoder(sort_keys=True, default=str).encode
 
 
 def _delivery(row: sqlite3.Row) -> Delivery:
