@@ -21,7 +21,8 @@ throttling off). Measured per server and workload:
   has finished, so its last answer is its last processed delivery);
 - CPU per delivery until idle: the server process's user + system CPU over the same span;
 - acknowledged/s: measured deliveries over the time until the last answer;
-- peak RSS of the server process (VmHWM).
+- peak RSS of the server process (VmHWM);
+- with both servers, Moko's CPU per delivery over Probot's in each round, and their median.
 
 Afterwards the fake's count of PATCHes must equal the drifted deliveries sent, per server.
 
@@ -342,6 +343,18 @@ def main() -> None:
                 values = [r[measure_name] for r in results if r["server"] == kind and r["workload"] == workload]
                 cells.append(f"{statistics.median(values):g}" if values else "—")
             print(f"| {workload} | {measure_name} | " + " | ".join(cells) + " |")
+    if set(kinds) == {"moko", "probot"}:
+        # The machine's load moves both servers' figures from round to round: the two runs of
+        # one round met about the same machine, so their ratio is the steadier figure.
+        print()
+        for workload in workloads:
+            ratios = []
+            for round_no in range(1, args.rounds + 1):
+                cpu = {r["server"]: r["cpu_ms_per_delivery"] for r in results
+                       if r["workload"] == workload and r["round"] == round_no}
+                ratios.append(cpu["moko"] / cpu["probot"])
+            print(f"{workload}: Moko / Probot CPU per delivery, by round: "
+                  + ", ".join(f"{ratio:.2f}" for ratio in ratios) + f" (median {statistics.median(ratios):.2f})")
 
 
 if __name__ == "__main__":
