@@ -174,3 +174,27 @@ async def test_a_remediation_whose_database_sessions_end_mid_way_finishes_under_
     assert [(r.field, r.outcome) for r in raw] == [
         ("has_wiki", "pending"), ("has_wiki", "applied"), ("main", "pending"), ("main", "applied")]
     assert [(r.field, r.outcome) for r in settled(raw)] == [("has_wiki", "applied"), ("main", "applied")]
+
+
+async def test_an_apply_command_whose_lock_is_lost_mid_way_reports_every_change_it_made(fake_github, postgres_url):
+    # The PATCH lands under the first lock, the PUT under the second: the answer lists both,
+    # not only what the second attempt did.
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "widgets", has_wiki=True, has_issues=True, has_projects=False)
+    fake_github.set_permission(ORG, "widgets", "mia", "maintain")
+
+    async def restart_database(call) -> None:
+        if call.method == "PATCH":
+            await end_sessions(postgres_url)
+
+    fake_github.on_request(restart_database)
+    async with run_moko(moko_environ(fake_github, postgres_url)) as moko:
+        asked = fake_github.event("issue_comment", "created", owner=ORG, repo="widgets",
+                                  body="/moko apply", sender="mia")
+        await moko.deliver("issue_comment", asked, delivery="apply-1")
+        assert (await moko.services.store.get_delivery("apply-1")).state == DONE
+    answer = [c["body"] for c in fake_github.comments(ORG, "widgets", 1)
+              if c["user"]["login"] == fake_github.bot_login]
+    assert len(answer) == 1
+    done = [line for line in answer[0].splitlines() if line.endswith("— **done**")]
+    assert [line.split(":")[0] for line in done] == ["- has\\_wiki", "- protect branch main"]

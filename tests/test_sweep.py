@@ -298,6 +298,17 @@ async def test_repo_option_sweeps_only_the_named_repositories(org, env):
     assert org.count("POST", "^/graphql$") == 2  # the server's schema, then the three
 
 
+async def test_a_sweep_fixes_drift_with_the_write_alone(org, env):
+    compliant_repo(org, "one", has_wiki=True)
+    code, doc, _ = await sweep(env, "--repo", "one")
+    assert code == 0
+    assert {r["repo"]: r["outcome"] for r in doc["results"]} == {f"{ORG}/one": "fixed"}
+    # The batched read told all: a sweep is no retaken delivery, so nothing is read again
+    # before the one PATCH.
+    assert touched(org, ["one"]) == [f"PATCH /repos/{ORG}/one"]
+    assert [(r.field, r.outcome) for r in await trail(env, repo=f"{ORG}/one")] == [("has_wiki", "applied")]
+
+
 async def test_token_mode_acts_as_the_tokens_user(org, env):
     org.add_personal_token("ghp_operator", "octo-admin")
     org.add_repo(ORG, "widgets", has_wiki=True, has_issues=True, has_projects=False)
