@@ -59,7 +59,7 @@ async def test_a_refused_protection_removal_is_a_failure(org, moko):
     org.fail("DELETE", PROTECTION, 403, body={"message": "Resource not accessible by integration"})
     trail, state, warnings = await unarchive(moko, org, "refused")
     assert len(trail) == 1 and trail[0][:2] == ("release", "failed")
-    assert trail[0][2].startswith("403 ") and "Resource not accessible by integration" in trail[0][2]
+    assert trail[0][2] == "403 Resource not accessible by integration"
     assert org.protection(ORG, "app", "release") == DEFAULT_PROTECTION
     assert state == FAILED
     assert warnings == [("warning", f"{ORG}/app", "branch_protection", ["release"])]
@@ -74,7 +74,7 @@ async def test_a_protection_put_answered_not_found_is_a_failure_not_a_missing_br
     org.fail("PUT", PROTECTION, 404, body={"message": "Not Found"})
     trail, state, _ = await unarchive(moko, org, "lost-access")
     assert len(trail) == 1 and trail[0][:2] == ("release", "failed")
-    assert trail[0][2].startswith("404 ") and "Not Found" in trail[0][2]
+    assert trail[0][2] == "404 Not Found"
     assert state == FAILED
 
 
@@ -98,3 +98,14 @@ async def test_only_a_step_that_a_later_one_could_undo_reads_which_rule_protects
     assert rule_reads == [{"owner": ORG, "name": "app", "ref": "refs/heads/release"}]
     assert trail == [("release", "applied", None), ("stable", "applied", None)]
     assert state == DONE
+
+
+async def test_a_refusal_names_the_errors_github_gave(org, moko):
+    # The record says what GitHub refused and why, in GitHub's words, with its status.
+    org.fail("DELETE", PROTECTION, 422, body={
+        "message": "Validation Failed",
+        "errors": [{"resource": "Branch", "code": "custom", "message": "branch is locked"}]})
+    trail, state, _ = await unarchive(moko, org, "invalid")
+    assert trail == [("release", "failed",
+                      "422 Validation Failed: 'branch is locked' ([{'resource': 'Branch', 'code': 'custom', 'message': 'branch is locked'}])")]
+    assert state == FAILED
