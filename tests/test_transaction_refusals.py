@@ -122,3 +122,53 @@ async def test_a_failed_transaction_records_no_protection_waiting_for_its_branch
     trail, state, _ = await unarchive(moko, org, "refused-patch")
     assert trail == [("has_wiki", "failed", "403 Resource not accessible by integration")]
     assert state == FAILED
+
+
+TWO_BRANCHES = (
+    "version: 1\nbranches:\n"
+    "  - name: release\n    protection:\n      required_status_checks: null\n      enforce_admins: true\n"
+    "      required_pull_request_reviews: null\n      restrictions: null\n"
+    "  - name: stable\n    protection:\n      required_status_checks: null\n      enforce_admins: true\n"
+    "      required_pull_request_reviews: null\n      restrictions: null\n"
+)
+
+
+def two_unprotected_branches(fake) -> None:
+    fake.put_file(ORG, ".github", ".github/moko.yml", TWO_BRANCHES)
+    # release (from the fixture) loses its protection; stable is new and unprotected.
+    fake.set_protection(ORG, "app", "release", None)
+    fake.add_branch(ORG, "app", "stable")
+
+
+async def test_a_branch_deleted_before_its_protection_waits_and_the_next_step_goes_on(org, moko):
+    two_unprotected_branches(org)
+    org.fail("PUT", PROTECTION, 404, body={"message": "Branch not found"})
+    trail, state, _ = await unarchive(moko, org, "deleted-branch")
+    assert trail == [("release", "deferred", "branch does not exist yet"), ("stable", "applied", None)]
+    assert org.protection(ORG, "app", "stable") is not None
+    assert state == DONE
+
+
+async def test_a_refused_rollback_is_recorded_as_failed_in_githubs_words(org, moko):
+    # stable's PUT fails, so release's PUT is undone; GitHub refuses that DELETE too.
+    two_unprotected_branches(org)
+    org.fail("PUT", f"^/repos/{ORG}/app/branches/stable/protection$", 422, body={"message": "Validation Failed"})
+    org.fail("DELETE", PROTECTION, 403, body={"message": "Resource not accessible by integration"})
+    trail, state, _ = await unarchive(moko, org, "stuck")
+    assert trail == [
+        ("release", "applied", None),
+        ("stable", "failed", "422 Validation Failed"),
+        ("release", "failed", "rollback failed: 403 Resource not accessible by integration"),
+    ]
+    assert state == FAILED
+
+
+async def test_a_rollback_whose_branch_was_deleted_meanwhile_is_recorded_as_failed(org, moko):
+    two_unprotected_branches(org)
+    org.fail("PUT", f"^/repos/{ORG}/app/branches/stable/protection$", 422, body={"message": "Validation Failed"})
+    org.fail("DELETE", PROTECTION, 404, body={"message": "Branch not found"})
+    trail, state, _ = await unarchive(moko, org, "gone-meanwhile")
+    assert trail[:2] == [("release", "applied", None), ("stable", "failed", "422 Validation Failed")]
+    assert [(field, outcome) for field, outcome, _ in trail[2:]] == [("release", "failed")]
+    assert trail[2][2].startswith("rollback failed: ")
+    assert state == FAILED
