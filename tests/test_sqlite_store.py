@@ -1,14 +1,17 @@
-"""The SQLite store's group commit: what it promises beyond the Store contract."""
+"""The SQLite store's group commit and repository locks: what it promises beyond the Store contract."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from bot.store.base import SCHEMA_VERSION, NewDelivery
 from bot.store.sqlite import SQLiteStore
@@ -167,3 +170,62 @@ async def test_throttle_hits_of_keys_nobody_counts_any_more_are_pruned(store: SQ
     with sqlite3.connect(tmp_path / "moko.db") as db:
         keys = {row[0] for row in db.execute("SELECT DISTINCT key FROM hits")}
     assert keys == {f"new-user-{i}" for i in range(7)}
+
+
+HOLD_A_LOCK_AND_DIE = """
+import asyncio, os, sys
+from bot.store.sqlite import SQLiteStore
+
+async def main():
+    store = SQLiteStore(sys.argv[1], lock_ttl=3600)
+    await store.open()
+    async with store.repository_lock("acme/widgets"):
+        print("held", flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_repository_lock_held_by_a_process_that_died_is_taken_at_once(tmp_path: Path):
+    # Its lease still runs for an hour, but the process is gone: waiting for the lease would
+    # stall the repository for that hour.
+    url = f"sqlite:///{tmp_path}/moko.db"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_A_LOCK_AND_DIE, url], stdout=subprocess.PIPE)
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(holder.stdout.readline), 30)
+        assert line == b"held\n"
+        for _ in range(100):  # the lock's row goes to disk with the next commit
+            with sqlite3.connect(tmp_path / "moko.db") as db:
+                if db.execute("SELECT count(*) FROM locks WHERE name = 'repo:acme/widgets'").fetchone()[0]:
+                    break
+            await asyncio.sleep(0.05)
+    finally:
+        holder.kill()
+        holder.wait()
+    store = SQLiteStore(url, lock_ttl=3600)
+    await store.open()
+    try:
+        async with asyncio.timeout(10):
+            async with store.repository_lock("acme/widgets") as held:
+                await held.ensure()
+                await store.add_and_claim(delivery("meanwhile"), "me", 60)  # commits what came before
+                with sqlite3.connect(tmp_path / "moko.db") as db:
+                    rows = db.execute("SELECT owner, expires FROM locks WHERE name = 'repo:acme/widgets'").fetchall()
+        # Taken with a lease of its own, so a third process cannot take it in turn.
+        assert len(rows) == 1
+        owner, expires = rows[0]
+        assert owner.startswith(store.owner + "/")
+        assert expires > time.time() + 3000
+    finally:
+        await store.close()
+
+
+async def test_a_repository_lock_given_back_logs_no_warning(store: SQLiteStore, tmp_path: Path):
+    with capture_logs() as logs:
+        async with store.repository_lock("acme/widgets") as held:
+            await held.ensure()
+        await store.add_and_claim(delivery("after"), "me", 60)  # the release commits with it
+        await store.add_and_claim(delivery("later"), "me", 60)
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == []
+    assert await store.try_lock("repo:acme/widgets", "another-process", 60)
