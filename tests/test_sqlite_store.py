@@ -229,3 +229,17 @@ async def test_a_repository_lock_given_back_logs_no_warning(store: SQLiteStore, 
         await store.add_and_claim(delivery("later"), "me", 60)
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == []
     assert await store.try_lock("repo:acme/widgets", "another-process", 60)
+
+
+async def test_a_repository_lock_that_cannot_be_given_back_is_logged(store: SQLiteStore, tmp_path: Path):
+    # The row then stays until its lease runs out: an operator should hear why the
+    # repository waits.
+    with sqlite3.connect(tmp_path / "moko.db") as db:
+        db.execute("CREATE TRIGGER refuse BEFORE DELETE ON locks BEGIN SELECT RAISE(ABORT, 'disk is failing'); END")
+    with capture_logs() as logs:
+        async with store.repository_lock("acme/widgets") as held:
+            await held.ensure()
+        await store.add_and_claim(delivery("after"), "me", 60)  # the release commits with it
+        await store.add_and_claim(delivery("later"), "me", 60)
+    assert [(e["event"], e["repo"], e["error"]) for e in logs if e["log_level"] == "warning"] == [
+        ("repository_lock_not_released", "acme/widgets", "disk is failing")]
