@@ -243,3 +243,28 @@ async def test_a_repository_lock_that_cannot_be_given_back_is_logged(store: SQLi
         await store.add_and_claim(delivery("later"), "me", 60)
     assert [(e["event"], e["repo"], e["error"]) for e in logs if e["log_level"] == "warning"] == [
         ("repository_lock_not_released", "acme/widgets", "disk is failing")]
+
+
+async def test_a_repository_lock_held_by_a_live_process_is_waited_for(tmp_path: Path):
+    url = f"sqlite:///{tmp_path}/moko.db"
+    first, second = SQLiteStore(url, lock_ttl=3600), SQLiteStore(url, lock_ttl=3600)
+    await first.open()
+    await second.open()
+    try:
+        order: list[str] = []
+        async with first.repository_lock("acme/widgets"):
+            await first.add_and_claim(delivery("d1"), "me", 60)  # the lock's row is on disk
+
+            async def take_second() -> None:
+                async with second.repository_lock("acme/widgets"):
+                    order.append("second has it")
+
+            waiting = asyncio.create_task(take_second())
+            await asyncio.sleep(1.0)  # several polls of the row
+            order.append("first gives it back")
+        await first.add_and_claim(delivery("d2"), "me", 60)  # the release commits with it
+        await asyncio.wait_for(waiting, 10)
+        assert order == ["first gives it back", "second has it"]
+    finally:
+        await first.close()
+        await second.close()
