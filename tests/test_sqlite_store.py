@@ -191,21 +191,19 @@ async def test_a_repository_lock_held_by_a_process_that_died_is_taken_at_once(tm
     # Its lease still runs for an hour, but the process is gone: waiting for the lease would
     # stall the repository for that hour.
     url = f"sqlite:///{tmp_path}/moko.db"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_A_LOCK_AND_DIE, url], stdout=subprocess.PIPE)
-    try:
-        line = await asyncio.wait_for(asyncio.to_thread(holder.stdout.readline), 30)
-        assert line == b"held\n"
-        for _ in range(100):  # the lock's row goes to disk with the next commit
-            with sqlite3.connect(tmp_path / "moko.db") as db:
-                if db.execute("SELECT count(*) FROM locks WHERE name = 'repo:acme/widgets'").fetchone()[0]:
-                    break
-            await asyncio.sleep(0.05)
-    finally:
-        holder.kill()
-        holder.wait()
     store = SQLiteStore(url, lock_ttl=3600)
-    await store.open()
+    await store.open()  # the other process dies while this one runs, as in a crash
     try:
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_A_LOCK_AND_DIE, url], stdout=subprocess.PIPE)
+        try:
+            line = await asyncio.wait_for(asyncio.to_thread(holder.stdout.readline), 30)
+            assert line == b"held\n"
+            with sqlite3.connect(tmp_path / "moko.db") as db:
+                held_by = db.execute("SELECT owner FROM locks WHERE name = 'repo:acme/widgets'").fetchall()
+            assert len(held_by) == 1 and not held_by[0][0].startswith(store.owner)
+        finally:
+            holder.kill()
+            holder.wait()
         async with asyncio.timeout(10):
             async with store.repository_lock("acme/widgets") as held:
                 await held.ensure()
