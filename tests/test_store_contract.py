@@ -283,6 +283,16 @@ async def test_claim_pending_takes_the_oldest_first_up_to_the_limit(store: Store
     assert [d.id for d in again] == ["d-1"]
 
 
+async def test_claim_pending_with_room_for_one_takes_one_and_with_none_takes_none(store: Store):
+    # A worker pool with one free slot asks for one delivery; with none free, for none.
+    for n in range(2):
+        await store.add_delivery(new_delivery(f"d-{n}"))
+        await asyncio.sleep(0.002)
+    assert await store.claim_pending("worker-a", LONG_LEASE, 0) == []
+    assert [d.id for d in await store.claim_pending("worker-a", LONG_LEASE, 1)] == ["d-0"]
+    assert (await store.get_delivery("d-1")).state == QUEUED
+
+
 async def test_claim_pending_takes_deliveries_whose_lease_expired(store: Store):
     await store.add_delivery(new_delivery("d-old"))
     await store.add_delivery(new_delivery("d-new"))
