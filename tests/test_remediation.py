@@ -151,6 +151,23 @@ async def test_deleted_protection_is_restored(org, moko):
     ]
 
 
+async def test_a_rule_created_against_the_policy_is_removed(org, moko):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\nbranches:\n  - name: release\n    protection: null\n")
+    compliant_repo(org, "core")
+    org.add_branch(ORG, "core", "release")
+    org.set_protection(ORG, "core", "release", DEFAULT_PROTECTION)
+    org.reset_calls()
+    created = org.event("branch_protection_rule", "created", owner=ORG, repo="core", branch="release",
+                        protection=DEFAULT_PROTECTION)
+    await moko.deliver("branch_protection_rule", created, delivery="rule-created")
+    assert org.protection(ORG, "core", "release") is None
+    assert [c for c in repo_calls(org, "core") if c[0] != "GET"] == [
+        ("DELETE", f"/repos/{ORG}/core/branches/release/protection")]
+    assert [(r.field, r.outcome, r.trigger) for r in await records(moko, "core")] == [
+        ("release", "applied", "branch_protection_rule.created")]
+
+
 async def test_compliant_protected_branch_is_never_written_again(org, moko):
     compliant_repo(org, "steady")
     for action in ("edited", "created"):
