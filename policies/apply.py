@@ -209,13 +209,16 @@ class Transaction:
             await self.record(changes, DRY_RUN)
 
     async def apply(self, changes: Sequence[Change]) -> bool:
-        """Apply in order; on a failure undo what was applied. True when nothing failed.
+        """Apply in order; on a failure undo what was applied. True when the transaction went
+        through (nothing of it was rolled back).
 
         Changes of an independent kind (a branch deletion) come after the rest, once it all
-        went through, each on its own: one that fails is recorded and the next is tried."""
+        went through, each on its own: one that fails is recorded as failed (which fails the
+        repository) and the next is tried; it undoes nothing and leaves the transaction's
+        result standing, so what the transaction left waiting (a protection whose branch does
+        not exist yet) is still recorded as waiting."""
         if not await self._apply_together([c for c in changes if not is_independent(c)]):
             return False
-        ok = True
         for change in (c for c in changes if is_independent(c)):
             step = Step((change,))
             await self.intend(step.changes)
@@ -223,10 +226,9 @@ class Transaction:
                 await send_step(self._gh, self.owner, self.repo, step)
             except GitHubException as exc:
                 await self.record(step.changes, FAILED, github_error(exc))
-                ok = False
                 continue
             await self.record(step.changes, APPLIED)
-        return ok
+        return True
 
     async def _apply_together(self, changes: Sequence[Change]) -> bool:
         """The transaction: in order, and on a failure undo what was applied."""

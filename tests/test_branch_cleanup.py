@@ -199,6 +199,24 @@ async def test_a_refused_deletion_fails_the_repository_and_the_others_still_go(o
     assert set(org.branches(ORG, "mixed")) == {"main", "a-old"}
 
 
+async def test_a_refused_deletion_leaves_a_protection_waiting_for_its_branch_recorded(org, env):
+    # hotfix does not exist yet: its protection waits for it, and that wait is recorded (its
+    # time is when the wait began) even though a branch deletion of the same sweep failed.
+    org.put_file(ORG, ".github", ".github/moko.yml", POLICY + (
+        "branches:\n  - name: hotfix\n    protection:\n      required_status_checks: null\n"
+        "      enforce_admins: true\n      required_pull_request_reviews: null\n      restrictions: null\n"))
+    compliant_repo(org, "waits")
+    org.add_branch(ORG, "waits", "a-old", committed=ago(200))
+    org.merge_branch(ORG, "waits", "a-old")
+    org.fail("DELETE", rf"^/repos/{ORG}/waits/git/refs/heads/a-old$", 403)
+    code, doc, _ = await sweep(env, "--repo", "waits")
+    assert code == 1
+    result = next(r for r in doc["results"] if r["repo"] == f"{ORG}/waits")
+    assert [(c["policy"], c["field"], c["outcome"]) for c in result["changes"]] == [
+        ("branch_cleanup", "a-old", "failed"), ("branch_protection", "hotfix", "deferred")]
+    assert "a-old" in org.branches(ORG, "waits")
+
+
 async def test_webhooks_and_apply_never_delete_a_branch_and_plan_and_status_show_them(org, moko):
     heads = stale_branches(org, "web")
     org.set_permission(ORG, "web", "alice", "maintain")
