@@ -6,10 +6,8 @@ import asyncio
 import gc
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -18,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot.audit import AuditWriter, log_audit_head, log_audit_heads_forever, vouch_for_plain_records
 from bot.config import Settings, load_settings
-from bot.context import Services
+from bot.context import Hooks, Services
 from bot.github_app import GitHubApp
 from bot.github_client import ClientOptions
 from bot.http_limits import CappedSite, UnverifiedBodies, handler_args
@@ -59,14 +57,6 @@ def build_github(settings: Settings, session: aiohttp.ClientSession) -> GitHubAp
         private_key=settings.private_key,
         options=client_options(settings),
     )
-
-
-@dataclass
-class Hooks:
-    """Extension points the wiring offers: components built on the services, background loops."""
-
-    components: list[Callable[[Services], None]] = field(default_factory=list)
-    background: list[Callable[[Services], Any]] = field(default_factory=list)
 
 
 def default_hooks() -> Hooks:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -13,6 +15,7 @@ if TYPE_CHECKING:
     from bot.audit import AuditWriter
     from bot.github_app import GitHubApp
     from bot.github_client import MokoGitHubAPI
+    from policies.engine import PolicyEngine
 
 
 @dataclass
@@ -24,8 +27,20 @@ class Services:
     github: GitHubApp
     audit: AuditWriter
     owner: str  # this replica's identity in leases and locks
-    # Components wired by the app (e.g. the policy engine), kept here so bot/ needs no policy import.
-    components: dict[str, Any] = field(default_factory=dict)
+    # The policy engine, installed by the wiring when the app starts (bot/ imports no policy
+    # code: the annotation alone names it).
+    engine: PolicyEngine | None = None
+    # Epoch seconds for the commands' rate limit; tests set a clock of their own.
+    clock: Callable[[], float] = time.time
+
+
+@dataclass
+class Hooks:
+    """Extension points the wiring offers the app: installers run on the services once they
+    exist (the policy engine), and background loops started beside the workers."""
+
+    components: list[Callable[[Services], None]] = field(default_factory=list)
+    background: list[Callable[[Services], Any]] = field(default_factory=list)
 
 
 @dataclass

@@ -22,8 +22,6 @@ STATUS_DETAIL_PERMISSION = "triage"
 
 RATE_LIMIT = 5  # commands per user per repository per window
 RATE_WINDOW_SECONDS = 60.0
-# Services.components key of a `() -> float` clock (epoch seconds); tests set it.
-CLOCK = "command_clock"
 
 
 def at_least(role: str, needed: str) -> bool:

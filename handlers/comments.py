@@ -17,7 +17,6 @@ Commands silenced by the rate limit (after its one notice) are only logged.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,7 @@ from bot.metrics import COMMANDS
 from bot.redact import REDACTOR
 from bot.store.base import AuditEntry
 from handlers import command_text as text
-from handlers.command_access import CLOCK, Turn, rate_turn
+from handlers.command_access import Turn, rate_turn
 from handlers.command_parsing import Command, InvalidCommand, parse_command
 from handlers.command_run import DENIED, Answer, Request, failed, run_command
 from handlers.common import engine_of
@@ -178,8 +177,7 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
         # a command whose process died a few times would be throttled.
         turn = Turn.ALLOWED
     else:
-        clock = ctx.services.components.get(CLOCK, time.time)
-        turn = await rate_turn(ctx.services.store, full_name, user, clock)
+        turn = await rate_turn(ctx.services.store, full_name, user, ctx.services.clock)
     if turn is not Turn.ALLOWED:
         COMMANDS.labels(command=command.name, outcome="throttled").inc()
         log.warning("command_throttled", notice=turn is Turn.NOTICE)

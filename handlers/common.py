@@ -7,11 +7,9 @@ from typing import Any
 
 from gidgethub.sansio import Event
 
-from bot.context import EventContext
+from bot.context import EventContext, Services
 from policies.apply import Run
 from policies.engine import REPO_FAILED, PolicyEngine, RepoResult
-
-ENGINE = "engine"
 
 
 class RemediationFailed(Exception):
@@ -19,7 +17,13 @@ class RemediationFailed(Exception):
 
 
 def engine_of(ctx: EventContext) -> PolicyEngine:
-    return ctx.services.components[ENGINE]
+    return engine_of_services(ctx.services)
+
+
+def engine_of_services(services: Services) -> PolicyEngine:
+    if services.engine is None:
+        raise RuntimeError("the policy engine was not installed on the services")
+    return services.engine
 
 
 def run_of(event: Event, ctx: EventContext) -> Run:

@@ -3,18 +3,17 @@ background loops that run beside them."""
 
 from __future__ import annotations
 
-from bot.app import Hooks
-from bot.context import Services
+from bot.context import Hooks, Services
 from bot.reconcile_budget import TurnCost
 from bot.scheduler import ReconcileCycle
-from handlers.common import ENGINE
+from handlers.common import engine_of_services
 from handlers.noncompliance import NonComplianceNotice
 from policies.engine import PolicyEngine
 from policies.sweep import reconcile_installation
 
 
 def install_engine(services: Services) -> None:
-    services.components[ENGINE] = PolicyEngine(
+    services.engine = PolicyEngine(
         store=services.store,
         audit=services.audit,
         dry_run=services.settings.dry_run,
@@ -27,7 +26,7 @@ def install_engine(services: Services) -> None:
 async def reconcile_one(services: Services, installation: int, account: str) -> TurnCost:
     """One installation's turn: the same sweep as `moko sweep`, as the App's installation."""
     return await reconcile_installation(
-        services.components[ENGINE], services.github, services.store, installation, account
+        engine_of_services(services), services.github, services.store, installation, account
     )
 
 

@@ -10,7 +10,6 @@ import pytest
 from bot.audit import settled
 from bot.store.base import DONE, FAILED
 from handlers import command_text as text
-from handlers.command_access import CLOCK
 from tests.support.harness import run_moko
 from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
 
@@ -466,7 +465,7 @@ async def test_comments_that_are_not_commands_are_ignored(drifted, moko, body, u
 
 async def test_six_commands_in_a_minute_get_one_throttle_answer(drifted, moko):
     now = [1_000_000.0]
-    moko.services.components[CLOCK] = lambda: now[0]
+    moko.services.clock = lambda: now[0]
     asked = []
     for _ in range(7):
         asked.append((await command(moko, drifted, "/moko help", user="spammer"))[0])

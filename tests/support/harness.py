@@ -20,9 +20,9 @@ import aiohttp
 from aiohttp import web
 from gidgethub.routing import Router
 
-from bot.app import SERVICES, WORKERS, Hooks, create_app
+from bot.app import SERVICES, WORKERS, create_app
 from bot.config import load_settings
-from bot.context import Services
+from bot.context import Hooks, Services
 from bot.worker import WorkerPool
 from tests.fakegithub.webhooks import webhook_headers
 
