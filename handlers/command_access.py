@@ -12,6 +12,7 @@ from typing import Any
 from gidgethub import BadRequest
 
 from bot.store.base import Store
+from handlers.command_text import RATE_LIMIT
 
 # Least to most; "none" is what GitHub answers for someone with no access.
 ROLES = ("none", "read", "triage", "write", "maintain", "admin")
@@ -20,7 +21,6 @@ AUDIT_PERMISSION = "triage"
 PLAN_PERMISSION = "triage"
 STATUS_DETAIL_PERMISSION = "triage"
 
-RATE_LIMIT = 5  # commands per user per repository per window
 RATE_WINDOW_SECONDS = 60.0
 
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from handlers.command_text import AUDIT_DEFAULT, AUDIT_MAX, AUDIT_MIN
+
 PREFIX = "/moko"
 MAX_BODY_BYTES = 64 * 1024
 NAMES = ("help", "status", "plan", "apply", "audit")
-AUDIT_DEFAULT, AUDIT_MIN, AUDIT_MAX = 10, 1, 50
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _COMMAND = re.compile(r"^ {0,3}" + re.escape(PREFIX) + r"(?=\s|$)(.*)$", re.IGNORECASE)

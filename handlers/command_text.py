@@ -11,12 +11,17 @@ import re
 
 MARKER = "<!-- moko:command -->"
 
+# The limits the texts state, and the only place they are set: the parser and the rate limit
+# read them from here.
+RATE_LIMIT = 5  # commands per person per repository per minute
+AUDIT_DEFAULT, AUDIT_MIN, AUDIT_MAX = 10, 1, 50  # records `/moko audit [N]` shows
+
 
 def delivery_marker(delivery_id: str) -> str:
     """The hidden mark of the answer to one delivery (only the id's safe characters)."""
     return f"<!-- moko:delivery {re.sub(r'[^A-Za-z0-9._-]', '', delivery_id)[:100]} -->"
 
-HELP = """\
+HELP = f"""\
 **Moko commands.** Write one on its own line of an issue or pull-request comment:
 
 | command | what Moko does | who may use it |
@@ -25,29 +30,29 @@ HELP = """\
 | `/moko status` | says whether this repository complies with the policy; to triage or higher, which fields differ | anyone who can comment |
 | `/moko plan` | lists the changes `/moko apply` would make | triage or higher |
 | `/moko apply` | brings this repository in line with the policy now | the policy's `commands.apply_permission` role (default: maintain) or higher |
-| `/moko audit [N]` | shows the last N audit records of this repository (N from 1 to 50, default 10) | triage or higher |
+| `/moko audit [N]` | shows the last N audit records of this repository (N from {AUDIT_MIN} to {AUDIT_MAX}, default {AUDIT_DEFAULT}) | triage or higher |
 
-Each person may send 5 commands per repository per minute."""
+Each person may send {RATE_LIMIT} commands per repository per minute."""
 
 # Why a command could not be run; {given} is the commenter's text, escaped.
 PROBLEM = "Moko could not run that command: {problem}"
 PROBLEMS = {
     "unknown": "there is no command “{given}”.",
     "arguments": "`{command}` takes no arguments, but was given “{given}”.",
-    "count": "`audit` takes one number from 1 to 50, not “{given}”.",
+    "count": f"`audit` takes one number from {AUDIT_MIN} to {AUDIT_MAX}, not “{{given}}”.",
 }
 # The same, when what was given held a secret: it is not echoed at all (an echoed
 # "[REDACTED]" would confirm a guess).
 PROBLEMS_UNSHOWN = {
     "unknown": "there is no such command.",
     "arguments": "`{command}` takes no arguments.",
-    "count": "`audit` takes one number from 1 to 50.",
+    "count": f"`audit` takes one number from {AUDIT_MIN} to {AUDIT_MAX}.",
 }
 
 DRY_RUN_NOTE = "_Moko runs in dry-run: it changes nothing and only records what it would do._"
 
 THROTTLED = (
-    "You have sent more than 5 Moko commands in this repository within a minute, "
+    f"You have sent more than {RATE_LIMIT} Moko commands in this repository within a minute, "
     "so Moko does not answer your next ones here until a minute has passed."
 )
 

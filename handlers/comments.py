@@ -183,7 +183,7 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
         log.warning("command_throttled", notice=turn is Turn.NOTICE)
         if turn is Turn.NOTICE:
             await reply(await ctx.github(), thread, text.THROTTLED, ctx.delivery_id)
-            await record(ctx, run, full_name, command, thread, DENIED, "rate limit: over 5 commands a minute")
+            await record(ctx, run, full_name, command, thread, DENIED, f"rate limit: over {text.RATE_LIMIT} commands a minute")
         return
 
     gh = await ctx.github()
