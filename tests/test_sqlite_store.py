@@ -219,6 +219,64 @@ async def test_a_repository_lock_held_by_a_process_that_died_is_taken_at_once(tm
         await store.close()
 
 
+HOLD_LOCKS_AND_DIE = """
+import asyncio, contextlib, sys
+from bot.store.sqlite import SQLiteStore
+
+async def main():
+    store = SQLiteStore(sys.argv[1], lock_ttl=3600)
+    await store.open()
+    async with contextlib.AsyncExitStack() as stack:
+        for repo in sys.argv[2:]:
+            await stack.enter_async_context(store.repository_lock(repo))
+        print("held", flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_of_processes_racing_for_a_dead_processs_locks_one_at_a_time_holds_each(tmp_path: Path):
+    # Each waiting process finds the holder dead and takes its row; all but one find the row
+    # taken by then and must go on waiting, or two would change one repository at once. Who
+    # reads before whose take commits is up to the machine: several rounds, each its own race.
+    url = f"sqlite:///{tmp_path}/moko.db"
+    rounds = [[f"acme/round{r}-repo{i}" for i in range(4)] for r in range(6)]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCKS_AND_DIE, url, *(repo for repos in rounds for repo in repos)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(holder.stdout.readline), 30)
+        assert line == b"held\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    stores = [SQLiteStore(url, lock_ttl=3600) for _ in range(3)]
+    for store in stores:
+        await store.open()
+    inside: dict[str, list[str]] = {}
+    at_once: dict[str, int] = {}
+
+    async def change(store: SQLiteStore, repo: str) -> None:
+        async with store.repository_lock(repo) as held:
+            await held.ensure()
+            inside.setdefault(repo, []).append(store.owner)
+            at_once[repo] = max(at_once.get(repo, 0), len(inside[repo]))
+            await asyncio.sleep(0.15)
+            inside[repo].remove(store.owner)
+        await store.add_and_claim(delivery(f"{repo} by {store.owner}"), "me", 60)  # the release commits with it
+
+    try:
+        for repos in rounds:
+            async with asyncio.timeout(10):
+                await asyncio.gather(*(change(store, repo) for repo in repos for store in stores))
+    finally:
+        for store in stores:
+            await store.close()
+    assert at_once == {repo: 1 for repos in rounds for repo in repos}
+
+
 async def test_a_repository_lock_given_back_logs_no_warning(store: SQLiteStore, tmp_path: Path):
     with capture_logs() as logs:
         async with store.repository_lock("acme/widgets") as held:
