@@ -658,20 +658,29 @@ async def check(campaign: Campaign, report: dict[str, Any], audit_exit: int, aud
     # Across runs too: two fixers of one repository (two deliveries, a delivery and a push's
     # reconcile) each recording the same fix. A run makes one settings PATCH and one PUT a
     # branch, so its applied records of a repository's kind count as one write.
-    applied = await store.query(
-        f"SELECT repo, policy, count(DISTINCT run_id) FROM {table} WHERE outcome = 'applied' "
-        "AND policy IN ('repository', 'branch_protection') GROUP BY repo, policy")
-    applied_over = {}
-    for repo, policy, runs in applied:
+    # A run whose later step failed rolled its applied steps back: the change did not stand
+    # (its record says `rolled-back`), and it cost two writes, the change and its undo, that
+    # the repository's next fixer makes again. Neither counts as a change made twice.
+    outcomes = await store.query(
+        f"SELECT DISTINCT run_id, repo, policy, outcome FROM {table} "
+        "WHERE outcome IN ('applied', 'rolled-back') AND policy IN ('repository', 'branch_protection')")
+    applied_runs: dict[tuple[str, str], set[str]] = defaultdict(set)
+    rolled_back: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for run_id, repo, policy, outcome in outcomes:
         kind = "settings" if policy == "repository" else "protection"
+        (applied_runs if outcome == "applied" else rolled_back)[(repo, kind)].add(str(run_id))
+    applied_over = {}
+    for (repo, kind), runs in applied_runs.items():
+        standing = len(runs - rolled_back[(repo, kind)])
         planned = stream.plan[repo][kind] if repo in stream.plan else 0
-        if runs > planned:
-            applied_over[f"{repo} {kind}"] = (int(runs), planned)
+        if standing > planned:
+            applied_over[f"{repo} {kind}"] = (standing, planned)
     over, under = {}, {}
     for name, plan in stream.plan.items():
         done = report["writes"].get(name, {})
         for kind in ("settings", "protection"):
-            if done.get(kind, 0) > plan[kind]:
+            allowed = plan[kind] + 2 * len(rolled_back[(name, kind)])
+            if done.get(kind, 0) > allowed:
                 over[f"{name} {kind}"] = (done.get(kind, 0), plan[kind])
             elif done.get(kind, 0) < plan[kind]:
                 under[f"{name} {kind}"] = (done.get(kind, 0), plan[kind])
