@@ -46,6 +46,7 @@ from policies.model import (
     Policy,
     RepoState,
     is_unreadable,
+    shown_in_error,
 )
 from policies.server_fields import QUERIED_TYPES, REF_TYPE
 
@@ -100,7 +101,7 @@ def check_branch_cleanup(value: Any, path: Path) -> list[Problem]:
     if value is None:
         return []
     if not isinstance(value, Mapping):
-        return [(path, "must be a mapping {after, merged_only, keep}, not " + _shown(value))]
+        return [(path, "must be a mapping {after, merged_only, keep}, not " + shown_in_error(value))]
     problems: list[Problem] = []
     for key in value:
         if key not in KEYS:
@@ -108,12 +109,12 @@ def check_branch_cleanup(value: Any, path: Path) -> list[Problem]:
     if "after" not in value:
         problems.append((path, "after: missing (how long a branch has had no commits, e.g. 90d)"))
     elif parse_after(value["after"]) is None:
-        problems.append((path + ("after",), f"must be a duration such as 90d, 12h or 30m, not {_shown(value['after'])}"))
+        problems.append((path + ("after",), f"must be a duration such as 90d, 12h or 30m, not {shown_in_error(value['after'])}"))
     if "merged_only" in value and not isinstance(value["merged_only"], bool):
-        problems.append((path + ("merged_only",), f"must be true or false, not {_shown(value['merged_only'])}"))
+        problems.append((path + ("merged_only",), f"must be true or false, not {shown_in_error(value['merged_only'])}"))
     keep = value.get("keep")
     if keep is not None and not isinstance(keep, list):
-        problems.append((path + ("keep",), f"must be a list of branch globs, not {_shown(keep)}"))
+        problems.append((path + ("keep",), f"must be a list of branch globs, not {shown_in_error(keep)}"))
     for index, pattern in enumerate(keep if isinstance(keep, list) else ()):
         problem = glob_problem(pattern)
         if problem:
@@ -131,18 +132,6 @@ def section_from(value: Mapping[str, Any] | None) -> BranchCleanup | None:
         after=str(value["after"]).strip(), after_seconds=seconds,
         merged_only=bool(value.get("merged_only", True)), keep=tuple(value.get("keep") or ()),
     )
-
-
-def _shown(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
 
 
 # --- what is known of a repository's branches --------------------------------------------------

@@ -420,3 +420,17 @@ class Plan:
 
 def _suffixes(keys: Sequence[str], prefix: str) -> tuple[str, ...]:
     return tuple(key.split(".", 1)[1] for key in keys if key.split(".", 1)[0] == prefix)
+
+
+def shown_in_error(value: Any) -> str:
+    """A policy file's value as an error message names it: YAML's spelling of null and the
+    booleans, the kind of a mapping or list (not its contents), the repr of anything else."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)

@@ -25,7 +25,16 @@ from dataclasses import replace
 from importlib import resources
 from typing import Any
 
-from policies.model import RULESETS, Change, KindPlan, Policy, RepoState, is_unreadable, thaw
+from policies.model import (
+    RULESETS,
+    Change,
+    KindPlan,
+    Policy,
+    RepoState,
+    is_unreadable,
+    shown_in_error,
+    thaw,
+)
 
 # The fields of a ruleset that its create body can set: what an undo writes back.
 BODY_KEYS: tuple[str, ...] = ("name", "target", "enforcement", "conditions", "rules", "bypass_actors")
@@ -61,18 +70,6 @@ def _resolve(schema: Mapping[str, Any]) -> Mapping[str, Any]:
     return schema
 
 
-def _shown(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
-
-
 def _type_ok(value: Any, kind: str) -> bool:
     if isinstance(value, bool) and kind in ("integer", "number"):
         return False
@@ -97,7 +94,7 @@ def check_value(value: Any, schema: Mapping[str, Any], path: Path) -> list[Probl
         if typed and isinstance(value, Mapping):
             kind = value.get("type")
             if kind not in typed:
-                return [(path + ("type",), f"must be one of {', '.join(sorted(typed))}, not {_shown(kind)}")]
+                return [(path + ("type",), f"must be one of {', '.join(sorted(typed))}, not {shown_in_error(kind)}")]
             return check_value(value, typed[kind], path)
         results = [check_value(value, v, path) for v in variants]
         if any(not r for r in results):
@@ -105,9 +102,9 @@ def check_value(value: Any, schema: Mapping[str, Any], path: Path) -> list[Probl
         return min(results, key=len)
     kind = schema.get("type")
     if kind and not _type_ok(value, kind):
-        return [(path, f"must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not {_shown(value)}")]
+        return [(path, f"must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not {shown_in_error(value)}")]
     if "enum" in schema and value not in schema["enum"]:
-        return [(path, f"must be one of {', '.join(map(str, schema['enum']))}, not {_shown(value)}")]
+        return [(path, f"must be one of {', '.join(map(str, schema['enum']))}, not {shown_in_error(value)}")]
     problems: list[Problem] = []
     if "minimum" in schema and isinstance(value, (int, float)) and value < schema["minimum"]:
         problems.append((path, f"must be at least {schema['minimum']}, not {value}"))
@@ -133,13 +130,13 @@ def check_value(value: Any, schema: Mapping[str, Any], path: Path) -> list[Probl
 def check_rulesets(value: Any, path: Path) -> list[Problem]:
     """Problems of a ``rulesets`` section: a list of create bodies with distinct names."""
     if not isinstance(value, list):
-        return [(path, f"must be a list of POST /repos/{{owner}}/{{repo}}/rulesets bodies, not {_shown(value)}")]
+        return [(path, f"must be a list of POST /repos/{{owner}}/{{repo}}/rulesets bodies, not {shown_in_error(value)}")]
     problems: list[Problem] = []
     seen: dict[str, int] = {}
     for index, entry in enumerate(value):
         where = path + (index,)
         if not isinstance(entry, Mapping):
-            problems.append((where, f"must be the body of POST /repos/{{owner}}/{{repo}}/rulesets, not {_shown(entry)}"))
+            problems.append((where, f"must be the body of POST /repos/{{owner}}/{{repo}}/rulesets, not {shown_in_error(entry)}"))
             continue
         problems.extend(check_value(entry, _SCHEMA["schema"], where))
         name = entry.get("name")
