@@ -337,7 +337,7 @@ class Mokos:
         env = {**os.environ, **self.env, **extra, "PORT": str(replica.port), "HOST": "127.0.0.1"}
         log = replica.log.open("ab")
         replica.process = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1", "--port", str(replica.port)],
+            [sys.executable, "-m", "handlers.wiring.cli", "serve", "--host", "127.0.0.1", "--port", str(replica.port)],
             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
         log.close()
         replica.starts += 1
@@ -725,7 +725,7 @@ async def check(campaign: Campaign, report: dict[str, Any], audit_exit: int, aud
 
 
 def audit_verify(env: dict[str, str]) -> tuple[int, str]:
-    done = subprocess.run([sys.executable, "-m", "bot.cli", "audit", "--verify"],
+    done = subprocess.run([sys.executable, "-m", "handlers.wiring.cli", "audit", "--verify"],
                           env={**os.environ, **env}, cwd=ROOT, capture_output=True, text=True, timeout=300)
     return done.returncode, done.stdout + done.stderr
 

@@ -185,7 +185,7 @@ def run(
     ports = [20000 + (os.getpid() % 1000) * 4 + i for i in range(replicas)]
     servers = [
         subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "handlers.wiring.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
             env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=(workdir / f"serve{i}.log").open("wb"),
         )
         for i, port in enumerate(ports)

@@ -217,7 +217,7 @@ class Server:
                 "MOKO_RECOVER_WINDOW": "0", "MOKO_QUEUE_MAX": "1000000",
                 "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning"),
             }
-            command = [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+            command = [sys.executable, "-m", "handlers.wiring.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
             if profile:
                 # cProfile of the event loop's thread, written when the server stops.
                 command[1:1] = ["-m", "cProfile", "-o", profile]

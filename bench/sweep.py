@@ -82,12 +82,12 @@ class RecordedSpacing:
 
 
 async def run_sweep(url: str, app_id: str, key: str, database: str) -> dict[str, Any]:
-    from bot.app import client_options
-    from bot.cli import build_parser
-    from bot.cli_sweep import sweep_command
     from bot.config import load_settings
     from bot.github_app import GitHubApp
     from bot.logs import configure_logging
+    from handlers.wiring.app import client_options
+    from handlers.wiring.cli import build_parser
+    from handlers.wiring.cli_sweep import sweep_command
 
     configure_logging("error", "json")
     spacing = RecordedSpacing()

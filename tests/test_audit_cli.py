@@ -15,10 +15,10 @@ import pytest
 
 from bot import cli
 from bot.audit import AuditWriter
-from bot.cli_audit import audit_command
 from bot.config import load_settings
 from bot.store import open_store
 from bot.store.base import AuditEntry
+from handlers.wiring.cli_audit import audit_command
 from tests.support.harness import post_webhook, run_moko, start_moko_process
 from tests.test_sweep import ORG, compliant_repo, sweep
 

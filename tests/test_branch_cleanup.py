@@ -267,7 +267,7 @@ async def test_the_continuous_reconciliation_deletes_stale_branches(org, tmp_pat
 def check_config(tmp_path, text: str) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "moko.yml"
     path.write_text(text)
-    return subprocess.run([sys.executable, "-m", "bot.cli", "check-config", str(path)],
+    return subprocess.run([sys.executable, "-m", "handlers.wiring.cli", "check-config", str(path)],
                           capture_output=True, text=True, timeout=60)
 
 

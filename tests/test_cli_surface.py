@@ -8,11 +8,11 @@ import subprocess
 import sys
 from importlib.metadata import version
 
-from bot.cli import build_parser
+from handlers.wiring.cli import build_parser
 
 
 def test_version_prints_the_installed_version():
-    done = subprocess.run([sys.executable, "-m", "bot.cli", "--version"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "handlers.wiring.cli", "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert done.stdout.strip() == f"moko {version('moko')}"
 
@@ -33,7 +33,7 @@ def test_every_option_of_every_command_has_a_help_text():
 
 
 def test_help_of_a_command_names_its_options():
-    done = subprocess.run([sys.executable, "-m", "bot.cli", "sweep", "--help"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "handlers.wiring.cli", "sweep", "--help"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0
     text = " ".join(done.stdout.split())  # argparse wraps lines to the terminal's width

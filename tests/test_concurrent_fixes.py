@@ -199,7 +199,7 @@ async def test_a_delivery_racing_a_sweep_in_another_process_fixes_the_repository
     moko = await start_moko_process(env, tmp_path / "moko.log")
     try:
         sweep = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot.cli", "sweep", "--org", ORG, "--json",
+            sys.executable, "-m", "handlers.wiring.cli", "sweep", "--org", ORG, "--json",
             env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         await wait_until(lambda: bool(read), timeout=30)

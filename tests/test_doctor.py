@@ -11,7 +11,7 @@ import sys
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bot.cli_doctor import handled_events
+from handlers.wiring.cli_doctor import handled_events
 from tests.support.harness import ROOT, free_port, moko_environ
 
 ORG = "acme"
@@ -27,7 +27,7 @@ def sound(fake) -> None:
 async def doctor(env: dict[str, str], *args: str) -> tuple[int, str]:
     """`moko doctor` as a person runs it: a process of its own (the fake shares this loop)."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "doctor", *args, env=env, cwd=ROOT,
+        sys.executable, "-m", "handlers.wiring.cli", "doctor", *args, env=env, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(process.communicate(), 60)
     return process.returncode or 0, out.decode()

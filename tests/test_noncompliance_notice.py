@@ -12,10 +12,10 @@ import pytest
 
 from bot import cli
 from bot.audit import AuditWriter, settled
-from bot.cli_sweep import sweep_command
 from bot.config import load_settings
 from bot.store import open_store
 from bot.store.base import AuditEntry
+from handlers.wiring.cli_sweep import sweep_command
 from tests.support.harness import moko_environ
 from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
 from tests.test_hostile_policies import serve_and_send

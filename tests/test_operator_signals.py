@@ -14,7 +14,7 @@ PING = load_example("ping")
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bot.cli", "check-config", str(path)],
+    return subprocess.run([sys.executable, "-m", "handlers.wiring.cli", "check-config", str(path)],
                           capture_output=True, text=True, timeout=60)
 
 

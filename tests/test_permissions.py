@@ -155,7 +155,7 @@ async def test_a_field_github_leaves_out_anyway_is_unknown_after_one_read(fake_g
 def test_check_config_lists_fields_app_yml_cannot_read(tmp_path):
     policy = tmp_path / "moko.yml"
     policy.write_text(SQUASH_POLICY)
-    done = subprocess.run([sys.executable, "-m", "bot.cli", "check-config", str(policy)],
+    done = subprocess.run([sys.executable, "-m", "handlers.wiring.cli", "check-config", str(policy)],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
@@ -169,7 +169,7 @@ def test_check_config_lists_fields_app_yml_cannot_read(tmp_path):
 def test_the_built_in_policy_needs_nothing_beyond_app_yml(tmp_path, policy):
     file = tmp_path / "moko.yml"
     file.write_text(policy)
-    done = subprocess.run([sys.executable, "-m", "bot.cli", "check-config", str(file)],
+    done = subprocess.run([sys.executable, "-m", "handlers.wiring.cli", "check-config", str(file)],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0 and done.stdout == f"{file}: valid\n"
 

@@ -75,7 +75,7 @@ def test_check_config_as_a_process_refuses_a_billion_laughs(tmp_path):
     path.write_text(BILLION_LAUGHS)
     assert len(BILLION_LAUGHS.encode()) < 1000
     done = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "check-config", str(path)], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "handlers.wiring.cli", "check-config", str(path)], capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 2
     assert done.stdout == f"{path}:1: more than 10,000 YAML values (aliases counted as expanded)\n"

@@ -11,8 +11,8 @@ import json
 import pytest
 
 from bot import cli
-from bot.cli_sweep import sweep_command
 from bot.config import load_settings
+from handlers.wiring.cli_sweep import sweep_command
 from tests.support.harness import moko_environ
 from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
 from tests.test_hostile_policies import serve_and_send

@@ -160,7 +160,7 @@ async def test_concurrent_audit_writers_on_two_replicas_keep_one_verifiable_chai
     assert applied == len(names) * 3  # has_wiki, has_projects, and the protection of each
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "MOKO_"))}
     verify = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "audit", "--verify"],
+        [sys.executable, "-m", "handlers.wiring.cli", "audit", "--verify"],
         env={**clean, "MOKO_DATABASE_URL": postgres_url}, capture_output=True, text=True, timeout=60,
     )
     assert verify.returncode == 0, verify.stderr

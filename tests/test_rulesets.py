@@ -213,7 +213,7 @@ async def test_dry_run_writes_no_ruleset_and_records_it(org, moko):
 def check_config(tmp_path, text: str) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "moko.yml"
     path.write_text(text)
-    return subprocess.run([sys.executable, "-m", "bot.cli", "check-config", str(path)],
+    return subprocess.run([sys.executable, "-m", "handlers.wiring.cli", "check-config", str(path)],
                           capture_output=True, text=True, timeout=60)
 
 

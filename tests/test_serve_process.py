@@ -21,7 +21,7 @@ ORG = "acme"
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "MOKO_"))}
     return subprocess.run(
-        [sys.executable, "-m", "bot.cli", *args], env={**clean, **env}, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "handlers.wiring.cli", *args], env={**clean, **env}, capture_output=True, text=True, timeout=60
     )
 
 

@@ -19,12 +19,12 @@ import aiohttp
 import pytest
 
 from bot import cli
-from bot.app import client_options
 from bot.audit import settled
-from bot.cli_sweep import sweep_command
 from bot.config import Settings, load_settings
 from bot.github_app import GitHubApp
 from bot.store import open_store
+from handlers.wiring.app import client_options
+from handlers.wiring.cli_sweep import sweep_command
 
 ORG = "acme"
 INSTALLATION = 1

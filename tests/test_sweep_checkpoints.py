@@ -9,8 +9,8 @@ import io
 import pytest
 
 from bot import cli
-from bot.cli_sweep import sweep_command
 from bot.config import load_settings
+from handlers.wiring.cli_sweep import sweep_command
 from tests.test_sweep import BulkTime, compliant_repo, github_factory, sweep, trail, writes
 
 ORG = "acme"

@@ -20,10 +20,10 @@ import aiohttp
 from aiohttp import web
 from gidgethub.routing import Router
 
-from bot.app import SERVICES, WORKERS, create_app
 from bot.config import load_settings
 from bot.context import Hooks, Services
 from bot.worker import WorkerPool
+from handlers.wiring.app import SERVICES, WORKERS, create_app
 from tests.fakegithub.webhooks import webhook_headers
 
 WEBHOOK_SECRET = "It's a Secret to Everybody"
@@ -175,11 +175,11 @@ async def start_moko_process(environ: Mapping[str, str], log_path: Path, *, port
     port = port or free_port()
     inherited = {k: v for k, v in os.environ.items() if k not in without}
     env = {**inherited, **environ, "PORT": str(port), "HOST": "127.0.0.1"}
-    if cwd is not None:  # `python -m bot.cli` must still find Moko's code
+    if cwd is not None:  # `python -m handlers.wiring.cli` must still find Moko's code
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     log_file = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "handlers.wiring.cli", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT,
         cwd=cwd,
     )
     url = f"http://127.0.0.1:{port}"

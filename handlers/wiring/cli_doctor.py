@@ -15,12 +15,12 @@ from typing import IO, Any
 import aiohttp
 from gidgethub import GitHubException
 
-from bot.app import client_options
 from bot.config import Settings
 from bot.exit_codes import EXIT_FAILURES, EXIT_OK
 from bot.github_app import GitHubApp, GitHubCredentialsMissing
 from bot.redelivery import Attempt, failed_deliveries
 from bot.store import open_store
+from handlers.wiring.app import client_options
 from policies.apply import github_error
 from policies.loader import PolicyError
 from policies.model import Policy

@@ -25,7 +25,6 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from bot.app import client_options
 from bot.audit import AuditWriter
 from bot.config import Settings
 from bot.exit_codes import EXIT_FAILURES, EXIT_OK, EXIT_USAGE
@@ -33,6 +32,7 @@ from bot.github_app import GitHubApp
 from bot.logs import configure_logging
 from bot.store import open_store
 from handlers.noncompliance import NonComplianceNotice
+from handlers.wiring.app import client_options
 from policies.apply import github_error
 from policies.batch_read import OwnerNotFound, viewer_login
 from policies.engine import PolicyEngine

@@ -97,8 +97,8 @@ def _validate_private_key(settings: Settings) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from bot.app import serve
     from bot.logs import configure_logging
+    from handlers.wiring.app import serve
 
     env_path = Path.cwd() / ".env"
     settings = load_settings(environ_with_dotenv(env_path))
@@ -133,19 +133,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return run_serve(args)
         if args.command == "check-config":
-            from bot.cli_check import run_check_config
+            from handlers.wiring.cli_check import run_check_config
 
             return run_check_config(args.file)
         if args.command == "doctor":
-            from bot.cli_doctor import run_doctor
+            from handlers.wiring.cli_doctor import run_doctor
 
             return run_doctor(args, load_settings(environ_with_dotenv(Path.cwd() / ".env")))
         if args.command == "audit":
-            from bot.cli_audit import run_audit
+            from handlers.wiring.cli_audit import run_audit
 
             return run_audit(args, load_settings())
         if args.command == "sweep":
-            from bot.cli_sweep import run_sweep
+            from handlers.wiring.cli_sweep import run_sweep
 
             return run_sweep(args, load_settings())
     except ConfigError as error:

@@ -60,7 +60,7 @@ def build_github(settings: Settings, session: aiohttp.ClientSession) -> GitHubAp
 
 
 def default_hooks() -> Hooks:
-    from handlers.wiring import install_components
+    from handlers.wiring.components import install_components
 
     return install_components()
 
