@@ -13,11 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot import cli
 from bot.audit import AuditWriter
 from bot.config import load_settings
 from bot.store import open_store
 from bot.store.base import AuditEntry
+from handlers.wiring import cli
 from handlers.wiring.cli_audit import audit_command
 from tests.support.harness import post_webhook, run_moko, start_moko_process
 from tests.test_sweep import ORG, compliant_repo, sweep

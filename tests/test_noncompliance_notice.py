@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot import cli
 from bot.audit import AuditWriter, settled
 from bot.config import load_settings
 from bot.store import open_store
 from bot.store.base import AuditEntry
+from handlers.wiring import cli
 from handlers.wiring.cli_sweep import sweep_command
 from tests.support.harness import moko_environ
 from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bot import cli
+from handlers.wiring import cli
 from policies.loader import parse_policy
 
 # Ten times ten ... nine levels: a billion strings once expanded, 400 bytes written.

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from bot import cli
 from bot.config import load_settings
+from handlers.wiring import cli
 from handlers.wiring.cli_sweep import sweep_command
 from tests.support.harness import moko_environ
 from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG

@@ -18,11 +18,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot import cli
 from bot.audit import settled
 from bot.config import Settings, load_settings
 from bot.github_app import GitHubApp
 from bot.store import open_store
+from handlers.wiring import cli
 from handlers.wiring.app import client_options
 from handlers.wiring.cli_sweep import sweep_command
 

@@ -8,8 +8,8 @@ import io
 
 import pytest
 
-from bot import cli
 from bot.config import load_settings
+from handlers.wiring import cli
 from handlers.wiring.cli_sweep import sweep_command
 from tests.test_sweep import BulkTime, compliant_repo, github_factory, sweep, trail, writes
 
