@@ -28,6 +28,9 @@ Afterwards the fake's count of PATCHes must equal the drifted deliveries sent, p
 
     python bench/processing.py [--rounds 2] [--deliveries 3000] [--warmup 3000] [--concurrency 50]
     python bench/processing.py --only moko --workloads compliant --profile /tmp/prof   # where it goes
+    python bench/processing.py --only moko --rounds 1 --deliveries 300 --warmup 300 --callgrind
+        # instructions per delivery under valgrind: the same however loaded the machine is,
+        # for comparing two versions of Moko (not Moko with Node: their instructions differ)
 """
 
 from __future__ import annotations
@@ -191,8 +194,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_listening(port: int, process: subprocess.Popen[bytes], path: str = "/") -> None:
-    for _ in range(600):
+def wait_listening(port: int, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    for _ in range(int(seconds / 0.05)):
         if process.poll() is not None:
             raise SystemExit(f"the server exited {process.returncode}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
@@ -204,8 +207,15 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], path: str = "/")
 class Server:
     """One server under test: Moko (`moko serve` on a fresh SQLite file) or the Probot app."""
 
-    def __init__(self, kind: str, fake: dict[str, Any], workdir: Path, profile: str | None = None) -> None:
+    def __init__(self, kind: str, fake: dict[str, Any], workdir: Path, profile: str | None = None,
+                 callgrind: bool = False) -> None:
         self.kind = kind
+        self.callgrind_out = workdir / f"{kind}.callgrind" if callgrind else None
+        # Under callgrind, instructions are counted only between start_counting and stop_counting.
+        prefix = ([
+            "valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-line=no",
+            f"--callgrind-out-file={self.callgrind_out}",
+        ] if callgrind else [])
         self.port = free_port()
         self.database = workdir / f"{kind}.db"
         log = (workdir / f"{kind}.log").open("wb")
@@ -221,7 +231,8 @@ class Server:
             if profile:
                 # cProfile of the event loop's thread, written when the server stops.
                 command[1:1] = ["-m", "cProfile", "-o", profile]
-            self.process = subprocess.Popen(command, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=log)
+            self.process = subprocess.Popen(prefix + command, env=env, cwd=workdir, stdout=subprocess.DEVNULL,
+                                            stderr=log)
         else:
             if not (REFERENCE / "node_modules" / "probot").is_dir():
                 subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=REFERENCE, check=True)
@@ -229,8 +240,12 @@ class Server:
                 **os.environ, "APP_ID": str(fake["app_id"]), "PRIVATE_KEY": fake["key"], "WEBHOOK_SECRET": SECRET,
                 "PORT": str(self.port), "BASE_URL": fake["url"], "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warn"),
             }
-            self.process = subprocess.Popen(["node", "index.js"], cwd=REFERENCE, env=env, stdout=log, stderr=log)
-        wait_listening(self.port, self.process)
+            # Node's JIT rewrites its code: valgrind must look for self-modifying code everywhere.
+            node = ["node", "index.js"]
+            if callgrind:
+                prefix.insert(1, "--smc-check=all")
+            self.process = subprocess.Popen(prefix + node, cwd=REFERENCE, env=env, stdout=log, stderr=log)
+        wait_listening(self.port, self.process, 600 if callgrind else 60)
         self.url = f"http://127.0.0.1:{self.port}/api/github/webhooks"
 
     def unfinished(self, run: str) -> int:
@@ -257,6 +272,27 @@ class Server:
                 raise SystemExit(f"Moko processed nothing for 2 minutes, {left} deliveries left")
         return time.monotonic()
 
+    def start_counting(self) -> None:
+        if self.callgrind_out:
+            subprocess.run(["callgrind_control", "--instr=on", str(self.process.pid)], check=True,
+                           stdout=subprocess.DEVNULL)
+
+    def stop_counting(self) -> int | None:
+        """Instructions executed since start_counting (None when not under callgrind)."""
+        if not self.callgrind_out:
+            return None
+        subprocess.run(["callgrind_control", "--instr=off", str(self.process.pid)], check=True,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run(["callgrind_control", "--dump", str(self.process.pid)], check=True,
+                       stdout=subprocess.DEVNULL)
+        total = 0
+        for dump in self.callgrind_out.parent.glob(self.callgrind_out.name + "*"):
+            for line in dump.read_text(errors="replace").splitlines():
+                if line.startswith("totals:"):
+                    total += int(line.split()[1])
+                    break
+        return total
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(60)
@@ -271,12 +307,14 @@ def measure(server: Server, fake: Fake, workload: str, args: argparse.Namespace,
     asyncio.run(send_all(server.url, warm, args.concurrency))
     server.idle(run + "w", time.monotonic())
     fake.patches()  # resets the count
+    server.start_counting()
     cpu_before = cpu_seconds(server.process.pid)
     system_before = cpu_seconds(server.process.pid, "system")
     started = time.monotonic()
     last_answer = asyncio.run(send_all(server.url, batch, args.concurrency))
     idle = server.idle(run, last_answer)
     cpu = cpu_seconds(server.process.pid) - cpu_before
+    instructions = server.stop_counting()
     system = cpu_seconds(server.process.pid, "system") - system_before
     patches = fake.patches()
     expected = args.deliveries if drifted else 0
@@ -289,6 +327,7 @@ def measure(server: Server, fake: Fake, workload: str, args: argparse.Namespace,
         "cpu_ms_per_delivery": round(cpu * 1000 / args.deliveries, 3),
         "system_cpu_ms_per_delivery": round(system * 1000 / args.deliveries, 3),
         "peak_rss_mib": round(peak_rss_mib(server.process.pid), 1),
+        **({"instructions_per_delivery": round(instructions / args.deliveries)} if instructions is not None else {}),
         "patches": patches,
         "github_calls": fake.calls,
     }
@@ -303,6 +342,10 @@ def main() -> None:
     parser.add_argument("--only", choices=["moko", "probot"], action="append", help="default: both, alternating")
     parser.add_argument("--workloads", default="compliant,drifted")
     parser.add_argument("--profile", metavar="DIR", help="write a cProfile of each Moko run into DIR")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="run each server under valgrind's callgrind and count the instructions per "
+                             "measured delivery: the same figure however loaded the machine is (about 50 "
+                             "times slower; use small --deliveries and --warmup)")
     parser.add_argument("--serve-fake", nargs=2, metavar=("OWNER", "DRIFTED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fake:
@@ -323,7 +366,7 @@ def main() -> None:
                 for kind in order:
                     workdir = Path(tempfile.mkdtemp(prefix="moko-bench-processing-"))
                     profile = args.profile and f"{args.profile}/{kind}-{workload}-{round_no}.prof"
-                    server = Server(kind, fake.info, workdir, profile if kind == "moko" else None)
+                    server = Server(kind, fake.info, workdir, profile if kind == "moko" else None, args.callgrind)
                     try:
                         result = measure(server, fake, workload, args, round_no)
                     finally:
@@ -335,9 +378,10 @@ def main() -> None:
         fake.close()
     print("\n| workload | measure | " + " | ".join(kinds) + " |")
     print("|---|---|" + "---:|" * len(kinds))
+    measures = ["deliveries_per_s", "acknowledged_per_s", "cpu_ms_per_delivery", "system_cpu_ms_per_delivery",
+                "peak_rss_mib"] + (["instructions_per_delivery"] if args.callgrind else [])
     for workload in workloads:
-        for measure_name in ("deliveries_per_s", "acknowledged_per_s", "cpu_ms_per_delivery",
-                             "system_cpu_ms_per_delivery", "peak_rss_mib"):
+        for measure_name in measures:
             cells = []
             for kind in kinds:
                 values = [r[measure_name] for r in results if r["server"] == kind and r["workload"] == workload]
@@ -355,6 +399,10 @@ def main() -> None:
                 ratios.append(cpu["moko"] / cpu["probot"])
             print(f"{workload}: Moko / Probot CPU per delivery, by round: "
                   + ", ".join(f"{ratio:.2f}" for ratio in ratios) + f" (median {statistics.median(ratios):.2f})")
+            if args.callgrind:
+                counted = {r["server"]: r["instructions_per_delivery"] for r in results if r["workload"] == workload}
+                print(f"{workload}: Moko / Probot instructions per delivery: "
+                      f"{counted['moko'] / counted['probot']:.2f}")
 
 
 if __name__ == "__main__":
