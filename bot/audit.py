@@ -11,6 +11,7 @@ from typing import Any
 
 from bot.audit_chain import is_keyed
 from bot.logs import get_logger
+from bot.outcomes import AUDIT_OUTCOMES, Outcome
 from bot.redact import REDACTOR, Redactor
 from bot.store.base import AuditEntry, AuditRecord, Store
 
@@ -19,11 +20,6 @@ log = get_logger("moko.audit")
 # How often `moko serve` logs the chain's head (also at start and at shutdown).
 AUDIT_HEAD_EVERY = 300.0
 
-# pending: a request to GitHub about to be sent; a record with its outcome follows it (same
-# run, repository, policy and field). One with none after it: Moko stopped in between, and
-# the change may or may not have happened.
-PENDING = "pending"
-OUTCOMES = ("applied", "dry-run", "failed", "rolled-back", "deferred", "denied", PENDING)
 
 
 def utcnow() -> datetime:
@@ -43,7 +39,7 @@ class AuditWriter:
 
     async def write(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
         for entry in entries:
-            if entry.outcome not in OUTCOMES:
+            if entry.outcome not in AUDIT_OUTCOMES:
                 raise ValueError(f"unknown audit outcome {entry.outcome!r}")
         return await self._store.append_audit([self._redacted(entry) for entry in entries])
 
@@ -66,7 +62,7 @@ async def vouch_for_plain_records(store: Store, writer: AuditWriter, owner: str)
         return None
     [record] = await writer.write([AuditEntry(
         time=writer.now(), run_id=f"start-{owner}", trigger="start", installation=None, repo="",
-        actor="moko", policy="audit", field="MOKO_AUDIT_KEY", before=None, after=None, outcome="applied",
+        actor="moko", policy="audit", field="MOKO_AUDIT_KEY", before=None, after=None, outcome=Outcome.APPLIED,
     )])
     log.info("audit_key_set", seq=record.seq, plain_records=seq)
     return record
@@ -78,11 +74,11 @@ def settled(records: Sequence[AuditRecord]) -> list[AuditRecord]:
     field). A pending record with no outcome stays: nobody knows what became of it."""
     outcome_seqs: dict[tuple[str, str, str, str], list[int]] = {}
     for record in records:
-        if record.outcome != PENDING:
+        if record.outcome != Outcome.PENDING:
             outcome_seqs.setdefault(_change_key(record), []).append(record.seq)
     # Each outcome settles the latest pending record before it that is still open.
     settled_seqs: set[int] = set()
-    for record in sorted((r for r in records if r.outcome == PENDING), key=lambda r: -r.seq):
+    for record in sorted((r for r in records if r.outcome == Outcome.PENDING), key=lambda r: -r.seq):
         later = [seq for seq in outcome_seqs.get(_change_key(record), []) if seq > record.seq]
         if later:
             outcome_seqs[_change_key(record)].remove(min(later))

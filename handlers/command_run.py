@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.audit import settled
+from bot.outcomes import Outcome
 from bot.store.base import Store
 from handlers import command_text as text
 from handlers.command_access import (
@@ -32,14 +33,12 @@ from handlers.command_report import (
     render_stretched_interval,
 )
 from handlers.policy_preview import is_policy_repository, policy_change, run_preview
-from policies.apply import APPLIED, DRY_RUN, FAILED, Run
+from policies.apply import Run
 from policies.branch_protection import resolve_branch_rules
 from policies.branch_rules import RulesetRule, classically_unprotected, ruleset_rules
-from policies.engine import REPO_FAILED, SKIPPED, SWEEP, PolicyEngine, RepoResult
+from policies.engine import SWEEP, PolicyEngine, RepoResult
 from policies.loader import PolicyError
 from policies.model import Plan, Policy
-
-DENIED = "denied"
 
 
 @dataclass(frozen=True)
@@ -76,22 +75,22 @@ class Answer:
     """
 
     body: str
-    outcome: str
+    outcome: Outcome
     error: str | None = None
     broken: bool = False
 
     @property
     def done(self) -> bool:
-        return self.outcome in (APPLIED, DRY_RUN)
+        return self.outcome in (Outcome.APPLIED, Outcome.DRY_RUN)
 
 
 def failed(error: str) -> Answer:
-    return Answer(text.FAILED.format(error=escape(error, 500)), FAILED, plain(error, 500), broken=True)
+    return Answer(text.FAILED.format(error=escape(error, 500)), Outcome.FAILED, plain(error, 500), broken=True)
 
 
 def invalid_policy(problems: list[str]) -> Answer:
     body = text.INVALID_POLICY.format(problems=render_problems(problems))
-    return Answer(body, FAILED, plain("; ".join(problems), 1000), broken=True)
+    return Answer(body, Outcome.FAILED, plain("; ".join(problems), 1000), broken=True)
 
 
 def denied(command: str, needed: str, access: Access) -> Answer:
@@ -105,7 +104,7 @@ def denied(command: str, needed: str, access: Access) -> Answer:
         error += f" ({how}: {access.role})"
     if command == "apply":
         body += " " + text.NOTHING_CHANGED
-    return Answer(body, DENIED, error)
+    return Answer(body, Outcome.DENIED, error)
 
 
 def with_dry_run_note(answer: Answer, dry_run: bool) -> Answer:
@@ -117,14 +116,14 @@ def with_dry_run_note(answer: Answer, dry_run: bool) -> Answer:
 def _unplanned(result: RepoResult) -> Answer | None:
     """The answer when the engine made no plan: an invalid policy, a failed read, or a
     repository out of the policy's scope."""
-    if result.outcome == REPO_FAILED and result.plan is None:
+    if result.outcome == Outcome.FAILED and result.plan is None:
         if result.policy is None:  # the engine could not use the policy file
             return invalid_policy(policy_problems(result.error or ""))
         return failed(result.error or "")
-    if result.outcome == SKIPPED:
+    if result.outcome == Outcome.SKIPPED:
         reason = result.plan.skipped if result.plan else None
         body = text.SKIPPED.format(repo=escape(result.repo), reason=escape(reason or "out of scope"))
-        return Answer(body, APPLIED)
+        return Answer(body, Outcome.APPLIED)
     return None
 
 
@@ -132,13 +131,13 @@ async def answer_help(request: Request) -> Answer:
     """Help, preceded by what was wrong when the command could not be run."""
     command = request.command
     if not isinstance(command, InvalidCommand):
-        return with_dry_run_note(Answer(text.HELP, APPLIED), request.engine.global_dry_run)
+        return with_dry_run_note(Answer(text.HELP, Outcome.APPLIED), request.engine.global_dry_run)
     secret = holds_secret(command.given)
     template = (text.PROBLEMS_UNSHOWN if secret else text.PROBLEMS)[command.problem]
     shown = template.format(given=escape(command.given, 80), command=escape(command.name))
     body = text.PROBLEM.format(problem=shown) + "\n\n" + text.HELP
     error = template.format(given=plain(command.given, 80), command=command.name)
-    return Answer(body, FAILED, error)
+    return Answer(body, Outcome.FAILED, error)
 
 
 async def answer_status(request: Request) -> Answer:
@@ -160,7 +159,7 @@ async def answer_status(request: Request) -> Answer:
     stretched = await _stretched_interval(request)
     if stretched is not None:
         body += "\n\n" + render_stretched_interval(stretched, request.sweep_interval)
-    return with_dry_run_note(Answer(body, APPLIED), result.dry_run)
+    return with_dry_run_note(Answer(body, Outcome.APPLIED), result.dry_run)
 
 
 async def _ruleset_rules(
@@ -198,7 +197,7 @@ async def answer_plan(request: Request) -> Answer:
     if unplanned is not None or result.plan is None or result.policy is None:
         return with_dry_run_note(unplanned or failed("no plan"), result.dry_run)
     body = render_plan(result.repo, result.policy, result.plan, default_branch_of(request.repo))
-    return with_dry_run_note(Answer(body, APPLIED), result.dry_run)
+    return with_dry_run_note(Answer(body, Outcome.APPLIED), result.dry_run)
 
 
 async def _rerun_preview(request: Request, number: int) -> Answer | None:
@@ -216,7 +215,7 @@ async def _rerun_preview(request: Request, number: int) -> Answer | None:
     head_sha = str(pull["head"]["sha"])
     run = await run_preview(request.gh, request.engine, request.run.installation, owner, name, head_sha, change)
     body = text.PREVIEW_RERUN.format(sha=escape(head_sha[:7]), conclusion=escape(run.conclusion), title=escape(run.title))
-    return Answer(body, APPLIED)
+    return Answer(body, Outcome.APPLIED)
 
 
 async def answer_apply(request: Request) -> Answer:
@@ -237,10 +236,10 @@ async def answer_apply(request: Request) -> Answer:
         result.repo, result.policy, result.changes, default_branch_of(request.repo), result.dry_run, held,
         result.plan.unknown if result.plan else (),
     )
-    if result.outcome == REPO_FAILED:
+    if result.outcome == Outcome.FAILED:
         error = result.error or "a change failed"
-        return Answer(body, FAILED, plain(error, 500), broken=True)
-    return with_dry_run_note(Answer(body, DRY_RUN if result.dry_run else APPLIED), result.dry_run)
+        return Answer(body, Outcome.FAILED, plain(error, 500), broken=True)
+    return with_dry_run_note(Answer(body, Outcome.DRY_RUN if result.dry_run else Outcome.APPLIED), result.dry_run)
 
 
 async def answer_audit(request: Request) -> Answer:
@@ -256,7 +255,7 @@ async def answer_audit(request: Request) -> Answer:
         repo=request.full_name, newest_first=True, limit=None if limit is None else 2 * limit
     )
     records = settled(fetched)[:limit]
-    answer = Answer(render_audit(request.full_name, records), APPLIED)
+    answer = Answer(render_audit(request.full_name, records), Outcome.APPLIED)
     return with_dry_run_note(answer, request.engine.global_dry_run)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from bot.outcomes import Outcome
+
 MARKER = "<!-- moko:command -->"
 
 # The limits the texts state, and the only place they are set: the parser and the rate limit
@@ -149,9 +151,9 @@ CHANGE_DEFERRED = "protect branch {branch} once it is first pushed: {after}"
 CHANGE_HELD = "not done, for a person to decide: branch {branch} is {reason}"
 CHANGE_UNKNOWN = "cannot tell {key}, so cannot say what it would change there: {why}"
 OUTCOMES = {
-    "applied": "done",
-    "dry-run": "dry-run, not changed",
-    "failed": "failed: {error}",
-    "rolled-back": "undone, because a later change failed",
-    "deferred": "waits for the branch's first push",
+    Outcome.APPLIED: "done",
+    Outcome.DRY_RUN: "dry-run, not changed",
+    Outcome.FAILED: "failed: {error}",
+    Outcome.ROLLED_BACK: "undone, because a later change failed",
+    Outcome.DEFERRED: "waits for the branch's first push",
 }

@@ -27,14 +27,15 @@ from gidgethub.sansio import Event
 
 from bot.context import EventContext
 from bot.metrics import COMMANDS
+from bot.outcomes import Outcome
 from bot.redact import REDACTOR
 from bot.store.base import AuditEntry
 from handlers import command_text as text
 from handlers.command_access import Turn, rate_turn
 from handlers.command_parsing import Command, InvalidCommand, parse_command
-from handlers.command_run import DENIED, Answer, Request, failed, run_command
+from handlers.command_run import Answer, Request, failed, run_command
 from handlers.common import engine_of
-from policies.apply import FAILED, Run, github_error
+from policies.apply import Run, github_error
 
 router = Router()
 
@@ -134,7 +135,7 @@ async def reply(gh: Any, thread: Thread, body: str, delivery_id: str) -> None:
 
 
 async def record(ctx: EventContext, run: Run, full_name: str, command: Command | InvalidCommand,
-                 thread: Thread, outcome: str, error: str | None) -> None:
+                 thread: Thread, outcome: Outcome, error: str | None) -> None:
     after: dict[str, Any] = {"comment": thread.comment_url}
     if isinstance(command, Command):
         after["command"] = command.text
@@ -183,7 +184,7 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
         log.warning("command_throttled", notice=turn is Turn.NOTICE)
         if turn is Turn.NOTICE:
             await reply(await ctx.github(), thread, text.THROTTLED, ctx.delivery_id)
-            await record(ctx, run, full_name, command, thread, DENIED, f"rate limit: over {text.RATE_LIMIT} commands a minute")
+            await record(ctx, run, full_name, command, thread, Outcome.DENIED, f"rate limit: over {text.RATE_LIMIT} commands a minute")
         return
 
     gh = await ctx.github()
@@ -202,8 +203,8 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
         await reply(gh, thread, answer.body, ctx.delivery_id)
     except Exception as exc:
         error = f"the answer could not be posted: {github_error(exc)}"
-        await record(ctx, run, full_name, command, thread, FAILED, error)
-        COMMANDS.labels(command=command.name, outcome="failed").inc()
+        await record(ctx, run, full_name, command, thread, Outcome.FAILED, error)
+        COMMANDS.labels(command=command.name, outcome=Outcome.FAILED).inc()
         raise CommandFailed(error) from exc
     await record(ctx, run, full_name, command, thread, answer.outcome, answer.error)
     await react(gh, thread, ROCKET if answer.done else CONFUSED, bot_login, log)

@@ -8,8 +8,9 @@ from typing import Any
 from gidgethub.sansio import Event
 
 from bot.context import EventContext, Services
+from bot.outcomes import Outcome
 from policies.apply import Run
-from policies.engine import REPO_FAILED, PolicyEngine, RepoResult
+from policies.engine import PolicyEngine, RepoResult
 
 
 class RemediationFailed(Exception):
@@ -58,7 +59,7 @@ def raise_on_failures(results: Iterable[RepoResult], ctx: EventContext) -> None:
             dry_run=result.dry_run,
             **({"error": result.error} if result.error else {}),
         )
-    failed = [r for r in results if r.outcome == REPO_FAILED]
+    failed = [r for r in results if r.outcome == Outcome.FAILED]
     if failed:
         raise RemediationFailed("; ".join(f"{r.repo}: {r.error}" for r in failed))
 

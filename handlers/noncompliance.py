@@ -16,14 +16,14 @@ from typing import Any
 
 from gidgethub import BadRequest, GitHubException
 
-from bot.audit import PENDING
 from bot.logs import get_logger
+from bot.outcomes import Outcome
 from bot.redact import REDACTOR
 from bot.store.base import AuditEntry
 from handlers.command_markdown import escape, table
 from handlers.command_report import describe_change
-from policies.apply import APPLIED, FAILED, ROLLED_BACK, Run, github_error
-from policies.engine import COMPLIANT, FIXED, Known, OpenIssue, PolicyEngine, RepoResult
+from policies.apply import Run, github_error
+from policies.engine import Known, OpenIssue, PolicyEngine, RepoResult
 from policies.model import Change
 
 log = get_logger("moko.notice")
@@ -72,8 +72,8 @@ async def findings(engine: PolicyEngine, result: RepoResult, repo: Mapping[str, 
     default_branch = repo.get("default_branch")
     rows: list[tuple[str, str, str]] = []
     for outcome in result.changes:
-        if outcome.outcome in (FAILED, ROLLED_BACK):
-            why = outcome.error if outcome.outcome == FAILED else WHY_ROLLED_BACK
+        if outcome.outcome in (Outcome.FAILED, Outcome.ROLLED_BACK):
+            why = outcome.error if outcome.outcome == Outcome.FAILED else WHY_ROLLED_BACK
             rows.append((_key(outcome.change), _wrong(outcome.change, result, default_branch),
                          escape(why or "GitHub refused it", CELL_LIMIT)))
     if policy.report:
@@ -107,7 +107,7 @@ def _may_have_issue(result: RepoResult, known: Known | None) -> bool:
     A repository found compliant without a change, and not batch-read, costs nothing."""
     if known is not None and known.open_issues is not None:
         return any(MARKER in issue.body for issue in known.open_issues)
-    return result.outcome == FIXED
+    return result.outcome == Outcome.FIXED
 
 
 class NonComplianceNotice:
@@ -128,7 +128,7 @@ class NonComplianceNotice:
             return  # dry-run opens no issue
         rows = await findings(engine, result, repo)
         owner, name = result.repo.split("/", 1)
-        if not rows and result.outcome not in (COMPLIANT, FIXED):
+        if not rows and result.outcome not in (Outcome.COMPLIANT, Outcome.FIXED):
             return  # not planned (a failed read, an invalid file): nothing can be said
         if repo.get("has_issues") is False:
             if rows:
@@ -239,7 +239,7 @@ class _Record:
     def __init__(self, engine: PolicyEngine, run: Run, repo: str) -> None:
         self._engine, self._run, self._repo = engine, run, repo
 
-    async def _write(self, before: Any, after: Any, outcome: str, error: str | None = None) -> None:
+    async def _write(self, before: Any, after: Any, outcome: Outcome, error: str | None = None) -> None:
         run, audit = self._run, self._engine.audit
         await audit.write([
             AuditEntry(
@@ -250,10 +250,10 @@ class _Record:
         ])
 
     async def intend(self, before: Any, after: Any) -> None:
-        await self._write(before, after, PENDING)
+        await self._write(before, after, Outcome.PENDING)
 
     async def done(self, before: Any, after: Any) -> None:
-        await self._write(before, after, APPLIED)
+        await self._write(before, after, Outcome.APPLIED)
 
     async def failed(self, before: Any, after: Any, exc: GitHubException) -> None:
-        await self._write(before, after, FAILED, github_error(exc))
+        await self._write(before, after, Outcome.FAILED, github_error(exc))

@@ -19,6 +19,7 @@ from gidgethub import GitHubException
 from bot.audit import AuditWriter
 from bot.logs import get_logger
 from bot.metrics import REMEDIATIONS
+from bot.outcomes import Outcome
 from bot.store.base import AuditEntry, HeldLock
 from policies.model import REPOSITORY, Change
 from policies.registry import KINDS_BY_NAME, inverse_of, is_independent
@@ -26,8 +27,6 @@ from policies.repository_settings import patch_body
 
 log = get_logger("moko.apply")
 
-APPLIED, DRY_RUN, FAILED, ROLLED_BACK, DEFERRED = "applied", "dry-run", "failed", "rolled-back", "deferred"
-PENDING = "pending"
 # An earlier try's intent that GitHub shows was not carried out (its process stopped first).
 NOT_MADE = "Moko stopped before GitHub answered, and GitHub shows the change was not made"
 
@@ -54,7 +53,7 @@ class ChangeOutcome:
     """One intended change and what became of it."""
 
     change: Change
-    outcome: str
+    outcome: Outcome
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,9 +165,9 @@ class Transaction:
         The repository's lock is checked first: without it another replica may be at work."""
         if self._lock is not None:
             await self._lock.ensure()
-        await self._audit.write(self._entries(changes, PENDING, None))
+        await self._audit.write(self._entries(changes, Outcome.PENDING, None))
 
-    def _entries(self, changes: Sequence[Change], outcome: str, error: str | None) -> list[AuditEntry]:
+    def _entries(self, changes: Sequence[Change], outcome: Outcome, error: str | None) -> list[AuditEntry]:
         now = self._audit.now()
         return [
             AuditEntry(
@@ -188,9 +187,9 @@ class Transaction:
             for change in changes
         ]
 
-    async def record(self, changes: Sequence[Change], outcome: str, error: str | None = None) -> None:
+    async def record(self, changes: Sequence[Change], outcome: Outcome, error: str | None = None) -> None:
         await self._audit.write(self._entries(changes, outcome, error))
-        if outcome == FAILED:
+        if outcome == Outcome.FAILED:
             log.warning(
                 "remediation_step_failed", repo=self.full_name, policy=changes[0].policy,
                 fields=[c.field for c in changes], error=error,
@@ -199,14 +198,14 @@ class Transaction:
             REMEDIATIONS.labels(policy=change.policy, outcome=outcome).inc()
             self.outcomes.append(ChangeOutcome(change, outcome, error))
 
-    async def settle(self, changes: Sequence[Change], outcome: str, error: str | None = None) -> None:
+    async def settle(self, changes: Sequence[Change], outcome: Outcome, error: str | None = None) -> None:
         """Outcome records for intents an earlier try left open, that are not this run's
         outcomes (a change the try did not make is made, and recorded, anew)."""
         await self._audit.write(self._entries(changes, outcome, error))
 
     async def dry_run(self, changes: Sequence[Change]) -> None:
         if changes:
-            await self.record(changes, DRY_RUN)
+            await self.record(changes, Outcome.DRY_RUN)
 
     async def apply(self, changes: Sequence[Change]) -> bool:
         """Apply in order; on a failure undo what was applied. True when the transaction went
@@ -225,9 +224,9 @@ class Transaction:
             try:
                 await send_step(self._gh, self.owner, self.repo, step)
             except GitHubException as exc:
-                await self.record(step.changes, FAILED, github_error(exc))
+                await self.record(step.changes, Outcome.FAILED, github_error(exc))
                 continue
-            await self.record(step.changes, APPLIED)
+            await self.record(step.changes, Outcome.APPLIED)
         return True
 
     async def _apply_together(self, changes: Sequence[Change]) -> bool:
@@ -241,14 +240,14 @@ class Transaction:
                 await self.intend(step.changes)
                 step = await send_step(self._gh, self.owner, self.repo, step)
             except BranchMissing:
-                await self.record(step.changes, DEFERRED, "branch does not exist yet")
+                await self.record(step.changes, Outcome.DEFERRED, "branch does not exist yet")
                 continue
             except GitHubException as exc:
-                await self.record(step.changes, FAILED, github_error(exc))
+                await self.record(step.changes, Outcome.FAILED, github_error(exc))
                 await self._roll_back(applied)
                 return False
             applied.append(step)
-            await self.record(step.changes, APPLIED)
+            await self.record(step.changes, Outcome.APPLIED)
         return True
 
     async def _undoable(self, step: Step) -> Step:
@@ -271,7 +270,7 @@ class Transaction:
             try:
                 await send_step(self._gh, self.owner, self.repo, undo)
             except (GitHubException, BranchMissing) as exc:
-                await self.record(step.changes, FAILED, f"rollback failed: {github_error(exc)}")
+                await self.record(step.changes, Outcome.FAILED, f"rollback failed: {github_error(exc)}")
             else:
-                await self.record(step.changes, ROLLED_BACK)
+                await self.record(step.changes, Outcome.ROLLED_BACK)
 

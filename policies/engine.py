@@ -14,14 +14,10 @@ from gidgethub import BadRequest, GitHubException
 from bot.audit import AuditWriter, settled
 from bot.logs import get_logger
 from bot.metrics import REMEDIATIONS
+from bot.outcomes import Outcome
 from bot.store.base import AuditEntry, AuditRecord, RepositoryLockLost, Store
 from policies.apply import (
-    APPLIED,
-    DEFERRED,
-    DRY_RUN,
-    FAILED,
     NOT_MADE,
-    PENDING,
     ChangeOutcome,
     Run,
     Transaction,
@@ -49,10 +45,6 @@ from policies.source import POLICY_PATH, POLICY_REPO, PolicySource
 
 log = get_logger("moko.engine")
 
-# What a repository's remediation came to, as the sweep's summary counts it.
-COMPLIANT, FIXED, REPO_FAILED, REPO_DEFERRED, SKIPPED, PLANNED, REPO_UNKNOWN = (
-    "compliant", "fixed", "failed", "deferred", "skipped", "planned", "unknown",
-)
 _MAX_READ_ROUNDS = 3
 # A remediation whose repository lock was lost stops, then starts over once under a new lock.
 _LOCK_ATTEMPTS = 2
@@ -88,7 +80,7 @@ class RepoResult:
     """One repository's outcome, the changes with theirs, and the plan they came from."""
 
     repo: str
-    outcome: str
+    outcome: Outcome
     changes: tuple[ChangeOutcome, ...] = ()
     error: str | None = None
     plan: Plan | None = None
@@ -233,7 +225,7 @@ class PolicyEngine:
             AuditEntry(
                 time=self.audit.now(), run_id=run.run_id, trigger=run.trigger, installation=run.installation,
                 repo=full_name, actor=run.actor, policy="config", field=source or f"{owner}/{POLICY_REPO}/{POLICY_PATH}",
-                before=None if file_id is None else {CONFIG_FILE_KEY: file_id}, after=None, outcome=FAILED,
+                before=None if file_id is None else {CONFIG_FILE_KEY: file_id}, after=None, outcome=Outcome.FAILED,
                 error=message,
             )
         ])
@@ -373,7 +365,7 @@ class PolicyEngine:
         try:
             policy = await self.policy_for(gh, run, full_name)
         except PolicyError as exc:
-            return RepoResult(full_name, REPO_FAILED, error=str(exc))
+            return RepoResult(full_name, Outcome.FAILED, error=str(exc))
         effective = scope.restrict(policy)
         dry_run = self.is_dry_run(policy)
         observed = run.observed_at or datetime.now(UTC)
@@ -382,7 +374,7 @@ class PolicyEngine:
             as_known = await self._plan_as_known(gh, run, repo, effective, known)
             if as_known is not None and _changes_nothing(as_known):
                 # Nothing to change and nothing to read: no lock, no store write, no GitHub call.
-                return RepoResult(full_name, COMPLIANT, plan=as_known, policy=policy, dry_run=dry_run)
+                return RepoResult(full_name, Outcome.COMPLIANT, plan=as_known, policy=policy, dry_run=dry_run)
         done: list[ChangeOutcome] = []
         for attempt in range(1, _LOCK_ATTEMPTS + 1):
             try:
@@ -404,7 +396,7 @@ class PolicyEngine:
                 error = github_error(exc)
                 break
             known = None
-        return RepoResult(full_name, REPO_FAILED, tuple(done), error=error, policy=policy, dry_run=dry_run)
+        return RepoResult(full_name, Outcome.FAILED, tuple(done), error=error, policy=policy, dry_run=dry_run)
 
     async def _plan_as_known(
         self, gh: Any, run: Run, repo: Mapping[str, Any], effective: Policy, known: Known | None
@@ -455,7 +447,7 @@ class PolicyEngine:
         full_name = str(repo["full_name"])
         async with self.store.repository_lock(full_name) as lock:
             if only_if is not None and not await only_if():
-                return RepoResult(full_name, COMPLIANT, policy=policy, dry_run=dry_run)
+                return RepoResult(full_name, Outcome.COMPLIANT, policy=policy, dry_run=dry_run)
             intents: list[AuditRecord] = []
             try:
                 if run.retaken:
@@ -478,11 +470,11 @@ class PolicyEngine:
             except GitHubException as exc:
                 error = github_error(exc)
                 log.error("repository_read_failed", repo=full_name, error=error)
-                return RepoResult(full_name, REPO_FAILED, error=error, policy=policy, dry_run=dry_run)
+                return RepoResult(full_name, Outcome.FAILED, error=error, policy=policy, dry_run=dry_run)
             if plan.skipped is not None:
-                return RepoResult(full_name, SKIPPED, error=None, plan=plan, policy=policy, dry_run=dry_run)
+                return RepoResult(full_name, Outcome.SKIPPED, error=None, plan=plan, policy=policy, dry_run=dry_run)
             if not apply:
-                return RepoResult(full_name, PLANNED, plan=plan, policy=policy, dry_run=dry_run)
+                return RepoResult(full_name, Outcome.PLANNED, plan=plan, policy=policy, dry_run=dry_run)
             transaction = Transaction(gh, self.audit, run, full_name, lock=lock, outcomes=done)
             if intents:
                 await _settle_intents(transaction, intents, effective, plan)
@@ -496,17 +488,17 @@ class PolicyEngine:
                     records = await self._protection_records(full_name)
                     fresh = [c for c in plan.deferred if not _waiting(records, (c.field,))]
                     if fresh:
-                        await transaction.record(fresh, DEFERRED, "branch does not exist yet")
+                        await transaction.record(fresh, Outcome.DEFERRED, "branch does not exist yet")
         held = "; ".join(f"{h.field}: {h.reason}" for h in plan.held) or None
         if held:
             log.warning("policy_change_held", repo=full_name, reason=held)
-        outcome = REPO_FAILED if held else _outcome(plan, transaction.outcomes, ok, dry_run)
-        failure = next((o.error for o in transaction.outcomes if o.outcome == FAILED), None)
+        outcome = Outcome.FAILED if held else _outcome(plan, transaction.outcomes, ok, dry_run)
+        failure = next((o.error for o in transaction.outcomes if o.outcome == Outcome.FAILED), None)
         error = failure or held or plan.unknown_reason
         if plan.unknown:
             log.warning("repository_unknown", repo=full_name, unknown=dict(plan.unknown))
             for key, _why in plan.unknown:
-                REMEDIATIONS.labels(policy=key.split(".", 1)[0], outcome=REPO_UNKNOWN).inc()
+                REMEDIATIONS.labels(policy=key.split(".", 1)[0], outcome=Outcome.UNKNOWN).inc()
         return RepoResult(
             full_name,
             outcome,
@@ -524,13 +516,13 @@ class PolicyEngine:
         for record in await self._protection_records(full_name):  # newest first
             if record.field in fields:
                 newest.setdefault(record.field, record)
-        return {name: record.time for name, record in newest.items() if record.outcome == DEFERRED}
+        return {name: record.time for name, record in newest.items() if record.outcome == Outcome.DEFERRED}
 
     async def _open_intents(self, run: Run, full_name: str) -> list[AuditRecord]:
         """The intents an earlier try of the run recorded for the repository and left without
         an outcome (its process stopped in between)."""
         records = await self.store.audit_records(repo=full_name, run_id=run.run_id)
-        return [record for record in settled(records) if record.outcome == PENDING]
+        return [record for record in settled(records) if record.outcome == Outcome.PENDING]
 
     async def _let_earlier_writes_land(self, full_name: str, unanswered: bool) -> None:
         """With an intent left without an outcome (``unanswered``: by an earlier try of this
@@ -560,11 +552,11 @@ class PolicyEngine:
             if record.time < since:
                 return changed, unanswered  # the older ones are older still
             key = (record.run_id, record.policy, record.field)
-            if record.outcome != PENDING:
+            if record.outcome != Outcome.PENDING:
                 answers.setdefault(key, []).append(record.outcome)
                 continue
             outcome = answers[key].pop() if answers.get(key) else None
-            if outcome == DEFERRED or (record.run_id == run.run_id and record.time < observed):
+            if outcome == Outcome.DEFERRED or (record.run_id == run.run_id and record.time < observed):
                 continue
             changed = True
             unanswered = unanswered or (outcome is None and record.run_id != run.run_id)
@@ -619,9 +611,9 @@ async def _settle_intents(
         change = Change(intent.policy, intent.field, intent.before, intent.after)
         (not_made if (intent.policy, intent.field) in planned else made).append(change)
     if made:
-        await transaction.record(made, APPLIED)
+        await transaction.record(made, Outcome.APPLIED)
     if not_made:
-        await transaction.settle(not_made, FAILED, NOT_MADE)
+        await transaction.settle(not_made, Outcome.FAILED, NOT_MADE)
 
 
 def _decides(effective: Policy, intent: AuditRecord) -> bool:
@@ -640,7 +632,7 @@ def _waiting(records: list[AuditRecord], fields: tuple[str, ...]) -> bool:
     """Whether the newest of these protection records about any of the fields is deferred."""
     for record in records:
         if record.field in fields:
-            return record.outcome == DEFERRED
+            return record.outcome == Outcome.DEFERRED
     return False
 
 
@@ -662,24 +654,23 @@ def _changes_nothing(plan: Plan) -> bool:
     return not (plan.changes or plan.deferred or plan.held or plan.unknown or plan.needs_read) and plan.skipped is None
 
 
-def _outcome(plan: Plan, outcomes: list[ChangeOutcome], ok: bool, dry_run: bool) -> str:
-    if not ok or any(o.outcome == FAILED for o in outcomes):
-        return REPO_FAILED
+def _outcome(plan: Plan, outcomes: list[ChangeOutcome], ok: bool, dry_run: bool) -> Outcome:
+    if not ok or any(o.outcome == Outcome.FAILED for o in outcomes):
+        return Outcome.FAILED
     if plan.unknown:  # whatever was fixed, compliance cannot be told
-        return REPO_UNKNOWN
+        return Outcome.UNKNOWN
     if dry_run:
-        return COMPLIANT if not (plan.changes or plan.deferred) else PLANNED
-    if any(o.outcome == "applied" for o in outcomes):
-        return FIXED
+        return Outcome.COMPLIANT if not (plan.changes or plan.deferred) else Outcome.PLANNED
+    if any(o.outcome == Outcome.APPLIED for o in outcomes):
+        return Outcome.FIXED
     if plan.deferred:  # recorded now, or still waiting since an earlier record
-        return REPO_DEFERRED
-    return COMPLIANT
+        return Outcome.DEFERRED
+    return Outcome.COMPLIANT
 
 
 __all__ = [
-    "ALL", "COMPLIANT", "DRY_RUN", "FIXED", "PLANNED", "PROTECTION_ONLY", "REPOSITORY", "REPO_DEFERRED",
-    "RULESETS_ONLY", "SWEEP",
-    "NEW_DEFAULT_BRANCH", "REPO_FAILED", "REPO_UNKNOWN", "SETTINGS_ONLY", "SKIPPED", "Concern", "Known", "Permissions",
+    "ALL", "PROTECTION_ONLY", "REPOSITORY", "RULESETS_ONLY", "SWEEP",
+    "NEW_DEFAULT_BRANCH", "SETTINGS_ONLY", "Concern", "Known", "Permissions",
     "PermissionsSource", "PolicyEngine", "RepoResult", "Run",
 ]
 

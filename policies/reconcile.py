@@ -10,12 +10,11 @@ from typing import Any
 from gidgethub import GitHubException
 
 from bot.logs import get_logger
+from bot.outcomes import Outcome
 from policies.apply import Run, github_error
 from policies.batch_read import PAGE_SIZE, ReadFields, RepoSnapshot, read_owner, read_repositories
 from policies.engine import (
     ALL,
-    REPO_FAILED,
-    SKIPPED,
     Concern,
     PolicyEngine,
     RepoResult,
@@ -60,7 +59,7 @@ async def remediate_snapshot(
     except GitHubException as exc:  # e.g. the policy file could not be read
         error = github_error(exc)
         log.error("repository_remediation_failed", repo=snapshot.full_name, error=error)
-        return RepoResult(snapshot.full_name, REPO_FAILED, error=error)
+        return RepoResult(snapshot.full_name, Outcome.FAILED, error=error)
 
 
 async def for_each(
@@ -136,7 +135,7 @@ async def reconcile_repositories(
     fields = await fields_for(engine, gh, run, owner)
     snapshots, missing = await read_repositories(gh, names, fields)
     # Gone since the event was sent (deleted, transferred): nothing to remediate.
-    results = [RepoResult(name, SKIPPED, error="repository not found") for name in missing]
+    results = [RepoResult(name, Outcome.SKIPPED, error="repository not found") for name in missing]
     return sorted(results + await _remediate_all(engine, gh, run, _listed(snapshots)), key=lambda r: r.repo.lower())
 
 

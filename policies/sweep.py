@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.logs import get_logger
+from bot.outcomes import Outcome
 from bot.reconcile_budget import TurnCost
 from bot.store.base import Store
 from policies.apply import Run
@@ -21,17 +22,7 @@ from policies.batch_read import (
     read_owner,
     read_repositories,
 )
-from policies.engine import (
-    COMPLIANT,
-    FIXED,
-    PLANNED,
-    REPO_DEFERRED,
-    REPO_FAILED,
-    REPO_UNKNOWN,
-    SKIPPED,
-    SWEEP,
-    PolicyEngine,
-)
+from policies.engine import SWEEP, PolicyEngine
 from policies.loader import PolicyError
 from policies.permissions import ISSUES_READ
 from policies.preloaded_source import with_preloaded_policies
@@ -42,8 +33,8 @@ log = get_logger("moko.sweep")
 
 # The summary's columns, in order. A dry run's "planned" repositories count as "fixed":
 # what the sweep would fix (their results say "planned").
-COUNTED = (COMPLIANT, FIXED, REPO_FAILED, REPO_DEFERRED, SKIPPED, REPO_UNKNOWN)
-_COUNTED_AS = {PLANNED: FIXED}
+COUNTED = (Outcome.COMPLIANT, Outcome.FIXED, Outcome.FAILED, Outcome.DEFERRED, Outcome.SKIPPED, Outcome.UNKNOWN)
+_COUNTED_AS = {Outcome.PLANNED: Outcome.FIXED}
 
 
 @dataclass(frozen=True)
@@ -83,12 +74,12 @@ class SweepReport:
 
     @property
     def failed(self) -> int:
-        return self.counts()[REPO_FAILED]
+        return self.counts()[Outcome.FAILED]
 
     @property
     def unknown(self) -> int:
         """Repositories whose compliance could not be told: they count against the sweep."""
-        return self.counts()[REPO_UNKNOWN]
+        return self.counts()[Outcome.UNKNOWN]
 
     def to_json(self, requests: int) -> dict[str, Any]:
         """The document `moko sweep --json` prints."""
@@ -207,8 +198,8 @@ async def _snapshots(
             entry = {"repo": name, "outcome": done[name.lower()], "changes": []}
         else:
             error = "repository not found, or not accessible to these credentials"
-            await store.checkpoint(run.run_id, name, REPO_FAILED, error)
-            entry = {"repo": name, "outcome": REPO_FAILED, "changes": [], "error": error}
+            await store.checkpoint(run.run_id, name, Outcome.FAILED, error)
+            entry = {"repo": name, "outcome": Outcome.FAILED, "changes": [], "error": error}
         report.results.append(entry)
         observer.advance(entry)
     for snapshot in snapshots:

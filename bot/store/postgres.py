@@ -36,6 +36,7 @@ import asyncpg
 # from-import here could meet a partially initialised module when bot.store imports us.
 from bot import audit_chain
 from bot.logs import get_logger
+from bot.outcomes import Outcome
 from bot.redact import REDACTOR, mask_url_credentials
 from bot.store.base import (
     DONE,
@@ -776,10 +777,11 @@ class PostgresStore(Store):
                     """
                     INSERT INTO sweep_checkpoints (sweep_id, repo, outcome, detail)
                     SELECT $1, repo, outcome, 'carried from sweep ' || $2
-                    FROM sweep_checkpoints WHERE sweep_id = $2 AND outcome <> 'failed'
+                    FROM sweep_checkpoints WHERE sweep_id = $2 AND outcome <> $3
                     """,
                     sweep_id,
                     retry_of,
+                    Outcome.FAILED,
                 )
             return SweepProgress(sweep_id, org, False, await _outcomes(conn, sweep_id))
 

@@ -42,6 +42,7 @@ import orjson
 
 from bot.audit_chain import GENESIS_HASH, chain
 from bot.logs import get_logger
+from bot.outcomes import Outcome
 from bot.store.base import (
     DONE,
     FAILED,
@@ -825,7 +826,7 @@ class SQLiteStore(Store):
                     carried = {
                         repo: outcome
                         for repo, outcome in self._outcomes(conn, retry_of).items()
-                        if outcome != "failed"
+                        if outcome != Outcome.FAILED
                     }
             conn.execute(
                 "INSERT INTO sweeps (id, org, started_at, retry_of) VALUES (?, ?, ?, ?)",

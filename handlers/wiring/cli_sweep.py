@@ -30,6 +30,7 @@ from bot.config import Settings
 from bot.exit_codes import EXIT_FAILURES, EXIT_OK, EXIT_USAGE
 from bot.github_app import GitHubApp
 from bot.logs import configure_logging
+from bot.outcomes import Outcome
 from bot.store import open_store
 from handlers.noncompliance import NonComplianceNotice
 from handlers.wiring.app import client_options
@@ -94,9 +95,9 @@ class ProgressBar(SweepObserver):
         self._progress.update(self._task, total=repositories)
 
     def advance(self, result: dict[str, Any]) -> None:
-        if result["outcome"] == "failed":
+        if result["outcome"] == Outcome.FAILED:
             self._failed += 1
-        elif result["outcome"] in ("fixed", "planned"):
+        elif result["outcome"] in (Outcome.FIXED, Outcome.PLANNED):
             self._fixed += 1
         self._progress.update(self._task, advance=1, description=self._describe())
 
@@ -117,7 +118,7 @@ def summary_table(report: SweepReport, requests: int) -> Table:
 
 
 def failures_table(report: SweepReport) -> Table | None:
-    failed = [r for r in report.results if r["outcome"] in ("failed", "unknown")]
+    failed = [r for r in report.results if r["outcome"] in (Outcome.FAILED, Outcome.UNKNOWN)]
     if not failed:
         return None
     table = Table(title="Failed repositories, and those whose compliance is unknown")
