@@ -87,14 +87,6 @@ class RepoResult:
     policy: Policy | None = None
     dry_run: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "repo": self.repo,
-            "outcome": self.outcome,
-            "changes": [c.to_dict() for c in self.changes],
-            **({"error": self.error} if self.error else {}),
-        }
-
 
 @dataclass(frozen=True)
 class Concern:

@@ -14,7 +14,7 @@ from bot.logs import get_logger
 from bot.outcomes import Outcome
 from bot.reconcile_budget import TurnCost
 from bot.store.base import Store
-from policies.apply import Run
+from policies.apply import ChangeOutcome, Run
 from policies.batch_read import (
     OwnerNotFound,
     ReadFields,
@@ -22,7 +22,7 @@ from policies.batch_read import (
     read_owner,
     read_repositories,
 )
-from policies.engine import SWEEP, PolicyEngine
+from policies.engine import SWEEP, PolicyEngine, RepoResult
 from policies.loader import PolicyError
 from policies.permissions import ISSUES_READ
 from policies.preloaded_source import with_preloaded_policies
@@ -55,6 +55,34 @@ class SweepRequest:
         return key + ("#dry-run" if dry_run else "")
 
 
+@dataclass(frozen=True)
+class SweepResult:
+    """One repository's line of a sweep: its outcome, its changes with theirs, and what failed.
+    A repository an earlier, interrupted run of the sweep did has its outcome only."""
+
+    repo: str
+    outcome: Outcome
+    changes: tuple[ChangeOutcome, ...] = ()
+    error: str | None = None
+
+    @classmethod
+    def of(cls, result: RepoResult) -> SweepResult:
+        return cls(result.repo, result.outcome, result.changes, result.error)
+
+    @property
+    def first_error(self) -> str | None:
+        """Why it failed: its own error, else its first change's."""
+        return self.error or next((c.error for c in self.changes if c.error), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repo": self.repo,
+            "outcome": self.outcome,
+            "changes": [c.to_dict() for c in self.changes],
+            **({"error": self.error} if self.error else {}),
+        }
+
+
 @dataclass
 class SweepReport:
     """What a sweep came to: one result per repository, carried ones included."""
@@ -63,12 +91,12 @@ class SweepReport:
     sweep_id: str
     resumed: bool
     dry_run: bool
-    results: list[dict[str, Any]] = field(default_factory=list)
+    results: list[SweepResult] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(COUNTED, 0)
         for result in self.results:
-            outcome = _COUNTED_AS.get(result["outcome"], result["outcome"])
+            outcome = _COUNTED_AS.get(result.outcome, result.outcome)
             counts[outcome] = counts.get(outcome, 0) + 1
         return counts
 
@@ -88,7 +116,7 @@ class SweepReport:
             "repositories": len(self.results),
             **self.counts(),
             "requests": requests,
-            "results": sorted(self.results, key=lambda r: r["repo"].lower()),
+            "results": [r.to_json() for r in sorted(self.results, key=lambda r: r.repo.lower())],
         }
 
 
@@ -98,7 +126,7 @@ class SweepObserver:
     def total(self, repositories: int) -> None:
         """How many repositories the sweep will go through (known after the first page)."""
 
-    def advance(self, result: dict[str, Any]) -> None:
+    def advance(self, result: SweepResult) -> None:
         """One repository is done (or was done by an earlier, interrupted run)."""
 
 
@@ -146,7 +174,7 @@ async def sweep_owner(
         request.checkpoint_key(dry_run), sweep_id=sweep_id, retry_failed=request.retry_failed
     )
     run = Run(progress.sweep_id, request.trigger, actor, installation, observed_at=started)
-    done = {name.lower(): outcome for name, outcome in progress.outcomes.items()}
+    done = {name.lower(): Outcome(outcome) for name, outcome in progress.outcomes.items()}
     report = SweepReport(request.owner, progress.sweep_id, progress.resumed, dry_run)
     log.info("sweep_started", owner=request.owner, sweep=progress.sweep_id, resumed=progress.resumed,
              done=len(done), trigger=request.trigger)
@@ -154,11 +182,11 @@ async def sweep_owner(
     async def one(snapshot: RepoSnapshot) -> None:
         outcome = done.get(snapshot.full_name.lower())
         if outcome is not None:  # finished by an earlier run of this sweep
-            entry: dict[str, Any] = {"repo": snapshot.full_name, "outcome": outcome, "changes": []}
+            entry = SweepResult(snapshot.full_name, outcome)
         else:
             result = await remediate_snapshot(engine, gh, run, snapshot, SWEEP)
             await store.checkpoint(run.run_id, snapshot.full_name, result.outcome, result.error)
-            entry = result.to_dict()
+            entry = SweepResult.of(result)
         report.results.append(entry)
         observer.advance(entry)
 
@@ -179,7 +207,7 @@ async def _snapshots(
     report: SweepReport,
     run: Run,
     store: Store,
-    done: dict[str, str],
+    done: dict[str, Outcome],
 ) -> AsyncIterator[RepoSnapshot]:
     if not request.repos:
         first = True
@@ -195,11 +223,11 @@ async def _snapshots(
     snapshots, missing = await read_repositories(gh, names, fields)
     for name in missing:
         if name.lower() in done:
-            entry = {"repo": name, "outcome": done[name.lower()], "changes": []}
+            entry = SweepResult(name, done[name.lower()])
         else:
             error = "repository not found, or not accessible to these credentials"
             await store.checkpoint(run.run_id, name, Outcome.FAILED, error)
-            entry = {"repo": name, "outcome": Outcome.FAILED, "changes": [], "error": error}
+            entry = SweepResult(name, Outcome.FAILED, error=error)
         report.results.append(entry)
         observer.advance(entry)
     for snapshot in snapshots:

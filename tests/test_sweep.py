@@ -366,6 +366,27 @@ async def test_table_and_progress_bar_on_a_terminal(org, env):
     assert re.search(r"Sweep of acme, \d+ requests", table), table
 
 
+async def test_table_names_each_failed_repository_with_githubs_words(org, env):
+    compliant_repo(org, "tidy")
+    org.add_repo(ORG, "locked", has_wiki=True)
+    org.fail("PATCH", f"^/repos/{ORG}/locked$", 403, body={"message": "Resource not accessible by integration"})
+    args = cli.build_parser().parse_args(
+        ["sweep", "--org", ORG, "--repo", "tidy", "--repo", "locked", "--repo", "gone"]
+    )
+    out = io.StringIO()
+    code = await sweep_command(args, load_settings(env), out=out, err=io.StringIO(),
+                               github_factory=github_factory(BulkTime()))
+    assert code == 1
+    table = out.getvalue()
+    assert "Failed repositories, and those whose compliance is unknown" in table
+    failed = {line.split("│")[1].strip(): line.split("│")[2].strip()
+              for line in table.splitlines() if line.startswith("│ acme/")}
+    assert failed == {
+        f"{ORG}/gone": "repository not found, or not accessible to these credentials",
+        f"{ORG}/locked": "403 Resource not accessible by integration",
+    }, table
+
+
 async def test_no_progress_bar_when_not_a_terminal_or_with_json(org, env):
     org.add_repo(ORG, "messy", has_wiki=True)
     for argv in (["sweep", "--org", ORG], ["sweep", "--org", ORG, "--json"]):

@@ -38,7 +38,14 @@ from policies.apply import github_error
 from policies.batch_read import OwnerNotFound, viewer_login
 from policies.engine import PolicyEngine
 from policies.loader import PolicyError
-from policies.sweep import COUNTED, SweepObserver, SweepReport, SweepRequest, sweep_owner
+from policies.sweep import (
+    COUNTED,
+    SweepObserver,
+    SweepReport,
+    SweepRequest,
+    SweepResult,
+    sweep_owner,
+)
 
 GitHubFactory = Callable[[Settings, aiohttp.ClientSession], GitHubApp]
 
@@ -94,10 +101,10 @@ class ProgressBar(SweepObserver):
     def total(self, repositories: int) -> None:
         self._progress.update(self._task, total=repositories)
 
-    def advance(self, result: dict[str, Any]) -> None:
-        if result["outcome"] == Outcome.FAILED:
+    def advance(self, result: SweepResult) -> None:
+        if result.outcome == Outcome.FAILED:
             self._failed += 1
-        elif result["outcome"] in (Outcome.FIXED, Outcome.PLANNED):
+        elif result.outcome in (Outcome.FIXED, Outcome.PLANNED):
             self._fixed += 1
         self._progress.update(self._task, advance=1, description=self._describe())
 
@@ -118,16 +125,14 @@ def summary_table(report: SweepReport, requests: int) -> Table:
 
 
 def failures_table(report: SweepReport) -> Table | None:
-    failed = [r for r in report.results if r["outcome"] in (Outcome.FAILED, Outcome.UNKNOWN)]
+    failed = [r for r in report.results if r.outcome in (Outcome.FAILED, Outcome.UNKNOWN)]
     if not failed:
         return None
     table = Table(title="Failed repositories, and those whose compliance is unknown")
     table.add_column("repository")
     table.add_column("error", overflow="fold")
-    for result in sorted(failed, key=lambda r: r["repo"].lower()):
-        errors = [c.get("error") for c in result.get("changes", ()) if c.get("error")]
-        error = result.get("error") or (errors[0] if errors else "") or ""
-        table.add_row(Text(result["repo"]), Text(error))  # GitHub's words, not markup
+    for result in sorted(failed, key=lambda r: r.repo.lower()):
+        table.add_row(Text(result.repo), Text(result.first_error or ""))  # GitHub's words, not markup
     return table
 
 
