@@ -35,6 +35,7 @@ import gidgethub
 import gidgethub.aiohttp
 from gidgethub import BadGraphQLRequest, HTTPException, QueryError
 
+from bot import gidgethub_speedups
 from bot.github_limits import (
     MUTATING_METHODS,
     Admission,
@@ -50,6 +51,8 @@ from bot.metrics import (
     GITHUB_WAIT_SECONDS,
 )
 from bot.turns import give_back_turn
+
+gidgethub_speedups.install()
 
 __all__ = [
     "AlreadyDone",
