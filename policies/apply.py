@@ -10,7 +10,7 @@ changes without a record.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,9 +21,8 @@ from bot.logs import get_logger
 from bot.metrics import REMEDIATIONS
 from bot.outcomes import Outcome
 from bot.store.base import AuditEntry, HeldLock
-from policies.model import REPOSITORY, Change
-from policies.registry import KINDS_BY_NAME, inverse_of, is_independent
-from policies.repository_settings import patch_body
+from policies.model import Change, NotYetPossible
+from policies.registry import inverse_of, is_independent, kind_of
 
 log = get_logger("moko.apply")
 
@@ -60,13 +59,10 @@ class ChangeOutcome:
         return {**self.change.to_dict(), "outcome": self.outcome, "error": self.error}
 
 
-class BranchMissing(Exception):
-    """GitHub cannot protect a branch that does not exist (yet)."""
-
-
 @dataclass(frozen=True)
 class Step:
-    """One request: a PATCH carrying every settings change, or one branch's PUT/DELETE."""
+    """One request: every change of a kind that sends them together (the settings' one
+    PATCH), or one change (a branch's PUT or DELETE, a ruleset's POST)."""
 
     changes: tuple[Change, ...]
 
@@ -76,9 +72,19 @@ class Step:
 
 
 def steps_for(changes: Sequence[Change]) -> list[Step]:
-    settings = tuple(c for c in changes if c.policy == REPOSITORY)
-    steps = [Step(settings)] if settings else []
-    steps.extend(Step((c,)) for c in changes if c.policy != REPOSITORY)
+    """The steps, in the order of the changes; a kind's changes sent together are one step,
+    where its first change is."""
+    steps: list[Step] = []
+    together: dict[str, int] = {}  # kind -> its step
+    for change in changes:
+        if not kind_of(change).together:
+            steps.append(Step((change,)))
+        elif change.policy in together:
+            index = together[change.policy]
+            steps[index] = Step(steps[index].changes + (change,))
+        else:
+            together[change.policy] = len(steps)
+            steps.append(Step((change,)))
     return steps
 
 
@@ -93,49 +99,13 @@ def github_error(exc: Exception) -> str:
     return f"{code} {message}" if code else message
 
 
-# Which classic rule protects a branch: REST cannot tell a branch's own rule from a wildcard
-# rule that covers it, so this one GraphQL read comes before removing a branch's protection,
-# and before a PUT that a later step's failure would have to undo.
-_RULE_QUERY = """
-query MokoBranchRule($owner: String!, $name: String!, $ref: String!) {
-  repository(owner: $owner, name: $name) { ref(qualifiedName: $ref) { branchProtectionRule { pattern } } }
-}
-"""
-
-
-async def rule_pattern(gh: Any, owner: str, name: str, branch: str) -> str | None:
-    """The pattern of the classic rule protecting the branch (its own name, or a wildcard
-    that other branches share), or None when none does."""
-    data = await gh.graphql(_RULE_QUERY, owner=owner, name=name, ref=f"refs/heads/{branch}")
-    ref = (data.get("repository") or {}).get("ref") or {}
-    rule = ref.get("branchProtectionRule") or {}
-    return rule.get("pattern")
-
-
 async def send_step(gh: Any, owner: str, repo: str, step: Step) -> Step:
-    """The request for one step; returns the step as made (what undoing it needs to know)."""
-    kind = KINDS_BY_NAME.get(step.kind)
-    if kind is not None and kind.send is not None:
-        return Step(tuple([await kind.send(gh, owner, repo, change) for change in step.changes]))
-    if step.kind == REPOSITORY:
-        body = patch_body(step.changes, {c.field: c.after for c in step.changes})
-        await gh.patch("/repos/{owner}/{repo}", url_vars={"owner": owner, "repo": repo}, data=body)
-        return step
-    change = step.changes[0]
-    url_vars = {"owner": owner, "repo": repo, "branch": change.target or change.field}
-    url = "/repos/{owner}/{repo}/branches/{branch}/protection"
-    try:
-        if change.method == "DELETE":
-            await gh.delete(url, url_vars=url_vars)
-        else:
-            await gh.put(url, url_vars=url_vars, data=change.after)
-    except GitHubException as exc:
-        if getattr(exc, "status_code", None) == 404 and "branch not found" in str(exc).lower():
-            raise BranchMissing(change.target or change.field) from exc
-        if change.method == "DELETE" and getattr(exc, "status_code", None) == 404:
-            return step  # already unprotected: what the step wanted
-        raise
-    return step
+    """The request for one step, as its kind sends it; returns the step as made (what undoing
+    it needs to know). Raises NotYetPossible when GitHub cannot make it yet."""
+    send = kind_of(step.changes[0]).send
+    if send is None:
+        raise ValueError(f"{step.kind} changes are not sent")
+    return Step(await send(gh, owner, repo, step.changes))
 
 
 class Transaction:
@@ -239,8 +209,8 @@ class Transaction:
                     step = await self._undoable(step)
                 await self.intend(step.changes)
                 step = await send_step(self._gh, self.owner, self.repo, step)
-            except BranchMissing:
-                await self.record(step.changes, Outcome.DEFERRED, "branch does not exist yet")
+            except NotYetPossible as waits:
+                await self.record(step.changes, Outcome.DEFERRED, waits.reason)
                 continue
             except GitHubException as exc:
                 await self.record(step.changes, Outcome.FAILED, github_error(exc))
@@ -251,16 +221,13 @@ class Transaction:
         return True
 
     async def _undoable(self, step: Step) -> Step:
-        """The step, knowing what its undo must be: a protection PUT on a protected branch
-        learns first which rule protects the branch (the last step is never undone, and
-        a batched read knew it already, so this costs a query only when it matters)."""
+        """The step, knowing what its undo must be, as its kind learns it (e.g. which rule
+        protects a branch before a PUT): the last step is never undone, so this costs a
+        request only when it matters."""
         learned = []
         for change in step.changes:
-            if change.undo_needs_rule:
-                branch = change.target or change.field
-                pattern = await rule_pattern(self._gh, self.owner, self.repo, branch)
-                change = replace(change, before_rule=pattern)
-            learned.append(change)
+            learn = kind_of(change).learn_undo
+            learned.append(change if learn is None else await learn(self._gh, self.owner, self.repo, change))
         return Step(tuple(learned))
 
     async def _roll_back(self, applied: list[Step]) -> None:
@@ -269,7 +236,7 @@ class Transaction:
             await self.intend(undo.changes)
             try:
                 await send_step(self._gh, self.owner, self.repo, undo)
-            except (GitHubException, BranchMissing) as exc:
+            except (GitHubException, NotYetPossible) as exc:
                 await self.record(step.changes, Outcome.FAILED, f"rollback failed: {github_error(exc)}")
             else:
                 await self.record(step.changes, Outcome.ROLLED_BACK)

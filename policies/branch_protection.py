@@ -36,8 +36,10 @@ change (see ``Held``) instead; before any DELETE it learns which rule protects t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from gidgethub import GitHubException
 
 from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.model import (
@@ -47,6 +49,8 @@ from policies.model import (
     Change,
     Held,
     KindPlan,
+    Method,
+    NotYetPossible,
     Policy,
     RepoState,
     is_unreadable,
@@ -100,6 +104,7 @@ __all__ = [
     "STATUS_CHECK_KEYS",
     "UNKNOWN",
     "Actors",
+    "BranchMissing",
     "NormalizedProtection",
     "ProtectionDiff",
     "ProtectionUnknown",
@@ -109,6 +114,8 @@ __all__ = [
     "branches_to_check",
     "desired_protection_body",
     "diff_protection",
+    "inverse_protection",
+    "learn_undo",
     "normalize_graphql_rule",
     "normalize_read",
     "normalize_written",
@@ -118,6 +125,8 @@ __all__ = [
     "protection_body_from_read",
     "protection_from_graphql_rules",
     "resolve_branch_rules",
+    "rule_pattern",
+    "send_protection",
 ]
 
 
@@ -360,3 +369,69 @@ def plan_protection_kind(policy: Policy, repo: RepoState) -> KindPlan:
         except ProtectionUnknown:
             needs_read.append(f"{BRANCH_PROTECTION}.{branch}")
     return KindPlan(tuple(changes), tuple(deferred), tuple(needs_read), tuple(held), tuple(unknown))
+
+
+# --- writing (the transaction) -------------------------------------------------------------
+
+
+class BranchMissing(NotYetPossible):
+    """GitHub cannot protect a branch that does not exist (yet)."""
+
+    reason = "branch does not exist yet"
+
+
+_PROTECTION = "/repos/{owner}/{repo}/branches/{branch}/protection"
+# Which classic rule protects a branch: REST cannot tell a branch's own rule from a wildcard
+# rule that covers it, so this one GraphQL read comes before removing a branch's protection,
+# and before a PUT that a later step's failure would have to undo.
+_RULE_QUERY = """
+query MokoBranchRule($owner: String!, $name: String!, $ref: String!) {
+  repository(owner: $owner, name: $name) { ref(qualifiedName: $ref) { branchProtectionRule { pattern } } }
+}
+"""
+
+
+async def rule_pattern(gh: Any, owner: str, name: str, branch: str) -> str | None:
+    """The pattern of the classic rule protecting the branch (its own name, or a wildcard
+    that other branches share), or None when none does."""
+    data = await gh.graphql(_RULE_QUERY, owner=owner, name=name, ref=f"refs/heads/{branch}")
+    ref = (data.get("repository") or {}).get("ref") or {}
+    rule = ref.get("branchProtectionRule") or {}
+    return rule.get("pattern")
+
+
+async def send_protection(gh: Any, owner: str, repo: str, changes: tuple[Change, ...]) -> tuple[Change, ...]:
+    """One branch's PUT or DELETE; raises BranchMissing when GitHub has no such branch."""
+    [change] = changes
+    url_vars = {"owner": owner, "repo": repo, "branch": change.target or change.field}
+    try:
+        if change.method == "DELETE":
+            await gh.delete(_PROTECTION, url_vars=url_vars)
+        else:
+            await gh.put(_PROTECTION, url_vars=url_vars, data=change.after)
+    except GitHubException as exc:
+        if getattr(exc, "status_code", None) == 404 and "branch not found" in str(exc).lower():
+            raise BranchMissing(change.target or change.field) from exc
+        if change.method == "DELETE" and getattr(exc, "status_code", None) == 404:
+            return changes  # already unprotected: what the step wanted
+        raise
+    return changes
+
+
+async def learn_undo(gh: Any, owner: str, repo: str, change: Change) -> Change:
+    """The change, knowing what undoing it needs: a PUT on a protected branch learns which
+    rule protects the branch now (see ``Change.before_rule``)."""
+    if change.method != "PUT" or change.before is None or change.before_rule is not None:
+        return change
+    pattern = await rule_pattern(gh, owner, repo, change.target or change.field)
+    return replace(change, before_rule=pattern)
+
+
+def inverse_protection(change: Change) -> Change:
+    """The change that undoes one: the protection before written back, or removed."""
+    branch = change.target or change.field
+    # No rule of its own before: the PUT made one, and removing it restores the branch.
+    own_rule_made = change.method == "PUT" and change.before_rule not in (None, branch)
+    method: Method = "DELETE" if change.before is None or own_rule_made else "PUT"
+    after = None if method == "DELETE" else change.before
+    return Change(change.policy, change.field, change.after, after, method, change.target)

@@ -22,8 +22,8 @@ from policies.apply import (
     Run,
     Transaction,
     github_error,
-    rule_pattern,
 )
+from policies.branch_protection import rule_pattern
 from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.loader import PolicyError
 from policies.model import (

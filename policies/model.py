@@ -216,7 +216,8 @@ class Change:
     - ``policy="branch_protection"``: ``field`` and ``target`` are the branch name; ``method`` is
       ``"PUT"`` (``after`` is the whole PUT body) or ``"DELETE"`` (``after`` is None);
       ``before`` is the PUT body that recreates the current protection, or None when the branch
-      is not protected — so ``before`` is also what a rollback writes back (see ``inverse``).
+      is not protected — so ``before`` is also what a rollback writes back (see
+      ``branch_protection.inverse_protection``).
       ``before_rule``: for a PUT on a protected branch, the pattern of the classic rule that
       protects it now (its own name, or a wildcard rule other branches share), None while not
       known. A PUT on a branch a wildcard rule covers gives it a rule of its own; undoing that
@@ -233,25 +234,6 @@ class Change:
     target: str | None = None
     before_rule: str | None = field(default=None, compare=False)
 
-    @property
-    def undo_needs_rule(self) -> bool:
-        """Whether undoing this change needs to know which rule protects the branch now."""
-        return (
-            self.policy == BRANCH_PROTECTION and self.method == "PUT" and self.before is not None
-            and self.before_rule is None
-        )
-
-    def inverse(self) -> Change:
-        """The change that undoes this one (for rolling back a failed transaction)."""
-        if self.policy == BRANCH_PROTECTION:
-            branch = self.target or self.field
-            # No rule of its own before: the PUT made one, and removing it restores the branch.
-            own_rule_made = self.method == "PUT" and self.before_rule not in (None, branch)
-            method: Method = "DELETE" if self.before is None or own_rule_made else "PUT"
-            after = None if method == "DELETE" else self.before
-            return Change(self.policy, self.field, self.after, after, method, self.target)
-        return Change(self.policy, self.field, self.after, self.before, self.method, self.target)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "policy": self.policy,
@@ -259,6 +241,13 @@ class Change:
             "before": self.before,
             "after": self.after,
         }
+
+
+class NotYetPossible(Exception):
+    """GitHub cannot make a change yet (e.g. protect a branch before its first push): the
+    change waits, recorded ``deferred`` with ``reason``; ``str()`` names what it waits for."""
+
+    reason = "not possible yet"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,12 @@ from policies.branch_cleanup import (
     read_cleanup,
 )
 from policies.branch_cleanup import graphql_selection as cleanup_selection
-from policies.branch_protection import plan_protection_kind
+from policies.branch_protection import (
+    inverse_protection,
+    learn_undo,
+    plan_protection_kind,
+    send_protection,
+)
 from policies.model import (
     BRANCH_CLEANUP,
     BRANCH_PROTECTION,
@@ -26,7 +31,7 @@ from policies.model import (
     Policy,
     RepoState,
 )
-from policies.repository_settings import plan_settings_kind
+from policies.repository_settings import inverse_setting, plan_settings_kind, send_settings
 from policies.rulesets import (
     describe_ruleset,
     graphql_selection,
@@ -40,17 +45,28 @@ from policies.rulesets import (
 
 # (gh, owner, repo, policy) -> the kind's state of the repository (``RepoState.kind_state``).
 Reader = Callable[[Any, str, str, Policy], Awaitable[Any]]
-# (gh, owner, repo, change) -> the change as made.
-Sender = Callable[[Any, str, str, Change], Awaitable[Change]]
+# (gh, owner, repo, the changes of one request) -> the changes as made.
+Sender = Callable[[Any, str, str, tuple[Change, ...]], Awaitable[tuple[Change, ...]]]
+# (gh, owner, repo, change) -> the change, knowing what undoing it needs.
+UndoLearner = Callable[[Any, str, str, Change], Awaitable[Change]]
+
+
+def one_by_one(send: Callable[[Any, str, str, Change], Awaitable[Change]]) -> Sender:
+    """A Sender from a function that sends one change (a kind whose changes are one request each)."""
+
+    async def each(gh: Any, owner: str, repo: str, changes: tuple[Change, ...]) -> tuple[Change, ...]:
+        return tuple([await send(gh, owner, repo, change) for change in changes])
+
+    return each
 
 
 @dataclass(frozen=True)
 class PolicyKind:
-    """A kind of policy: its name (the audit record's ``policy``) and its pure planner.
+    """A kind of policy: its name (the audit record's ``policy``) and its pure planner, how
+    the transaction sends its changes (``send``: the only write) and undoes one (``inverse``).
 
     A kind whose state lives in ``RepoState.kind_state`` also says how to read it (REST, when
-    its plan needs ``<name>.*``), how to send a change and how to undo one; the two older
-    kinds still do these in the engine and the transaction.
+    its plan needs ``<name>.*``); the two older kinds' reads are still the engine's.
     """
 
     name: str
@@ -58,6 +74,11 @@ class PolicyKind:
     read: Reader | None = None
     send: Sender | None = None
     inverse: Callable[[Change], Change] | None = None
+    # All its changes of a repository go in one request (one step of the transaction);
+    # otherwise each change is a step of its own.
+    together: bool = False
+    # Asked before a change that a later step's failure would have to undo.
+    learn_undo: UndoLearner | None = None
     # What a repository created a moment ago has (nothing to read): e.g. no rulesets.
     new_repository: Any = None
     # Its part of the batched read: a Repository selection, whether a policy needs it, and
@@ -80,17 +101,21 @@ class PolicyKind:
 
 # Settings first: a protection rule such as required_linear_history can depend on them.
 POLICY_KINDS: tuple[PolicyKind, ...] = (
-    PolicyKind(REPOSITORY, plan_settings_kind),
-    PolicyKind(BRANCH_PROTECTION, plan_protection_kind),
+    PolicyKind(REPOSITORY, plan_settings_kind, send=send_settings, inverse=inverse_setting, together=True),
     PolicyKind(
-        RULESETS, plan_rulesets_kind, read_rulesets, send_ruleset, inverse_ruleset, {},
-        graphql_selection, "rulesets", rulesets_from_graphql, describe_ruleset, ruleset_status,
+        BRANCH_PROTECTION, plan_protection_kind, send=send_protection, inverse=inverse_protection,
+        learn_undo=learn_undo,
+    ),
+    PolicyKind(
+        RULESETS, plan_rulesets_kind, read_rulesets, one_by_one(send_ruleset), inverse_ruleset, new_repository={},
+        graphql_selection=graphql_selection, graphql_field="rulesets", from_graphql=rulesets_from_graphql,
+        describe=describe_ruleset, status=ruleset_status,
     ),
     # Last: a branch goes only once everything else is in line.
     PolicyKind(
-        BRANCH_CLEANUP, plan_cleanup_kind, read_cleanup, delete_branch, None, None,
-        cleanup_selection, "refs", cleanup_from_graphql, describe_deletion, cleanup_status,
-        sweeps_only=True, independent=True,
+        BRANCH_CLEANUP, plan_cleanup_kind, read_cleanup, one_by_one(delete_branch),
+        graphql_selection=cleanup_selection, graphql_field="refs", from_graphql=cleanup_from_graphql,
+        describe=describe_deletion, status=cleanup_status, sweeps_only=True, independent=True,
     ),
 )
 KINDS_BY_NAME: dict[str, PolicyKind] = {kind.name: kind for kind in POLICY_KINDS}
@@ -107,9 +132,14 @@ def is_independent(change: Change) -> bool:
     return kind is not None and kind.independent
 
 
+def kind_of(change: Change) -> PolicyKind:
+    """The kind a change belongs to (its ``policy``)."""
+    return KINDS_BY_NAME[change.policy]
+
+
 def inverse_of(change: Change) -> Change:
-    """The change that undoes ``change``, as its kind says."""
-    kind = KINDS_BY_NAME.get(change.policy)
-    if kind is not None and kind.inverse is not None:
-        return kind.inverse(change)
-    return change.inverse()
+    """The change that undoes ``change``, as its kind says (a kind without one is never undone)."""
+    inverse = kind_of(change).inverse
+    if inverse is None:
+        raise ValueError(f"a {change.policy} change is not undone")
+    return inverse(change)

@@ -248,6 +248,18 @@ def patch_body(
     return body
 
 
+async def send_settings(gh: Any, owner: str, repo: str, changes: tuple[Change, ...]) -> tuple[Change, ...]:
+    """Every settings change of a repository in ONE PATCH /repos/{owner}/{repo}."""
+    body = patch_body(changes, {c.field: c.after for c in changes})
+    await gh.patch("/repos/{owner}/{repo}", url_vars={"owner": owner, "repo": repo}, data=body)
+    return changes
+
+
+def inverse_setting(change: Change) -> Change:
+    """The change that undoes one: the field's value before, PATCHed back."""
+    return Change(REPOSITORY, change.field, change.after, change.before, "PATCH", change.target)
+
+
 def rest_settings_from_graphql(node: Mapping[str, Any]) -> dict[str, Any]:
     """Map a GraphQL ``Repository`` node to REST field names (only the fields it holds).
 

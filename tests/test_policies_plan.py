@@ -13,7 +13,7 @@ from policies.defaults import DEFAULT_POLICY, DEFAULT_PROTECTION
 from policies.loader import parse_policy
 from policies.model import Change, RepoState
 from policies.plan import branches_to_check, plan_repository
-from policies.registry import POLICY_KINDS
+from policies.registry import POLICY_KINDS, inverse_of
 from policies.repository_settings import (
     GRAPHQL_FIELDS,
     missing_fields,
@@ -241,7 +241,7 @@ def test_one_change_per_differing_field_values_exact() -> None:
         {"has_wiki": False, "allow_auto_merge": False},
     )
     assert changes == [Change("repository", "has_wiki", True, False, "PATCH")]
-    assert changes[0].inverse() == Change("repository", "has_wiki", False, True, "PATCH")
+    assert inverse_of(changes[0]) == Change("repository", "has_wiki", False, True, "PATCH")
 
 
 def test_missing_fields_are_reported_separately() -> None:

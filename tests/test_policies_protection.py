@@ -26,6 +26,7 @@ from policies.branch_protection import (
 )
 from policies.defaults import DEFAULT_PROTECTION
 from policies.model import Change
+from policies.registry import inverse_of
 
 BASE = "https://api.github.com/repos/octo-org/hello-world/branches/main/protection"
 ACTIONS_APP_ID = 15368  # GitHub Actions: the app GitHub pins a context to when it reported it
@@ -467,14 +468,14 @@ def test_a_fix_does_not_repin_a_check_to_another_app() -> None:
 def test_unprotected_branch_gets_exactly_the_policy_body() -> None:
     [change] = plan_branch_protection("main", None, DEFAULT_PROTECTION)
     assert change == Change("branch_protection", "main", None, DEFAULT_PROTECTION, "PUT", "main")
-    assert change.inverse().method == "DELETE"
+    assert inverse_of(change).method == "DELETE"
 
 
 def test_protection_null_deletes_protection_and_only_when_there_is_some() -> None:
     read = github_read(DEFAULT_PROTECTION)
     [change] = plan_branch_protection("legacy", read, None)
     assert (change.method, change.after) == ("DELETE", None)
-    assert change.inverse() == Change(
+    assert inverse_of(change) == Change(
         "branch_protection", "legacy", None, change.before, "PUT", "legacy"
     )
     assert plan_branch_protection("legacy", None, None) == []
