@@ -13,7 +13,7 @@ from bot.audit_chain import is_keyed
 from bot.logs import get_logger
 from bot.outcomes import AUDIT_OUTCOMES, Outcome
 from bot.redact import REDACTOR, Redactor
-from bot.store.base import AuditEntry, AuditRecord, Store
+from bot.store.base import AuditEntry, AuditRecord, AuditTrail
 
 log = get_logger("moko.audit")
 
@@ -29,7 +29,7 @@ def utcnow() -> datetime:
 class AuditWriter:
     """Appends records for a run; every string in them is redacted first."""
 
-    def __init__(self, store: Store, *, redactor: Redactor = REDACTOR, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, store: AuditTrail, *, redactor: Redactor = REDACTOR, clock: Callable[[], datetime] = utcnow) -> None:
         self._store = store
         self._redactor = redactor
         self._clock = clock
@@ -52,7 +52,7 @@ class AuditWriter:
         return replace(entry, before=before, after=after, error=error, field=field)
 
 
-async def vouch_for_plain_records(store: Store, writer: AuditWriter, owner: str) -> AuditRecord | None:
+async def vouch_for_plain_records(store: AuditTrail, writer: AuditWriter, owner: str) -> AuditRecord | None:
     """With MOKO_AUDIT_KEY newly set, one keyed record after the records written without it:
     its HMAC covers their last hash, so a rewrite of them shows at once, not only after the
     next change (``verify_chain``). Nothing when the head is keyed already, or the trail empty.
@@ -90,7 +90,7 @@ def _change_key(record: AuditRecord) -> tuple[str, str, str, str]:
     return record.run_id, record.repo, record.policy, record.field
 
 
-async def log_audit_head(store: Store) -> tuple[int, str]:
+async def log_audit_head(store: AuditTrail) -> tuple[int, str]:
     """Log the chain's head (`audit_head`, its seq and hash): kept outside the database, it is
     the anchor `moko audit --verify --anchor SEQ:HASH` checks the trail against."""
     seq, digest = await store.audit_head()
@@ -99,7 +99,7 @@ async def log_audit_head(store: Store) -> tuple[int, str]:
 
 
 async def log_audit_heads_forever(
-    store: Store, *, every: float = AUDIT_HEAD_EVERY, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+    store: AuditTrail, *, every: float = AUDIT_HEAD_EVERY, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
 ) -> None:
     """Log the head now and every `every` seconds until cancelled."""
     while True:

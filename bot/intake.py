@@ -25,7 +25,7 @@ from bot.http_limits import SMALL_BODY, UnverifiedBodies, answer_unread
 from bot.logs import get_logger
 from bot.metrics import WEBHOOKS_RECEIVED, labelled
 from bot.payloads import is_plain_json, parse_payload
-from bot.store.base import NewDelivery, Store
+from bot.store.base import Deliveries, NewDelivery
 from bot.worker import WorkerPool
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MiB
@@ -76,7 +76,7 @@ class WebhookIntake:
     """POST /api/github/webhooks."""
 
     def __init__(
-        self, *, secret: str, store: Store, workers: WorkerPool, owner: str, lease_seconds: float,
+        self, *, secret: str, store: Deliveries, workers: WorkerPool, owner: str, lease_seconds: float,
         unverified: UnverifiedBodies, body_timeout: float,
     ) -> None:
         if not secret:

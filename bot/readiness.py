@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from bot.logs import get_logger
 from bot.redact import REDACTOR
-from bot.store.base import Store
+from bot.store.base import Health
 
 log = get_logger("moko.readiness")
 
@@ -28,7 +28,7 @@ class StoreWritable:
 
     def __init__(
         self,
-        store: Store,
+        store: Health,
         *,
         ttl: float = CHECK_TTL,
         timeout: float = CHECK_TIMEOUT,

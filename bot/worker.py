@@ -29,7 +29,7 @@ from typing import Any
 from bot.logs import get_logger
 from bot.metrics import DELIVERIES_FINISHED, QUEUE_DEPTH, labelled
 from bot.redact import REDACTOR
-from bot.store.base import DONE, FAILED, Delivery, Store
+from bot.store.base import DONE, FAILED, Deliveries, Delivery
 from bot.turns import Turn, hold_turn
 
 log = get_logger("moko.worker")
@@ -61,7 +61,7 @@ class WorkerPool:
 
     def __init__(
         self,
-        store: Store,
+        store: Deliveries,
         process: Processor,
         *,
         owner: str,

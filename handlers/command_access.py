@@ -11,7 +11,7 @@ from typing import Any
 
 from gidgethub import BadRequest
 
-from bot.store.base import Store
+from bot.store.base import HitCounter
 from handlers.command_text import RATE_LIMIT
 
 # Least to most; "none" is what GitHub answers for someone with no access.
@@ -116,7 +116,7 @@ class Turn(enum.Enum):
 
 
 async def rate_turn(
-    store: Store, repo: str, user: str, clock: Callable[[], float] = time.time
+    store: HitCounter, repo: str, user: str, clock: Callable[[], float] = time.time
 ) -> Turn:
     """Count this command against the user's limit in this repository.
 

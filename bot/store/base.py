@@ -1,5 +1,6 @@
 """The store interface: what Moko keeps durably (deliveries, audit trail, sweep checkpoints,
-reconciliation turns, redeliveries asked for, locks).
+reconciliation turns, redeliveries asked for, locks), one Protocol per concern, and `Store`
+all of them: code names the part it uses.
 
 Two implementations share this contract and one test suite: SQLite (embedded default)
 and PostgreSQL (several replicas). Every method is atomic on its own; none is a
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 SCHEMA_VERSION = 4
 
@@ -198,17 +199,10 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
 
 
-class Store(abc.ABC):
-    """Durable state shared by the web intake, the workers, the CLI and other replicas.
+class Lifecycle(Protocol):
+    """Opening and closing the store, and the process it names."""
 
-    `owner` is the identity of the process that opened the store. While the store is open,
-    the process holds a liveness signal that dies with it (SQLite: an flock on a file beside
-    the database; PostgreSQL: a session advisory lock): deliveries claimed by an owner whose
-    signal is gone are taken again at once, without waiting for their lease. Claims by an
-    owner that never held a signal are judged by their lease alone.
-    """
-
-    owner: str
+    owner: str  # this process's identity in claims and locks (see Store)
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -219,6 +213,14 @@ class Store(abc.ABC):
         """Release connections; pending writes are committed first."""
 
     @abc.abstractmethod
+    async def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+
+
+class Health(Protocol):
+    """Whether the store answers, and whether it can write."""
+
+    @abc.abstractmethod
     async def ping(self) -> None:
         """Raise if the store does not answer (used by /readyz)."""
 
@@ -227,11 +229,9 @@ class Store(abc.ABC):
         """Raise unless the store can write: one tiny write (used by /readyz, which a full
         disk or a read-only database must turn to 503, though reads still answer)."""
 
-    @abc.abstractmethod
-    async def schema_version(self) -> int:
-        """The schema version recorded in the database."""
 
-    # --- deliveries -------------------------------------------------------
+class Deliveries(Protocol):
+    """Webhook deliveries: stored before they are acknowledged, claimed under a lease, finished."""
 
     @abc.abstractmethod
     async def add_delivery(self, delivery: NewDelivery) -> bool:
@@ -292,7 +292,9 @@ class Store(abc.ABC):
         """Delete up to limit finished (done or failed) deliveries received before the cutoff;
         return how many went. Unfinished ones always stay."""
 
-    # --- audit trail ------------------------------------------------------
+
+class AuditTrail(Protocol):
+    """The audit trail: one hash chain of records, appended to atomically."""
 
     @abc.abstractmethod
     async def append_audit(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
@@ -328,7 +330,9 @@ class Store(abc.ABC):
     async def prune_audit(self, older_than: datetime) -> int:
         """Delete records older than a time from the start of the chain, keeping it verifiable."""
 
-    # --- sweeps -----------------------------------------------------------
+
+class SweepCheckpoints(Protocol):
+    """Sweeps of an organization, with a checkpoint per repository so that one resumes."""
 
     @abc.abstractmethod
     async def start_sweep(self, org: str, *, sweep_id: str, retry_failed: bool = False) -> SweepProgress:
@@ -350,7 +354,9 @@ class Store(abc.ABC):
     async def sweep_outcomes(self, sweep_id: str) -> dict[str, str]:
         """Checkpointed outcomes of a sweep, by repository."""
 
-    # --- continuous reconciliation ----------------------------------------
+
+class ReconciliationTurns(Protocol):
+    """The continuous reconciliation: one turn per installation, under a lease."""
 
     @abc.abstractmethod
     async def join_reconciliation(self, installation_id: int, account: str, first_in: float) -> bool:
@@ -382,7 +388,9 @@ class Store(abc.ABC):
     async def reconcile_turns(self) -> list[ReconcileTurn]:
         """Every installation in the cycle, by installation id."""
 
-    # --- redeliveries ----------------------------------------------------
+
+class Redeliveries(Protocol):
+    """Which deliveries Moko holds, and which GitHub was asked to send again."""
 
     @abc.abstractmethod
     async def stored_delivery_ids(self, delivery_ids: Sequence[str]) -> set[str]:
@@ -401,7 +409,9 @@ class Store(abc.ABC):
     async def prune_redeliveries(self, asked_before: datetime) -> int:
         """Forget redeliveries asked before a time (GitHub no longer lists their deliveries)."""
 
-    # --- locks and counters ----------------------------------------------
+
+class NamedLocks(Protocol):
+    """Lease locks by name, for work one replica does at a time (a sweep, a poll)."""
 
     @abc.abstractmethod
     async def try_lock(self, name: str, owner: str, ttl_seconds: float) -> bool:
@@ -411,6 +421,10 @@ class Store(abc.ABC):
     async def unlock(self, name: str, owner: str) -> None:
         """Release a named lock held by owner."""
 
+
+class RepositoryLocks(Protocol):
+    """One repository's changes at a time, across processes and replicas."""
+
     @abc.abstractmethod
     @asynccontextmanager
     async def repository_lock(self, repo: str) -> AsyncIterator[HeldLock]:
@@ -418,6 +432,25 @@ class Store(abc.ABC):
         the work checks the HeldLock before each change, as the lock can end on its own."""
         yield HeldLock(repo)
 
+
+class HitCounter(Protocol):
+    """Counting hits in a sliding window (the commands' rate limit)."""
+
     @abc.abstractmethod
     async def count_hit(self, key: str, window_seconds: float, now: float) -> int:
         """Record one hit for key and return the hits within the window ending now (this one included)."""
+
+
+class Store(
+    Lifecycle, Health, Deliveries, AuditTrail, SweepCheckpoints, ReconciliationTurns, Redeliveries,
+    NamedLocks, RepositoryLocks, HitCounter, Protocol,
+):
+    """Everything durable, shared by the web intake, the workers, the CLI and other replicas:
+    each of its parts above, for the code that needs only that one.
+
+    `owner` is the identity of the process that opened the store. While the store is open,
+    the process holds a liveness signal that dies with it (SQLite: an flock on a file beside
+    the database; PostgreSQL: a session advisory lock): deliveries claimed by an owner whose
+    signal is gone are taken again at once, without waiting for their lease. Claims by an
+    owner that never held a signal are judged by their lease alone.
+    """

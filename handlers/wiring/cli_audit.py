@@ -26,7 +26,7 @@ from bot.audit_chain import (
 from bot.config import ConfigError, Settings, parse_duration
 from bot.exit_codes import EXIT_FAILURES, EXIT_OK, EXIT_USAGE
 from bot.store import open_store
-from bot.store.base import AuditRecord, Store
+from bot.store.base import AuditRecord, AuditTrail
 
 TABLE_COLUMNS = ("time", "run", "trigger", "repo", "actor", "policy", "field", "before", "after", "outcome", "error")
 
@@ -73,7 +73,7 @@ def render_table(records: list[AuditRecord]) -> Table:
     return table
 
 
-async def read_records(store: Store, repo: str | None, since: datetime | None) -> list[AuditRecord]:
+async def read_records(store: AuditTrail, repo: str | None, since: datetime | None) -> list[AuditRecord]:
     """Records of a repository (named in any case, as on GitHub) since a time, in chain order."""
     records = await store.audit_records(repo=repo, since=since)
     if repo is not None and not records:
@@ -91,7 +91,7 @@ def parse_anchor(value: str) -> tuple[int, str]:
 
 
 async def verify(
-    store: Store, out: IO[str], err: IO[str], *, key: str | None, anchor: tuple[int, str] | None
+    store: AuditTrail, out: IO[str], err: IO[str], *, key: str | None, anchor: tuple[int, str] | None
 ) -> int:
     start, records = await store.audit_chain()
     try:
