@@ -661,9 +661,9 @@ def _outcome(plan: Plan, outcomes: list[ChangeOutcome], ok: bool, dry_run: bool)
 
 
 __all__ = [
-    "ALL", "PROTECTION_ONLY", "REPOSITORY", "RULESETS_ONLY", "SWEEP",
+    "ALL", "PROTECTION_ONLY", "RULESETS_ONLY", "SWEEP",
     "NEW_DEFAULT_BRANCH", "SETTINGS_ONLY", "Concern", "Known", "Permissions",
-    "PermissionsSource", "PolicyEngine", "RepoResult", "Run",
+    "PermissionsSource", "PolicyEngine", "RepoResult",
 ]
 
 

@@ -7,7 +7,7 @@ from policies.model import Change, Held, Plan, Policy, RepoState
 from policies.registry import POLICY_KINDS
 from policies.scope import skip_reason
 
-__all__ = ["RepoState", "Plan", "branches_to_check", "plan_repository"]
+__all__ = ["branches_to_check", "plan_repository"]
 
 
 def plan_repository(policy: Policy, repo: RepoState) -> Plan:

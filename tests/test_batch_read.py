@@ -19,11 +19,11 @@ from policies.batch_read import (
     snapshot_of,
     viewer_login,
 )
-from policies.branch_protection import GRAPHQL_RULE_FIELDS, NormalizedProtection
 from policies.defaults import DEFAULT_POLICY
 from policies.loader import parse_policy
 from policies.model import RepoState
 from policies.plan import plan_repository
+from policies.protection_shapes import GRAPHQL_RULE_FIELDS, NormalizedProtection
 from policies.repository_settings import GRAPHQL_FIELDS
 from tests.fakegithub.state import APP_PERMISSIONS
 from tests.support.harness import run_moko

@@ -8,11 +8,12 @@ from typing import Any
 
 import graphql
 
-from policies.branch_protection import normalize_graphql_rule
+from policies.branch_protection import branches_to_check
 from policies.defaults import DEFAULT_POLICY, DEFAULT_PROTECTION
 from policies.loader import parse_policy
 from policies.model import Change, RepoState
-from policies.plan import branches_to_check, plan_repository
+from policies.plan import plan_repository
+from policies.protection_shapes import normalize_graphql_rule
 from policies.registry import POLICY_KINDS, inverse_of
 from policies.repository_settings import (
     GRAPHQL_FIELDS,

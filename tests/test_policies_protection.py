@@ -10,22 +10,21 @@ from typing import Any
 import graphql
 import pytest
 
-from policies.branch_protection import (
+from policies.branch_protection import diff_protection, plan_branch_protection
+from policies.defaults import DEFAULT_PROTECTION
+from policies.model import Change
+from policies.protection_shapes import (
     GRAPHQL_ALLOWANCE_FIELDS,
     GRAPHQL_RULE_FIELDS,
     UNKNOWN,
     Actors,
     ProtectionUnknown,
-    diff_protection,
     normalize_graphql_rule,
     normalize_read,
     normalize_written,
-    plan_branch_protection,
     protection_body_from_read,
     protection_from_graphql_rules,
 )
-from policies.defaults import DEFAULT_PROTECTION
-from policies.model import Change
 from policies.registry import inverse_of
 
 BASE = "https://api.github.com/repos/octo-org/hello-world/branches/main/protection"

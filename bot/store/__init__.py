@@ -29,4 +29,4 @@ def open_store(
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]}")
 
 
-__all__ = ["Store", "open_store"]
+__all__ = ["open_store"]
