@@ -23,7 +23,8 @@ from bot.store.base import AuditEntry
 from handlers.command_markdown import escape, table
 from handlers.command_report import describe_change
 from policies.apply import Run, github_error
-from policies.engine import Known, OpenIssue, PolicyEngine, RepoResult
+from policies.engine import PolicyEngine, RepoResult
+from policies.known import Known, OpenIssue
 from policies.model import Change
 
 log = get_logger("moko.notice")

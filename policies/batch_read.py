@@ -23,7 +23,7 @@ from policies.branch_protection import (
     protection_from_graphql_rules,
 )
 from policies.defaults import DEFAULT_BRANCH_RULE
-from policies.engine import Known, OpenIssue
+from policies.known import Known, OpenIssue
 from policies.loader import MAX_FILE_BYTES
 from policies.model import Policy
 from policies.permissions import protection_unreadable, unreadable_settings

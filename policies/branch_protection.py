@@ -39,9 +39,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gidgethub import GitHubException
+from gidgethub import BadRequest, GitHubException
 
 from policies.defaults import DEFAULT_BRANCH_RULE
+from policies.known import Known
 from policies.model import (
     BRANCH_PROTECTION,
     BRANCH_PROTECTION_RULE,
@@ -86,6 +87,7 @@ __all__ = [
     "ProtectionUnknown",
     "branches_to_check",
     "desired_protection_body",
+    "decides_protection",
     "diff_protection",
     "inverse_protection",
     "learn_undo",
@@ -93,6 +95,7 @@ __all__ = [
     "plan_branch_protection",
     "plan_protection_kind",
     "protection_from_graphql_rules",
+    "read_protection",
     "resolve_branch_rules",
     "rule_pattern",
     "send_protection",
@@ -369,6 +372,35 @@ async def rule_pattern(gh: Any, owner: str, name: str, branch: str) -> str | Non
     return rule.get("pattern")
 
 
+async def read_protection(
+    gh: Any, owner: str, repo: str, policy: Policy, needs: tuple[str, ...], known: Known
+) -> Known:
+    """The protection of the branches the plan needs (``branch_protection.<branch>``: GET
+    …/protection), then the rules that protect them (``branch_protection_rule.<branch>``)."""
+    protections, missing = dict(known.protections), set(known.missing_branches)
+    patterns = dict(known.rule_patterns)
+    for key in needs:
+        kind, branch = key.split(".", 1)
+        if kind != BRANCH_PROTECTION:
+            continue
+        try:
+            protections[branch] = await gh.getitem(
+                _PROTECTION, url_vars={"owner": owner, "repo": repo, "branch": branch}
+            )
+        except BadRequest as exc:
+            if exc.status_code != 404:
+                raise
+            # 404 is either "Branch not protected" or "Branch not found".
+            if "branch not found" in str(exc).lower():
+                missing.add(branch)
+            protections[branch] = None
+    for key in needs:
+        kind, branch = key.split(".", 1)
+        if kind == BRANCH_PROTECTION_RULE:
+            patterns[branch] = await rule_pattern(gh, owner, repo, branch)
+    return replace(known, protections=protections, missing_branches=missing, rule_patterns=patterns)
+
+
 async def send_protection(gh: Any, owner: str, repo: str, changes: tuple[Change, ...]) -> tuple[Change, ...]:
     """One branch's PUT or DELETE; raises BranchMissing when GitHub has no such branch."""
     [change] = changes
@@ -394,6 +426,12 @@ async def learn_undo(gh: Any, owner: str, repo: str, change: Change) -> Change:
         return change
     pattern = await rule_pattern(gh, owner, repo, change.target or change.field)
     return replace(change, before_rule=pattern)
+
+
+def decides_protection(policy: Policy, branch: str) -> bool:
+    """Whether the policy says how branches are protected (a rule for the default branch may
+    stand for the branch)."""
+    return bool(policy.branches)
 
 
 def inverse_protection(change: Change) -> Change:

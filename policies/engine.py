@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gidgethub import BadRequest, GitHubException
+from gidgethub import GitHubException
 
 from bot.audit import AuditWriter, settled
 from bot.logs import get_logger
@@ -23,13 +23,12 @@ from policies.apply import (
     Transaction,
     github_error,
 )
-from policies.branch_protection import rule_pattern
 from policies.defaults import DEFAULT_BRANCH_RULE
+from policies.known import Known
 from policies.loader import PolicyError
 from policies.model import (
     BRANCH_PROTECTION,
     REPOSITORY,
-    RULESETS,
     Change,
     Plan,
     Policy,
@@ -38,8 +37,7 @@ from policies.model import (
 )
 from policies.permissions import protection_unreadable, unreadable_settings
 from policies.plan import branches_to_check, plan_repository
-from policies.registry import POLICY_KINDS, new_repository_state
-from policies.repository_settings import missing_fields
+from policies.registry import KINDS_BY_NAME, POLICY_KINDS, new_repository_state
 from policies.server_fields import for_server, schema_for, unsupported, without_unsupported
 from policies.source import POLICY_PATH, POLICY_REPO, PolicySource
 
@@ -55,10 +53,6 @@ _LOCK_ATTEMPTS = 2
 OBSERVED_MARGIN = 60.0
 # How many of a repository's newest records are looked through for an intent in that time.
 _RECENT_INTENTS = 8
-LEFT_OUT = (
-    "GitHub's answer to GET /repos/{owner}/{repo} left it out "
-    "(a permission these credentials lack, or a field this server does not have)"
-)
 STILL_UNREAD = f"Moko still could not tell after {_MAX_READ_ROUNDS} reads"
 # An invalid file's config record names the file it was about (blob SHA, else a content hash),
 # so that a sweep that finds the same file again does not record it again.
@@ -129,36 +123,13 @@ RULESETS_ONLY = Concern(settings=False, protection=False)
 NEW_DEFAULT_BRANCH = Concern(named_branches=False, rulesets=False)
 
 
-@dataclass(frozen=True)
-class OpenIssue:
-    """An open issue that Moko opened in a repository, as a batched read saw it."""
-
-    number: int
-    title: str
-    body: str
-
-
-@dataclass
-class Known:
-    """State known without asking GitHub: from the payload, or a batched read."""
-
-    settings: Mapping[str, Any] | None = None
-    protections: dict[str, Any] = field(default_factory=dict)
-    empty: bool = False
-    existing_branches: frozenset[str] | None = None
-    missing_branches: set[str] = field(default_factory=set)
-    rule_patterns: dict[str, str | None] = field(default_factory=dict)
-    open_issues: tuple[OpenIssue, ...] | None = None  # the open issues Moko opened; None: not read
-    kind_state: dict[str, Any] = field(default_factory=dict)  # see RepoState.kind_state
-
-    @classmethod
-    def new_repository(cls, default_branch: str | None) -> Known:
-        """What a repository created a moment ago has: its default branch unprotected, and
-        what each policy kind says a new repository has."""
-        return cls(
-            protections={default_branch: None} if default_branch else {},
-            kind_state=new_repository_state(),
-        )
+def new_repository_known(default_branch: str | None) -> Known:
+    """What a repository created a moment ago has: its default branch unprotected, and
+    what each policy kind says a new repository has."""
+    return Known(
+        protections={default_branch: None} if default_branch else {},
+        kind_state=new_repository_state(),
+    )
 
 
 # Called after a repository's whole policy was remediated: (gh, run, repo, result, engine, known).
@@ -238,32 +209,13 @@ class PolicyEngine:
     async def read_state(
         self, gh: Any, repo: Mapping[str, Any], known: Known, plan: Plan, policy: Policy | None = None
     ) -> Known:
-        """Read from GitHub what the plan could not decide (REST), and return the richer state."""
+        """Read from GitHub what the plan could not decide (REST), each kind what it needs, and
+        return the richer state."""
         owner, name = str(repo["full_name"]).split("/", 1)
-        url_vars = {"owner": owner, "repo": name}
         for kind in POLICY_KINDS:
-            if kind.read is not None and policy is not None and f"{kind.name}.*" in plan.needs_read:
-                known.kind_state[kind.name] = await kind.read(gh, owner, name, policy)
-        if plan.settings_to_read:
-            answer = await gh.getitem("/repos/{owner}/{repo}", url_vars=url_vars)
-            known.settings = {**(known.settings or {}), **answer}
-            # What the answer left out will not be in the next one either.
-            for name in missing_fields(known.settings, dict.fromkeys(plan.settings_to_read)):
-                known.settings[name] = Unreadable(LEFT_OUT)
-        for branch in plan.branches_to_read:
-            try:
-                known.protections[branch] = await gh.getitem(
-                    "/repos/{owner}/{repo}/branches/{branch}/protection", url_vars={**url_vars, "branch": branch}
-                )
-            except BadRequest as exc:
-                if exc.status_code != 404:
-                    raise
-                # 404 is either "Branch not protected" or "Branch not found".
-                if "branch not found" in str(exc).lower():
-                    known.missing_branches.add(branch)
-                known.protections[branch] = None
-        for branch in plan.rules_to_read:
-            known.rule_patterns[branch] = await rule_pattern(gh, owner, name, branch)
+            needs = tuple(key for key in plan.needs_read if key.split(".", 1)[0] in kind.reads)
+            if kind.read is not None and policy is not None and needs:
+                known = await kind.read(gh, owner, name, policy, needs, known)
         return known
 
     def state_of(self, repo: Mapping[str, Any], known: Known) -> RepoState:
@@ -610,14 +562,9 @@ async def _settle_intents(
 
 def _decides(effective: Policy, intent: AuditRecord) -> bool:
     """Whether a plan of ``effective`` says what the intent's field should be (not an issue's
-    record, nor a kind or field this remediation leaves out)."""
-    if intent.policy == REPOSITORY:
-        return intent.field in effective.repository
-    if intent.policy == BRANCH_PROTECTION:
-        return bool(effective.branches)
-    if intent.policy == RULESETS:
-        return any(ruleset.get("name") == intent.field for ruleset in effective.rulesets)
-    return False
+    record, nor a kind or field this remediation leaves out), as the intent's kind says."""
+    kind = KINDS_BY_NAME.get(intent.policy)
+    return kind is not None and kind.decides is not None and kind.decides(effective, intent.field)
 
 
 def _waiting(records: list[AuditRecord], fields: tuple[str, ...]) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from policies.branch_cleanup import (
@@ -16,14 +16,18 @@ from policies.branch_cleanup import (
 )
 from policies.branch_cleanup import graphql_selection as cleanup_selection
 from policies.branch_protection import (
+    decides_protection,
     inverse_protection,
     learn_undo,
     plan_protection_kind,
+    read_protection,
     send_protection,
 )
+from policies.known import Known
 from policies.model import (
     BRANCH_CLEANUP,
     BRANCH_PROTECTION,
+    BRANCH_PROTECTION_RULE,
     REPOSITORY,
     RULESETS,
     Change,
@@ -31,8 +35,15 @@ from policies.model import (
     Policy,
     RepoState,
 )
-from policies.repository_settings import inverse_setting, plan_settings_kind, send_settings
+from policies.repository_settings import (
+    decides_setting,
+    inverse_setting,
+    plan_settings_kind,
+    read_settings,
+    send_settings,
+)
 from policies.rulesets import (
+    decides_ruleset,
     describe_ruleset,
     graphql_selection,
     inverse_ruleset,
@@ -43,12 +54,24 @@ from policies.rulesets import (
     send_ruleset,
 )
 
-# (gh, owner, repo, policy) -> the kind's state of the repository (``RepoState.kind_state``).
-Reader = Callable[[Any, str, str, Policy], Awaitable[Any]]
+# (gh, owner, repo, policy, what the plan needs of the kind, what is known) -> what is known
+# after the kind's REST reads (a new Known).
+Reader = Callable[[Any, str, str, Policy, tuple[str, ...], Known], Awaitable[Known]]
 # (gh, owner, repo, the changes of one request) -> the changes as made.
 Sender = Callable[[Any, str, str, tuple[Change, ...]], Awaitable[tuple[Change, ...]]]
 # (gh, owner, repo, change) -> the change, knowing what undoing it needs.
 UndoLearner = Callable[[Any, str, str, Change], Awaitable[Change]]
+
+
+def into_kind_state(name: str, read: Callable[[Any, str, str, Policy], Awaitable[Any]]) -> Reader:
+    """A Reader from a function that reads a kind's whole state (``RepoState.kind_state``)."""
+
+    async def reader(
+        gh: Any, owner: str, repo: str, policy: Policy, needs: tuple[str, ...], known: Known
+    ) -> Known:
+        return replace(known, kind_state={**known.kind_state, name: await read(gh, owner, repo, policy)})
+
+    return reader
 
 
 def one_by_one(send: Callable[[Any, str, str, Change], Awaitable[Change]]) -> Sender:
@@ -65,8 +88,8 @@ class PolicyKind:
     """A kind of policy: its name (the audit record's ``policy``) and its pure planner, how
     the transaction sends its changes (``send``: the only write) and undoes one (``inverse``).
 
-    A kind whose state lives in ``RepoState.kind_state`` also says how to read it (REST, when
-    its plan needs ``<name>.*``); the two older kinds' reads are still the engine's.
+    ``read``: its REST reads, made when its plan needs ``<prefix>.<what>`` for a prefix of
+    ``reads`` (its name, unless it says otherwise).
     """
 
     name: str
@@ -79,6 +102,15 @@ class PolicyKind:
     together: bool = False
     # Asked before a change that a later step's failure would have to undo.
     learn_undo: UndoLearner | None = None
+    # Whether a plan of the policy says what the field should be (an unanswered intent of a
+    # crashed run is settled by the plan only then); None: never.
+    decides: Callable[[Policy, str], bool] | None = None
+    # The prefixes of the plan's needs its read answers (empty: its name).
+    read_prefixes: tuple[str, ...] = ()
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return self.read_prefixes or (self.name,)
     # What a repository created a moment ago has (nothing to read): e.g. no rulesets.
     new_repository: Any = None
     # Its part of the batched read: a Repository selection, whether a policy needs it, and
@@ -101,19 +133,24 @@ class PolicyKind:
 
 # Settings first: a protection rule such as required_linear_history can depend on them.
 POLICY_KINDS: tuple[PolicyKind, ...] = (
-    PolicyKind(REPOSITORY, plan_settings_kind, send=send_settings, inverse=inverse_setting, together=True),
     PolicyKind(
-        BRANCH_PROTECTION, plan_protection_kind, send=send_protection, inverse=inverse_protection,
-        learn_undo=learn_undo,
+        REPOSITORY, plan_settings_kind, read_settings, send_settings, inverse_setting, together=True,
+        decides=decides_setting,
     ),
     PolicyKind(
-        RULESETS, plan_rulesets_kind, read_rulesets, one_by_one(send_ruleset), inverse_ruleset, new_repository={},
+        BRANCH_PROTECTION, plan_protection_kind, read_protection, send_protection, inverse_protection,
+        learn_undo=learn_undo, read_prefixes=(BRANCH_PROTECTION, BRANCH_PROTECTION_RULE),
+        decides=decides_protection,
+    ),
+    PolicyKind(
+        RULESETS, plan_rulesets_kind, into_kind_state(RULESETS, read_rulesets), one_by_one(send_ruleset),
+        inverse_ruleset, new_repository={},
         graphql_selection=graphql_selection, graphql_field="rulesets", from_graphql=rulesets_from_graphql,
-        describe=describe_ruleset, status=ruleset_status,
+        describe=describe_ruleset, status=ruleset_status, decides=decides_ruleset,
     ),
     # Last: a branch goes only once everything else is in line.
     PolicyKind(
-        BRANCH_CLEANUP, plan_cleanup_kind, read_cleanup, one_by_one(delete_branch),
+        BRANCH_CLEANUP, plan_cleanup_kind, into_kind_state(BRANCH_CLEANUP, read_cleanup), one_by_one(delete_branch),
         graphql_selection=cleanup_selection, graphql_field="refs", from_graphql=cleanup_from_graphql,
         describe=describe_deletion, status=cleanup_status, sweeps_only=True, independent=True,
     ),

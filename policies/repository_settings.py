@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
+from policies.known import Known
 from policies.model import (
     REPOSITORY,
     Change,
     KindPlan,
     Policy,
     RepoState,
+    Unreadable,
     freeze,
     is_unreadable,
     thaw,
@@ -248,11 +251,34 @@ def patch_body(
     return body
 
 
+LEFT_OUT = (
+    "GitHub's answer to GET /repos/{owner}/{repo} left it out "
+    "(a permission these credentials lack, or a field this server does not have)"
+)
+
+
+async def read_settings(
+    gh: Any, owner: str, repo: str, policy: Policy, needs: tuple[str, ...], known: Known
+) -> Known:
+    """GET /repos/{owner}/{repo} for the fields the plan needs (``repository.<field>``)."""
+    answer = await gh.getitem("/repos/{owner}/{repo}", url_vars={"owner": owner, "repo": repo})
+    settings = {**(known.settings or {}), **answer}
+    # What the answer left out will not be in the next one either.
+    for name in missing_fields(settings, dict.fromkeys(key.split(".", 1)[1] for key in needs)):
+        settings[name] = Unreadable(LEFT_OUT)
+    return replace(known, settings=settings)
+
+
 async def send_settings(gh: Any, owner: str, repo: str, changes: tuple[Change, ...]) -> tuple[Change, ...]:
     """Every settings change of a repository in ONE PATCH /repos/{owner}/{repo}."""
     body = patch_body(changes, {c.field: c.after for c in changes})
     await gh.patch("/repos/{owner}/{repo}", url_vars={"owner": owner, "repo": repo}, data=body)
     return changes
+
+
+def decides_setting(policy: Policy, field: str) -> bool:
+    """Whether the policy sets the field."""
+    return field in policy.repository
 
 
 def inverse_setting(change: Change) -> Change:

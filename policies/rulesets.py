@@ -254,6 +254,11 @@ async def send_ruleset(gh: Any, owner: str, repo: str, change: Change) -> Change
     return change
 
 
+def decides_ruleset(policy: Policy, name: str) -> bool:
+    """Whether the policy names the ruleset."""
+    return any(ruleset.get("name") == name for ruleset in policy.rulesets)
+
+
 def inverse_ruleset(change: Change) -> Change:
     """The change that undoes one: a created ruleset is deleted, an updated one written back."""
     if change.method == "POST":
