@@ -28,7 +28,6 @@ from policies.known import Known
 from policies.loader import PolicyError
 from policies.model import (
     BRANCH_PROTECTION,
-    REPOSITORY,
     Change,
     Plan,
     Policy,
