@@ -292,6 +292,14 @@ def proc_status(pid: int, key: str) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time the process has used so far."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 def open_fds(pid: int) -> int:
     with contextlib.suppress(OSError):
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -920,18 +928,27 @@ async def soak_main(args: argparse.Namespace) -> dict[str, Any]:
         def db_mib() -> float:
             return sum(p.stat().st_size for p in workdir.glob("moko.db*") if p.is_file()) / 2**20
 
+        async def finished() -> int:
+            rows = await campaign.store.query("SELECT count(*) FROM deliveries WHERE state IN ('done', 'failed')")
+            return int(rows[0][0])
+
         async def sample() -> None:
             since = CLOCK()
+            assert replica.process is not None
+            cpu_before = cpu_seconds(replica.process.pid)
             while True:
                 await asyncio.sleep(10)
-                assert replica.process is not None
+                cpu_now = cpu_seconds(replica.process.pid)
+                cpu_share, cpu_before = (cpu_now - cpu_before) / max(1e-3, CLOCK() - since), cpu_now
                 window = sorted(s for when, s in stream.latencies if when >= since)
                 since = CLOCK()
                 samples.append({
                     "t": round(CLOCK() - started), "rss_mib": round(proc_status(replica.process.pid, "VmRSS"), 1),
                     "fds": open_fds(replica.process.pid), "db_mib": round(db_mib(), 1),
                     "p99_ack_ms": round(window[max(0, int(len(window) * 0.99) - 1)] * 1000, 1) if window else None,
-                    "acknowledged": len(stream.acknowledged),
+                    "cpu_pct": round(100 * cpu_share),
+                    "acknowledged": len(stream.acknowledged), "finished": await finished(),
+                    **await moko_metrics(replica),
                 })
                 print(json.dumps(samples[-1]), flush=True)
 
@@ -972,6 +989,44 @@ async def soak_main(args: argparse.Namespace) -> dict[str, Any]:
                 "workdir": str(workdir)}
     finally:
         fake.close()
+
+
+# What /metrics says of where the time goes: wait seconds by reason, retries, the queue.
+_METRIC_LINE = re.compile(r'^(moko_[a-z_]+?)(?:\{([^}]*)\})? ([0-9.e+-]+|NaN)$')
+
+
+async def moko_metrics(replica: Replica) -> dict[str, Any]:
+    """The figures of `moko serve`'s /metrics that show what bounds its pace (totals so far)."""
+    import aiohttp
+
+    found: dict[str, Any] = {"queue": None, "waits_s": {}, "retries": {}, "github_requests": 0,
+                             "budget_min": None}
+    with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+        async with aiohttp.ClientSession() as session, session.get(
+                f"http://127.0.0.1:{replica.port}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as response:
+            text = await response.text()
+        for line in text.splitlines():
+            match = _METRIC_LINE.match(line)
+            if match is None:
+                continue
+            name, labels, value = match[1], dict(re.findall(r'(\w+)="([^"]*)"', match[2] or "")), float(match[3])
+            if name == "moko_queue_depth":
+                found["queue"] = int(value)
+            elif name == "moko_github_wait_seconds_total":
+                found["waits_s"][labels["reason"]] = round(value, 1)
+            elif name == "moko_github_retries_total":
+                found["retries"][labels["reason"]] = int(value)
+            elif name == "moko_github_requests_total":
+                found["github_requests"] += int(value)
+            elif name == "moko_workers_busy":
+                found["workers_busy"] = int(value)
+            elif name == "moko_github_write_turn_wait_seconds_total":
+                found["write_turn_wait_s"] = round(value, 1)
+            elif name == "moko_github_write_turn_held_seconds_total":
+                found["write_turn_held_s"] = round(value, 1)
+            elif name == "moko_github_rate_limit_remaining":
+                found["budget_min"] = int(min(value, found["budget_min"] or value))
+    return found
 
 
 def slope(samples: list[dict[str, Any]], key: str) -> float:

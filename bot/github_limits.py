@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cachetools import LRUCache
 
 from bot.logs import get_logger
-from bot.metrics import GITHUB_RATE_LIMIT_REMAINING, GITHUB_WAIT_SECONDS
+from bot.metrics import (
+    GITHUB_RATE_LIMIT_REMAINING,
+    GITHUB_WAIT_SECONDS,
+    GITHUB_WRITE_TURN_HELD,
+    GITHUB_WRITE_TURN_WAIT,
+)
 from bot.turns import give_back_turn
 
 if TYPE_CHECKING:
@@ -60,10 +65,13 @@ class Admission:
     """The locks one request holds while it is sent; released once, whatever happens."""
 
     held: list[asyncio.Lock | asyncio.Semaphore] = field(default_factory=list)
+    on_release: list[Callable[[], None]] = field(default_factory=list)
 
     def release(self) -> None:
         while self.held:
             self.held.pop().release()
+        while self.on_release:
+            self.on_release.pop()()
 
 
 class InstallationLimits:
@@ -74,7 +82,9 @@ class InstallationLimits:
         self.etag_cache: LRUCache[str, Any] = LRUCache(maxsize=options.etag_cache_size)
         self._options = options
         self._timing = timing
-        self._in_flight = asyncio.Semaphore(options.max_in_flight)
+        # One of the max_in_flight places is the write's (there is at most one at a time): a
+        # write holding the installation's write turn never waits for slow reads to end.
+        self._in_flight = asyncio.Semaphore(max(1, options.max_in_flight - 1))
         self._write_lock = asyncio.Lock()
         # Bulk writers queue here, not on the write lock, so a webhook's write never waits
         # behind a queue of bulk writes sleeping out their spacing.
@@ -83,6 +93,7 @@ class InstallationLimits:
         self._last_slot: dict[str, float] = {}
         self._last_write_end = -math.inf
         self._paused_until = -math.inf
+        self._write_turn_since = 0.0
 
     def budget(self, resource: str = "core") -> RateLimitSnapshot | None:
         return self._budgets.get(resource)
@@ -98,9 +109,11 @@ class InstallationLimits:
             if send.write:
                 await self._acquire_write_lock(send)
                 admission.held.append(self._write_lock)
-            self._give_back_if_taken(self._in_flight)
-            await self._in_flight.acquire()
-            admission.held.append(self._in_flight)
+                admission.on_release.append(self._write_turn_ended)
+            else:
+                self._give_back_if_taken(self._in_flight)
+                await self._in_flight.acquire()
+                admission.held.append(self._in_flight)
             await self.wait_turn(send, attempt=1)
         except BaseException:
             admission.release()
@@ -112,11 +125,19 @@ class InstallationLimits:
             if send.bulk:
                 await self._space_bulk_write(send, attempt=1)
             self._give_back_if_taken(self._write_lock)
+            asked = self._timing.clock()
             await self._write_lock.acquire()
+            self._write_turn_since = self._timing.clock()
+            # Counted apart from the waits before sending: this is the installation's
+            # writes going one at a time, the bound GitHub sets on mutations.
+            GITHUB_WRITE_TURN_WAIT.inc(self._write_turn_since - asked)
             if not send.bulk or self._bulk_spacing_left() <= 0:
                 return
             # Another write went out while we slept: wait again without blocking it.
             self._write_lock.release()
+
+    def _write_turn_ended(self) -> None:
+        GITHUB_WRITE_TURN_HELD.inc(self._timing.clock() - self._write_turn_since)
 
     @staticmethod
     def _give_back_if_taken(gate: asyncio.Lock | asyncio.Semaphore) -> None:

@@ -63,6 +63,21 @@ GITHUB_WAIT_SECONDS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+WORKERS_BUSY = Gauge(
+    "moko_workers_busy",
+    "Workers holding a delivery (one waiting on its installation gives its worker back)",
+    registry=REGISTRY,
+)
+GITHUB_WRITE_TURN_WAIT = Counter(
+    "moko_github_write_turn_wait_seconds_total",
+    "Seconds mutating requests waited for their installation's earlier write to finish (one at a time)",
+    registry=REGISTRY,
+)
+GITHUB_WRITE_TURN_HELD = Counter(
+    "moko_github_write_turn_held_seconds_total",
+    "Seconds installations' write turns were held: a write sent, answered, retried after its backoff",
+    registry=REGISTRY,
+)
 GITHUB_RATE_LIMIT_REMAINING = Gauge(
     "moko_github_rate_limit_remaining",
     "Primary rate-limit budget left, per installation",

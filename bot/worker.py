@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.logs import get_logger
-from bot.metrics import DELIVERIES_FINISHED, QUEUE_DEPTH, labelled
+from bot.metrics import DELIVERIES_FINISHED, QUEUE_DEPTH, WORKERS_BUSY, labelled
 from bot.redact import REDACTOR
 from bot.store.base import DONE, FAILED, Deliveries, Delivery
 from bot.turns import Turn, hold_turn
@@ -89,6 +89,7 @@ class WorkerPool:
         self._waiting_turn: dict[int, int] = {}  # installation -> its deliveries given back
         self._held_back: dict[int, deque[_Item]] = {}  # installation -> deliveries not started
         self._held_count = 0
+        self._busy = 0  # workers with a delivery in hand that has not given its worker back
 
     # --- intake side ---------------------------------------------------------
 
@@ -121,6 +122,7 @@ class WorkerPool:
         self._accepting = True
         # Read when /metrics is scraped, not set on every queue change.
         QUEUE_DEPTH.set_function(self._queued)
+        WORKERS_BUSY.set_function(lambda: self._busy)
         for _ in range(self._workers):
             self._start_worker()
         self._tasks.add(asyncio.create_task(self._recover_forever(), name="moko-recovery"))
@@ -134,6 +136,7 @@ class WorkerPool:
 
     def _worker_given_back(self, installation: int | None) -> None:
         """A delivery waits on its installation: a new worker takes its place in the pool."""
+        self._busy -= 1
         if installation is not None:
             self._waiting_turn[installation] = self._waiting_turn.get(installation, 0) + 1
         if self._accepting:
@@ -261,6 +264,7 @@ class WorkerPool:
                 await self._notify_settled()
                 continue
             self._in_flight.add(delivery_id)
+            self._busy += 1
             try:
                 if claimed is not None and time.monotonic() - item.queued_at > self._lease / 2:
                     # It waited long in the queue: make sure the claim still holds before acting.
@@ -273,6 +277,8 @@ class WorkerPool:
                 log.error("worker_error", delivery=delivery_id, error=REDACTOR.text(str(exc)), exc_info=True)
             finally:
                 self._in_flight.discard(delivery_id)
+                if not turn.given_back:
+                    self._busy -= 1
                 self._ended(current[0], turn.given_back)
                 await self._notify_settled()
 

@@ -330,6 +330,25 @@ async def test_writes_are_sent_one_at_a_time_and_reads_are_bounded(fake, clock):
     assert peak["all"] <= 3
 
 
+async def test_a_write_is_not_held_up_by_slow_reads_of_its_installation(fake, clock):
+    # Every read place taken by answers a second late: the write, one at a time anyway,
+    # has a place of its own and is answered first, and the bound on requests still holds.
+    fake.fail("GET", rf"^/repos/{ORG}/", delay=1.0, times=3)
+    trace, peak = concurrency_tracer()
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+        github = make_app(fake, session, clock, max_in_flight=3)
+        client = await github.installation_client(INSTALLATION)
+        reads = [asyncio.create_task(client.getitem(REPO)) for _ in range(3)]
+        await asyncio.sleep(0.1)
+
+        await asyncio.wait_for(client.patch(REPO, data={"has_wiki": False}), 0.5)
+
+        assert not any(read.done() for read in reads)
+        await asyncio.gather(*reads)
+    assert fake.repo(ORG, "widgets")["has_wiki"] is False
+    assert peak["all"] <= 3
+
+
 async def test_bulk_writes_are_a_second_apart(fake, github, clock):
     sweep = await github.installation_client(INSTALLATION, bulk=True)
 
