@@ -50,7 +50,7 @@ from bot.metrics import (
     GITHUB_RETRIES,
     GITHUB_WAIT_SECONDS,
 )
-from bot.turns import give_back_turn
+from bot.turns import give_back_if_late, give_back_turn
 
 gidgethub_speedups.install()
 
@@ -88,6 +88,9 @@ class ClientOptions:
     request_timeout: float = 10.0  # every request
     rate_limit_reserve: float = 0.10  # fraction of the limit below which requests are paced
     max_in_flight: int = 8  # per installation
+    # An answer not in after this long (GitHub's usual ones take well under a second) frees the
+    # worker waiting on it for other installations' deliveries.
+    late_answer: float = 1.0
     bulk_write_interval: float = 1.0  # min seconds between mutating requests during bulk work
     secondary_min_wait: float = 60.0
     etag_cache_size: int = 500  # per installation
@@ -392,6 +395,7 @@ class MokoGitHubAPI(gidgethub.aiohttp.GitHubAPI):
     ) -> tuple[int, Mapping[str, str], bytes]:
         started = self._timing.clock()
         outcome = "error"
+        late = give_back_if_late(self._options.late_answer)
         try:
             async with self._session.request(
                 send.method,
@@ -409,6 +413,8 @@ class MokoGitHubAPI(gidgethub.aiohttp.GitHubAPI):
             outcome = "cancelled"
             raise
         finally:
+            if late is not None:
+                late.cancel()
             self.requests_sent += 1
             self.sent_by_resource[send.resource] = self.sent_by_resource.get(send.resource, 0) + 1
             if self._on_send is not None:

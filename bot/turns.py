@@ -1,5 +1,5 @@
 """Workers' turns: work about to wait on its installation (its write turn, its share of requests,
-a pause) gives its worker back, so the workers go to installations that can progress.
+a pause, a late answer) gives its worker back, so the workers go to installations that can progress.
 
 The worker pool sets a turn in each worker task's context; the GitHub client's admission calls
 give_back_turn() before it waits. Outside a worker (the CLI, a sweep) there is no turn and the
@@ -8,6 +8,7 @@ call does nothing.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 
@@ -33,6 +34,16 @@ _TURN: ContextVar[Turn | None] = ContextVar("moko_worker_turn", default=None)
 def hold_turn(turn: Turn) -> Token[Turn | None]:
     """Make turn the one the current task (and the tasks it starts) gives back."""
     return _TURN.set(turn)
+
+
+def give_back_if_late(seconds: float) -> asyncio.TimerHandle | None:
+    """The caller awaits an answer: if it is not in within seconds, give the worker back (a
+    late answer would hold it while other installations' work waits). Cancel the handle once
+    the answer is in."""
+    turn = _TURN.get()
+    if turn is None or turn.given_back:
+        return None
+    return asyncio.get_running_loop().call_later(seconds, turn.give_back)
 
 
 def give_back_turn() -> None:

@@ -90,3 +90,37 @@ async def test_a_burst_for_one_installation_waits_unstarted_beyond_the_workers(f
     # One writing, the workers' worth waiting for their turn, the workers busy with the next.
     assert 1 <= most <= 1 + 2 * 2
     assert fake_github.count("PATCH") == len(names)
+
+
+async def test_late_answers_do_not_hold_the_workers_from_other_installations(fake_github, tmp_path):
+    # Two workers, and the first two installations' one write answered 8 s late (GitHub's
+    # answer held up, not refused): the other installations' edits are reverted meanwhile.
+    orgs = [f"org{i}" for i in range(6)]
+    for number, org in enumerate(orgs, start=1):
+        fake_github.add_installation(number, org)
+        fake_github.add_repo(org, "edited", has_wiki=True, has_issues=True, has_projects=False)
+    fake_github.fail("PATCH", r"^/repos/org[01]/edited$", delay=8.0, times=2)
+    env = moko_environ(fake_github, f"sqlite:///{tmp_path}/moko.db", MOKO_WORKERS="2")
+    server = await start_moko_process(env, tmp_path / "serve.log")
+
+    def reverted(org: str) -> bool:
+        return fake_github.repo(org, "edited")["has_wiki"] is False
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            for org in orgs:  # the late ones first: they take both workers
+                edited = fake_github.event("repository", "edited", owner=org, repo="edited",
+                                           changes={"description": {"from": None}})
+                assert (await post_webhook(session, server.url, "repository", edited)).status == 202
+            deadline = time.monotonic() + 30
+            while not all(reverted(org) for org in orgs[2:]):
+                assert time.monotonic() < deadline, "the other installations' edits not reverted in time"
+                await asyncio.sleep(0.05)
+            assert not any(reverted(org) for org in orgs[:2])
+            while not all(reverted(org) for org in orgs[:2]):
+                assert time.monotonic() < deadline, "the late installations' edits not reverted in time"
+                await asyncio.sleep(0.05)
+    finally:
+        assert await server.stop() == 0, server.log()
+    assert fake_github.count("PATCH") == len(orgs)
+
