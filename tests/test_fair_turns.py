@@ -124,3 +124,36 @@ async def test_late_answers_do_not_hold_the_workers_from_other_installations(fak
         assert await server.stop() == 0, server.log()
     assert fake_github.count("PATCH") == len(orgs)
 
+
+async def test_deliveries_waiting_on_a_busy_repository_do_not_hold_the_workers(fake_github, tmp_path):
+    # Two workers; three edits of one repository whose fix is answered 8 s late: the two
+    # behind it wait for the repository, and the other installations' edits go on meanwhile.
+    orgs = [f"org{i}" for i in range(5)]
+    for number, org in enumerate(orgs, start=1):
+        fake_github.add_installation(number, org)
+        fake_github.add_repo(org, "edited", has_wiki=True, has_issues=True, has_projects=False)
+    fake_github.fail("PATCH", r"^/repos/org0/edited$", delay=8.0)
+    env = moko_environ(fake_github, f"sqlite:///{tmp_path}/moko.db", MOKO_WORKERS="2")
+    server = await start_moko_process(env, tmp_path / "serve.log")
+
+    def reverted(org: str) -> bool:
+        return fake_github.repo(org, "edited")["has_wiki"] is False
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            for org in ["org0", "org0", *orgs]:
+                edited = fake_github.event("repository", "edited", owner=org, repo="edited",
+                                           changes={"description": {"from": None}})
+                assert (await post_webhook(session, server.url, "repository", edited)).status == 202
+            deadline = time.monotonic() + 30
+            while not all(reverted(org) for org in orgs[1:]):
+                assert time.monotonic() < deadline, "the other installations' edits not reverted in time"
+                await asyncio.sleep(0.05)
+            assert not reverted("org0")
+            while not reverted("org0"):
+                assert time.monotonic() < deadline, "the busy repository's edit not reverted in time"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1)
+    finally:
+        assert await server.stop() == 0, server.log()
+    assert fake_github.count("PATCH", r"^/repos/org0/edited$") == 1

@@ -57,6 +57,7 @@ from bot.store.base import (
     delivery_from_row,
     new_owner,
 )
+from bot.turns import give_back_turn
 
 log = get_logger("moko.store")
 
@@ -947,7 +948,11 @@ class PostgresStore(Store):
         # cancelled mid-wait, returning the connection to the pool resets it, and
         # asyncpg's reset runs pg_advisory_unlock_all(), so no lock outlives us.
         async with self._lock_pool_handle.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1)", key)
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                # Another delivery holds the repository (it may wait for a late answer or its
+                # installation's write turn): the worker takes other work meanwhile.
+                give_back_turn()
+                await conn.execute("SELECT pg_advisory_lock($1)", key)
 
             async def alive() -> str | None:
                 # The lock lives exactly as long as this session: if it answers, it holds.

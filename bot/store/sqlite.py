@@ -44,6 +44,7 @@ from bot.store.base import (
 )
 from bot.store.group_commit import GroupCommit, connect_reader, connect_writer
 from bot.store.process_files import ProcessFiles
+from bot.turns import give_back_turn
 
 log = get_logger("moko.store")
 
@@ -767,6 +768,10 @@ class SQLiteStore(Store):
         # process on the same file never interleaves with the server.
         repo = repo.lower()  # GitHub treats Owner/Repo and owner/repo as one repository
         lock = self._repo_locks.setdefault(repo, asyncio.Lock())
+        if lock.locked():
+            # Waiting on another delivery about this repository (which may itself wait for a
+            # late answer or its installation's write turn): the worker takes other work.
+            give_back_turn()
         async with lock:
             # The holder is named after this process, so others can tell when it died.
             name, owner = f"repo:{repo}", f"{self.owner}/{next(self._lock_serials)}"
@@ -776,6 +781,7 @@ class SQLiteStore(Store):
                 while not await self.try_lock(name, owner, self._lock_ttl):  # noqa: ASYNC110
                     if await self._take_from_dead(name, owner):
                         break
+                    give_back_turn()
                     await asyncio.sleep(_REPO_LOCK_POLL)
             except asyncio.CancelledError:
                 # Cancelled while asking: the row may have been taken all the same; give it back.
