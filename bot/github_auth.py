@@ -15,6 +15,7 @@ from gidgethub.apps import get_installation_access_token, get_jwt
 
 from bot.logs import get_logger
 from bot.redact import REDACTED, REDACTOR
+from bot.turns import give_back_turn
 
 log = get_logger("moko.github")
 
@@ -97,6 +98,10 @@ class AppAuth:
         if cached is not None and cached.token != refused:
             return cached.token
         lock = self._locks.setdefault(installation_id, asyncio.Lock())
+        if lock.locked():
+            # Another delivery asks for this installation's token (GitHub may answer late):
+            # the worker takes other installations' work meanwhile.
+            give_back_turn()
         async with lock:
             cached = self._tokens.get(installation_id)
             if cached is not None and cached.token != refused:

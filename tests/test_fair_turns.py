@@ -157,3 +157,45 @@ async def test_deliveries_waiting_on_a_busy_repository_do_not_hold_the_workers(f
     finally:
         assert await server.stop() == 0, server.log()
     assert fake_github.count("PATCH", r"^/repos/org0/edited$") == 1
+
+
+async def test_deliveries_waiting_for_their_installations_token_do_not_hold_the_workers(fake_github, tmp_path):
+    # Two workers. The other installations' tokens are in hand; a new installation's token is
+    # answered 8 s late, and its three deliveries wait for it: the others' edits go on meanwhile.
+    orgs = [f"org{i}" for i in range(5)]
+    for number, org in enumerate(orgs, start=1):
+        fake_github.add_installation(number, org)
+        fake_github.add_repo(org, "edited", has_wiki=True, has_issues=True, has_projects=False)
+    env = moko_environ(fake_github, f"sqlite:///{tmp_path}/moko.db", MOKO_WORKERS="2")
+    server = await start_moko_process(env, tmp_path / "serve.log")
+
+    def reverted(org: str) -> bool:
+        return fake_github.repo(org, "edited")["has_wiki"] is False
+
+    async def edit(session: aiohttp.ClientSession, org: str) -> None:
+        fake_github.repo(org, "edited")["has_wiki"] = True
+        edited = fake_github.event("repository", "edited", owner=org, repo="edited",
+                                   changes={"description": {"from": None}})
+        assert (await post_webhook(session, server.url, "repository", edited)).status == 202
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 40
+            for org in orgs[1:]:
+                await edit(session, org)
+            while not all(reverted(org) for org in orgs[1:]):
+                assert time.monotonic() < deadline, "the first edits not reverted in time"
+                await asyncio.sleep(0.05)
+            fake_github.fail("POST", r"^/app/installations/1/access_tokens$", delay=8.0)
+            for org in ["org0", "org0", "org0", *orgs[1:]]:
+                await edit(session, org)
+            while not all(reverted(org) for org in orgs[1:]):
+                assert time.monotonic() < deadline, "the other installations' edits not reverted in time"
+                await asyncio.sleep(0.05)
+            assert not reverted("org0")
+            while not reverted("org0"):
+                assert time.monotonic() < deadline, "the new installation's edit not reverted in time"
+                await asyncio.sleep(0.05)
+    finally:
+        assert await server.stop() == 0, server.log()
+    assert fake_github.count("POST", r"/access_tokens$") == len(orgs)
