@@ -18,7 +18,6 @@ Moko places escaped text inside a line or a table cell, never at a line's start.
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -26,7 +25,7 @@ from typing import Any
 
 from bot.redact import REDACTOR
 from handlers import command_text as text
-from policies.model import thaw
+from policies.words import Words, settings_text, show
 
 ZWSP = "&#8203;"
 CELL_LIMIT = 80
@@ -79,28 +78,18 @@ def escape(value: str, limit: int | None = CELL_LIMIT) -> str:
     return _WWW_DOT.sub(r"\1&#46;", escaped)
 
 
-def show(value: Any) -> str:
-    """A JSON-like value as text: ``true``, ``null``, ``"main"``, ``{"a": 1}``."""
-    return json.dumps(thaw(value), ensure_ascii=False, sort_keys=True, separators=(", ", ": "), default=str)
-
-
 def escape_value(value: Any, limit: int | None = CELL_LIMIT) -> str:
     return escape(show(value), limit)
 
 
-def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """A nested mapping as (dotted key, leaf value) pairs; other values as one pair."""
-    if isinstance(value, dict) and value:
-        pairs: list[tuple[str, Any]] = []
-        for key, item in value.items():
-            pairs.extend(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return pairs
-    return [(prefix, value)]
-
-
 def escape_settings(value: Any, limit: int | None = None) -> str:
     """A protection body as ``key.sub=value, …``, escaped."""
-    return escape(", ".join(f"{key}={show(leaf)}" for key, leaf in flatten(thaw(value))), limit)
+    return escape(settings_text(value), limit)
+
+
+def render_words(words: Words) -> str:
+    """A policy kind's words as Markdown: its own as they are, the text it shows escaped."""
+    return "".join(part if isinstance(part, str) else escape(part.text, part.limit) for part in words)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, budget: int = COMMENT_BUDGET) -> str:

@@ -12,139 +12,43 @@ from handlers.command_markdown import (
     COMMENT_BUDGET,
     escape,
     escape_settings,
-    escape_value,
+    render_words,
     show,
     table,
 )
 from policies.apply import ChangeOutcome
-from policies.branch_protection import diff_protection, normalize_written, resolve_branch_rules
 from policies.branch_rules import RulesetRule
-from policies.defaults import DEFAULT_BRANCH_RULE
-from policies.model import BRANCH_PROTECTION, REPOSITORY, Change, Held, Plan, Policy
+from policies.model import Change, Held, Plan, Policy
 from policies.registry import KINDS_BY_NAME, POLICY_KINDS
-from policies.server_fields import PROTECTION_KEYS
+from policies.words import ReportContext
 
 STATUS_CELL_LIMIT = 200
 AUDIT_VALUE_LIMIT = 160
 RULESETS_BUDGET = 8_000  # of the comment, for the table of ruleset rules
 
 
-def _drift_keys(change: Change, policy: Policy | None, default_branch: str | None) -> str:
-    """Which keys of a protected branch differ from its rule, e.g. ``enforce_admins``."""
-    rule = resolve_branch_rules(policy, default_branch).get(change.field) if policy else None
-    if rule is None or rule.protection is None:
-        return escape_settings(change.after, STATUS_CELL_LIMIT)
-    drift = diff_protection(normalize_written(change.before), rule.protection).drift
-    return escape(", ".join(drift) or "protection", STATUS_CELL_LIMIT)
-
-
 def describe_change(change: Change, policy: Policy | None, default_branch: str | None) -> str:
-    """One change as a line of text (escaped)."""
-    kind = KINDS_BY_NAME.get(change.policy)
-    if kind is not None and kind.describe is not None:
-        what, detail = kind.describe(change)
-        return escape(what) + ("" if detail is None else ": " + escape(detail, STATUS_CELL_LIMIT))
-    if change.policy == REPOSITORY:
-        return text.CHANGE_SETTING.format(
-            field=escape(change.field), before=escape_value(change.before), after=escape_value(change.after)
-        )
-    branch = escape(change.target or change.field)
-    if change.target is None and change.field == DEFAULT_BRANCH_RULE:
-        branch = escape(text.NO_DEFAULT_BRANCH)
-    if change.method == "DELETE":
-        return text.CHANGE_UNPROTECT.format(branch=branch)
-    if change.before is None:
-        return text.CHANGE_PROTECT.format(branch=branch, after=escape_settings(change.after, STATUS_CELL_LIMIT))
-    keys = text.DIFFERS_IN.format(keys=_drift_keys(change, policy, default_branch))
-    return text.CHANGE_REPROTECT.format(branch=branch, keys=keys)
-
-
-def _by_field(changes: Sequence[Change], policy: str) -> dict[str, Change]:
-    return {change.field: change for change in changes if change.policy == policy}
+    """One change as a line of text (escaped), as its kind describes it."""
+    describe = KINDS_BY_NAME[change.policy].describe
+    if describe is None:
+        return escape(f"{change.policy} {change.field}")
+    return render_words(describe(change, policy, default_branch))
 
 
 def status_rows(
     policy: Policy, plan: Plan, default_branch: str | None, ruleset_branches: frozenset[str] = frozenset()
 ) -> list[tuple[str, ...]]:
-    """policy, field, wanted, actual, compliant: one row per field and branch the policy names.
-    ``ruleset_branches``: branches without classic protection that rulesets protect."""
-    rows: list[tuple[str, ...]] = []
-    settings = _by_field(plan.changes, REPOSITORY)
-    unread = set(plan.settings_to_read)
-    unknown = plan.unknown_of(REPOSITORY)
-    for field, wanted in policy.repository.items():
-        if field in settings:
-            actual, compliant = escape_value(settings[field].before), text.NO
-        elif field in unknown:
-            actual, compliant = _unknown_cell(unknown[field]), text.UNKNOWN
-        elif field in unread:
-            actual, compliant = text.UNKNOWN, text.UNKNOWN
-        else:
-            # Compliant means equal as the engine compares (e.g. "" and null descriptions).
-            actual, compliant = escape_value(wanted), text.YES
-        rows.append((escape(REPOSITORY), escape(field), escape_value(wanted), actual, compliant))
-    protections = _by_field(plan.changes, BRANCH_PROTECTION)
-    deferred = _by_field(plan.deferred, BRANCH_PROTECTION)
-    held = {h.field: h for h in plan.held if h.policy == BRANCH_PROTECTION}
-    unread = set(plan.branches_to_read) | set(plan.rules_to_read)
-    unknown = plan.unknown_of(BRANCH_PROTECTION)
-    rules = resolve_branch_rules(policy, default_branch)
-    if default_branch is None and any(rule.name == DEFAULT_BRANCH_RULE for rule in policy.branches):
-        rule = next(rule for rule in policy.branches if rule.name == DEFAULT_BRANCH_RULE)
-        rules = {DEFAULT_BRANCH_RULE: rule, **rules}
-    for branch, rule in rules.items():
-        if branch == DEFAULT_BRANCH_RULE and default_branch is None:
-            label = text.NO_DEFAULT_BRANCH
-        elif branch == default_branch:
-            label = text.DEFAULT_BRANCH.format(branch=branch)
-        else:
-            label = branch
-        if rule.protection is None:
-            wanted = text.NOT_PROTECTED
-        else:
-            wanted = text.PROTECTED + ": " + escape_settings(rule.protection, STATUS_CELL_LIMIT)
-        if branch in deferred:
-            actual, compliant = text.BRANCH_MISSING, text.NO
-        elif branch in unknown:
-            actual, compliant = _unknown_cell(unknown[branch]), text.UNKNOWN
-        elif branch in held:
-            actual, compliant = escape(held[branch].reason, STATUS_CELL_LIMIT), text.NO
-        elif branch in unread or (branch == DEFAULT_BRANCH_RULE and default_branch is None):
-            actual, compliant = text.UNKNOWN, text.UNKNOWN
-        elif branch in protections:
-            change = protections[branch]
-            if change.before is None:
-                actual = text.NOT_PROTECTED
-            elif change.method == "DELETE":
-                actual = text.PROTECTED
-            else:
-                actual = text.DIFFERS_IN.format(keys=_drift_keys(change, policy, default_branch))
-            compliant = text.NO
-        elif lacking := _rule_keys_unknown(unknown, rule.name):
-            # As wanted in all the server can do; the keys it lacks cannot be told.
-            actual, compliant = _unknown_cell("; ".join(lacking)), text.UNKNOWN
-        else:
-            actual, compliant = text.AS_WANTED, text.YES
-        if branch in ruleset_branches:
-            actual = text.RULESETS_APPLY.format(actual=actual)
-        rows.append((escape(BRANCH_PROTECTION), escape(label), wanted, actual, compliant))
-    for kind in POLICY_KINDS:
-        if kind.status is not None:
-            for name, wanted, actual, ok in kind.status(policy, plan):
-                verdict = text.UNKNOWN if ok is None else (text.YES if ok else text.NO)
-                rows.append((escape(kind.name), escape(name), escape(wanted), escape(actual, STATUS_CELL_LIMIT), verdict))
-    return rows
-
-
-def _rule_keys_unknown(unknown: Mapping[str, str], rule_name: str) -> list[str]:
-    """Why keys of one rule's protection body are unknown (``<rule>.<key>``: keys a server
-    lacks), one reason a key."""
-    prefix = f"{rule_name}."
-    return [why for key, why in unknown.items() if key.startswith(prefix) and key[len(prefix):] in PROTECTION_KEYS]
-
-
-def _unknown_cell(why: str) -> str:
-    return text.UNKNOWN_BECAUSE.format(why=escape(why, STATUS_CELL_LIMIT))
+    """policy, field, wanted, actual, compliant: each kind's rows, one per field, branch or
+    entry the policy names. ``ruleset_branches``: branches without classic protection that
+    rulesets protect."""
+    context = ReportContext(default_branch, ruleset_branches)
+    verdicts = {True: text.YES, False: text.NO, None: text.UNKNOWN}
+    return [
+        (escape(kind.name), render_words(row.name), render_words(row.wanted), render_words(row.actual),
+         verdicts[row.compliant])
+        for kind in POLICY_KINDS if kind.status is not None
+        for row in kind.status(policy, plan, context)
+    ]
 
 
 def ruleset_rows(rulesets: Mapping[str, Sequence[RulesetRule] | None]) -> list[tuple[str, ...]]:

@@ -121,15 +121,8 @@ AUDIT_HEADERS = ("time", "actor", "trigger", "policy", "field", "before", "after
 
 ROWS_LEFT_OUT = "_{count} more rows left out: the comment would be too long._"
 
-# Cells of the status table.
+# The status table's verdicts (its other cells are each policy kind's words: policies/words.py).
 YES, NO, UNKNOWN = "yes", "no", "unknown"
-UNKNOWN_BECAUSE = "unknown: {why}"
-NOT_PROTECTED = "not protected"
-PROTECTED = "protected"
-AS_WANTED = "as wanted"
-DIFFERS_IN = "differs in {keys}"
-BRANCH_MISSING = "branch does not exist yet"
-RULESETS_APPLY = "{actual}; rulesets apply (below)"
 
 # After the status table: the rules rulesets put on branches without classic protection.
 RULESETS_TITLE = (
@@ -139,14 +132,9 @@ RULESETS_TITLE = (
 RULESETS_HEADERS = ("branch", "rule", "ruleset", "defined in")
 RULESET_ID = "ruleset {id}"
 RULESETS_UNREADABLE = "Moko may not read the rules of rulesets on {branches}."
-DEFAULT_BRANCH = "{branch} (default branch)"
 NO_DEFAULT_BRANCH = "default branch (none yet)"
 
-# One line per change in plan and apply answers.
-CHANGE_SETTING = "{field}: {before} → {after}"
-CHANGE_PROTECT = "protect branch {branch}: {after}"
-CHANGE_REPROTECT = "update the protection of branch {branch}: {keys}"
-CHANGE_UNPROTECT = "remove the protection of branch {branch}"
+# Plan and apply answers: a change is a line its policy kind words; these are the others.
 CHANGE_DEFERRED = "protect branch {branch} once it is first pushed: {after}"
 CHANGE_HELD = "not done, for a person to decide: branch {branch} is {reason}"
 CHANGE_UNKNOWN = "cannot tell {key}, so cannot say what it would change there: {why}"

@@ -43,12 +43,14 @@ from policies.model import (
     BranchCleanup,
     Change,
     KindPlan,
+    Plan,
     Policy,
     RepoState,
     is_unreadable,
     shown_in_error,
 )
 from policies.server_fields import QUERIED_TYPES, REF_TYPE
+from policies.words import LONG, ReportContext, Shown, StatusRow, Words
 
 Path = tuple[str | int, ...]
 Problem = tuple[Path, str]
@@ -411,17 +413,24 @@ async def delete_branch(gh: Any, owner: str, repo: str, change: Change) -> Chang
 # --- describing (status, plan) -------------------------------------------------------------
 
 
-def describe_deletion(change: Change) -> tuple[str, str | None]:
-    """One deletion in plain text, with the head it had."""
+def describe_deletion(change: Change, policy: Policy | None, default_branch: str | None) -> Words:
+    """One deletion, with the head it had."""
     before = change.before or {}
     sha = str(before.get("sha") or "")[:12]
     committed = str(before.get("committed_at") or "")[:10]
     detail = f"head {sha}, last commit {committed}; " if sha else ""
-    return f"delete branch {change.field}", detail + "sweeps delete it, not /moko apply"
+    return (Shown(f"delete branch {change.field}"), ": ", Shown(detail + "sweeps delete it, not /moko apply", LONG))
 
 
-def cleanup_status(policy: Policy, plan: Any) -> list[tuple[str, str, str, bool | None]]:
+def cleanup_status(policy: Policy, plan: Plan, context: ReportContext) -> list[StatusRow]:
     """One row for the section: what it asks, and the branches that would go (by the next sweep)."""
+    return [
+        StatusRow((Shown(name),), (Shown(wanted),), (Shown(actual, LONG),), compliant)
+        for name, wanted, actual, compliant in _cleanup_rows(policy, plan)
+    ]
+
+
+def _cleanup_rows(policy: Policy, plan: Plan) -> list[tuple[str, str, str, bool | None]]:
     cleanup = policy.branch_cleanup
     if cleanup is None:
         return []

@@ -32,15 +32,19 @@ from policies.model import (
     RULESETS,
     Change,
     KindPlan,
+    Plan,
     Policy,
     RepoState,
 )
+from policies.protection_report import describe_protection, protection_status
 from policies.repository_settings import (
     decides_setting,
+    describe_setting,
     inverse_setting,
     plan_settings_kind,
     read_settings,
     send_settings,
+    settings_status,
 )
 from policies.rulesets import (
     decides_ruleset,
@@ -53,6 +57,7 @@ from policies.rulesets import (
     rulesets_from_graphql,
     send_ruleset,
 )
+from policies.words import ReportContext, StatusRow, Words
 
 # (gh, owner, repo, policy, what the plan needs of the kind, what is known) -> what is known
 # after the kind's REST reads (a new Known).
@@ -118,11 +123,10 @@ class PolicyKind:
     graphql_selection: Callable[[Policy], str | None] | None = None
     graphql_field: str | None = None  # the Repository field it starts with (the server may lack it)
     from_graphql: Callable[[Mapping[str, Any]], Any] | None = None
-    # For status and plan: a change in plain text (what is done, and its detail or None),
-    # and one row per entry of the policy (name, wanted, actual, compliant: True, False, or
-    # None when unknown).
-    describe: Callable[[Change], tuple[str, str | None]] | None = None
-    status: Callable[[Policy, Any], list[tuple[str, str, str, bool | None]]] | None = None
+    # How it reports (`/moko status`, plan, apply, the preview, the notice): a change as words
+    # (change, policy, default branch), and its rows of the status table.
+    describe: Callable[[Change, Policy | None, str | None], Words] | None = None
+    status: Callable[[Policy, Plan, ReportContext], list[StatusRow]] | None = None
     # Planned and applied by sweeps only (never on a webhook or /moko apply): the batched read
     # asks for it only in sweeps, and an event's remediation leaves it out of the policy.
     sweeps_only: bool = False
@@ -135,12 +139,12 @@ class PolicyKind:
 POLICY_KINDS: tuple[PolicyKind, ...] = (
     PolicyKind(
         REPOSITORY, plan_settings_kind, read_settings, send_settings, inverse_setting, together=True,
-        decides=decides_setting,
+        decides=decides_setting, describe=describe_setting, status=settings_status,
     ),
     PolicyKind(
         BRANCH_PROTECTION, plan_protection_kind, read_protection, send_protection, inverse_protection,
         learn_undo=learn_undo, read_prefixes=(BRANCH_PROTECTION, BRANCH_PROTECTION_RULE),
-        decides=decides_protection,
+        decides=decides_protection, describe=describe_protection, status=protection_status,
     ),
     PolicyKind(
         RULESETS, plan_rulesets_kind, into_kind_state(RULESETS, read_rulesets), one_by_one(send_ruleset),

@@ -11,6 +11,7 @@ from policies.model import (
     REPOSITORY,
     Change,
     KindPlan,
+    Plan,
     Policy,
     RepoState,
     Unreadable,
@@ -18,6 +19,7 @@ from policies.model import (
     is_unreadable,
     thaw,
 )
+from policies.words import UNKNOWN, ReportContext, Shown, StatusRow, Words, show, unknown_because
 
 # The request body of PATCH /repos/{owner}/{repo} (operation repos/update in GitHub's REST
 # description): field -> "bool" | "str" | "security_and_analysis" | tuple of allowed values.
@@ -284,6 +286,33 @@ def decides_setting(policy: Policy, field: str) -> bool:
 def inverse_setting(change: Change) -> Change:
     """The change that undoes one: the field's value before, PATCHed back."""
     return Change(REPOSITORY, change.field, change.after, change.before, "PATCH", change.target)
+
+
+def describe_setting(change: Change, policy: Policy | None, default_branch: str | None) -> Words:
+    """``field: before → after``."""
+    return (Shown(change.field), ": ", Shown(show(change.before)), " → ", Shown(show(change.after)))
+
+
+def settings_status(policy: Policy, plan: Plan, context: ReportContext) -> list[StatusRow]:
+    """One row per field the policy sets: as wanted (the engine compared them equal), its value
+    now, or unknown."""
+    changes = {c.field: c for c in plan.changes if c.policy == REPOSITORY}
+    unread = set(plan.settings_to_read)
+    unknown = plan.unknown_of(REPOSITORY)
+    rows = []
+    for field, wanted in policy.repository.items():
+        actual: Words
+        if field in changes:
+            actual, compliant = (Shown(show(changes[field].before)),), False
+        elif field in unknown:
+            actual, compliant = unknown_because(unknown[field]), None
+        elif field in unread:
+            actual, compliant = (UNKNOWN,), None
+        else:
+            # Compliant means equal as the engine compares (e.g. "" and null descriptions).
+            actual, compliant = (Shown(show(wanted)),), True
+        rows.append(StatusRow((Shown(field),), (Shown(show(wanted)),), actual, compliant))
+    return rows
 
 
 def rest_settings_from_graphql(node: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,12 +29,14 @@ from policies.model import (
     RULESETS,
     Change,
     KindPlan,
+    Plan,
     Policy,
     RepoState,
     is_unreadable,
     shown_in_error,
     thaw,
 )
+from policies.words import LONG, ReportContext, Shown, StatusRow, Words
 
 # The fields of a ruleset that its create body can set: what an undo writes back.
 BODY_KEYS: tuple[str, ...] = ("name", "target", "enforcement", "conditions", "rules", "bypass_actors")
@@ -382,18 +384,26 @@ def drifted_keys(change: Change) -> list[str]:
     return [key for key, value in (change.after or {}).items() if not matches(before.get(key), value)]
 
 
-def describe_ruleset(change: Change) -> tuple[str, str | None]:
-    """One change in plain text: what is done, and the detail (None: nothing more to say)."""
+def describe_ruleset(change: Change, policy: Policy | None, default_branch: str | None) -> Words:
+    """Create, update (and where it differs) or delete a ruleset."""
     if change.method == "POST":
-        return f"create ruleset {change.field}", None
+        return (Shown(f"create ruleset {change.field}"),)
     if change.method == "DELETE":
-        return f"delete ruleset {change.field}", None
-    return f"update ruleset {change.field}", f"differs in {', '.join(drifted_keys(change)) or 'rules'}"
+        return (Shown(f"delete ruleset {change.field}"),)
+    detail = f"differs in {', '.join(drifted_keys(change)) or 'rules'}"
+    return (Shown(f"update ruleset {change.field}"), ": ", Shown(detail, LONG))
 
 
-def ruleset_status(policy: Policy, plan: Any) -> list[tuple[str, str, str, bool | None]]:
-    """(ruleset name, wanted, actual, compliant: True, False or None for unknown), one row per
-    ruleset the policy names."""
+def ruleset_status(policy: Policy, plan: Plan, context: ReportContext) -> list[StatusRow]:
+    """One row per ruleset the policy names."""
+    return [
+        StatusRow((Shown(name),), (Shown(wanted),), (Shown(actual, LONG),), compliant)
+        for name, wanted, actual, compliant in _ruleset_rows(policy, plan)
+    ]
+
+
+def _ruleset_rows(policy: Policy, plan: Plan) -> list[tuple[str, str, str, bool | None]]:
+    """(ruleset name, wanted, actual, compliant: True, False or None for unknown)."""
     changes = {c.field: c for c in plan.changes if c.policy == RULESETS}
     unknown = any(key.split(".", 1)[0] == RULESETS for key, _ in plan.unknown) or READ_KEY in plan.needs_read
     rows: list[tuple[str, str, str, bool | None]] = []
