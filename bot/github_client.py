@@ -43,6 +43,7 @@ from bot.github_limits import (
     RateLimitSnapshot,
     Send,
 )
+from bot.github_protocol import AlreadyDone
 from bot.logs import get_logger
 from bot.metrics import (
     GITHUB_REQUEST_SECONDS,
@@ -55,7 +56,6 @@ from bot.turns import give_back_if_late, give_back_turn
 gidgethub_speedups.install()
 
 __all__ = [
-    "AlreadyDone",
     "ClientOptions",
     "GitHubUnavailable",
     "MokoGitHubAPI",
@@ -73,9 +73,6 @@ _GRAPHQL_MUTATION = re.compile(r"\s*mutation\b")
 _MAYBE_APPLIED_STATUSES = frozenset({500, 502, 504})
 # POSTs that only mint a credential: sending one twice does no harm.
 _REPEATABLE_POSTS = (re.compile(r"/app/installations/\d+/access_tokens$"),)
-
-# A POST's check for its own effect: the resource an earlier try created, or None.
-AlreadyDone = Callable[[], Awaitable[Any]]
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
+from bot.github_protocol import GitHub
 from bot.logs import get_logger
 
 log = get_logger("moko.github")
@@ -52,7 +52,7 @@ def known_schema(graphql_url: str, types: Iterable[str]) -> ServerSchema | None:
     return _known.get((graphql_url, tuple(sorted(types))))
 
 
-async def server_schema(gh: Any, types: Iterable[str]) -> ServerSchema:
+async def server_schema(gh: GitHub, types: Iterable[str]) -> ServerSchema:
     """The server's fields of ``types``: one introspection query per process and GraphQL URL;
     callers that ask at once share it."""
     key = (str(gh.graphql_url), tuple(sorted(types)))
@@ -68,7 +68,7 @@ async def server_schema(gh: Any, types: Iterable[str]) -> ServerSchema:
     return found
 
 
-async def _introspect(gh: Any, url: str, types: tuple[str, ...]) -> ServerSchema:
+async def _introspect(gh: GitHub, url: str, types: tuple[str, ...]) -> ServerSchema:
     aliases = " ".join(_TYPE_QUERY % (f"t{i}", name) for i, name in enumerate(types))
     data = await gh.graphql(f"query MokoSchema {{ {aliases} }}")
     fields: dict[str, frozenset[str]] = {}

@@ -11,6 +11,7 @@ from typing import Any
 
 from gidgethub import BadRequest
 
+from bot.github_protocol import GitHub
 from bot.store.base import HitCounter
 from handlers.command_text import RATE_LIMIT
 
@@ -62,7 +63,7 @@ class Access:
         return self.role_name != self.role or self.fallback
 
 
-async def custom_role_base(gh: Any, org: str, name: str) -> str | None:
+async def custom_role_base(gh: GitHub, org: str, name: str) -> str | None:
     """A custom repository role's base role, or None when GitHub does not tell it.
 
     The list needs an organization permission the App may not have (custom repository roles
@@ -81,7 +82,7 @@ async def custom_role_base(gh: Any, org: str, name: str) -> str | None:
     return None
 
 
-async def commenter_access(gh: Any, owner: str, repo: str, username: str) -> Access:
+async def commenter_access(gh: GitHub, owner: str, repo: str, username: str) -> Access:
     """The user's access to the repository, asked of GitHub each time (roles change)."""
     try:
         answer = await gh.getitem(
@@ -102,7 +103,7 @@ async def commenter_access(gh: Any, owner: str, repo: str, username: str) -> Acc
     return Access(legacy, name, fallback=True)
 
 
-async def commenter_role(gh: Any, owner: str, repo: str, username: str) -> str:
+async def commenter_role(gh: GitHub, owner: str, repo: str, username: str) -> str:
     """The level of the user's role on the repository (a custom role's base role)."""
     return (await commenter_access(gh, owner, repo, username)).role
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.audit import settled
+from bot.github_protocol import GitHub
 from bot.outcomes import Outcome
 from bot.store.base import Store
 from handlers import command_text as text
@@ -45,7 +46,7 @@ from policies.model import Plan, Policy
 class Request:
     """One command to run, and what running it needs."""
 
-    gh: Any
+    gh: GitHub
     engine: PolicyEngine
     store: Store
     run: Run

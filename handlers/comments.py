@@ -26,6 +26,7 @@ from gidgethub.routing import Router
 from gidgethub.sansio import Event
 
 from bot.context import EventContext
+from bot.github_protocol import GitHub
 from bot.metrics import COMMANDS
 from bot.outcomes import Outcome
 from bot.redact import REDACTOR
@@ -71,7 +72,7 @@ def written_by_bot(comment: dict[str, Any]) -> bool:
     return user.get("type") == "Bot" or login.endswith("[bot]") or text.MARKER in (comment.get("body") or "")
 
 
-async def react(gh: Any, thread: Thread, content: str, bot_login: Callable[[], Awaitable[str]],
+async def react(gh: GitHub, thread: Thread, content: str, bot_login: Callable[[], Awaitable[str]],
                 log: Any) -> None:
     """React to the command's comment. A reaction only tells the commenter how far Moko got:
     when GitHub refuses it after the client's retries, the command goes on without it (its
@@ -82,7 +83,7 @@ async def react(gh: Any, thread: Thread, content: str, bot_login: Callable[[], A
         log.warning("command_reaction_failed", reaction=content, error=github_error(exc))
 
 
-async def _react(gh: Any, thread: Thread, content: str, bot_login: Callable[[], Awaitable[str]]) -> None:
+async def _react(gh: GitHub, thread: Thread, content: str, bot_login: Callable[[], Awaitable[str]]) -> None:
     url_vars = {**thread.url_vars, "comment_id": str(thread.comment_id)}
 
     async def already_done() -> Any:
@@ -104,7 +105,7 @@ async def _react(gh: Any, thread: Thread, content: str, bot_login: Callable[[], 
     )
 
 
-async def posted_answer(gh: Any, thread: Thread, delivery_id: str) -> Any:
+async def posted_answer(gh: GitHub, thread: Thread, delivery_id: str) -> Any:
     """This delivery's answer among the comments since the command, or None."""
     marker = text.delivery_marker(delivery_id)
     async for comment in gh.getiter(
@@ -117,7 +118,7 @@ async def posted_answer(gh: Any, thread: Thread, delivery_id: str) -> Any:
     return None
 
 
-async def reply(gh: Any, thread: Thread, body: str, delivery_id: str) -> None:
+async def reply(gh: GitHub, thread: Thread, body: str, delivery_id: str) -> None:
     marker = text.delivery_marker(delivery_id)
     url_vars = {**thread.url_vars, "issue_number": str(thread.issue_number)}
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from gidgethub import BadRequest, GitHubException
 
+from bot.github_protocol import GitHub
 from bot.logs import get_logger
 from bot.outcomes import Outcome
 from bot.redact import REDACTOR
@@ -119,7 +120,7 @@ class NonComplianceNotice:
         self._author = author
 
     async def __call__(
-        self, gh: Any, run: Run, repo: Mapping[str, Any], result: RepoResult, engine: PolicyEngine,
+        self, gh: GitHub, run: Run, repo: Mapping[str, Any], result: RepoResult, engine: PolicyEngine,
         known: Known | None = None,
     ) -> None:
         policy = result.policy
@@ -152,7 +153,7 @@ class NonComplianceNotice:
             raise
 
     async def _find(
-        self, gh: Any, owner: str, name: str, seen: tuple[OpenIssue, ...] | None
+        self, gh: GitHub, owner: str, name: str, seen: tuple[OpenIssue, ...] | None
     ) -> dict[str, Any] | None:
         """Moko's open non-compliance issue: among the open issues Moko opened, the one with
         the marker; as a batched read saw them (no request), or asked of GitHub (usually one
@@ -170,7 +171,7 @@ class NonComplianceNotice:
         return None
 
     async def _tell(
-        self, gh: Any, engine: PolicyEngine, run: Run, owner: str, name: str, body: str,
+        self, gh: GitHub, engine: PolicyEngine, run: Run, owner: str, name: str, body: str,
         seen: tuple[OpenIssue, ...] | None,
     ) -> None:
         issue = await self._find(gh, owner, name, seen)
@@ -211,7 +212,7 @@ class NonComplianceNotice:
             log.info("notice_updated", repo=f"{owner}/{name}", issue=number)
 
     async def _close(
-        self, gh: Any, engine: PolicyEngine, run: Run, owner: str, name: str, seen: tuple[OpenIssue, ...] | None
+        self, gh: GitHub, engine: PolicyEngine, run: Run, owner: str, name: str, seen: tuple[OpenIssue, ...] | None
     ) -> None:
         issue = await self._find(gh, owner, name, seen)
         if issue is None:

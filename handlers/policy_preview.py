@@ -11,6 +11,7 @@ from typing import Any
 
 from gidgethub import BadRequest
 
+from bot.github_protocol import GitHub
 from bot.logs import get_logger
 from handlers.preview_report import CHECK_NAME, CheckOutput, invalid_output, preview_output
 from policies.apply import github_error
@@ -44,7 +45,7 @@ def is_policy_repository(repo: dict[str, Any]) -> bool:
     return str(repo.get("name") or "").lower() == POLICY_REPO
 
 
-async def policy_change(gh: Any, owner: str, repo: str, number: int) -> PolicyChange | None:
+async def policy_change(gh: GitHub, owner: str, repo: str, number: int) -> PolicyChange | None:
     """Whether the pull request changes the policy file, from its files list (100 a page,
     stopping at the file): one request for most pull requests, whatever their size."""
     async for entry in gh.getiter(
@@ -59,7 +60,7 @@ async def policy_change(gh: Any, owner: str, repo: str, number: int) -> PolicyCh
 
 
 async def run_preview(
-    gh: Any, engine: PolicyEngine, installation: int | None, owner: str, repo: str, head_sha: str,
+    gh: GitHub, engine: PolicyEngine, installation: int | None, owner: str, repo: str, head_sha: str,
     change: PolicyChange,
 ) -> PreviewRun:
     """Validate and plan the policy file at ``head_sha`` and report it as a check run.
@@ -94,7 +95,7 @@ async def run_preview(
     return run
 
 
-async def post_check_run(gh: Any, owner: str, repo: str, head_sha: str, output: CheckOutput) -> PreviewRun:
+async def post_check_run(gh: GitHub, owner: str, repo: str, head_sha: str, output: CheckOutput) -> PreviewRun:
     """One completed check run; annotations beyond the first 50 go with updates, 50 each."""
     batches = output.annotation_batches() or [()]
     url_vars = {"owner": owner, "repo": repo}

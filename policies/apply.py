@@ -17,6 +17,7 @@ from typing import Any
 from gidgethub import GitHubException
 
 from bot.audit import AuditWriter
+from bot.github_protocol import GitHub
 from bot.logs import get_logger
 from bot.metrics import REMEDIATIONS
 from bot.outcomes import Outcome
@@ -99,7 +100,7 @@ def github_error(exc: Exception) -> str:
     return f"{code} {message}" if code else message
 
 
-async def send_step(gh: Any, owner: str, repo: str, step: Step) -> Step:
+async def send_step(gh: GitHub, owner: str, repo: str, step: Step) -> Step:
     """The request for one step, as its kind sends it; returns the step as made (what undoing
     it needs to know). Raises NotYetPossible when GitHub cannot make it yet."""
     send = kind_of(step.changes[0]).send
@@ -113,7 +114,7 @@ class Transaction:
 
     def __init__(
         self,
-        gh: Any,
+        gh: GitHub,
         audit: AuditWriter,
         run: Run,
         full_name: str,

@@ -16,6 +16,7 @@ from typing import Any
 
 from gidgethub import QueryError
 
+from bot.github_protocol import GitHub
 from bot.github_schema import ServerSchema, server_schema
 from policies.branch_protection import (
     GRAPHQL_RULE_FIELDS,
@@ -259,7 +260,7 @@ def _own_policy_file(blob: Mapping[str, Any]) -> PolicyFile | None:
     return PolicyFile(data, sha)
 
 
-async def read_owner(gh: Any, owner: str, fields: ReadFields) -> AsyncIterator[tuple[int, list[RepoSnapshot]]]:
+async def read_owner(gh: GitHub, owner: str, fields: ReadFields) -> AsyncIterator[tuple[int, list[RepoSnapshot]]]:
     """Every repository the credentials see in an organization (or user account), in pages of
     100 ordered by name: yields (total count, the page's snapshots). One query per page."""
     schema = await server_schema(gh, QUERIED_TYPES)
@@ -287,7 +288,7 @@ async def read_owner(gh: Any, owner: str, fields: ReadFields) -> AsyncIterator[t
 
 
 async def read_repositories(
-    gh: Any, full_names: Iterable[str], fields: ReadFields
+    gh: GitHub, full_names: Iterable[str], fields: ReadFields
 ) -> tuple[list[RepoSnapshot], list[str]]:
     """Named repositories (``owner/name``), 100 per query as aliased ``repository`` fields:
     returns the snapshots, and the names GitHub could not resolve."""
@@ -317,7 +318,7 @@ async def read_repositories(
     return snapshots, missing
 
 
-async def viewer_login(gh: Any) -> str:
+async def viewer_login(gh: GitHub) -> str:
     """Who the credentials act as (a personal token's user), in one GraphQL query."""
     data = await gh.graphql(_VIEWER_QUERY)
     return str(data["viewer"]["login"])

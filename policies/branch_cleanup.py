@@ -37,6 +37,7 @@ from urllib.parse import quote
 from cachetools import TTLCache
 from gidgethub import BadRequest
 
+from bot.github_protocol import GitHub
 from bot.github_schema import server_schema
 from policies.model import (
     BRANCH_CLEANUP,
@@ -318,7 +319,7 @@ _CONTAINED = ("BEHIND", "IDENTICAL")
 COMPARES_PAGE = 100
 
 
-async def read_cleanup(gh: Any, owner: str, repo: str, policy: Policy) -> Branches:
+async def read_cleanup(gh: GitHub, owner: str, repo: str, policy: Policy) -> Branches:
     """Every branch of the repository with what decides whether it goes: one query per 100
     branches, then, when only merged branches go, one query per 100 branches old enough to
     go that no merged pull request accounts for (does the default branch hold the head?)."""
@@ -374,7 +375,7 @@ def _remember_kept(full_name: str, cleanup: BranchCleanup, branches: Branches) -
             _kept[(full_name.lower(), b.name, b.sha)] = b
 
 
-async def _contained(gh: Any, owner: str, repo: str, names: Sequence[str]) -> dict[str, bool]:
+async def _contained(gh: GitHub, owner: str, repo: str, names: Sequence[str]) -> dict[str, bool]:
     """Branch name -> whether the default branch holds its head (one query; comparisons are
     not connections, so it costs a point whatever their number)."""
     aliases = " ".join(
@@ -399,7 +400,7 @@ def ref_path(branch: str) -> str:
     return "heads/" + "/".join(quote(part, safe="") for part in branch.split("/"))
 
 
-async def delete_branch(gh: Any, owner: str, repo: str, change: Change) -> Change:
+async def delete_branch(gh: GitHub, owner: str, repo: str, change: Change) -> Change:
     """DELETE the branch; one already gone (422 "Reference does not exist") is what was wanted."""
     try:
         await gh.delete(_DELETE, url_vars={"owner": owner, "repo": repo, "ref": ref_path(change.field)})

@@ -41,6 +41,7 @@ from typing import Any
 
 from gidgethub import BadRequest, GitHubException
 
+from bot.github_protocol import GitHub
 from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.known import Known
 from policies.model import (
@@ -363,7 +364,7 @@ query MokoBranchRule($owner: String!, $name: String!, $ref: String!) {
 """
 
 
-async def rule_pattern(gh: Any, owner: str, name: str, branch: str) -> str | None:
+async def rule_pattern(gh: GitHub, owner: str, name: str, branch: str) -> str | None:
     """The pattern of the classic rule protecting the branch (its own name, or a wildcard
     that other branches share), or None when none does."""
     data = await gh.graphql(_RULE_QUERY, owner=owner, name=name, ref=f"refs/heads/{branch}")
@@ -373,7 +374,7 @@ async def rule_pattern(gh: Any, owner: str, name: str, branch: str) -> str | Non
 
 
 async def read_protection(
-    gh: Any, owner: str, repo: str, policy: Policy, needs: tuple[str, ...], known: Known
+    gh: GitHub, owner: str, repo: str, policy: Policy, needs: tuple[str, ...], known: Known
 ) -> Known:
     """The protection of the branches the plan needs (``branch_protection.<branch>``: GET
     …/protection), then the rules that protect them (``branch_protection_rule.<branch>``)."""
@@ -401,7 +402,7 @@ async def read_protection(
     return replace(known, protections=protections, missing_branches=missing, rule_patterns=patterns)
 
 
-async def send_protection(gh: Any, owner: str, repo: str, changes: tuple[Change, ...]) -> tuple[Change, ...]:
+async def send_protection(gh: GitHub, owner: str, repo: str, changes: tuple[Change, ...]) -> tuple[Change, ...]:
     """One branch's PUT or DELETE; raises BranchMissing when GitHub has no such branch."""
     [change] = changes
     url_vars = {"owner": owner, "repo": repo, "branch": change.target or change.field}
@@ -419,7 +420,7 @@ async def send_protection(gh: Any, owner: str, repo: str, changes: tuple[Change,
     return changes
 
 
-async def learn_undo(gh: Any, owner: str, repo: str, change: Change) -> Change:
+async def learn_undo(gh: GitHub, owner: str, repo: str, change: Change) -> Change:
     """The change, knowing what undoing it needs: a PUT on a protected branch learns which
     rule protects the branch now (see ``Change.before_rule``)."""
     if change.method != "PUT" or change.before is None or change.before_rule is not None:

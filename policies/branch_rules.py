@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from gidgethub import BadRequest
 
+from bot.github_protocol import GitHub
 from policies.model import BRANCH_PROTECTION, BranchRule, Plan
 
 
@@ -29,7 +29,7 @@ class RulesetRule:
     source: str  # the repository's full name or the organization's login
 
 
-async def ruleset_rules(gh: Any, owner: str, repo: str, branch: str) -> tuple[RulesetRule, ...] | None:
+async def ruleset_rules(gh: GitHub, owner: str, repo: str, branch: str) -> tuple[RulesetRule, ...] | None:
     """The rules of the active rulesets that apply to the branch; None when GitHub does not
     let Moko read them."""
     url_vars = {"owner": owner, "repo": repo, "branch": branch}

@@ -12,6 +12,7 @@ from typing import Any
 from gidgethub import GitHubException
 
 from bot.audit import AuditWriter, settled
+from bot.github_protocol import GitHub
 from bot.logs import get_logger
 from bot.metrics import REMEDIATIONS
 from bot.outcomes import Outcome
@@ -132,7 +133,7 @@ def new_repository_known(default_branch: str | None) -> Known:
 
 
 # Called after a repository's whole policy was remediated: (gh, run, repo, result, engine, known).
-Notice = Callable[[Any, Run, Mapping[str, Any], "RepoResult", "PolicyEngine", "Known | None"], Awaitable[None]]
+Notice = Callable[[GitHub, Run, Mapping[str, Any], "RepoResult", "PolicyEngine", "Known | None"], Awaitable[None]]
 
 
 class PolicyEngine:
@@ -164,7 +165,7 @@ class PolicyEngine:
         """The installation's granted permissions, which say what Moko may read."""
         return await self.permissions(installation)
 
-    async def policy_for(self, gh: Any, run: Run, full_name: str) -> Policy:
+    async def policy_for(self, gh: GitHub, run: Run, full_name: str) -> Policy:
         """The repository's policy; an invalid file is recorded and raised (nothing changes)."""
         owner, name = full_name.split("/", 1)
         try:
@@ -206,7 +207,7 @@ class PolicyEngine:
         return self.global_dry_run or policy.dry_run
 
     async def read_state(
-        self, gh: Any, repo: Mapping[str, Any], known: Known, plan: Plan, policy: Policy | None = None
+        self, gh: GitHub, repo: Mapping[str, Any], known: Known, plan: Plan, policy: Policy | None = None
     ) -> Known:
         """Read from GitHub what the plan could not decide (REST), each kind what it needs, and
         return the richer state."""
@@ -230,7 +231,7 @@ class PolicyEngine:
         )
 
     async def plan(
-        self, gh: Any, policy: Policy, repo: Mapping[str, Any], known: Known, granted: Permissions = None
+        self, gh: GitHub, policy: Policy, repo: Mapping[str, Any], known: Known, granted: Permissions = None
     ) -> Plan:
         """Plan, reading only what the plan says it needs, until it is decided. What the
         installation may not read is not asked for: it stays unknown, and so does what is
@@ -248,7 +249,7 @@ class PolicyEngine:
         return plan
 
     async def plan_on_server(
-        self, gh: Any, policy: Policy, repo: Mapping[str, Any], known: Known | None, installation: int | None
+        self, gh: GitHub, policy: Policy, repo: Mapping[str, Any], known: Known | None, installation: int | None
     ) -> Plan:
         """The plan for ``policy`` as this server and the installation's permissions allow it;
         the policy's fields the server does not have are unknown. Reads only; no lock."""
@@ -267,7 +268,7 @@ class PolicyEngine:
 
     async def remediate(
         self,
-        gh: Any,
+        gh: GitHub,
         run: Run,
         repo: Mapping[str, Any],
         *,
@@ -295,7 +296,7 @@ class PolicyEngine:
 
     async def _remediate(
         self,
-        gh: Any,
+        gh: GitHub,
         run: Run,
         repo: Mapping[str, Any],
         *,
@@ -342,7 +343,7 @@ class PolicyEngine:
         return RepoResult(full_name, Outcome.FAILED, tuple(done), error=error, policy=policy, dry_run=dry_run)
 
     async def _plan_as_known(
-        self, gh: Any, run: Run, repo: Mapping[str, Any], effective: Policy, known: Known | None
+        self, gh: GitHub, run: Run, repo: Mapping[str, Any], effective: Policy, known: Known | None
     ) -> Plan | None:
         """The plan when what is already known (a payload's settings) decides it, with
         nothing to read and nothing the server lacks; None otherwise.
@@ -370,7 +371,7 @@ class PolicyEngine:
 
     async def _remediate_locked(
         self,
-        gh: Any,
+        gh: GitHub,
         run: Run,
         repo: Mapping[str, Any],
         policy: Policy,
@@ -520,7 +521,7 @@ class PolicyEngine:
     async def _still_deferred(self, full_name: str, fields: tuple[str, ...]) -> bool:
         return _waiting(await self._protection_records(full_name), fields)
 
-    async def apply_deferred(self, gh: Any, run: Run, repo: Mapping[str, Any], branch: str) -> RepoResult | None:
+    async def apply_deferred(self, gh: GitHub, run: Run, repo: Mapping[str, Any], branch: str) -> RepoResult | None:
         """On a branch's creation or first push: apply the protection that waited for it, once.
         The default branch rule waits for the default branch; a named rule for its branch."""
         full_name = str(repo["full_name"])
@@ -613,7 +614,7 @@ __all__ = [
 ]
 
 
-async def _read_repository(gh: Any, full_name: str) -> Mapping[str, Any]:
+async def _read_repository(gh: GitHub, full_name: str) -> Mapping[str, Any]:
     """The repository as GitHub has it now (REST)."""
     owner, name = full_name.split("/", 1)
     return await gh.getitem("/repos/{owner}/{repo}", url_vars={"owner": owner, "repo": name})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from bot.github_protocol import GitHub
 from policies.engine import PolicyEngine
 from policies.source import POLICY_REPO, PolicyFile, PolicySource, ResolvedPolicy
 
@@ -26,10 +27,10 @@ class PreloadedPolicySource(PolicySource):
     def invalidate(self, installation: int | None, org: str) -> None:
         self._shared.invalidate(installation, org)
 
-    async def org_policy(self, gh: Any, installation: int | None, org: str) -> Any:
+    async def org_policy(self, gh: GitHub, installation: int | None, org: str) -> Any:
         return await self._shared.org_policy(gh, installation, org)
 
-    async def policy_for(self, gh: Any, installation: int | None, org: str, repo: str) -> ResolvedPolicy:
+    async def policy_for(self, gh: GitHub, installation: int | None, org: str, repo: str) -> ResolvedPolicy:
         key = f"{org}/{repo}".lower()
         if key not in self._files:
             return await self._shared.policy_for(gh, installation, org, repo)

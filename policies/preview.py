@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 from gidgethub import GitHubException
 
+from bot.github_protocol import GitHub
 from bot.logs import get_logger
 from policies.apply import github_error
 from policies.batch_read import ReadFields, RepoSnapshot
@@ -39,7 +39,7 @@ class ProposedPolicySource(PolicySource):
     def invalidate(self, installation: int | None, org: str) -> None:
         """Nothing is cached by organization here."""
 
-    async def org_policy(self, gh: Any, installation: int | None, org: str) -> Policy:
+    async def org_policy(self, gh: GitHub, installation: int | None, org: str) -> Policy:
         return self._proposed
 
 
@@ -111,7 +111,7 @@ class PolicyPreview:
 
 
 async def preview_policy(
-    engine: PolicyEngine, gh: Any, installation: int | None, owner: str, proposed: Policy
+    engine: PolicyEngine, gh: GitHub, installation: int | None, owner: str, proposed: Policy
 ) -> PolicyPreview:
     """Plan ``proposed`` as the policy of ``owner``'s organization against every repository,
     without writing anything. Raises a GitHub error when the batched read fails."""
@@ -131,7 +131,7 @@ async def preview_policy(
 async def _preview_repository(
     engine: PolicyEngine,
     source: PreloadedPolicySource,
-    gh: Any,
+    gh: GitHub,
     installation: int | None,
     snapshot: RepoSnapshot,
 ) -> RepoPreview:

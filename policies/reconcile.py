@@ -9,6 +9,7 @@ from typing import Any
 
 from gidgethub import GitHubException
 
+from bot.github_protocol import GitHub
 from bot.logs import get_logger
 from bot.outcomes import Outcome
 from policies.apply import Run, github_error
@@ -29,7 +30,7 @@ log = get_logger("moko.reconcile")
 CONCURRENCY = 8
 
 
-async def fields_for(engine: PolicyEngine, gh: Any, run: Run, owner: str) -> ReadFields:
+async def fields_for(engine: PolicyEngine, gh: GitHub, run: Run, owner: str) -> ReadFields:
     """What to read for the owner's repositories: what its policy (and overrides) name.
 
     An invalid policy file is not an error here: each repository's remediation records it.
@@ -42,7 +43,7 @@ async def fields_for(engine: PolicyEngine, gh: Any, run: Run, owner: str) -> Rea
 
 
 async def remediate_snapshot(
-    engine: PolicyEngine, gh: Any, run: Run, snapshot: RepoSnapshot, scope: Concern = ALL
+    engine: PolicyEngine, gh: GitHub, run: Run, snapshot: RepoSnapshot, scope: Concern = ALL
 ) -> RepoResult:
     """One repository from a batched read; a GitHub error fails this repository, not the batch.
     Sweeps pass ``SWEEP``: only they delete stale branches.
@@ -99,7 +100,7 @@ async def for_each(
         raise failure[0]
 
 
-async def owner_snapshots(gh: Any, owner: str, fields: ReadFields) -> AsyncIterator[RepoSnapshot]:
+async def owner_snapshots(gh: GitHub, owner: str, fields: ReadFields) -> AsyncIterator[RepoSnapshot]:
     async for _total, page in read_owner(gh, owner, fields):
         for snapshot in page:
             yield snapshot
@@ -111,7 +112,7 @@ async def _listed(snapshots: Iterable[RepoSnapshot]) -> AsyncIterator[RepoSnapsh
 
 
 async def _remediate_all(
-    engine: PolicyEngine, gh: Any, run: Run, snapshots: AsyncIterator[RepoSnapshot]
+    engine: PolicyEngine, gh: GitHub, run: Run, snapshots: AsyncIterator[RepoSnapshot]
 ) -> list[RepoResult]:
     results: list[RepoResult] = []
     batch_engine = with_preloaded_policies(engine)
@@ -124,7 +125,7 @@ async def _remediate_all(
 
 
 async def reconcile_repositories(
-    engine: PolicyEngine, gh: Any, run: Run, repositories: Iterable[Mapping[str, Any]]
+    engine: PolicyEngine, gh: GitHub, run: Run, repositories: Iterable[Mapping[str, Any]]
 ) -> list[RepoResult]:
     """Remediate the named repositories (objects with ``full_name``, e.g. a webhook's list):
     their settings and protection are read in GraphQL batches of 100 first."""
@@ -139,7 +140,7 @@ async def reconcile_repositories(
     return sorted(results + await _remediate_all(engine, gh, run, _listed(snapshots)), key=lambda r: r.repo.lower())
 
 
-async def reconcile_owner(engine: PolicyEngine, gh: Any, run: Run, owner: str) -> list[RepoResult]:
+async def reconcile_owner(engine: PolicyEngine, gh: GitHub, run: Run, owner: str) -> list[RepoResult]:
     """Remediate every repository of the account the installation is on (100 read a query)."""
     fields = await fields_for(engine, gh, run, owner)
     return await _remediate_all(engine, gh, run, owner_snapshots(gh, owner, fields))

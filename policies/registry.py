@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from bot.github_protocol import GitHub
 from policies.branch_cleanup import (
     cleanup_from_graphql,
     cleanup_status,
@@ -61,28 +62,28 @@ from policies.words import ReportContext, StatusRow, Words
 
 # (gh, owner, repo, policy, what the plan needs of the kind, what is known) -> what is known
 # after the kind's REST reads (a new Known).
-Reader = Callable[[Any, str, str, Policy, tuple[str, ...], Known], Awaitable[Known]]
+Reader = Callable[[GitHub, str, str, Policy, tuple[str, ...], Known], Awaitable[Known]]
 # (gh, owner, repo, the changes of one request) -> the changes as made.
-Sender = Callable[[Any, str, str, tuple[Change, ...]], Awaitable[tuple[Change, ...]]]
+Sender = Callable[[GitHub, str, str, tuple[Change, ...]], Awaitable[tuple[Change, ...]]]
 # (gh, owner, repo, change) -> the change, knowing what undoing it needs.
-UndoLearner = Callable[[Any, str, str, Change], Awaitable[Change]]
+UndoLearner = Callable[[GitHub, str, str, Change], Awaitable[Change]]
 
 
-def into_kind_state(name: str, read: Callable[[Any, str, str, Policy], Awaitable[Any]]) -> Reader:
+def into_kind_state(name: str, read: Callable[[GitHub, str, str, Policy], Awaitable[Any]]) -> Reader:
     """A Reader from a function that reads a kind's whole state (``RepoState.kind_state``)."""
 
     async def reader(
-        gh: Any, owner: str, repo: str, policy: Policy, needs: tuple[str, ...], known: Known
+        gh: GitHub, owner: str, repo: str, policy: Policy, needs: tuple[str, ...], known: Known
     ) -> Known:
         return replace(known, kind_state={**known.kind_state, name: await read(gh, owner, repo, policy)})
 
     return reader
 
 
-def one_by_one(send: Callable[[Any, str, str, Change], Awaitable[Change]]) -> Sender:
+def one_by_one(send: Callable[[GitHub, str, str, Change], Awaitable[Change]]) -> Sender:
     """A Sender from a function that sends one change (a kind whose changes are one request each)."""
 
-    async def each(gh: Any, owner: str, repo: str, changes: tuple[Change, ...]) -> tuple[Change, ...]:
+    async def each(gh: GitHub, owner: str, repo: str, changes: tuple[Change, ...]) -> tuple[Change, ...]:
         return tuple([await send(gh, owner, repo, change) for change in changes])
 
     return each

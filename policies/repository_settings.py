@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from bot.github_protocol import GitHub
 from policies.known import Known
 from policies.model import (
     REPOSITORY,
@@ -260,7 +261,7 @@ LEFT_OUT = (
 
 
 async def read_settings(
-    gh: Any, owner: str, repo: str, policy: Policy, needs: tuple[str, ...], known: Known
+    gh: GitHub, owner: str, repo: str, policy: Policy, needs: tuple[str, ...], known: Known
 ) -> Known:
     """GET /repos/{owner}/{repo} for the fields the plan needs (``repository.<field>``)."""
     answer = await gh.getitem("/repos/{owner}/{repo}", url_vars={"owner": owner, "repo": repo})
@@ -271,7 +272,7 @@ async def read_settings(
     return replace(known, settings=settings)
 
 
-async def send_settings(gh: Any, owner: str, repo: str, changes: tuple[Change, ...]) -> tuple[Change, ...]:
+async def send_settings(gh: GitHub, owner: str, repo: str, changes: tuple[Change, ...]) -> tuple[Change, ...]:
     """Every settings change of a repository in ONE PATCH /repos/{owner}/{repo}."""
     body = patch_body(changes, {c.field: c.after for c in changes})
     await gh.patch("/repos/{owner}/{repo}", url_vars={"owner": owner, "repo": repo}, data=body)

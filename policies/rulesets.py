@@ -25,6 +25,7 @@ from dataclasses import replace
 from importlib import resources
 from typing import Any
 
+from bot.github_protocol import GitHub
 from policies.model import (
     RULESETS,
     Change,
@@ -208,7 +209,7 @@ def plan_rulesets_kind(policy: Policy, repo: RepoState) -> KindPlan:
 # --- reading and writing ----------------------------------------------------------------------
 
 
-async def _own_rulesets(gh: Any, owner: str, repo: str) -> list[Mapping[str, Any]]:
+async def _own_rulesets(gh: GitHub, owner: str, repo: str) -> list[Mapping[str, Any]]:
     """The repository's own rulesets as the list answers them (no rules or conditions)."""
     url_vars = {"owner": owner, "repo": repo, "includes_parents": "false", "per_page": "100"}
     return [
@@ -217,7 +218,7 @@ async def _own_rulesets(gh: Any, owner: str, repo: str) -> list[Mapping[str, Any
     ]
 
 
-async def read_rulesets(gh: Any, owner: str, repo: str, policy: Policy) -> dict[str, Any]:
+async def read_rulesets(gh: GitHub, owner: str, repo: str, policy: Policy) -> dict[str, Any]:
     """Name -> ruleset (with its rules) for the rulesets the policy names that exist: the list
     leaves rules and conditions out, so each managed one is read by its id."""
     wanted = {str(entry["name"]) for entry in policy.rulesets}
@@ -230,7 +231,7 @@ async def read_rulesets(gh: Any, owner: str, repo: str, policy: Policy) -> dict[
     return found
 
 
-async def send_ruleset(gh: Any, owner: str, repo: str, change: Change) -> Change:
+async def send_ruleset(gh: GitHub, owner: str, repo: str, change: Change) -> Change:
     """The request for one ruleset change; returns the change as made (a created ruleset's id
     in ``target``, so that undoing it can delete it)."""
     url_vars = {"owner": owner, "repo": repo}

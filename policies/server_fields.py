@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from bot.github_protocol import GitHub
 from bot.github_schema import ServerSchema, known_schema, server_schema
 from policies.model import BRANCH_PROTECTION, REPOSITORY, BranchRule, Change, Plan, Policy, thaw
 from policies.repository_settings import GRAPHQL_FIELDS
@@ -144,7 +145,7 @@ def rule_selection(lines: Iterable[str], schema: ServerSchema | None) -> str:
     return " ".join(kept)
 
 
-async def schema_for(gh: Any, policy: Policy) -> ServerSchema | None:
+async def schema_for(gh: GitHub, policy: Policy) -> ServerSchema | None:
     """The server's schema when the policy names a field some servers lack (asked once per
     process), or when it is known already; None otherwise (nothing asked)."""
     url = getattr(gh, "graphql_url", None)

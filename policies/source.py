@@ -20,6 +20,7 @@ from typing import Any
 from cachetools import LRUCache, TTLCache
 from gidgethub import BadRequest
 
+from bot.github_protocol import GitHub
 from bot.metrics import POLICY_FILES_PARSED, labelled
 from policies.defaults import DEFAULT_POLICY
 from policies.loader import (
@@ -85,7 +86,7 @@ def _file_of(content: Mapping[str, Any]) -> PolicyFile:
         return PolicyFile(b"", sha, "GitHub's answer could not be decoded")
 
 
-async def read_file(gh: Any, owner: str, repo: str, path: str, ref: str | None = None) -> PolicyFile | None:
+async def read_file(gh: GitHub, owner: str, repo: str, path: str, ref: str | None = None) -> PolicyFile | None:
     """A file from the default branch (or from ``ref``, e.g. a commit SHA), or None when there is none."""
     url_vars = {"owner": owner, "repo": repo, "path": path}
     try:
@@ -162,7 +163,7 @@ class PolicySource:
     def invalidate(self, installation: int | None, org: str) -> None:
         self._org.pop((installation, org.lower()), None)
 
-    async def org_policy(self, gh: Any, installation: int | None, org: str) -> Policy:
+    async def org_policy(self, gh: GitHub, installation: int | None, org: str) -> Policy:
         key = (installation, org.lower())
         cached = self._org.get(key)
         if cached is None:
@@ -172,7 +173,7 @@ class PolicySource:
             raise PolicyError(cached.problems, cached.source, cached.file_id)
         return cached
 
-    async def _read_org_policy(self, gh: Any, org: str) -> Policy | PolicyError:
+    async def _read_org_policy(self, gh: GitHub, org: str) -> Policy | PolicyError:
         file = await read_file(gh, org, POLICY_REPO, POLICY_PATH)
         if file is None:
             return DEFAULT_POLICY
@@ -189,7 +190,7 @@ class PolicySource:
         merged, problems = merge_loaded(policy, loaded)
         return ResolvedPolicy(merged, tuple(problems))
 
-    async def policy_for(self, gh: Any, installation: int | None, org: str, repo: str) -> ResolvedPolicy:
+    async def policy_for(self, gh: GitHub, installation: int | None, org: str, repo: str) -> ResolvedPolicy:
         """The organization's policy with the repository's allowed overrides applied."""
         policy = await self.org_policy(gh, installation, org)
         if not policy.overrides or repo.lower() == POLICY_REPO:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from bot.github_app import GitHubApp
+from bot.github_protocol import GitHub
 from bot.logs import get_logger
 from bot.outcomes import Outcome
 from bot.reconcile_budget import TurnCost
@@ -132,7 +134,7 @@ class SweepObserver:
 
 async def sweep_owner(
     engine: PolicyEngine,
-    gh: Any,
+    gh: GitHub,
     request: SweepRequest,
     *,
     store: Store,
@@ -200,7 +202,7 @@ async def sweep_owner(
 
 
 async def _snapshots(
-    gh: Any,
+    gh: GitHub,
     request: SweepRequest,
     fields: ReadFields,
     observer: SweepObserver,
@@ -235,7 +237,7 @@ async def _snapshots(
 
 
 async def reconcile_installation(
-    engine: PolicyEngine, github: Any, store: Store, installation: int, account: str
+    engine: PolicyEngine, github: GitHubApp, store: Store, installation: int, account: str
 ) -> TurnCost:
     """One turn of the continuous reconciliation: the account's sweep (trigger ``schedule``),
     and what it cost as GitHub reported it. An invalid policy file or an account that cannot
