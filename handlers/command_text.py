@@ -20,8 +20,24 @@ AUDIT_DEFAULT, AUDIT_MIN, AUDIT_MAX = 10, 1, 50  # records `/moko audit [N]` sho
 
 
 def delivery_marker(delivery_id: str) -> str:
-    """The hidden mark of the answer to one delivery (only the id's safe characters)."""
-    return f"<!-- moko:delivery {re.sub(r'[^A-Za-z0-9._-]', '', delivery_id)[:100]} -->"
+    """The start of the hidden mark of the answer to one delivery (only the id's safe
+    characters), which the answer's outcome follows (``answer_marker``)."""
+    return f"<!-- moko:delivery {re.sub(r'[^A-Za-z0-9._-]', '', delivery_id)[:100]} "
+
+
+def answer_marker(delivery_id: str, outcome: Outcome) -> str:
+    """The hidden mark of one delivery's answer, with the outcome its audit record holds: a
+    later try of the delivery that finds the answer posted can record the command."""
+    return f"{delivery_marker(delivery_id)}{outcome.value} -->"
+
+
+def answered_outcome(body: str, delivery_id: str) -> Outcome | None:
+    """The outcome an answer's hidden mark holds; None when it holds none."""
+    found = re.search(re.escape(delivery_marker(delivery_id)) + r"([a-z-]+) -->", body)
+    try:
+        return Outcome(found[1]) if found else None
+    except ValueError:
+        return None
 
 HELP = f"""\
 **Moko commands.** Write one on its own line of an issue or pull-request comment:

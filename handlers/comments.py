@@ -11,7 +11,10 @@ one): outcome ``applied`` when the command was carried out (for ``status``, ``pl
 ``help`` and ``audit`` that means answered: they change nothing), ``dry-run`` for an
 ``apply`` in dry-run, ``denied`` when the commenter's role is too low or the rate limit was
 reached, ``failed`` otherwise, with the reason in ``error``. An ``apply`` also writes the
-engine's records of each change under the same run id, before the command's record.
+engine's records of each change under the same run id, before the command's record. The
+answer's hidden mark holds the record's outcome: a try taken again after its process died,
+which finds the answer posted and no record, writes it from there (the reason of a refusal
+or failure is then the answer's).
 Commands silenced by the rate limit (after its one notice) are only logged.
 """
 
@@ -118,8 +121,8 @@ async def posted_answer(gh: GitHub, thread: Thread, delivery_id: str) -> Any:
     return None
 
 
-async def reply(gh: GitHub, thread: Thread, body: str, delivery_id: str) -> None:
-    marker = text.delivery_marker(delivery_id)
+async def reply(gh: GitHub, thread: Thread, body: str, delivery_id: str, outcome: Outcome) -> None:
+    marker = text.answer_marker(delivery_id, outcome)
     url_vars = {**thread.url_vars, "issue_number": str(thread.issue_number)}
 
     async def already_done() -> Any:
@@ -149,6 +152,24 @@ async def record(ctx: EventContext, run: Run, full_name: str, command: Command |
     ])
 
 
+async def record_answered(ctx: EventContext, run: Run, full_name: str, command: Command | InvalidCommand,
+                          thread: Thread, answered: dict[str, Any]) -> None:
+    """The command's record, when the earlier try that posted its answer stopped before
+    writing it: the outcome its answer's mark holds."""
+    records = await ctx.services.store.audit_records(repo=full_name, run_id=run.run_id)
+    if any(r.policy == COMMAND_POLICY and r.outcome != Outcome.PENDING for r in records):
+        return
+    outcome = text.answered_outcome(str(answered.get("body") or ""), ctx.delivery_id)
+    if outcome is None:  # an answer whose mark holds no outcome: nothing to record it by
+        ctx.log.warning("command_answer_without_outcome", comment=answered.get("html_url"))
+        return
+    error = None
+    if outcome not in (Outcome.APPLIED, Outcome.DRY_RUN):
+        # The reason is in the answer; the try that knew it in other words is gone.
+        error = f"the reason is in the answer an earlier try of this delivery posted: {answered.get('html_url')}"
+    await record(ctx, run, full_name, command, thread, outcome, error)
+
+
 @router.register("issue_comment", action="created")
 async def answer_command(event: Event, ctx: EventContext) -> None:
     comment = event.data.get("comment") or {}
@@ -171,9 +192,11 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
         # The earlier try's answer may be on its way still: looked for too early, it would
         # be posted twice.
         await engine_of(ctx).let_earlier_requests_land()
-        if await posted_answer(gh, thread, ctx.delivery_id) is not None:
+        answered = await posted_answer(gh, thread, ctx.delivery_id)
+        if answered is not None:
             # An earlier try of this delivery answered before its process stopped: once is enough.
             log.info("command_already_answered")
+            await record_answered(ctx, run, full_name, command, thread, answered)
             return
         # The first try counted the command against the user's limit: counted at every try,
         # a command whose process died a few times would be throttled.
@@ -184,7 +207,7 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
         COMMANDS.labels(command=command.name, outcome="throttled").inc()
         log.warning("command_throttled", notice=turn is Turn.NOTICE)
         if turn is Turn.NOTICE:
-            await reply(await ctx.github(), thread, text.THROTTLED, ctx.delivery_id)
+            await reply(await ctx.github(), thread, text.THROTTLED, ctx.delivery_id, Outcome.DENIED)
             await record(ctx, run, full_name, command, thread, Outcome.DENIED, f"rate limit: over {text.RATE_LIMIT} commands a minute")
         return
 
@@ -201,7 +224,7 @@ async def answer_command(event: Event, ctx: EventContext) -> None:
     except GitHubException as exc:
         answer = failed(github_error(exc))
     try:
-        await reply(gh, thread, answer.body, ctx.delivery_id)
+        await reply(gh, thread, answer.body, ctx.delivery_id, answer.outcome)
     except Exception as exc:
         error = f"the answer could not be posted: {github_error(exc)}"
         await record(ctx, run, full_name, command, thread, Outcome.FAILED, error)

@@ -54,7 +54,7 @@ async def command(moko, fake, body: str, user: str = "alice", delivery: str | No
 
 def answers(fake) -> list[str]:
     """The bodies of Moko's comments on issue 1, without the delivery's marker after MARKER."""
-    return [re.sub(r"^(<!-- moko:command -->)<!-- moko:delivery [^ ]* -->", r"\1", c["body"])
+    return [re.sub(r"^(<!-- moko:command -->)<!-- moko:delivery [^ ]* [a-z-]+ -->", r"\1", c["body"])
             for c in fake.comments(ORG, REPO, 1) if c["user"]["login"] == fake.bot_login]
 
 
@@ -582,7 +582,7 @@ async def test_a_lost_answer_and_a_lost_reaction_are_not_sent_twice(drifted, mok
     assert answers(drifted) == [f"{text.MARKER}\n{text.HELP}"]
     assert reactions(drifted, asked["id"]) == ["eyes", "rocket"]
     [posted] = [c for c in drifted.comments(ORG, REPO, 1) if c["user"]["login"] == drifted.bot_login]
-    assert posted["body"].startswith(f"{text.MARKER}<!-- moko:delivery lost-1 -->\n")
+    assert posted["body"].startswith(f"{text.MARKER}<!-- moko:delivery lost-1 applied -->\n")
     assert drifted.count("POST", f"^{COMMENTS}$") == 1
     assert drifted.count("GET", f"^{COMMENTS}$") == 1
     assert drifted.count("POST", "/reactions$") == 2  # eyes (lost, found), rocket

@@ -102,6 +102,30 @@ async def test_a_command_retaken_after_a_crash_is_applied_and_answered_once(fake
     mine = [c for c in fake_github.comments(ORG, "widgets", 7) if c["user"]["login"] == fake_github.bot_login]
     assert len(mine) == 1
     assert "has\\_projects: true → false — **done**" in mine[0]["body"]
+    # The dead try posted the answer and stopped before recording the command: the retake
+    # records it, once, with the outcome the answer gave.
+    assert audit_rows(tmp_path / "moko.db", "widgets", "apply") == [("cmd-apply-1", "applied", None)]
+
+
+async def test_a_refused_command_retaken_after_its_answer_was_posted_is_recorded_once(fake_github, tmp_path):
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "widgets", **COMPLIANT)
+    fake_github.set_protection(ORG, "widgets", "main", DEFAULT_PROTECTION)
+    fake_github.set_permission(ORG, "widgets", "sam", "read")
+    payload = fake_github.event("issue_comment", "created", owner=ORG, repo="widgets", sender="sam",
+                                issue_number=8, body="/moko apply")
+    answers = rf"^/repos/{ORG}/widgets/issues/8/comments$"
+    fake_github.fail("POST", answers, delay=60, after_effect=True)
+
+    state = await killed_mid_delivery(fake_github, tmp_path, "issue_comment", payload, "apply-8",
+                                      ("POST", answers))
+
+    assert state == "done"
+    [answer] = [c for c in fake_github.comments(ORG, "widgets", 8) if c["user"]["login"] == fake_github.bot_login]
+    assert "needs the **maintain** role or higher" in answer["body"]
+    [(run, outcome, error)] = audit_rows(tmp_path / "moko.db", "widgets", "apply")
+    assert (run, outcome) == ("cmd-apply-8", "denied")
+    assert error is not None and answer["html_url"] in error
 
 
 async def test_a_command_retaken_after_crashes_does_not_count_again_against_the_user_s_limit(
