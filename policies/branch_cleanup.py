@@ -400,6 +400,12 @@ def ref_path(branch: str) -> str:
     return "heads/" + "/".join(quote(part, safe="") for part in branch.split("/"))
 
 
+def decides_deletion(policy: Policy, branch: str) -> bool:
+    """Never: a deletion an earlier try left unanswered stays pending, for only sweeps plan
+    deletions, and a delivery's plan (which leaves them out) would take it for made."""
+    return False
+
+
 async def delete_branch(gh: GitHub, owner: str, repo: str, change: Change) -> Change:
     """DELETE the branch; one already gone (422 "Reference does not exist") is what was wanted."""
     try:

@@ -10,6 +10,7 @@ from bot.github_protocol import GitHub
 from policies.branch_cleanup import (
     cleanup_from_graphql,
     cleanup_status,
+    decides_deletion,
     delete_branch,
     describe_deletion,
     plan_cleanup_kind,
@@ -157,7 +158,8 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
     PolicyKind(
         BRANCH_CLEANUP, plan_cleanup_kind, into_kind_state(BRANCH_CLEANUP, read_cleanup), one_by_one(delete_branch),
         graphql_selection=cleanup_selection, graphql_field="refs", from_graphql=cleanup_from_graphql,
-        describe=describe_deletion, status=cleanup_status, sweeps_only=True, independent=True,
+        describe=describe_deletion, status=cleanup_status, decides=decides_deletion,
+        sweeps_only=True, independent=True,
     ),
 )
 KINDS_BY_NAME: dict[str, PolicyKind] = {kind.name: kind for kind in POLICY_KINDS}

@@ -1,0 +1,85 @@
+"""The policy kinds' one interface: every kind in the registry declares each hook the engine,
+the transaction and the reports call, and those go through the registry, naming no kind."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from policies.loader import parse_policy
+from policies.model import Plan, RepoState
+from policies.registry import POLICY_KINDS, inverse_of, kind_of
+from policies.words import ReportContext, Shown
+from tests.test_import_layers import ROOT, imports_of
+
+# The modules a kind lives in: nothing that works through the registry imports them.
+KIND_MODULES = {
+    "policies.repository_settings", "policies.branch_protection", "policies.protection_shapes",
+    "policies.protection_report", "policies.rulesets", "policies.branch_cleanup",
+}
+KIND_NAMES = {"REPOSITORY", "BRANCH_PROTECTION", "BRANCH_PROTECTION_RULE", "RULESETS", "BRANCH_CLEANUP"}
+
+
+@pytest.mark.parametrize("kind", POLICY_KINDS, ids=lambda kind: kind.name)
+def test_every_kind_declares_every_hook(kind) -> None:
+    for hook in ("plan", "read", "send", "describe", "status", "decides"):
+        assert getattr(kind, hook) is not None, f"{kind.name} has no {hook}"
+    # A change is undone by its kind's inverse, unless the kind's changes are never undone.
+    assert kind.inverse is not None or kind.independent, f"{kind.name} has no inverse"
+
+
+DRIFTED = parse_policy("""
+version: 1
+repository: {has_wiki: false}
+branches:
+  - name: default
+    protection: {enforce_admins: true, required_status_checks: null, required_pull_request_reviews: null, restrictions: null}
+rulesets:
+  - name: no-deletions
+    target: branch
+    enforcement: active
+    conditions: {ref_name: {include: ["~DEFAULT_BRANCH"], exclude: []}}
+    rules: [{type: deletion}]
+""")
+STATE = RepoState.from_rest(
+    {"full_name": "acme/widgets", "default_branch": "main", "has_wiki": True},
+    protections={"main": None}, rule_patterns={"main": None}, kind_state={"rulesets": {}},
+)
+
+
+def test_each_kind_plans_describes_reports_and_undoes_its_own_changes() -> None:
+    """A repository drifting in settings, protection and rulesets: each change is its kind's,
+    says what it does, shows in its kind's status rows as not compliant, and its undo is a
+    change of the same field."""
+    planned = {}
+    for kind in POLICY_KINDS:
+        for change in kind.plan(DRIFTED, STATE).changes:
+            assert kind_of(change) is kind
+            planned[kind.name] = change
+    assert set(planned) == {"repository", "branch_protection", "rulesets"}
+    for name, change in planned.items():
+        kind = kind_of(change)
+        words = kind.describe(change, DRIFTED, "main")
+        assert any(isinstance(part, Shown) and change.field in part.text for part in words), (name, words)
+        undo = inverse_of(change)
+        assert (undo.policy, undo.field, undo.before) == (change.policy, change.field, change.after)
+        plan = Plan("acme/widgets", changes=kind.plan(DRIFTED, STATE).changes)
+        rows = kind.status(DRIFTED, plan, ReportContext("main"))
+        assert [row.compliant for row in rows] == [False], (name, rows)
+
+
+@pytest.mark.parametrize("module", ["policies.apply", "policies.engine", "handlers.command_report"])
+def test_the_transaction_the_engine_and_the_reports_import_no_kind(module) -> None:
+    path = ROOT / Path(*module.split(".")).with_suffix(".py")
+    kinds = [i.target for i in imports_of(path) if i.target in KIND_MODULES]
+    assert kinds == [], f"{module} imports {kinds}: it should go through policies.registry"
+
+
+@pytest.mark.parametrize("module", ["policies.apply", "handlers.command_report"])
+def test_the_transaction_and_the_reports_name_no_kind(module) -> None:
+    path = ROOT / Path(*module.split(".")).with_suffix(".py")
+    tree = ast.parse(path.read_text())
+    named = sorted({node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id in KIND_NAMES})
+    assert named == [], f"{module} names the kinds {named}: a kind's behaviour belongs in its module"
