@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from bot.github_auth import AppAuth
 from bot.github_client import (
@@ -73,6 +73,7 @@ class GitHubApp:
         self._token = token or None
         REDACTOR.add(self._token)
         self._limits: dict[int | str, InstallationLimits] = {}
+        self._etags: LRUCache[tuple[str, str], Any] = LRUCache(maxsize=options.etag_cache_size)
         self._bot_login: str | None = None
         self._bot_login_lock = asyncio.Lock()
         self._permissions: TTLCache[int, dict[str, str]] = TTLCache(
@@ -141,7 +142,7 @@ class GitHubApp:
         """The state shared by every client of one installation (`APP_KEY` for the App itself)."""
         limits = self._limits.get(installation_id)
         if limits is None:
-            limits = InstallationLimits(str(installation_id), self.options, self._timing)
+            limits = InstallationLimits(str(installation_id), self.options, self._timing, self._etags)
             self._limits[installation_id] = limits
         return limits
 

@@ -90,7 +90,7 @@ class ClientOptions:
     late_answer: float = 1.0
     bulk_write_interval: float = 1.0  # min seconds between mutating requests during bulk work
     secondary_min_wait: float = 60.0
-    etag_cache_size: int = 500  # per installation
+    etag_cache_size: int = 5000  # answers kept for conditional GETs, all installations together
 
 
 @dataclass(frozen=True)

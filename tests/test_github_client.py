@@ -289,6 +289,22 @@ async def test_etag_caches_are_per_installation(fake, github, clock):
     assert fake.calls[-1].status == 200
 
 
+async def test_the_etag_cache_is_bounded_for_all_installations_together(fake, session, clock):
+    # Room for two answers in all: a third installation's answer pushes out the oldest, so
+    # memory does not grow with the number of installations.
+    github = make_app(fake, session, clock, etag_cache_size=2)
+    for number, org in ((42, "org-b"), (43, "org-c")):
+        fake.add_installation(number, org)
+    for number in (INSTALLATION, 42, 43):
+        await (await github.installation_client(number)).getitem("/rate_limit")
+
+    await (await github.installation_client(42)).getitem("/rate_limit")
+    assert fake.calls[-1].status == 304
+    await (await github.installation_client(INSTALLATION)).getitem("/rate_limit")
+    assert "if-none-match" not in fake.calls[-1].headers
+    assert fake.calls[-1].status == 200
+
+
 # -- concurrency and writes --------------------------------------------------------------
 
 
