@@ -15,7 +15,7 @@ from bot.github_protocol import GitHub
 from bot.logs import get_logger
 from bot.outcomes import Outcome
 from bot.reconcile_budget import TurnCost
-from bot.store.base import Store
+from bot.store.base import SweepCheckpoints
 from policies.apply import ChangeOutcome, Run
 from policies.batch_read import (
     OwnerNotFound,
@@ -137,7 +137,7 @@ async def sweep_owner(
     gh: GitHub,
     request: SweepRequest,
     *,
-    store: Store,
+    store: SweepCheckpoints,
     actor: str,
     installation: int | None,
     observer: SweepObserver | None = None,
@@ -208,7 +208,7 @@ async def _snapshots(
     observer: SweepObserver,
     report: SweepReport,
     run: Run,
-    store: Store,
+    store: SweepCheckpoints,
     done: dict[str, Outcome],
 ) -> AsyncIterator[RepoSnapshot]:
     if not request.repos:
@@ -237,7 +237,7 @@ async def _snapshots(
 
 
 async def reconcile_installation(
-    engine: PolicyEngine, github: GitHubApp, store: Store, installation: int, account: str
+    engine: PolicyEngine, github: GitHubApp, store: SweepCheckpoints, installation: int, account: str
 ) -> TurnCost:
     """One turn of the continuous reconciliation: the account's sweep (trigger ``schedule``),
     and what it cost as GitHub reported it. An invalid policy file or an account that cannot
