@@ -55,9 +55,11 @@ from policies.model import (
     NotYetPossible,
     Policy,
     RepoState,
+    Unreadable,
     is_unreadable,
     thaw,
 )
+from policies.permissions import protection_unreadable
 from policies.protection_shapes import (
     ANY_APP,
     AUTO_APP,
@@ -92,6 +94,7 @@ __all__ = [
     "diff_protection",
     "inverse_protection",
     "learn_undo",
+    "mark_unreadable_protection",
     "normalize_written",
     "plan_branch_protection",
     "plan_protection_kind",
@@ -371,6 +374,23 @@ async def rule_pattern(gh: GitHub, owner: str, name: str, branch: str) -> str | 
     ref = (data.get("repository") or {}).get("ref") or {}
     rule = ref.get("branchProtectionRule") or {}
     return rule.get("pattern")
+
+
+def mark_unreadable_protection(
+    policy: Policy, repo: Mapping[str, Any], known: Known, granted: Mapping[str, str] | None
+) -> Known:
+    """The branches the policy protects, when ``granted`` may not read protection, as
+    ``Unreadable`` (those whose protection is known, e.g. a new repository's, excepted)."""
+    why = protection_unreadable(granted)
+    if why is None or not policy.branches:
+        return known
+    default = {**repo, **(known.settings or {})}.get("default_branch")
+    if is_unreadable(default):  # not given, and the settings may not read it either
+        default = None
+    protections = dict(known.protections)
+    for branch in branches_to_check(policy, default):
+        protections.setdefault(branch, Unreadable(why))
+    return replace(known, protections=protections)
 
 
 async def read_protection(

@@ -33,10 +33,8 @@ from policies.model import (
     Plan,
     Policy,
     RepoState,
-    Unreadable,
 )
-from policies.permissions import protection_unreadable, unreadable_settings
-from policies.plan import branches_to_check, plan_repository
+from policies.plan import plan_repository
 from policies.registry import KINDS_BY_NAME, POLICY_KINDS, new_repository_state
 from policies.server_fields import for_server, schema_for, unsupported, without_unsupported
 from policies.source import POLICY_PATH, POLICY_REPO, PolicySource
@@ -236,7 +234,7 @@ class PolicyEngine:
         """Plan, reading only what the plan says it needs, until it is decided. What the
         installation may not read is not asked for: it stays unknown, and so does what is
         still undecided after the last read."""
-        _mark_unreadable(policy, repo, known, granted)
+        known = _mark_unreadable(policy, repo, known, granted)
         plan = plan_repository(policy, self.state_of(repo, known))
         rounds = 0
         while plan.needs_read and plan.skipped is None and rounds < _MAX_READ_ROUNDS:
@@ -363,7 +361,7 @@ class PolicyEngine:
         known = Known() if known is None else replace(
             known, protections=dict(known.protections), kind_state=dict(known.kind_state)
         )
-        _mark_unreadable(effective, repo, known, granted)
+        known = _mark_unreadable(effective, repo, known, granted)
         plan = plan_repository(effective, self.state_of(repo, known))
         if plan.needs_read or plan.skipped is not None:
             return None
@@ -575,17 +573,13 @@ def _waiting(records: list[AuditRecord], fields: tuple[str, ...]) -> bool:
     return False
 
 
-def _mark_unreadable(policy: Policy, repo: Mapping[str, Any], known: Known, granted: Permissions) -> None:
+def _mark_unreadable(policy: Policy, repo: Mapping[str, Any], known: Known, granted: Permissions) -> Known:
     """Put ``Unreadable`` where the installation may not read a value the event did not bring,
-    so the planner says unknown instead of asking GitHub in vain."""
-    present = {**repo, **(known.settings or {})}
-    hidden = {name: why for name, why in unreadable_settings(policy.repository, granted).items() if name not in present}
-    if hidden:
-        known.settings = {**(known.settings or {}), **{name: Unreadable(why) for name, why in hidden.items()}}
-    why = protection_unreadable(granted)
-    if why is not None and policy.branches:
-        for branch in branches_to_check(policy, present.get("default_branch")):
-            known.protections.setdefault(branch, Unreadable(why))
+    so the planner says unknown instead of asking GitHub in vain: each kind marks its own."""
+    for kind in POLICY_KINDS:
+        if kind.mark_unreadable is not None:
+            known = kind.mark_unreadable(policy, repo, known, granted)
+    return known
 
 
 def _changes_nothing(plan: Plan) -> bool:

@@ -21,6 +21,7 @@ from policies.branch_protection import (
     decides_protection,
     inverse_protection,
     learn_undo,
+    mark_unreadable_protection,
     plan_protection_kind,
     read_protection,
     send_protection,
@@ -43,6 +44,7 @@ from policies.repository_settings import (
     decides_setting,
     describe_setting,
     inverse_setting,
+    mark_unreadable_settings,
     plan_settings_kind,
     read_settings,
     send_settings,
@@ -112,6 +114,9 @@ class PolicyKind:
     # Whether a plan of the policy says what the field should be (an unanswered intent of a
     # crashed run is settled by the plan only then); None: never.
     decides: Callable[[Policy, str], bool] | None = None
+    # (policy, repository, known, granted permissions) -> known, with what the installation
+    # may not read marked ``Unreadable`` (the plan says unknown rather than ask in vain).
+    mark_unreadable: Callable[[Policy, Mapping[str, Any], Known, Mapping[str, str] | None], Known] | None = None
     # The prefixes of the plan's needs its read answers (empty: its name).
     read_prefixes: tuple[str, ...] = ()
 
@@ -142,11 +147,13 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
     PolicyKind(
         REPOSITORY, plan_settings_kind, read_settings, send_settings, inverse_setting, together=True,
         decides=decides_setting, describe=describe_setting, status=settings_status,
+        mark_unreadable=mark_unreadable_settings,
     ),
     PolicyKind(
         BRANCH_PROTECTION, plan_protection_kind, read_protection, send_protection, inverse_protection,
         learn_undo=learn_undo, read_prefixes=(BRANCH_PROTECTION, BRANCH_PROTECTION_RULE),
         decides=decides_protection, describe=describe_protection, status=protection_status,
+        mark_unreadable=mark_unreadable_protection,
     ),
     PolicyKind(
         RULESETS, plan_rulesets_kind, into_kind_state(RULESETS, read_rulesets), one_by_one(send_ruleset),

@@ -20,6 +20,7 @@ from policies.model import (
     is_unreadable,
     thaw,
 )
+from policies.permissions import unreadable_settings
 from policies.words import UNKNOWN, ReportContext, Shown, StatusRow, Words, show, unknown_because
 
 # The request body of PATCH /repos/{owner}/{repo} (operation repos/update in GitHub's REST
@@ -258,6 +259,18 @@ LEFT_OUT = (
     "GitHub's answer to GET /repos/{owner}/{repo} left it out "
     "(a permission these credentials lack, or a field this server does not have)"
 )
+
+
+def mark_unreadable_settings(
+    policy: Policy, repo: Mapping[str, Any], known: Known, granted: Mapping[str, str] | None
+) -> Known:
+    """The fields the policy sets that ``granted`` may not read and the event did not bring,
+    as ``Unreadable``."""
+    present = {**repo, **(known.settings or {})}
+    hidden = {name: why for name, why in unreadable_settings(policy.repository, granted).items() if name not in present}
+    if not hidden:
+        return known
+    return replace(known, settings={**(known.settings or {}), **{name: Unreadable(why) for name, why in hidden.items()}})
 
 
 async def read_settings(
