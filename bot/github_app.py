@@ -21,6 +21,7 @@ from bot.github_client import (
 )
 from bot.github_limits import InstallationLimits
 from bot.redact import REDACTOR
+from bot.turns import give_back_turn
 
 APP_KEY = "app"  # the limits of requests made as the App itself (JWT)
 TOKEN_INSTALLATION = 0  # the one pseudo-installation a personal token stands for
@@ -79,7 +80,7 @@ class GitHubApp:
         self._permissions: TTLCache[int, dict[str, str]] = TTLCache(
             maxsize=10_000, ttl=PERMISSIONS_TTL, timer=clock
         )
-        self._permissions_lock = asyncio.Lock()
+        self._permissions_locks: dict[int, asyncio.Lock] = {}
         if self._auth is not None:
             self._auth.on_permissions = self.remember_permissions
 
@@ -175,14 +176,26 @@ class GitHubApp:
         themselves."""
         if installation_id is None or self._auth is None:
             return None
-        async with self._permissions_lock:
-            cached = self._permissions.get(installation_id)
-            if cached is None:
-                installation = await self.app_client().getitem(
-                    "/app/installations/{installation_id}", {"installation_id": installation_id}
-                )
-                cached = {str(k): str(v) for k, v in (installation.get("permissions") or {}).items()}
-                self._permissions[installation_id] = cached
+        cached = self._permissions.get(installation_id)
+        if cached is not None:
+            return cached
+        # One question at a time per installation, not for all of them: when the cached
+        # permissions of many installations run out together, their reads go side by side.
+        lock = self._permissions_locks.setdefault(installation_id, asyncio.Lock())
+        if lock.locked():
+            give_back_turn()  # another delivery asks (GitHub may answer late): take other work
+        try:
+            async with lock:
+                cached = self._permissions.get(installation_id)
+                if cached is None:
+                    installation = await self.app_client().getitem(
+                        "/app/installations/{installation_id}", {"installation_id": installation_id}
+                    )
+                    cached = {str(k): str(v) for k, v in (installation.get("permissions") or {}).items()}
+                    self._permissions[installation_id] = cached
+        finally:
+            if not lock.locked() and not lock._waiters:  # type: ignore[attr-defined]
+                self._permissions_locks.pop(installation_id, None)
         return cached
 
     async def org_installation_id(self, org: str) -> int:

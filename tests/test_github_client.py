@@ -305,6 +305,25 @@ async def test_the_etag_cache_is_bounded_for_all_installations_together(fake, se
     assert fake.calls[-1].status == 200
 
 
+async def test_permissions_of_installations_are_asked_side_by_side_when_they_run_out_together(fake, github, clock):
+    # Known from each installation's token, then past their time together: one installation's
+    # question answered 2 s late does not hold up another's.
+    fake.add_installation(42, "org-b")
+    for number in (INSTALLATION, 42):
+        await github.installation_client(number)
+        assert await github.installation_permissions(number)
+    clock.advance(3600)
+    fake.fail("GET", rf"^/app/installations/{INSTALLATION}$", delay=2.0)
+    late = asyncio.create_task(github.installation_permissions(INSTALLATION))
+    await asyncio.sleep(0.1)
+
+    assert await asyncio.wait_for(github.installation_permissions(42), 1.0)
+
+    assert not late.done()
+    assert await late
+    assert fake.count("GET", r"^/app/installations/\d+$") == 2
+
+
 # -- concurrency and writes --------------------------------------------------------------
 
 
