@@ -35,13 +35,15 @@ then restarted with `MOKO_SWEEP_INTERVAL=10s` and given up to 3 minutes.
     python bench/faults.py                                  # SQLite, 1,000 deliveries, 10 kills
     python bench/faults.py --backend postgres --restart-postgres
     python bench/faults.py --deliveries 200 --kills 3 --json   # what the test runs
-    python bench/faults.py --soak 10 --workers 200 --plot bench/soak.png
+    python bench/faults.py --soak 30 --installations 100 --plot bench/soak.png
 
 The soak (`--soak MINUTES`) sends `--rate` deliveries a second (50) open-loop to one process
 on SQLite under the same faults, without kills: 60 % find the repository compliant (a
 description edited), the rest change something as above, unsequenced. Every 10 s it samples
-the process's RSS and open descriptors, the database's size (with its WAL) and the p99
-acknowledgement time of those 10 s; at the end the slopes after the first 5 minutes.
+the process's RSS, CPU and open descriptors, the database's size (with its WAL), the p99
+acknowledgement time of those 10 s, the deliveries finished, and from Moko's /metrics where
+the time goes (waits by reason, write turns waited for and held, busy workers, the queue,
+the lowest rate-limit budget left); at the end the slopes after the first 5 minutes.
 
 Everything listens on 127.0.0.1 and stops with the script.
 """
@@ -981,6 +983,7 @@ async def soak_main(args: argparse.Namespace) -> dict[str, Any]:
         late = [s for s in samples if s["t"] >= 300] or samples
         return {"samples": samples, "deliveries": n, "acknowledged": len(stream.acknowledged),
                 "states": dict(states), "minutes": args.soak, "rate": args.rate,
+                "installations": args.installations, "workers": args.workers,
                 "after_5_min": {key: {"first": late[0][key], "last": late[-1][key],
                                       "min": min(s[key] for s in late), "max": max(s[key] for s in late),
                                       "slope_per_min": slope(late, key)}
@@ -1048,15 +1051,22 @@ def plot(result: dict[str, Any], path: str) -> None:
 
     samples = result["samples"]
     minutes = [s["t"] / 60 for s in samples]
-    figure, axes = plt.subplots(4, 1, figsize=(8, 9), sharex=True)
-    for axis, key, label in zip(axes, ("rss_mib", "fds", "db_mib", "p99_ack_ms"),
-                                ("RSS (MiB)", "open descriptors", "database (MiB)", "p99 acknowledgement (ms)"),
-                                strict=True):
-        axis.plot(minutes, [s[key] if s[key] is not None else float("nan") for s in samples], marker=".")
+    # Deliveries finished per second over each 10 s (the pace Moko kept, against the rate sent).
+    for before, sample in zip([None, *samples], samples, strict=False):
+        sample["finished_per_s"] = (
+            round((sample["finished"] - before["finished"]) / max(1, sample["t"] - before["t"]), 1)
+            if before is not None and "finished" in sample else None)
+    keys = ("rss_mib", "fds", "db_mib", "p99_ack_ms", "finished_per_s")
+    labels = ("RSS (MiB)", "open descriptors", "database (MiB)", "p99 acknowledgement (ms)",
+              "deliveries finished / s")
+    figure, axes = plt.subplots(len(keys), 1, figsize=(8, 11), sharex=True)
+    for axis, key, label in zip(axes, keys, labels, strict=True):
+        axis.plot(minutes, [s[key] if s.get(key) is not None else float("nan") for s in samples], marker=".")
         axis.set_ylabel(label)
         axis.grid(True, alpha=0.3)
     axes[-1].set_xlabel("minutes")
-    figure.suptitle(f"moko serve (SQLite), {result['rate']:g} deliveries/s for {result['minutes']:g} min\n"
+    installations = f", {result['installations']} installations" if "installations" in result else ""
+    figure.suptitle(f"moko serve (SQLite), {result['rate']:g} deliveries/s for {result['minutes']:g} min{installations}\n"
                     "GitHub: 20 % 5xx or dropped, 2 % secondary limits, 5 % answered 5 s late")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
