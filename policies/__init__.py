@@ -4,6 +4,10 @@
 - ``defaults``: the built-in default policy
 - ``loader`` / ``validate``: moko.yml text -> Policy, problems with their lines, overrides
 - ``scope``: which repositories a policy manages
-- ``repository_settings``, ``branch_protection``: the policy kinds; ``registry`` lists them
+- ``repository_settings``, ``branch_protection`` (with ``protection_shapes``,
+  ``protection_report``), ``rulesets``, ``branch_cleanup``: the policy kinds, each declaring
+  its hooks (plan, read, send, inverse, describe, status…); ``registry`` lists them, and the
+  engine, the transaction and the reports go through it
+- ``known``: what is known of a repository between reads; ``words``: what a kind says in reports
 - ``plan``: plan_repository(policy, repo_state) -> Plan
 """
