@@ -1,0 +1,132 @@
+"""The worker pool from outside: what recovery, pruning and a burst for one installation do to
+stored deliveries, GitHub's calls and Moko's log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from gidgethub.routing import Router
+
+from bot.store import open_store
+from bot.store.base import DONE, FAILED, QUEUED, NewDelivery
+from tests.fakegithub.webhooks import load_example
+from tests.support.harness import moko_environ, run_moko, start_moko_process
+from tests.support.waiting import wait_until
+
+PING = load_example("ping")
+PING_BODY = json.dumps(PING).encode()
+
+
+def ping(delivery_id: str) -> NewDelivery:
+    return NewDelivery(delivery_id, "ping", None, {}, PING_BODY)
+
+
+async def state_of(store, delivery_id: str) -> str | None:
+    stored = await store.get_delivery(delivery_id)
+    return stored.state if stored is not None else None
+
+
+async def is_done(store, delivery_id: str) -> bool:
+    return await state_of(store, delivery_id) == DONE
+
+
+def repository_locks_held(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT count(*) FROM locks WHERE name LIKE 'repo:%'").fetchone()[0]
+
+
+async def test_pruning_goes_on_past_one_statements_chunk_until_every_old_delivery_is_gone(env):
+    async with run_moko({**env, "MOKO_DELIVERY_RETENTION_DAYS": "3"}) as moko:
+        store = moko.services.store
+        finished = [ping(f"old{i:04}") for i in range(2100)]
+        await asyncio.gather(*(store.add_and_claim(d, "another-replica", 60) for d in finished))
+        await asyncio.gather(*(store.finish_delivery(d.id, "another-replica", DONE if i % 2 else FAILED)
+                               for i, d in enumerate(finished)))
+        assert await store.add_delivery(ping("unfinished"))
+        # More than one DELETE's worth (2000): the rest go too, in the same round.
+        assert await moko.workers.prune_once(now=time.time() + 3 * 86400 + 60) == 2100
+        assert await store.count_deliveries(DONE) + await store.count_deliveries(FAILED) == 0
+        assert await state_of(store, "unfinished") is not None
+
+
+async def test_a_recovery_round_while_the_queue_is_full_takes_nothing_and_a_later_one_takes_the_rest(env):
+    gate = asyncio.Event()
+    router = Router()
+    seen: list[str] = []
+
+    @router.register("ping")
+    async def record(event, ctx):
+        seen.append(event.delivery_id)
+        await gate.wait()
+
+    # One worker busy and one delivery queued behind it: the queue (2) is full.
+    env = {**env, "MOKO_WORKERS": "1", "MOKO_QUEUE_MAX": "2", "MOKO_LEASE_SECONDS": "2"}
+    async with run_moko(env, router=router) as moko:
+        for name in ("busy", "queued"):
+            assert (await moko.send("ping", PING, delivery=name)).status == 202
+        await wait_until(lambda: seen == ["busy"])
+        store = moko.services.store
+        assert await store.add_delivery(ping("left"))  # as another process left it
+        assert await asyncio.wait_for(moko.workers.recover_once(), 10) == 0
+        assert await state_of(store, "left") == QUEUED
+        gate.set()
+        await wait_until(lambda: seen == ["busy", "queued", "left"], timeout=30)
+        await moko.settle()
+        assert [await state_of(store, n) for n in ("busy", "queued", "left")] == [DONE, DONE, DONE]
+
+
+async def test_a_start_takes_every_delivery_left_unfinished_in_its_first_recovery_round(fake_github, tmp_path):
+    url = f"sqlite:///{tmp_path}/moko.db"
+    store = open_store(url)
+    await store.open()
+    try:
+        # Left by a process that stopped: more than one claim's worth (100).
+        await asyncio.gather(*(store.add_delivery(ping(f"left{i:03}")) for i in range(250)))
+    finally:
+        await store.close()
+    server = await start_moko_process(moko_environ(fake_github, url, LOG_LEVEL="info"), tmp_path / "serve.log")
+    try:
+        def recovered() -> list[int]:
+            lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+            return [line["count"] for line in lines if line.get("message") == "deliveries_recovered"]
+
+        await wait_until(lambda: recovered() != [])
+    finally:
+        assert await server.stop() == 0, server.log()
+    assert recovered()[0] == 250
+
+
+async def test_a_burst_for_one_installation_starts_one_writer_and_a_workers_worth_of_waiters(fake_github, tmp_path):
+    # Writes of one installation go one at a time; beyond one waiting delivery per worker, the
+    # installation's later deliveries wait unstarted (no lock, no lease, no payload held).
+    fake_github.add_installation(1, "acme")
+    names = [f"burst{j}" for j in range(8)]
+    for name in names:
+        fake_github.add_repo("acme", name, has_wiki=True, has_issues=True, has_projects=False)
+    writes_open = asyncio.Event()
+
+    async def hold_writes(call) -> None:
+        if call.method == "PATCH":
+            await writes_open.wait()
+
+    fake_github.on_request(hold_writes)
+    db = tmp_path / "moko.db"
+    async with run_moko(moko_environ(fake_github, f"sqlite:///{db}", MOKO_WORKERS="2")) as moko:
+        for name in names:
+            created = fake_github.event("repository", "created", owner="acme", repo=name)
+            assert (await moko.send("repository", created)).status == 202
+        # Queued behind the burst, for no installation: once it is done, every delivery of the
+        # burst has left the queue, started or held back.
+        assert (await moko.send("ping", PING, delivery="behind")).status == 202
+        await wait_until(lambda: is_done(moko.services.store, "behind"))
+        started = repository_locks_held(db)
+        writes_open.set()
+        await moko.settle()
+    # The one writing, and one waiting for its turn per worker (2).
+    assert started == 1 + 2
+    assert fake_github.count("PATCH", r"^/repos/acme/") == len(names)
+    assert all(fake_github.repo("acme", name)["has_wiki"] is False for name in names)
