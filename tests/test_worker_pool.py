@@ -12,7 +12,7 @@ from pathlib import Path
 from gidgethub.routing import Router
 
 from bot.store import open_store
-from bot.store.base import DONE, FAILED, QUEUED, NewDelivery
+from bot.store.base import DONE, FAILED, PROCESSING, QUEUED, NewDelivery
 from tests.fakegithub.webhooks import load_example
 from tests.support.harness import moko_environ, run_moko, start_moko_process
 from tests.support.waiting import wait_until
@@ -69,6 +69,9 @@ async def test_a_recovery_round_while_the_queue_is_full_takes_nothing_and_a_late
         for name in ("busy", "queued"):
             assert (await moko.send("ping", PING, delivery=name)).status == 202
         await wait_until(lambda: seen == ["busy"])
+        # Full: the one in flight counts with the one queued.
+        refused = await moko.send("ping", PING, delivery="refused")
+        assert (refused.status, refused.headers.get("Retry-After")) == (503, "5")
         store = moko.services.store
         assert await store.add_delivery(ping("left"))  # as another process left it
         assert await asyncio.wait_for(moko.workers.recover_once(), 10) == 0
@@ -76,7 +79,7 @@ async def test_a_recovery_round_while_the_queue_is_full_takes_nothing_and_a_late
         gate.set()
         await wait_until(lambda: seen == ["busy", "queued", "left"], timeout=30)
         await moko.settle()
-        assert [await state_of(store, n) for n in ("busy", "queued", "left")] == [DONE, DONE, DONE]
+        assert [await state_of(store, n) for n in ("busy", "queued", "left", "refused")] == [DONE, DONE, DONE, None]
 
 
 async def test_a_start_takes_every_delivery_left_unfinished_in_its_first_recovery_round(fake_github, tmp_path):
@@ -130,3 +133,34 @@ async def test_a_burst_for_one_installation_starts_one_writer_and_a_workers_wort
     assert started == 1 + 2
     assert fake_github.count("PATCH", r"^/repos/acme/") == len(names)
     assert all(fake_github.repo("acme", name)["has_wiki"] is False for name in names)
+
+
+async def test_a_queued_delivery_whose_claim_another_replica_took_meanwhile_is_left_to_it(env):
+    gate = asyncio.Event()
+    router = Router()
+    seen: list[str] = []
+
+    @router.register("ping")
+    async def record(event, ctx):
+        seen.append(event.delivery_id)
+        await gate.wait()
+
+    env = {**env, "MOKO_WORKERS": "1", "MOKO_LEASE_SECONDS": "1"}
+    async with run_moko(env, router=router) as moko:
+        assert (await moko.send("ping", PING, delivery="blocking")).status == 202
+        await wait_until(lambda: seen == ["blocking"])
+        store = moko.services.store
+        assert await store.add_delivery(ping("left"))
+        assert await moko.workers.recover_once() == 1  # claimed here; it waits behind "blocking"
+
+        # Its lease runs out while it waits; another replica claims it (for a minute).
+        async def taken_by_another() -> bool:
+            return [d.id for d in await store.claim_pending("another-replica", 60, 10)] == ["left"]
+
+        await wait_until(taken_by_another, timeout=30)
+        gate.set()
+        await moko.settle()
+        stored = await store.get_delivery("left")
+    # This replica checks its claim before acting on a delivery that waited long: it is not processed here.
+    assert seen == ["blocking"]
+    assert stored.state == PROCESSING  # in the other replica's hands
