@@ -9,12 +9,13 @@ import sqlite3
 import time
 from pathlib import Path
 
+import aiohttp
 from gidgethub.routing import Router
 
 from bot.store import open_store
 from bot.store.base import DONE, FAILED, PROCESSING, QUEUED, NewDelivery
 from tests.fakegithub.webhooks import load_example
-from tests.support.harness import moko_environ, run_moko, start_moko_process
+from tests.support.harness import moko_environ, post_webhook, run_moko, start_moko_process
 from tests.support.waiting import wait_until
 
 PING = load_example("ping")
@@ -127,10 +128,14 @@ async def test_a_burst_for_one_installation_starts_one_writer_and_a_workers_wort
         assert (await moko.send("ping", PING, delivery="behind")).status == 202
         await wait_until(lambda: is_done(moko.services.store, "behind"))
         started = repository_locks_held(db)
+        # The ones held back count in the queue's depth.
+        async with moko.session.get(moko.url + "/metrics") as metrics:
+            depth = [line for line in (await metrics.text()).splitlines() if line.startswith("moko_queue_depth ")]
         writes_open.set()
         await moko.settle()
     # The one writing, and one waiting for its turn per worker (2).
     assert started == 1 + 2
+    assert depth == [f"moko_queue_depth {len(names) - started}.0"]
     assert fake_github.count("PATCH", r"^/repos/acme/") == len(names)
     assert all(fake_github.repo("acme", name)["has_wiki"] is False for name in names)
 
@@ -164,3 +169,46 @@ async def test_a_queued_delivery_whose_claim_another_replica_took_meanwhile_is_l
     # This replica checks its claim before acting on a delivery that waited long: it is not processed here.
     assert seen == ["blocking"]
     assert stored.state == PROCESSING  # in the other replica's hands
+
+
+def log_lines(server) -> list[dict]:
+    return [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+
+
+async def test_a_lease_another_replica_took_during_a_long_delivery_is_logged_lost(fake_github, tmp_path):
+    fake_github.add_installation(1, "acme")
+    fake_github.add_repo("acme", "slow", has_wiki=True, has_issues=True, has_projects=False)
+    writes_open = asyncio.Event()
+
+    async def hold_writes(call) -> None:
+        if call.method == "PATCH":
+            await writes_open.wait()
+
+    fake_github.on_request(hold_writes)
+    db = tmp_path / "moko.db"
+    env = moko_environ(fake_github, f"sqlite:///{db}", MOKO_LEASE_SECONDS="1")
+    server = await start_moko_process(env, tmp_path / "serve.log")
+    try:
+        async with aiohttp.ClientSession() as session:
+            created = fake_github.event("repository", "created", owner="acme", repo="slow")
+            assert (await post_webhook(session, server.url, "repository", created, delivery="slow")).status == 202
+        await wait_until(lambda: fake_github.arrived("PATCH") == 1)
+        # Renewed while it is held: past a whole lease, it is still this process's.
+        with sqlite3.connect(db) as conn:
+            first_lease = conn.execute("SELECT lease_until FROM deliveries WHERE id = 'slow'").fetchone()[0]
+
+        def renewed() -> bool:
+            with sqlite3.connect(db) as conn:
+                return conn.execute("SELECT lease_until FROM deliveries WHERE id = 'slow'").fetchone()[0] > first_lease
+
+        await wait_until(renewed, timeout=10)
+        assert [line for line in log_lines(server) if line.get("message") == "lease_lost"] == []
+        # Another replica takes it (as after a pause longer than the lease): the next renewal fails.
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE deliveries SET owner = 'another-replica', lease_until = lease_until + 600 WHERE id = 'slow'")
+        await wait_until(lambda: [line.get("delivery") for line in log_lines(server)
+                                  if line.get("message") == "lease_lost"] == ["slow"], timeout=10)
+        writes_open.set()
+    finally:
+        writes_open.set()
+        assert await server.stop() == 0, server.log()
