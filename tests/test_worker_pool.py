@@ -104,12 +104,13 @@ async def test_a_start_takes_every_delivery_left_unfinished_in_its_first_recover
     assert recovered()[0] == 250
 
 
-async def test_a_burst_for_one_installation_starts_one_writer_and_a_workers_worth_of_waiters(fake_github, tmp_path):
+async def test_each_burst_for_one_installation_starts_one_writer_and_a_workers_worth_of_waiters(fake_github, tmp_path):
     # Writes of one installation go one at a time; beyond one waiting delivery per worker, the
-    # installation's later deliveries wait unstarted (no lock, no lease, no payload held).
+    # installation's later deliveries wait unstarted (no lock, no lease, no payload held). A
+    # second burst, once the first is done, is held back the same way.
     fake_github.add_installation(1, "acme")
-    names = [f"burst{j}" for j in range(8)]
-    for name in names:
+    bursts = [[f"burst{i}-{j}" for j in range(8)] for i in range(2)]
+    for name in (name for names in bursts for name in names):
         fake_github.add_repo("acme", name, has_wiki=True, has_issues=True, has_projects=False)
     writes_open = asyncio.Event()
 
@@ -119,25 +120,27 @@ async def test_a_burst_for_one_installation_starts_one_writer_and_a_workers_wort
 
     fake_github.on_request(hold_writes)
     db = tmp_path / "moko.db"
+    seen: list[tuple[int, str]] = []  # (repository locks held, queue depth) once each burst has left the queue
     async with run_moko(moko_environ(fake_github, f"sqlite:///{db}", MOKO_WORKERS="2")) as moko:
-        for name in names:
-            created = fake_github.event("repository", "created", owner="acme", repo=name)
-            assert (await moko.send("repository", created)).status == 202
-        # Queued behind the burst, for no installation: once it is done, every delivery of the
-        # burst has left the queue, started or held back.
-        assert (await moko.send("ping", PING, delivery="behind")).status == 202
-        await wait_until(lambda: is_done(moko.services.store, "behind"))
-        started = repository_locks_held(db)
-        # The ones held back count in the queue's depth.
-        async with moko.session.get(moko.url + "/metrics") as metrics:
-            depth = [line for line in (await metrics.text()).splitlines() if line.startswith("moko_queue_depth ")]
-        writes_open.set()
-        await moko.settle()
-    # The one writing, and one waiting for its turn per worker (2).
-    assert started == 1 + 2
-    assert depth == [f"moko_queue_depth {len(names) - started}.0"]
-    assert fake_github.count("PATCH", r"^/repos/acme/") == len(names)
-    assert all(fake_github.repo("acme", name)["has_wiki"] is False for name in names)
+        for number, names in enumerate(bursts):
+            writes_open.clear()
+            for name in names:
+                created = fake_github.event("repository", "created", owner="acme", repo=name)
+                assert (await moko.send("repository", created)).status == 202
+            # Queued behind the burst, for no installation: once it is done, every delivery of
+            # the burst has left the queue, started or held back.
+            assert (await moko.send("ping", PING, delivery=f"behind{number}")).status == 202
+            await wait_until(lambda: is_done(moko.services.store, f"behind{number}"))  # noqa: B023
+            # The ones held back count in the queue's depth.
+            async with moko.session.get(moko.url + "/metrics") as metrics:
+                depth = [line for line in (await metrics.text()).splitlines() if line.startswith("moko_queue_depth ")]
+            seen.append((repository_locks_held(db), *depth))
+            writes_open.set()
+            await moko.settle()
+    # The one writing, and one waiting for its turn per worker (2); the other 5 held back.
+    assert seen == [(1 + 2, "moko_queue_depth 5.0")] * 2
+    assert fake_github.count("PATCH", r"^/repos/acme/") == 16
+    assert all(fake_github.repo("acme", name)["has_wiki"] is False for names in bursts for name in names)
 
 
 async def test_a_queued_delivery_whose_claim_another_replica_took_meanwhile_is_left_to_it(env):
