@@ -35,6 +35,13 @@ async def is_done(store, delivery_id: str) -> bool:
     return await state_of(store, delivery_id) == DONE
 
 
+async def gauges(moko) -> tuple[str, ...]:
+    """The queue's depth and the busy workers, as /metrics shows them."""
+    async with moko.session.get(moko.url + "/metrics") as metrics:
+        lines = (await metrics.text()).splitlines()
+    return tuple(sorted(line for line in lines if line.startswith(("moko_queue_depth ", "moko_workers_busy "))))
+
+
 def repository_locks_held(db: Path) -> int:
     with sqlite3.connect(db) as conn:
         return conn.execute("SELECT count(*) FROM locks WHERE name LIKE 'repo:%'").fetchone()[0]
@@ -131,14 +138,15 @@ async def test_each_burst_for_one_installation_starts_one_writer_and_a_workers_w
             # the burst has left the queue, started or held back.
             assert (await moko.send("ping", PING, delivery=f"behind{number}")).status == 202
             await wait_until(lambda: is_done(moko.services.store, f"behind{number}"))  # noqa: B023
-            # The ones held back count in the queue's depth.
-            async with moko.session.get(moko.url + "/metrics") as metrics:
-                depth = [line for line in (await metrics.text()).splitlines() if line.startswith("moko_queue_depth ")]
-            seen.append((repository_locks_held(db), *depth))
+            # The ones held back count in the queue's depth; the one writing keeps its worker busy.
+            seen.append((repository_locks_held(db), *await gauges(moko)))
             writes_open.set()
             await moko.settle()
+            seen.append(await gauges(moko))
     # The one writing, and one waiting for its turn per worker (2); the other 5 held back.
-    assert seen == [(1 + 2, "moko_queue_depth 5.0")] * 2
+    # Once the burst is done, nothing is queued and no worker is busy.
+    assert seen == [(1 + 2, "moko_queue_depth 5.0", "moko_workers_busy 1.0"),
+                    ("moko_queue_depth 0.0", "moko_workers_busy 0.0")] * 2
     assert fake_github.count("PATCH", r"^/repos/acme/") == 16
     assert all(fake_github.repo("acme", name)["has_wiki"] is False for names in bursts for name in names)
 
