@@ -8,6 +8,7 @@ from typing import Any
 
 from bot.github_protocol import GitHub
 from policies.branch_cleanup import (
+    check_branch_cleanup,
     cleanup_from_graphql,
     cleanup_status,
     decides_deletion,
@@ -26,6 +27,7 @@ from policies.branch_protection import (
     read_protection,
     send_protection,
 )
+from policies.checks import Path, Problem
 from policies.known import Known
 from policies.model import (
     BRANCH_CLEANUP,
@@ -39,8 +41,10 @@ from policies.model import (
     Policy,
     RepoState,
 )
+from policies.protection_checks import check_branches
 from policies.protection_report import describe_protection, protection_status
 from policies.repository_settings import (
+    check_settings_section,
     decides_setting,
     describe_setting,
     inverse_setting,
@@ -51,6 +55,7 @@ from policies.repository_settings import (
     settings_status,
 )
 from policies.rulesets import (
+    check_rulesets,
     decides_ruleset,
     describe_ruleset,
     graphql_selection,
@@ -103,6 +108,11 @@ class PolicyKind:
 
     name: str
     plan: Callable[[Policy, RepoState], KindPlan]
+    # Its section of moko.yml, and the section's problems (each with its path; the loader
+    # gives it its line). checks_null: null is checked too (else null keeps the default).
+    section: str = ""
+    validate: Callable[[Any, Path], list[Problem]] | None = None
+    checks_null: bool = False
     read: Reader | None = None
     send: Sender | None = None
     inverse: Callable[[Change], Change] | None = None
@@ -145,25 +155,28 @@ class PolicyKind:
 # Settings first: a protection rule such as required_linear_history can depend on them.
 POLICY_KINDS: tuple[PolicyKind, ...] = (
     PolicyKind(
-        REPOSITORY, plan_settings_kind, read_settings, send_settings, inverse_setting, together=True,
+        REPOSITORY, plan_settings_kind, "repository", check_settings_section, read=read_settings,
+        send=send_settings, inverse=inverse_setting, together=True,
         decides=decides_setting, describe=describe_setting, status=settings_status,
         mark_unreadable=mark_unreadable_settings,
     ),
     PolicyKind(
-        BRANCH_PROTECTION, plan_protection_kind, read_protection, send_protection, inverse_protection,
+        BRANCH_PROTECTION, plan_protection_kind, "branches", check_branches, read=read_protection,
+        send=send_protection, inverse=inverse_protection,
         learn_undo=learn_undo, read_prefixes=(BRANCH_PROTECTION, BRANCH_PROTECTION_RULE),
         decides=decides_protection, describe=describe_protection, status=protection_status,
         mark_unreadable=mark_unreadable_protection,
     ),
     PolicyKind(
-        RULESETS, plan_rulesets_kind, into_kind_state(RULESETS, read_rulesets), one_by_one(send_ruleset),
-        inverse_ruleset, new_repository={},
+        RULESETS, plan_rulesets_kind, "rulesets", check_rulesets, read=into_kind_state(RULESETS, read_rulesets),
+        send=one_by_one(send_ruleset), inverse=inverse_ruleset, new_repository={},
         graphql_selection=graphql_selection, graphql_field="rulesets", from_graphql=rulesets_from_graphql,
         describe=describe_ruleset, status=ruleset_status, decides=decides_ruleset,
     ),
     # Last: a branch goes only once everything else is in line.
     PolicyKind(
-        BRANCH_CLEANUP, plan_cleanup_kind, into_kind_state(BRANCH_CLEANUP, read_cleanup), one_by_one(delete_branch),
+        BRANCH_CLEANUP, plan_cleanup_kind, "branch_cleanup", check_branch_cleanup, checks_null=True,
+        read=into_kind_state(BRANCH_CLEANUP, read_cleanup), send=one_by_one(delete_branch),
         graphql_selection=cleanup_selection, graphql_field="refs", from_graphql=cleanup_from_graphql,
         describe=describe_deletion, status=cleanup_status, decides=decides_deletion,
         sweeps_only=True, independent=True,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from bot.github_protocol import GitHub
+from policies.checks import Checker, Path, Problem
 from policies.known import Known
 from policies.model import (
     REPOSITORY,
@@ -128,6 +130,31 @@ GRAPHQL_FIELDS: Mapping[str, str] = {
     "merge_commit_message": "mergeCommitMessage",
     "default_branch": "defaultBranchRef { name }",
 }
+
+
+def check_settings_section(value: Any, path: Path) -> list[Problem]:
+    """The ``repository`` section's problems: each field a PATCH field with a valid value,
+    private or visibility (not both), a message field with its title."""
+    checker = Checker()
+    if not checker.mapping(value, path, "a mapping of PATCH /repos/{owner}/{repo} fields"):
+        return checker.problems
+    for field, setting in value.items():
+        if field not in PATCH_FIELDS:
+            close = difflib.get_close_matches(str(field), list(PATCH_FIELDS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            checker.report(
+                path + (field,), f"not a field of PATCH /repos/{{owner}}/{{repo}}{hint}"
+            )
+            continue
+        problem = check_setting(field, setting)
+        if problem:
+            checker.report(path + (field,), problem)
+    if "private" in value and "visibility" in value:
+        checker.report(path + ("visibility",), "set either private or visibility, not both")
+    for message, title in COMPANION_FIELDS.items():
+        if message in value and title not in value:
+            checker.report(path + (message,), f"GitHub needs {title} whenever {message} is set")
+    return checker.problems
 
 
 def check_setting(field: str, value: Any) -> str | None:
