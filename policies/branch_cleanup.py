@@ -28,7 +28,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -135,6 +135,21 @@ def section_from(value: Mapping[str, Any] | None) -> BranchCleanup | None:
         after=str(value["after"]).strip(), after_seconds=seconds,
         merged_only=bool(value.get("merged_only", True)), keep=tuple(value.get("keep") or ()),
     )
+
+
+def merge_cleanup(
+    org: BranchCleanup | None, value: Any, allowed: set[str], ignore: Callable[..., None]
+) -> BranchCleanup | None:
+    """A repository's own section, replacing the organization's whole, only when the overrides
+    list ``branch_cleanup`` by name."""
+    if "branch_cleanup" in allowed:
+        return section_from(value)
+    ignore(
+        ("branch_cleanup",),
+        "deleting branches cannot be undone by Moko, so the organization's overrides "
+        "must list branch_cleanup by name",
+    )
+    return org
 
 
 # --- what is known of a repository's branches --------------------------------------------------

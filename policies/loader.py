@@ -37,10 +37,9 @@ from typing import Any
 
 import yaml
 
-from policies.branch_cleanup import section_from
-from policies.defaults import DEFAULT_BRANCH_RULE, DEFAULT_POLICY
-from policies.model import BranchRule, Policy, Scope
-from policies.repository_settings import SENSITIVE_FIELDS
+from policies.defaults import DEFAULT_POLICY
+from policies.model import Policy, Scope
+from policies.registry import POLICY_KINDS
 from policies.validate import Path, check_document, dotted
 
 
@@ -367,24 +366,21 @@ def _policy_from_document(doc: Mapping[str, Any] | None, source: str) -> Policy:
             exclude=tuple(given.get("exclude", ())),
             archived=bool(given.get("archived", False)),
         )
-    branches = default.branches
-    if "branches" in doc:
-        branches = tuple(
-            BranchRule(rule["name"], rule["protection"]) for rule in doc["branches"] or ()
-        )
+    # Each policy kind's section, as the kind reads it (the Policy's field of the same name).
+    sections = {
+        kind.section: kind.from_section(doc[kind.section]) if kind.section in doc else getattr(default, kind.section)
+        for kind in POLICY_KINDS if kind.from_section is not None
+    }
     commands = doc.get("commands") or {}
     return Policy(
         version=int(doc.get("version", default.version)),
         mode=doc.get("mode", default.mode),
-        repository=(doc["repository"] or {}) if "repository" in doc else default.repository,
-        branches=branches,
         scope=scope,
         overrides=tuple(doc.get("overrides") or ()) if "overrides" in doc else default.overrides,
         apply_permission=commands.get("apply_permission", default.apply_permission),
         source=source,
         notify=doc.get("notify") or default.notify,
-        rulesets=tuple(doc["rulesets"] or ()) if "rulesets" in doc else default.rulesets,
-        branch_cleanup=section_from(doc["branch_cleanup"]) if "branch_cleanup" in doc else default.branch_cleanup,
+        **sections,
     )
 
 
@@ -439,94 +435,22 @@ def merge_loaded(org: Policy, loaded: LoadedFile) -> tuple[Policy, list[PolicyPr
             PolicyProblem(_line_of(lines, path), f"{dotted(path)}: ignored: {reason}", source)
         )
 
-    repository = dict(org.repository)
-    branches = list(org.branches)
     notify = org.notify
-    rulesets = list(org.rulesets)
-    cleanup = org.branch_cleanup
-    # Only an explicit branches.default lets the repository touch the default branch's rules.
-    own_default = f"branches.{DEFAULT_BRANCH_RULE}" in allowed
+    kinds = {kind.section: kind for kind in POLICY_KINDS if kind.merge is not None}
+    sections: dict[str, Any] = {}
     for key, value in doc.items():
         if key == "version":
             continue
-        if key == "repository":
-            for name, setting in (value or {}).items():
-                explicit = f"repository.{name}" in allowed
-                if name in SENSITIVE_FIELDS and not explicit and "repository" in allowed:
-                    ignore(
-                        ("repository", name),
-                        f"{SENSITIVE_FIELDS[name]}, so the organization's overrides must list "
-                        f"repository.{name} by name ('repository' does not cover it)",
-                    )
-                elif explicit or "repository" in allowed:
-                    # private and visibility say the same thing: the repository's one wins.
-                    twin = {"private": "visibility", "visibility": "private"}.get(name)
-                    if twin:
-                        repository.pop(twin, None)
-                    repository[name] = setting
-                else:
-                    ignore(("repository", name))
+        if key in kinds:  # each policy kind merges its own section
+            sections[key] = kinds[key].merge(getattr(org, key), value, allowed, ignore)
         elif key == "notify":
             if "notify" in allowed:
                 notify = value or org.notify
             else:
                 ignore((key,))
-        elif key == "branch_cleanup":
-            if "branch_cleanup" in allowed:
-                cleanup = section_from(value)
-            else:
-                ignore(
-                    (key,),
-                    "deleting branches cannot be undone by Moko, so the organization's overrides "
-                    "must list branch_cleanup by name",
-                )
-        elif key == "rulesets":
-            if "rulesets" in allowed:
-                rulesets = list(value or ())
-                continue
-            for index, entry in enumerate(value or ()):
-                if f"rulesets.{entry['name']}" not in allowed:
-                    ignore(("rulesets", index))
-                    continue
-                names = [existing["name"] for existing in rulesets]
-                if entry["name"] in names:
-                    rulesets[names.index(entry["name"])] = entry
-                else:
-                    rulesets.append(entry)
-        elif key == "branches":
-            rules = [
-                BranchRule(rule["name"], rule["protection"], displaces_default=own_default)
-                for rule in value or ()
-            ]
-            if "branches" in allowed:
-                kept = [] if own_default else [r for r in branches if r.name == DEFAULT_BRANCH_RULE]
-                for index, rule in enumerate(rules):
-                    if rule.name == DEFAULT_BRANCH_RULE and not own_default:
-                        ignore(
-                            ("branches", index),
-                            "the default branch's rule can be overridden only when the "
-                            "organization's overrides list branches.default "
-                            "('branches' does not cover it)",
-                        )
-                    else:
-                        kept.append(rule)
-                branches = kept
-                continue
-            for index, rule in enumerate(rules):
-                if f"branches.{rule.name}" not in allowed:
-                    ignore(("branches", index))
-                    continue
-                names = [existing.name for existing in branches]
-                if rule.name in names:
-                    branches[names.index(rule.name)] = rule
-                else:
-                    branches.append(rule)
         else:
             ignore((key,))
-    merged = replace(
-        org, repository=repository, branches=tuple(branches), notify=notify, rulesets=tuple(rulesets),
-        branch_cleanup=cleanup, source=f"{org.source} + {source}",
-    )
+    merged = replace(org, notify=notify, source=f"{org.source} + {source}", **sections)
     return merged, sorted(ignored)
 
 

@@ -1,11 +1,15 @@
-"""The ``branches`` section of moko.yml checked: each rule a branch name (or ``default``) and a
-PUT …/protection body (or null), as GitHub takes it."""
+"""The ``branches`` section of moko.yml: checked (each rule a branch name, or ``default``, and a
+PUT …/protection body or null, as GitHub takes it), read, and a repository's own rules merged
+over the organization's."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from policies.checks import Checker, Path, Problem, describe, is_int
+from policies.defaults import DEFAULT_BRANCH_RULE
+from policies.model import BranchRule
 from policies.protection_shapes import (
     ACTOR_KEYS,
     FLAG_KEYS,
@@ -25,6 +29,49 @@ def check_branches(value: Any, path: Path) -> list[Problem]:
     checker = _ProtectionChecker()
     checker.branches(value, path)
     return checker.problems
+
+
+def branch_rules_from_section(value: Any) -> tuple[BranchRule, ...]:
+    """The rules of a valid ``branches`` section (null: no branch managed)."""
+    return tuple(BranchRule(rule["name"], rule["protection"]) for rule in value or ())
+
+
+def merge_branch_rules(
+    org: tuple[BranchRule, ...], value: Any, allowed: set[str], ignore: Callable[..., None]
+) -> tuple[BranchRule, ...]:
+    """A repository's own rules over the organization's: the whole list with ``branches``
+    (the default branch's rule kept unless ``branches.default`` is listed too), else the rules
+    ``branches.<name>`` lists, replaced or added; ``ignore`` the others."""
+    branches = list(org)
+    # Only an explicit branches.default lets the repository touch the default branch's rules.
+    own_default = f"branches.{DEFAULT_BRANCH_RULE}" in allowed
+    rules = [
+        BranchRule(rule["name"], rule["protection"], displaces_default=own_default)
+        for rule in value or ()
+    ]
+    if "branches" in allowed:
+        kept = [] if own_default else [r for r in branches if r.name == DEFAULT_BRANCH_RULE]
+        for index, rule in enumerate(rules):
+            if rule.name == DEFAULT_BRANCH_RULE and not own_default:
+                ignore(
+                    ("branches", index),
+                    "the default branch's rule can be overridden only when the "
+                    "organization's overrides list branches.default "
+                    "('branches' does not cover it)",
+                )
+            else:
+                kept.append(rule)
+        return tuple(kept)
+    for index, rule in enumerate(rules):
+        if f"branches.{rule.name}" not in allowed:
+            ignore(("branches", index))
+            continue
+        names = [existing.name for existing in branches]
+        if rule.name in names:
+            branches[names.index(rule.name)] = rule
+        else:
+            branches.append(rule)
+    return tuple(branches)
 
 
 class _ProtectionChecker(Checker):

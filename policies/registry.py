@@ -14,8 +14,10 @@ from policies.branch_cleanup import (
     decides_deletion,
     delete_branch,
     describe_deletion,
+    merge_cleanup,
     plan_cleanup_kind,
     read_cleanup,
+    section_from,
 )
 from policies.branch_cleanup import graphql_selection as cleanup_selection
 from policies.branch_protection import (
@@ -41,7 +43,7 @@ from policies.model import (
     Policy,
     RepoState,
 )
-from policies.protection_checks import check_branches
+from policies.protection_checks import branch_rules_from_section, check_branches, merge_branch_rules
 from policies.protection_report import describe_protection, protection_status
 from policies.repository_settings import (
     check_settings_section,
@@ -49,9 +51,11 @@ from policies.repository_settings import (
     describe_setting,
     inverse_setting,
     mark_unreadable_settings,
+    merge_settings,
     plan_settings_kind,
     read_settings,
     send_settings,
+    settings_from_section,
     settings_status,
 )
 from policies.rulesets import (
@@ -60,10 +64,12 @@ from policies.rulesets import (
     describe_ruleset,
     graphql_selection,
     inverse_ruleset,
+    merge_rulesets,
     plan_rulesets_kind,
     read_rulesets,
     ruleset_status,
     rulesets_from_graphql,
+    rulesets_from_section,
     send_ruleset,
 )
 from policies.words import ReportContext, StatusRow, Words
@@ -110,9 +116,14 @@ class PolicyKind:
     plan: Callable[[Policy, RepoState], KindPlan]
     # Its section of moko.yml, and the section's problems (each with its path; the loader
     # gives it its line). checks_null: null is checked too (else null keeps the default).
+    # A valid section as the Policy holds it (the Policy's field of the same name), and a
+    # repository's own section merged over the organization's: (the organization's, the
+    # repository's, the overrides allowed, ignore(path, why)) -> the merged one.
     section: str = ""
     validate: Callable[[Any, Path], list[Problem]] | None = None
     checks_null: bool = False
+    from_section: Callable[[Any], Any] | None = None
+    merge: Callable[[Any, Any, set[str], Callable[..., None]], Any] | None = None
     read: Reader | None = None
     send: Sender | None = None
     inverse: Callable[[Change], Change] | None = None
@@ -157,12 +168,14 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
     PolicyKind(
         REPOSITORY, plan_settings_kind, "repository", check_settings_section, read=read_settings,
         send=send_settings, inverse=inverse_setting, together=True,
+        from_section=settings_from_section, merge=merge_settings,
         decides=decides_setting, describe=describe_setting, status=settings_status,
         mark_unreadable=mark_unreadable_settings,
     ),
     PolicyKind(
         BRANCH_PROTECTION, plan_protection_kind, "branches", check_branches, read=read_protection,
         send=send_protection, inverse=inverse_protection,
+        from_section=branch_rules_from_section, merge=merge_branch_rules,
         learn_undo=learn_undo, read_prefixes=(BRANCH_PROTECTION, BRANCH_PROTECTION_RULE),
         decides=decides_protection, describe=describe_protection, status=protection_status,
         mark_unreadable=mark_unreadable_protection,
@@ -170,6 +183,7 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
     PolicyKind(
         RULESETS, plan_rulesets_kind, "rulesets", check_rulesets, read=into_kind_state(RULESETS, read_rulesets),
         send=one_by_one(send_ruleset), inverse=inverse_ruleset, new_repository={},
+        from_section=rulesets_from_section, merge=merge_rulesets,
         graphql_selection=graphql_selection, graphql_field="rulesets", from_graphql=rulesets_from_graphql,
         describe=describe_ruleset, status=ruleset_status, decides=decides_ruleset,
     ),
@@ -177,6 +191,7 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
     PolicyKind(
         BRANCH_CLEANUP, plan_cleanup_kind, "branch_cleanup", check_branch_cleanup, checks_null=True,
         read=into_kind_state(BRANCH_CLEANUP, read_cleanup), send=one_by_one(delete_branch),
+        from_section=section_from, merge=merge_cleanup,
         graphql_selection=cleanup_selection, graphql_field="refs", from_graphql=cleanup_from_graphql,
         describe=describe_deletion, status=cleanup_status, decides=decides_deletion,
         sweeps_only=True, independent=True,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -155,6 +155,36 @@ def check_settings_section(value: Any, path: Path) -> list[Problem]:
         if message in value and title not in value:
             checker.report(path + (message,), f"GitHub needs {title} whenever {message} is set")
     return checker.problems
+
+
+def settings_from_section(value: Any) -> Mapping[str, Any]:
+    """The ``repository`` section of a valid file (null: no field managed)."""
+    return value or {}
+
+
+def merge_settings(
+    org: Mapping[str, Any], value: Any, allowed: set[str], ignore: Callable[..., None]
+) -> Mapping[str, Any]:
+    """A repository's own ``repository`` fields over the organization's: those ``allowed``
+    lists (``repository`` covers every field but the sensitive ones); ``ignore`` the others."""
+    repository = dict(org)
+    for name, setting in (value or {}).items():
+        explicit = f"repository.{name}" in allowed
+        if name in SENSITIVE_FIELDS and not explicit and "repository" in allowed:
+            ignore(
+                ("repository", name),
+                f"{SENSITIVE_FIELDS[name]}, so the organization's overrides must list "
+                f"repository.{name} by name ('repository' does not cover it)",
+            )
+        elif explicit or "repository" in allowed:
+            # private and visibility say the same thing: the repository's one wins.
+            twin = {"private": "visibility", "visibility": "private"}.get(name)
+            if twin:
+                repository.pop(twin, None)
+            repository[name] = setting
+        else:
+            ignore(("repository", name))
+    return repository
 
 
 def check_setting(field: str, value: Any) -> str | None:

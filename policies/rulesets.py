@@ -20,7 +20,7 @@ the ruleset; undoing an update PUTs back what it held.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from importlib import resources
 from typing import Any
@@ -255,6 +255,31 @@ async def send_ruleset(gh: GitHub, owner: str, repo: str, change: Change) -> Cha
     else:
         await gh.put(_ONE, url_vars=one, data=change.after)
     return change
+
+
+def rulesets_from_section(value: Any) -> tuple[Mapping[str, Any], ...]:
+    """The rulesets of a valid ``rulesets`` section (null: none managed)."""
+    return tuple(value or ())
+
+
+def merge_rulesets(
+    org: tuple[Mapping[str, Any], ...], value: Any, allowed: set[str], ignore: Callable[..., None]
+) -> tuple[Mapping[str, Any], ...]:
+    """A repository's own rulesets over the organization's: the whole list with ``rulesets``,
+    else those ``rulesets.<name>`` lists, replaced or added; ``ignore`` the others."""
+    if "rulesets" in allowed:
+        return tuple(value or ())
+    rulesets = list(org)
+    for index, entry in enumerate(value or ()):
+        if f"rulesets.{entry['name']}" not in allowed:
+            ignore(("rulesets", index))
+            continue
+        names = [existing["name"] for existing in rulesets]
+        if entry["name"] in names:
+            rulesets[names.index(entry["name"])] = entry
+        else:
+            rulesets.append(entry)
+    return tuple(rulesets)
 
 
 def decides_ruleset(policy: Policy, name: str) -> bool:

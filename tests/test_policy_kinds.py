@@ -25,7 +25,7 @@ KIND_NAMES = {"REPOSITORY", "BRANCH_PROTECTION", "BRANCH_PROTECTION_RULE", "RULE
 @pytest.mark.parametrize("kind", POLICY_KINDS, ids=lambda kind: kind.name)
 def test_every_kind_declares_every_hook(kind) -> None:
     assert kind.section, f"{kind.name} has no section of moko.yml"
-    for hook in ("validate", "plan", "read", "send", "describe", "status", "decides"):
+    for hook in ("validate", "from_section", "merge", "plan", "read", "send", "describe", "status", "decides"):
         assert getattr(kind, hook) is not None, f"{kind.name} has no {hook}"
     # A change is undone by its kind's inverse, unless the kind's changes are never undone.
     assert kind.inverse is not None or kind.independent, f"{kind.name} has no inverse"
