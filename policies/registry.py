@@ -105,11 +105,14 @@ def one_by_one(send: Callable[[GitHub, str, str, Change], Awaitable[Change]]) ->
 
 @dataclass(frozen=True)
 class PolicyKind:
-    """A kind of policy: its name (the audit record's ``policy``) and its pure planner, how
-    the transaction sends its changes (``send``: the only write) and undoes one (``inverse``).
+    """A kind of policy, as its own module declares it: its name (the audit record's
+    ``policy``), its section of moko.yml (checked, read, merged), its pure planner, its REST
+    reads, how the transaction sends its changes (``send``: the only write) and undoes one
+    (``inverse``), and how the reports word them (``describe``, ``status``).
 
-    ``read``: its REST reads, made when its plan needs ``<prefix>.<what>`` for a prefix of
-    ``reads`` (its name, unless it says otherwise).
+    ``read`` is made when the plan needs ``<prefix>.<what>`` for a prefix of ``reads`` (its
+    name, unless it says otherwise). The batched GraphQL read (``policies.batch_read``) still
+    reads the settings and branch protection itself; the other kinds declare their part here.
     """
 
     name: str
