@@ -111,6 +111,26 @@ async def test_store_writes_go_on_when_an_ended_sessions_last_message_comes_befo
             await store.close()
 
 
+async def test_a_repository_lock_is_taken_on_a_new_connection_when_its_idle_one_was_ended(postgres_url):
+    # As when the server restarts between two deliveries about a repository: the lock pool's
+    # idle connection is gone (its end not yet seen), and the next delivery still gets the lock.
+    async with SlowCloseProxy(postgres_url, close_delay=1.0) as proxied:
+        store = PostgresStore(proxied)
+        await store.open()
+        try:
+            async with store.repository_lock("acme/widgets"):
+                pass  # the lock pool's connection is open and idle
+            await end_sessions(postgres_url)
+            await asyncio.sleep(0.1)  # its FATAL message has arrived; its end has not
+            async with asyncio.timeout(10), store.repository_lock("acme/widgets") as held:
+                await held.ensure()
+            # The other pool's idle connection was ended too: an operation replaces it (closing
+            # the store over it fails, which is not what this test is about).
+            await store.audit_head()
+        finally:
+            await store.close()
+
+
 async def test_a_repository_lock_whose_session_ended_is_lost_and_free_for_another_replica(postgres_url):
     first, second = PostgresStore(postgres_url), PostgresStore(postgres_url)
     await first.open()

@@ -944,16 +944,9 @@ class PostgresStore(Store):
             raise RuntimeError("the PostgreSQL store is not open")
         # GitHub repository names are case-insensitive: Owner/Repo and owner/repo are one.
         key = _advisory_key(f"moko:repo:{repo.lower()}")
-        # A session-level lock lives as long as this connection holds it. If we are
-        # cancelled mid-wait, returning the connection to the pool resets it, and
-        # asyncpg's reset runs pg_advisory_unlock_all(), so no lock outlives us.
-        async with self._lock_pool_handle.acquire() as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
-                # Another delivery holds the repository (it may wait for a late answer or its
-                # installation's write turn): the worker takes other work meanwhile.
-                give_back_turn()
-                await conn.execute("SELECT pg_advisory_lock($1)", key)
-
+        pool = self._lock_pool_handle
+        conn = await self._take_repository_lock(pool, key)
+        try:
             async def alive() -> str | None:
                 # The lock lives exactly as long as this session: if it answers, it holds.
                 try:
@@ -979,6 +972,41 @@ class PostgresStore(Store):
                     except (*_CONNECTION_LOST, asyncpg.InterfaceError) as exc:
                         # The session, and the lock with it, ended anyway.
                         log.warning("repository_lock_not_released", repo=repo, error=str(exc))
+        finally:
+            await pool.release(conn)
+
+    async def _take_repository_lock(self, pool: asyncpg.Pool, key: int) -> Any:
+        """A connection of the lock pool that holds the advisory lock. A session-level lock
+        lives as long as its connection: returned to the pool (cancelled mid-wait, or done),
+        the connection is reset, and asyncpg's reset runs pg_advisory_unlock_all(), so no lock
+        outlives its holder. Until the lock is held, a connection lost (the server restarting)
+        is tried again on a new one, as the store's other operations are: nothing was taken."""
+        for delay in (*_RETRY_DELAYS, None):
+            conn = None
+            try:
+                conn = await pool.acquire()
+                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                    # Another delivery holds the repository (it may wait for a late answer or
+                    # its installation's write turn): the worker takes other work meanwhile.
+                    give_back_turn()
+                    await conn.execute("SELECT pg_advisory_lock($1)", key)
+                return conn
+            except _CONNECTION_LOST as exc:
+                if conn is not None:
+                    conn.terminate()  # a session ended mid-statement: not one to reset and reuse
+                    await pool.release(conn)
+                if delay is None:
+                    raise
+                log.warning(
+                    "store_connection_lost", operation="repository_lock", retry_in=delay,
+                    error=REDACTOR.text(f"{type(exc).__name__}: {exc}"),
+                )
+                await self._sleep(delay)
+            except BaseException:
+                if conn is not None:
+                    await pool.release(conn)
+                raise
+        raise AssertionError("unreachable")
 
     @_reconnecting
     async def count_hit(self, key: str, window_seconds: float, now: float) -> int:
