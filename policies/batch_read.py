@@ -1,10 +1,11 @@
-"""Reading many repositories' settings and branch protection at once: GraphQL, 100 a query.
+"""Reading many repositories at once: GraphQL, 100 a query.
 
-A sweep or a reconcile asks GitHub for exactly the repository fields the policy names
-(``GRAPHQL_FIELDS``) and every repository's ``branchProtectionRules``, 100 repositories per
-query, and turns each node into what ``PolicyEngine.remediate`` takes: a REST-shaped
-repository object and a ``Known``. Whatever GraphQL cannot decide (a field it does not have,
-a wildcard rule, more rules than one page) is left unknown, and the planner reads it with REST.
+A sweep or a reconcile asks GitHub, 100 repositories per query, for what each policy kind
+asks of a repository for the policy (its ``BatchPart`` in ``policies.registry``), and turns
+each node into what ``PolicyEngine.remediate`` takes: a REST-shaped repository object and a
+``Known``, each kind saying what the node tells. Whatever GraphQL cannot decide (a field the
+server does not have, a wildcard rule, more than one page) is left unknown, and the planner
+reads it with REST.
 """
 
 from __future__ import annotations
@@ -18,29 +19,14 @@ from gidgethub import QueryError
 
 from bot.github_protocol import GitHub
 from bot.github_schema import ServerSchema, server_schema
-from policies.branch_protection import (
-    GRAPHQL_RULE_FIELDS,
-    ProtectionUnknown,
-    protection_from_graphql_rules,
-)
-from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.known import Known, OpenIssue
 from policies.loader import MAX_FILE_BYTES
 from policies.model import Policy
-from policies.permissions import protection_unreadable, unreadable_settings
-from policies.protection_shapes import covering_pattern
-from policies.registry import KINDS_BY_NAME, POLICY_KINDS
-from policies.repository_settings import GRAPHQL_FIELDS, rest_settings_from_graphql
-from policies.server_fields import (
-    QUERIED_TYPES,
-    REPOSITORY_TYPE,
-    repository_graphql_field,
-    rule_selection,
-)
+from policies.registry import KINDS_BY_NAME, POLICY_KINDS, BatchPart
+from policies.server_fields import QUERIED_TYPES
 from policies.source import CONTENT_LIMIT, PolicyFile, too_large
 
 PAGE_SIZE = 100  # GitHub's most per connection page, and the most aliases Moko puts in a query
-RULES_PAGE = 20  # branch protection rules per repository; a repository with more may need REST
 NOTICES_PAGE = 10  # open issues by Moko per repository: it opens one
 _ALWAYS = ("name", "nameWithOwner", "isArchived", "isEmpty", "defaultBranchRef { name }", "owner { login }")
 # Every query is named, so GitHub's logs (and the fake's) say what Moko was asking for.
@@ -70,76 +56,38 @@ class OwnerNotFound(LookupError):
 
 @dataclass(frozen=True)
 class ReadFields:
-    """What to ask GitHub about each repository: REST setting names, and the branches whose
-    protection the policy manages (``"default"`` is the default branch)."""
+    """What to ask GitHub about each repository: what each policy kind asks (its
+    ``BatchPart``), in the registry's order, and the policy file and notices."""
 
-    settings: frozenset[str] = frozenset()
-    protection: bool = True
-    branches: tuple[str, ...] = ()  # exact branch names besides the default one
+    parts: tuple[tuple[str, Any], ...] = ()  # (kind name, what it asks)
     own_policy: bool = False  # each repository's .github/moko.yml (the policy allows overrides)
     notices_by: str | None = None  # the login whose open issues to list (the policy notifies)
-    # Policy kinds whose own part of the read is asked (registry): (kind name, its selection).
-    kinds: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def for_policy(
         cls, policy: Policy, granted: Mapping[str, str] | None = None, *, sweep: bool = False
     ) -> ReadFields:
-        """The organization policy's fields, and those a repository may override, less what
-        the installation's ``granted`` permissions may not read (GraphQL would refuse the
-        whole repository for one such field; the planner says those are unknown). Kinds that
-        only sweeps apply (stale branches) are asked only with ``sweep``."""
-        settings = set(policy.repository)
-        branches = [rule.name for rule in policy.branches if rule.name != DEFAULT_BRANCH_RULE]
-        protection = bool(policy.branches)
-        for key in policy.overrides:
-            section, _, name = key.partition(".")
-            if section == "repository":
-                settings.update([name] if name else GRAPHQL_FIELDS)
-            elif section == "branches":
-                protection = True
-                if name and name != DEFAULT_BRANCH_RULE:
-                    branches.append(name)
-        hidden = unreadable_settings(settings, granted)
-        protection = protection and protection_unreadable(granted) is None
-        kinds = tuple(
-            (kind.name, selection) for kind in POLICY_KINDS
-            if kind.graphql_selection is not None and (sweep or not kind.sweeps_only)
-            and (selection := kind.graphql_selection(policy))
+        """What the organization policy's kinds ask, with what a repository may override, less
+        what the installation's ``granted`` permissions may not read. Kinds that only sweeps
+        apply (stale branches) are asked only with ``sweep``."""
+        parts = tuple(
+            (kind.name, wanted) for kind in POLICY_KINDS
+            if kind.batch is not None and (sweep or not kind.sweeps_only)
+            and (wanted := kind.batch.wanted(policy, granted)) is not None
         )
-        return cls(
-            frozenset(settings - set(hidden)), protection, tuple(dict.fromkeys(branches)), bool(policy.overrides),
-            kinds=kinds,
-        )
+        return cls(parts, bool(policy.overrides))
 
-    def graphql_kinds(self, schema: ServerSchema | None) -> tuple[str, ...]:
-        """The selections of the kinds whose part of the read the server can answer (an older
-        GitHub Enterprise Server may lack ``Repository.rulesets``: those are read with REST)."""
-        return tuple(
-            selection for name, selection in self.kinds
-            if schema is None or schema.has(REPOSITORY_TYPE, str(KINDS_BY_NAME[name].graphql_field))
-        )
+    def wanted(self, kind: str) -> Any:
+        """What the kind named ``kind`` asks (None: nothing)."""
+        return dict(self.parts).get(kind)
 
     def selection(self, schema: ServerSchema | None = None) -> str:
         """The selection set of one ``Repository`` node: with ``schema``, only the fields the
         server has (a query naming one it lacks would fail whole)."""
         wanted = dict.fromkeys(_ALWAYS)
-        wanted.update(
-            dict.fromkeys(
-                GRAPHQL_FIELDS[name]
-                for name in sorted(self.settings)
-                if name in GRAPHQL_FIELDS
-                and (schema is None or schema.has(REPOSITORY_TYPE, repository_graphql_field(name) or ""))
-            )
-        )
+        for name, asked in self.parts:
+            wanted.update(dict.fromkeys(_batch_part(name).selection(asked, schema)))
         parts = list(wanted)
-        if self.protection:
-            rule = rule_selection(GRAPHQL_RULE_FIELDS.splitlines(), schema)
-            parts.append(f"branchProtectionRules(first: {RULES_PAGE}) {{ totalCount nodes {{ {rule} }} }}")
-        for index, branch in enumerate(self.branches):
-            # Whether the branch exists: protection cannot be put on a branch that does not.
-            parts.append(f"branch{index}: ref(qualifiedName: {json.dumps('refs/heads/' + branch)}) {{ name }}")
-        parts.extend(self.graphql_kinds(schema))
         if self.own_policy:
             parts.append(_OWN_POLICY)
         if self.notices_by:
@@ -149,6 +97,12 @@ class ReadFields:
                 f"filterBy: {{createdBy: {json.dumps(self.notices_by)}}}) {{ nodes {{ number title body }} }}"
             )
         return " ".join(parts)
+
+
+def _batch_part(name: str) -> BatchPart:
+    part = KINDS_BY_NAME[name].batch
+    assert part is not None, f"{name} has no part of the batched read"
+    return part
 
 
 @dataclass(frozen=True)
@@ -184,40 +138,23 @@ class RepoSnapshot:
 
 
 def snapshot_of(node: Mapping[str, Any], fields: ReadFields) -> RepoSnapshot:
-    """Turn one GraphQL ``Repository`` node (queried with ``fields.selection()``) into a snapshot."""
-    settings = rest_settings_from_graphql(node)
+    """Turn one GraphQL ``Repository`` node (queried with ``fields.selection()``) into a
+    snapshot: each kind says what the node tells, given what it asked."""
+    asked = dict(fields.parts)
+    known = Known(empty=bool(node.get("isEmpty")))
+    for kind in POLICY_KINDS:
+        if kind.batch is not None:
+            known = kind.batch.from_node(node, asked.get(kind.name), known)
     owner = (node.get("owner") or {}).get("login") or str(node["nameWithOwner"]).split("/", 1)[0]
-    default = settings.get("default_branch")
+    ref = node.get("defaultBranchRef")
     repo = {
-        **settings,
+        **(known.settings or {}),
         "full_name": node["nameWithOwner"],
         "name": node["name"],
         "archived": bool(node.get("isArchived")),
-        "default_branch": default,
+        "default_branch": ref.get("name") if isinstance(ref, Mapping) else None,
         "owner": {"login": owner},
     }
-    empty = bool(node.get("isEmpty"))
-    existing: frozenset[str] | None = None
-    if fields.branches:
-        found = {node[f"branch{i}"]["name"] for i in range(len(fields.branches)) if node.get(f"branch{i}")}
-        existing = frozenset(found | ({default} if default else set()))
-    protections: dict[str, Any] = {}
-    patterns: dict[str, str | None] = {}
-    if fields.protection and not empty:
-        connection = node.get("branchProtectionRules") or {}
-        rules = list(connection.get("nodes") or ())
-        complete = int(connection.get("totalCount") or 0) <= len(rules)
-        for branch in [default, *fields.branches]:
-            if not branch or (existing is not None and branch not in existing):
-                continue
-            exact = any(rule.get("pattern") == branch for rule in rules)
-            if not exact and not complete:
-                continue  # an exact rule could be on a page not read: let REST say
-            patterns[branch] = covering_pattern(rules, branch)
-            try:
-                protections[branch] = protection_from_graphql_rules(rules, branch)
-            except ProtectionUnknown:
-                continue  # a wildcard rule applies: its settings as GitHub reads them, via REST
     own_read, own_file = False, None
     if fields.own_policy:
         blob = node.get("ownPolicy")
@@ -230,14 +167,9 @@ def snapshot_of(node: Mapping[str, Any], fields: ReadFields) -> RepoSnapshot:
             OpenIssue(int(n["number"]), str(n.get("title") or ""), str(n.get("body") or ""))
             for n in node["openNotices"].get("nodes") or () if n
         )
-    kind_state: dict[str, Any] = {}
-    for name, _selection in fields.kinds:
-        from_graphql = KINDS_BY_NAME[name].from_graphql
-        state = None if from_graphql is None else from_graphql(node)
-        if state is not None:
-            kind_state[name] = state
     return RepoSnapshot(
-        repo, settings, protections, empty, existing, own_read, own_file, patterns, open_issues, kind_state
+        repo, dict(known.settings or {}), known.protections, known.empty, known.existing_branches,
+        own_read, own_file, known.rule_patterns, open_issues, known.kind_state,
     )
 
 

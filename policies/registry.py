@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bot.github_protocol import GitHub
+from bot.github_schema import ServerSchema
 from policies.branch_cleanup import (
     check_branch_cleanup,
     cleanup_from_graphql,
@@ -43,6 +44,7 @@ from policies.model import (
     Policy,
     RepoState,
 )
+from policies.protection_batch import protection_from_node, protection_selection, protection_wanted
 from policies.protection_checks import branch_rules_from_section, check_branches, merge_branch_rules
 from policies.protection_report import describe_protection, protection_status
 from policies.repository_settings import (
@@ -72,6 +74,8 @@ from policies.rulesets import (
     rulesets_from_section,
     send_ruleset,
 )
+from policies.server_fields import REPOSITORY_TYPE
+from policies.settings_batch import settings_from_node, settings_selection, settings_wanted
 from policies.words import ReportContext, StatusRow, Words
 
 # (gh, owner, repo, policy, what the plan needs of the kind, what is known) -> what is known
@@ -94,6 +98,39 @@ def into_kind_state(name: str, read: Callable[[GitHub, str, str, Policy], Awaita
     return reader
 
 
+@dataclass(frozen=True)
+class BatchPart:
+    """A kind's part of the batched GraphQL read (``policies.batch_read``), 100 repositories a
+    query: what it asks of each repository for a policy (``wanted``: None, nothing), the
+    Repository fields that ask it (``selection``: only those the server has), and what is
+    known from a repository's node (``from_node``, also given None when nothing was asked)."""
+
+    wanted: Callable[[Policy, Mapping[str, str] | None], Any]
+    selection: Callable[[Any, ServerSchema | None], tuple[str, ...]]
+    from_node: Callable[[Mapping[str, Any], Any, Known], Known]
+
+
+def into_kind_state_part(
+    name: str, selection: Callable[[Policy], str | None], graphql_field: str,
+    from_graphql: Callable[[Mapping[str, Any]], Any],
+) -> BatchPart:
+    """A BatchPart from a kind's selection for a policy (the Repository field it starts with
+    may be lacking on an older server: REST reads it then) and its whole state from a node
+    (``RepoState.kind_state``; None: the node cannot tell, REST reads it)."""
+
+    def node_state(node: Mapping[str, Any], wanted: Any, known: Known) -> Known:
+        state = None if wanted is None else from_graphql(node)
+        return known if state is None else replace(known, kind_state={**known.kind_state, name: state})
+
+    return BatchPart(
+        wanted=lambda policy, granted: selection(policy) or None,
+        selection=lambda wanted, schema: (
+            (wanted,) if schema is None or schema.has(REPOSITORY_TYPE, graphql_field) else ()
+        ),
+        from_node=node_state,
+    )
+
+
 def one_by_one(send: Callable[[GitHub, str, str, Change], Awaitable[Change]]) -> Sender:
     """A Sender from a function that sends one change (a kind whose changes are one request each)."""
 
@@ -107,12 +144,12 @@ def one_by_one(send: Callable[[GitHub, str, str, Change], Awaitable[Change]]) ->
 class PolicyKind:
     """A kind of policy, as its own module declares it: its name (the audit record's
     ``policy``), its section of moko.yml (checked, read, merged), its pure planner, its REST
-    reads, how the transaction sends its changes (``send``: the only write) and undoes one
-    (``inverse``), and how the reports word them (``describe``, ``status``).
+    reads and its part of the batched GraphQL read (``batch``), how the transaction sends its
+    changes (``send``: the only write) and undoes one (``inverse``), and how the reports word
+    them (``describe``, ``status``).
 
     ``read`` is made when the plan needs ``<prefix>.<what>`` for a prefix of ``reads`` (its
-    name, unless it says otherwise). The batched GraphQL read (``policies.batch_read``) still
-    reads the settings and branch protection itself; the other kinds declare their part here.
+    name, unless it says otherwise).
     """
 
     name: str
@@ -149,11 +186,8 @@ class PolicyKind:
         return self.read_prefixes or (self.name,)
     # What a repository created a moment ago has (nothing to read): e.g. no rulesets.
     new_repository: Any = None
-    # Its part of the batched read: a Repository selection, whether a policy needs it, and
-    # its state from the answer (None: the batched read cannot tell; REST reads it).
-    graphql_selection: Callable[[Policy], str | None] | None = None
-    graphql_field: str | None = None  # the Repository field it starts with (the server may lack it)
-    from_graphql: Callable[[Mapping[str, Any]], Any] | None = None
+    # Its part of the batched read (None: REST reads all of it).
+    batch: BatchPart | None = None
     # How it reports (`/moko status`, plan, apply, the preview, the notice): a change as words
     # (change, policy, default branch), and its rows of the status table.
     describe: Callable[[Change, Policy | None, str | None], Words] | None = None
@@ -174,6 +208,7 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
         from_section=settings_from_section, merge=merge_settings,
         decides=decides_setting, describe=describe_setting, status=settings_status,
         mark_unreadable=mark_unreadable_settings,
+        batch=BatchPart(settings_wanted, settings_selection, settings_from_node),
     ),
     PolicyKind(
         BRANCH_PROTECTION, plan_protection_kind, "branches", check_branches, read=read_protection,
@@ -182,12 +217,13 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
         learn_undo=learn_undo, read_prefixes=(BRANCH_PROTECTION, BRANCH_PROTECTION_RULE),
         decides=decides_protection, describe=describe_protection, status=protection_status,
         mark_unreadable=mark_unreadable_protection,
+        batch=BatchPart(protection_wanted, protection_selection, protection_from_node),
     ),
     PolicyKind(
         RULESETS, plan_rulesets_kind, "rulesets", check_rulesets, read=into_kind_state(RULESETS, read_rulesets),
         send=one_by_one(send_ruleset), inverse=inverse_ruleset, new_repository={},
         from_section=rulesets_from_section, merge=merge_rulesets,
-        graphql_selection=graphql_selection, graphql_field="rulesets", from_graphql=rulesets_from_graphql,
+        batch=into_kind_state_part(RULESETS, graphql_selection, "rulesets", rulesets_from_graphql),
         describe=describe_ruleset, status=ruleset_status, decides=decides_ruleset,
     ),
     # Last: a branch goes only once everything else is in line.
@@ -195,7 +231,7 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
         BRANCH_CLEANUP, plan_cleanup_kind, "branch_cleanup", check_branch_cleanup, checks_null=True,
         read=into_kind_state(BRANCH_CLEANUP, read_cleanup), send=one_by_one(delete_branch),
         from_section=section_from, merge=merge_cleanup,
-        graphql_selection=cleanup_selection, graphql_field="refs", from_graphql=cleanup_from_graphql,
+        batch=into_kind_state_part(BRANCH_CLEANUP, cleanup_selection, "refs", cleanup_from_graphql),
         describe=describe_deletion, status=cleanup_status, decides=decides_deletion,
         sweeps_only=True, independent=True,
     ),

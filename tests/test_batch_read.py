@@ -11,7 +11,6 @@ import pytest
 
 from bot.github_app import GitHubApp
 from policies.batch_read import (
-    RULES_PAGE,
     OwnerNotFound,
     ReadFields,
     read_owner,
@@ -21,8 +20,9 @@ from policies.batch_read import (
 )
 from policies.defaults import DEFAULT_POLICY
 from policies.loader import parse_policy
-from policies.model import RepoState
+from policies.model import BRANCH_PROTECTION, REPOSITORY, RepoState
 from policies.plan import plan_repository
+from policies.protection_batch import RULES_PAGE, ProtectionRead
 from policies.protection_shapes import GRAPHQL_RULE_FIELDS, NormalizedProtection
 from policies.repository_settings import GRAPHQL_FIELDS
 from tests.fakegithub.state import APP_PERMISSIONS
@@ -82,7 +82,9 @@ def node(name: str = "app", *, rules: list[dict[str, Any]] | None = None, total:
 
 def test_default_policy_reads_its_three_settings_and_default_branch_protection():
     fields = ReadFields.for_policy(DEFAULT_POLICY)
-    assert fields == ReadFields(frozenset({"has_issues", "has_wiki", "has_projects"}), True, ())
+    assert fields == ReadFields((
+        (REPOSITORY, frozenset({"has_issues", "has_wiki", "has_projects"})), (BRANCH_PROTECTION, ProtectionRead(True)),
+    ))
     selection = fields.selection()
     assert "hasWikiEnabled" in selection and "branchProtectionRules(first: 20)" in selection
     assert "squashMergeAllowed" not in selection  # only what the policy names
@@ -95,12 +97,12 @@ def test_overrides_widen_what_is_read():
         "overrides: [repository.allow_squash_merge, branches.release]\n"
     )
     fields = ReadFields.for_policy(policy)
-    assert fields.settings == {"has_wiki", "allow_squash_merge"}
-    assert fields.branches == ("release",)
+    assert fields.wanted(REPOSITORY) == {"has_wiki", "allow_squash_merge"}
+    assert fields.wanted(BRANCH_PROTECTION).branches == ("release",)
     whole = ReadFields.for_policy(parse_policy("version: 1\noverrides: [repository]\n"))
-    assert whole.settings >= set(GRAPHQL_FIELDS)
+    assert whole.wanted(REPOSITORY) >= set(GRAPHQL_FIELDS)
     none = ReadFields.for_policy(parse_policy("version: 1\nbranches: []\n"))
-    assert not none.protection and "branchProtectionRules" not in none.selection()
+    assert none.wanted(BRANCH_PROTECTION) is None and "branchProtectionRules" not in none.selection()
 
 
 def test_an_exact_rule_is_the_protection_and_plans_compliant_without_a_read():
@@ -132,7 +134,7 @@ def test_what_graphql_cannot_decide_is_left_to_rest(rules, total):
 def test_empty_repository_waits_and_named_branches_that_do_not_exist_are_known():
     empty = snapshot_of(node(isEmpty=True, defaultBranchRef=None), ReadFields.for_policy(DEFAULT_POLICY))
     assert empty.empty and empty.protections == {} and empty.repo["default_branch"] is None
-    fields = ReadFields(frozenset(), True, ("release", "develop"))
+    fields = ReadFields(((BRANCH_PROTECTION, ProtectionRead(True, ("release", "develop"))),))
     snapshot = snapshot_of(node(branch0={"name": "release"}, branch1=None, rules=[rule("release")]), fields)
     assert snapshot.existing_branches == {"main", "release"}
     assert set(snapshot.protections) == {"main", "release"}
@@ -144,7 +146,7 @@ async def test_owner_pages_of_100_validated_against_githubs_schema(org, gh):
     org.add_repo(ORG, "bare", empty=True, **COMPLIANT)
     org.add_repo(ORG, "drifted", has_wiki=True)
     # Every field GraphQL can give, and a named branch: the fake checks the query is valid.
-    everything = ReadFields(frozenset(GRAPHQL_FIELDS), True, ("release",))
+    everything = ReadFields(((REPOSITORY, frozenset(GRAPHQL_FIELDS)), (BRANCH_PROTECTION, ProtectionRead(True, ("release",)))))
     pages = [(total, page) async for total, page in read_owner(gh, ORG, everything)]
     assert [len(page) for _, page in pages] == [100, 32] and {t for t, _ in pages} == {132}
     snapshots = {s.repo["name"]: s for _, page in pages for s in page}

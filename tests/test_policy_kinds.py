@@ -18,6 +18,7 @@ from tests.test_import_layers import ROOT, imports_of
 KIND_MODULES = {
     "policies.repository_settings", "policies.branch_protection", "policies.protection_shapes",
     "policies.protection_report", "policies.rulesets", "policies.branch_cleanup",
+    "policies.settings_batch", "policies.protection_batch",
 }
 KIND_NAMES = {"REPOSITORY", "BRANCH_PROTECTION", "BRANCH_PROTECTION_RULE", "RULESETS", "BRANCH_CLEANUP"}
 
@@ -71,15 +72,17 @@ def test_each_kind_plans_describes_reports_and_undoes_its_own_changes() -> None:
         assert [row.compliant for row in rows] == [False], (name, rows)
 
 
-@pytest.mark.parametrize("module", ["policies.apply", "policies.engine", "handlers.command_report"])
-def test_the_transaction_the_engine_and_the_reports_import_no_kind(module) -> None:
+@pytest.mark.parametrize(
+    "module", ["policies.apply", "policies.engine", "handlers.command_report", "policies.batch_read"]
+)
+def test_the_transaction_the_engine_the_reports_and_the_batched_read_import_no_kind(module) -> None:
     path = ROOT / Path(*module.split(".")).with_suffix(".py")
     kinds = [i.target for i in imports_of(path) if i.target in KIND_MODULES]
     assert kinds == [], f"{module} imports {kinds}: it should go through policies.registry"
 
 
-@pytest.mark.parametrize("module", ["policies.apply", "handlers.command_report"])
-def test_the_transaction_and_the_reports_name_no_kind(module) -> None:
+@pytest.mark.parametrize("module", ["policies.apply", "handlers.command_report", "policies.batch_read"])
+def test_the_transaction_the_reports_and_the_batched_read_name_no_kind(module) -> None:
     path = ROOT / Path(*module.split(".")).with_suffix(".py")
     tree = ast.parse(path.read_text())
     named = sorted({node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id in KIND_NAMES})
