@@ -191,8 +191,10 @@ async def test_a_queued_delivery_whose_claim_another_replica_took_meanwhile_is_l
         gate.set()
         await moko.settle()
         stored = await store.get_delivery("left")
+        # The worker that let it go takes the next delivery as usual.
+        assert (await moko.deliver("ping", PING, delivery="after")).status == 202
     # This replica checks its claim before acting on a delivery that waited long: it is not processed here.
-    assert seen == ["blocking"]
+    assert seen == ["blocking", "after"]
     assert stored.state == PROCESSING  # in the other replica's hands
 
 
