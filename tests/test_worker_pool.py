@@ -239,3 +239,38 @@ async def test_a_lease_another_replica_took_during_a_long_delivery_is_logged_los
     finally:
         writes_open.set()
         assert await server.stop() == 0, server.log()
+
+
+async def shutting_down_refusals(moko) -> float:
+    """Pings refused as shutting down, as /metrics counts them (0 before the first)."""
+    name = 'moko_webhooks_received_total{event="ping",outcome="shutting_down"} '
+    async with moko.session.get(moko.url + "/metrics") as metrics:
+        lines = [line for line in (await metrics.text()).splitlines() if line.startswith(name)]
+    return float(lines[0].removeprefix(name)) if lines else 0.0
+
+
+async def test_a_delivery_sent_while_the_pool_drains_is_refused_as_shutting_down(env):
+    gate = asyncio.Event()
+    router = Router()
+    seen: list[str] = []
+
+    @router.register("ping")
+    async def record(event, ctx):
+        seen.append(event.delivery_id)
+        await gate.wait()
+
+    async with run_moko(env, router=router) as moko:
+        assert (await moko.send("ping", PING, delivery="in-flight")).status == 202
+        await wait_until(lambda: seen == ["in-flight"])
+        refused_before = await shutting_down_refusals(moko)
+        draining = asyncio.create_task(moko.workers.drain(30))
+        await wait_until(lambda: moko.workers.accepting is False, timeout=10)
+        late = await moko.send("ping", PING, delivery="late")
+        gate.set()
+        await draining
+        states = [await state_of(moko.services.store, n) for n in ("in-flight", "late")]
+        refused = await shutting_down_refusals(moko) - refused_before
+    assert (late.status, late.body, late.headers.get("Retry-After")) == (503, {"error": "shutting down"}, "5")
+    assert refused == 1
+    # The one in flight was let finish; the late one was never stored.
+    assert states == [DONE, None]
