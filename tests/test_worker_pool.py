@@ -36,6 +36,10 @@ async def is_done(store, delivery_id: str) -> bool:
     return await state_of(store, delivery_id) == DONE
 
 
+async def is_state(store, delivery_id: str, state: str) -> bool:
+    return await state_of(store, delivery_id) == state
+
+
 async def gauges(moko) -> tuple[str, ...]:
     """The queue's depth and the busy workers, as /metrics shows them."""
     async with moko.session.get(moko.url + "/metrics") as metrics:
@@ -274,3 +278,16 @@ async def test_a_delivery_sent_while_the_pool_drains_is_refused_as_shutting_down
     assert refused == 1
     # The one in flight was let finish; the late one was never stored.
     assert states == [DONE, None]
+
+
+async def test_a_delivery_whose_processing_crashes_ends_failed_and_the_worker_goes_on(moko):
+    # A body the intake would refuse (not an object), stored by something else: processing it
+    # raises. The delivery ends failed with the error named; the next one is processed.
+    store = moko.services.store
+    assert await store.add_delivery(NewDelivery("crashing", "ping", None, {}, b"[]"))
+    await moko.workers.recover_once()  # or the pool's own round, whichever comes first
+    await wait_until(lambda: is_state(store, "crashing", FAILED), timeout=15)
+    crashed = await store.get_delivery("crashing")
+    assert (crashed.state, crashed.error.split(":")[0]) == (FAILED, "AttributeError")
+    assert (await moko.deliver("ping", PING, delivery="next")).status == 202
+    assert await state_of(store, "next") == DONE
