@@ -280,14 +280,35 @@ async def test_a_delivery_sent_while_the_pool_drains_is_refused_as_shutting_down
     assert states == [DONE, None]
 
 
-async def test_a_delivery_whose_processing_crashes_ends_failed_and_the_worker_goes_on(moko):
+async def test_a_delivery_whose_processing_crashes_ends_failed_logged_with_its_traceback(fake_github, tmp_path):
     # A body the intake would refuse (not an object), stored by something else: processing it
-    # raises. The delivery ends failed with the error named; the next one is processed.
-    store = moko.services.store
-    assert await store.add_delivery(NewDelivery("crashing", "ping", None, {}, b"[]"))
-    await moko.workers.recover_once()  # or the pool's own round, whichever comes first
-    await wait_until(lambda: is_state(store, "crashing", FAILED), timeout=15)
-    crashed = await store.get_delivery("crashing")
-    assert (crashed.state, crashed.error.split(":")[0]) == (FAILED, "AttributeError")
-    assert (await moko.deliver("ping", PING, delivery="next")).status == 202
-    assert await state_of(store, "next") == DONE
+    # raises. The delivery ends failed with the error named, the log has the traceback, and
+    # the worker goes on with the next delivery.
+    url = f"sqlite:///{tmp_path}/moko.db"
+    store = open_store(url)
+    await store.open()
+    try:
+        assert await store.add_delivery(NewDelivery("crashing", "ping", None, {}, b"[]"))
+    finally:
+        await store.close()
+    server = await start_moko_process(moko_environ(fake_github, url), tmp_path / "serve.log")
+    try:
+        def crashed() -> list[dict]:
+            return [line for line in log_lines(server) if line.get("message") == "delivery_crashed"]
+
+        await wait_until(lambda: crashed() != [], timeout=30)
+        async with aiohttp.ClientSession() as session:
+            assert (await post_webhook(session, server.url, "ping", PING, delivery="next")).status == 202
+        await wait_until(lambda: delivery_row(tmp_path / "moko.db", "next")[0] == DONE, timeout=30)
+    finally:
+        assert await server.stop() == 0, server.log()
+    [line] = crashed()
+    assert line["delivery"] == "crashing" and line["error"].startswith("AttributeError: ")
+    assert "Traceback" in line["exception"] and "AttributeError" in line["exception"]
+    assert delivery_row(tmp_path / "moko.db", "crashing") == (FAILED, line["error"])
+
+
+def delivery_row(db: Path, delivery_id: str) -> tuple[str | None, str | None]:
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT state, error FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+    return (row[0], row[1]) if row else (None, None)
