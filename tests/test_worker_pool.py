@@ -312,3 +312,28 @@ def delivery_row(db: Path, delivery_id: str) -> tuple[str | None, str | None]:
     with sqlite3.connect(db) as conn:
         row = conn.execute("SELECT state, error FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
     return (row[0], row[1]) if row else (None, None)
+
+
+async def test_recovery_goes_on_after_the_store_was_briefly_away(fake_github, tmp_path):
+    db = tmp_path / "moko.db"
+    url = f"sqlite:///{db}"
+    # A lease of 1 s: recovery looks every half second.
+    server = await start_moko_process(moko_environ(fake_github, url, MOKO_LEASE_SECONDS="1"), tmp_path / "serve.log")
+    try:
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock: a round fails
+        try:
+            await wait_until(lambda: any(line.get("message") == "recovery_failed" for line in log_lines(server)),
+                             timeout=30)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        store = open_store(url)
+        await store.open()
+        try:
+            assert await store.add_delivery(ping("left"))  # as a process that stopped left it
+        finally:
+            await store.close()
+        await wait_until(lambda: delivery_row(db, "left")[0] == DONE, timeout=30)
+    finally:
+        assert await server.stop() == 0, server.log()
