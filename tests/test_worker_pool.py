@@ -272,6 +272,8 @@ async def test_a_delivery_sent_while_the_pool_drains_is_refused_as_shutting_down
         late = await moko.send("ping", PING, delivery="late")
         gate.set()
         await draining
+        # Stopped: nothing queued, nothing held back, no worker busy.
+        assert await gauges(moko) == ("moko_queue_depth 0.0", "moko_workers_busy 0.0")
         states = [await state_of(moko.services.store, n) for n in ("in-flight", "late")]
         refused = await shutting_down_refusals(moko) - refused_before
     assert (late.status, late.body, late.headers.get("Retry-After")) == (503, {"error": "shutting down"}, "5")
