@@ -67,10 +67,6 @@ class Step:
 
     changes: tuple[Change, ...]
 
-    @property
-    def kind(self) -> str:
-        return self.changes[0].policy
-
 
 def steps_for(changes: Sequence[Change]) -> list[Step]:
     """The steps, in the order of the changes; a kind's changes sent together are one step,
@@ -103,10 +99,10 @@ def github_error(exc: Exception) -> str:
 async def send_step(gh: GitHub, owner: str, repo: str, step: Step) -> Step:
     """The request for one step, as its kind sends it; returns the step as made (what undoing
     it needs to know). Raises NotYetPossible when GitHub cannot make it yet."""
-    send = kind_of(step.changes[0]).send
-    if send is None:
-        raise ValueError(f"{step.kind} changes are not sent")
-    return Step(await send(gh, owner, repo, step.changes))
+    kind = kind_of(step.changes[0])
+    if kind.send is None:
+        raise ValueError(f"{kind.name} changes are not sent")
+    return Step(await kind.send(gh, owner, repo, step.changes))
 
 
 class Transaction:
