@@ -82,3 +82,11 @@ async def test_a_deleted_installation_leaves_the_reconciliation_and_keeps_its_au
         assert not await interval_shown(moko)
         assert (await store.get_delivery("uninstalled")).state == DONE
         assert {r.repo for r in await store.audit_records()} == {f"{ACCOUNT}/{name}" for name in NAMES}
+
+
+async def test_the_audit_trail_names_the_person_whose_event_started_the_fix(fake_github, moko):
+    drifted_account(fake_github)
+    event = created_event(fake_github, listed=True)
+    event["sender"] = {**event["sender"], "login": "rita"}
+    await moko.deliver("installation", event)
+    assert {r.actor for r in await moko.services.store.audit_records()} == {"rita"}
