@@ -51,6 +51,15 @@ def test_urls_are_filled_as_uritemplate_fills_them(template: str, variables: dic
         assert sansio.format_url(template, variables, base_url=base) == expected
 
 
+def test_a_branch_name_escaped_by_moko_is_not_escaped_again() -> None:
+    # A branch clean-up deletes refs/heads/feature/a#b with its parts escaped by Moko and the
+    # slashes kept ({+ref}): escaping the % again sends the DELETE to a ref that does not
+    # exist, which GitHub answers 422 and Moko counts as already gone (uritemplate < 4.2).
+    url = sansio.format_url("/repos/{owner}/{repo}/git/refs/{+ref}",
+                            {"owner": "o", "repo": "r", "ref": "heads/feature/a%23b"}, base_url="https://api.github.com")
+    assert url == "https://api.github.com/repos/o/r/git/refs/heads/feature/a%23b"
+
+
 @pytest.mark.parametrize(
     "content_type",
     [
