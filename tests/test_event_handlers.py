@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
+from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG, repo_calls
 
 WRITES = ("PATCH", "PUT", "DELETE")
 
@@ -20,10 +20,6 @@ def org(fake_github):
 def writes(fake) -> list[tuple[str, str]]:
     return [(c.method, c.path) for c in fake.calls if c.method in WRITES and c.path.startswith("/repos/")]
 
-
-def repo_calls(fake, name: str) -> list[tuple[str, str]]:
-    prefix = f"/repos/{ORG}/{name}"
-    return [(c.method, c.path) for c in fake.calls if c.path == prefix or c.path.startswith(prefix + "/")]
 
 
 def drifted_repo(fake, name: str) -> None:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bot.store.base import DONE
-from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
+from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG, repo_calls
 
 NO_COMMIT = "0" * 40
 RELEASE_RULE = (
@@ -23,10 +23,6 @@ def org(fake_github):
     fake_github.add_installation(INSTALLATION, ORG)
     return fake_github
 
-
-def repo_calls(fake, name: str) -> list[tuple[str, str]]:
-    prefix = f"/repos/{ORG}/{name}"
-    return [(c.method, c.path) for c in fake.calls if c.path == prefix or c.path.startswith(prefix + "/")]
 
 
 async def records(moko, name: str) -> list[tuple[str, str]]:

@@ -7,7 +7,7 @@ import pytest
 from bot.audit import settled
 from bot.store.base import DONE, FAILED
 from tests.support.harness import run_moko
-from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
+from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG, repo_calls
 
 
 @pytest.fixture
@@ -15,11 +15,6 @@ def org(fake_github):
     fake_github.add_installation(INSTALLATION, ORG)
     return fake_github
 
-
-def repo_calls(fake, name: str) -> list[tuple[str, str]]:
-    """(method, path) of every call about one repository, in order."""
-    prefix = f"/repos/{ORG}/{name}"
-    return [(c.method, c.path) for c in fake.calls if c.path == prefix or c.path.startswith(prefix + "/")]
 
 
 async def records(moko, name: str):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
+from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG, repo_calls
 
 
 @pytest.fixture
@@ -14,10 +14,6 @@ def org(fake_github):
     fake_github.add_installation(INSTALLATION, ORG)
     return fake_github
 
-
-def repo_calls(fake, name: str) -> list[tuple[str, str]]:
-    prefix = f"/repos/{ORG}/{name}"
-    return [(c.method, c.path) for c in fake.calls if c.path == prefix or c.path.startswith(prefix + "/")]
 
 
 def protected_repo(fake, name: str, **fields) -> None:

@@ -12,3 +12,9 @@ DEFAULT_PROTECTION = {
     "restrictions": None,
 }
 COMPLIANT = {"has_issues": True, "has_wiki": False, "has_projects": False}
+
+
+def repo_calls(fake, name: str) -> list[tuple[str, str]]:
+    """(method, path) of every call the fake GitHub saw about one repository of ORG, in order."""
+    prefix = f"/repos/{ORG}/{name}"
+    return [(c.method, c.path) for c in fake.calls if c.path == prefix or c.path.startswith(prefix + "/")]
