@@ -25,8 +25,7 @@ from handlers.command_markdown import escape, table
 from handlers.command_report import describe_change
 from policies.apply import Run, github_error
 from policies.engine import PolicyEngine, RepoResult
-from policies.known import Known, OpenIssue
-from policies.model import Change
+from policies.model import Change, OpenIssue, RepoState
 
 log = get_logger("moko.notice")
 
@@ -103,7 +102,7 @@ def issue_body(rows: list[tuple[str, str, str]]) -> str:
     return REDACTOR.text(f"{MARKER}\n{INTRO}\n\n{table(HEADERS, rows, budget=BODY_BUDGET)}\n\n{OUTRO}\n")
 
 
-def _may_have_issue(result: RepoResult, known: Known | None) -> bool:
+def _may_have_issue(result: RepoResult, known: RepoState | None) -> bool:
     """Whether a repository that complies may still have Moko's issue open, so that looking
     for it is worth a request: when Moko just fixed something, or when a batched read saw it.
     A repository found compliant without a change, and not batch-read, costs nothing."""
@@ -121,7 +120,7 @@ class NonComplianceNotice:
 
     async def __call__(
         self, gh: GitHub, run: Run, repo: Mapping[str, Any], result: RepoResult, engine: PolicyEngine,
-        known: Known | None = None,
+        known: RepoState | None = None,
     ) -> None:
         policy = result.policy
         if policy is None or policy.notify != "issue":

@@ -8,7 +8,7 @@ from gidgethub.sansio import Event
 
 from bot.context import EventContext
 from handlers.common import engine_of, raise_on_failures, repository_of, run_of, sent_by_moko
-from policies.engine import NEW_DEFAULT_BRANCH, SETTINGS_ONLY, new_repository_known
+from policies.engine import NEW_DEFAULT_BRANCH, SETTINGS_ONLY, new_repository_state
 
 router = Router()
 
@@ -17,7 +17,7 @@ router = Router()
 async def remediate_new_repository(event: Event, ctx: EventContext) -> None:
     repo = repository_of(event)
     # The payload holds the settings, and a new repository has no protection or rulesets to read.
-    known = new_repository_known(repo.get("default_branch"))
+    known = new_repository_state(repo.get("default_branch"))
     gh = await ctx.github()
     raise_on_failures([await engine_of(ctx).remediate(gh, run_of(event, ctx), repo, known=known)], ctx)
 

@@ -2,8 +2,8 @@
 
 A sweep or a reconcile asks GitHub, 100 repositories per query, for what each policy kind
 asks of a repository for the policy (its ``BatchPart`` in ``policies.registry``), and turns
-each node into what ``PolicyEngine.remediate`` takes: a REST-shaped repository object and a
-``Known``, each kind saying what the node tells. Whatever GraphQL cannot decide (a field the
+each node into the ``RepoState`` that the planner plans from (its REST-shaped repository
+object, and each kind's state as the kind says the node tells it). Whatever GraphQL cannot decide (a field the
 server does not have, a wildcard rule, more than one page) is left unknown, and the planner
 reads it with REST.
 """
@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gidgethub import QueryError
 
 from bot.github_protocol import GitHub
 from bot.github_schema import ServerSchema, server_schema
-from policies.known import Known, OpenIssue
 from policies.loader import MAX_FILE_BYTES
-from policies.model import Policy
+from policies.model import OpenIssue, Policy, RepoState
 from policies.registry import KINDS_BY_NAME, POLICY_KINDS, BatchPart
 from policies.server_fields import QUERIED_TYPES
 from policies.source import CONTENT_LIMIT, PolicyFile, too_large
@@ -105,50 +104,18 @@ def _batch_part(name: str) -> BatchPart:
     return part
 
 
-@dataclass(frozen=True)
-class RepoSnapshot:
-    """One repository as a batched read saw it: the REST-shaped object and what is known."""
-
-    repo: Mapping[str, Any]
-    settings: Mapping[str, Any]
-    protections: Mapping[str, Any] = field(default_factory=dict)
-    empty: bool = False
-    existing_branches: frozenset[str] | None = None
-    own_policy_read: bool = False  # whether own_policy says what the repository's file holds
-    own_policy: PolicyFile | None = None  # its .github/moko.yml, or None when it has none
-    rule_patterns: Mapping[str, str | None] = field(default_factory=dict)  # see RepoState
-    open_issues: tuple[OpenIssue, ...] | None = None  # the open issues Moko opened; None: not read
-    kind_state: Mapping[str, Any] = field(default_factory=dict)  # see RepoState.kind_state
-
-    @property
-    def full_name(self) -> str:
-        return str(self.repo["full_name"])
-
-    def known(self) -> Known:
-        """A fresh Known for the engine (it adds to it when it reads more)."""
-        return Known(
-            settings=dict(self.settings),
-            protections=dict(self.protections),
-            empty=self.empty,
-            existing_branches=self.existing_branches,
-            rule_patterns=dict(self.rule_patterns),
-            open_issues=self.open_issues,
-            kind_state=dict(self.kind_state),
-        )
-
-
-def snapshot_of(node: Mapping[str, Any], fields: ReadFields) -> RepoSnapshot:
-    """Turn one GraphQL ``Repository`` node (queried with ``fields.selection()``) into a
-    snapshot: each kind says what the node tells, given what it asked."""
+def snapshot_of(node: Mapping[str, Any], fields: ReadFields) -> RepoState:
+    """Turn one GraphQL ``Repository`` node (queried with ``fields.selection()``) into what
+    is known of the repository: each kind says what the node tells, given what it asked."""
     asked = dict(fields.parts)
-    known = Known(empty=bool(node.get("isEmpty")))
+    known = RepoState(empty=bool(node.get("isEmpty")))
     for kind in POLICY_KINDS:
         if kind.batch is not None:
             known = kind.batch.from_node(node, asked.get(kind.name), known)
     owner = (node.get("owner") or {}).get("login") or str(node["nameWithOwner"]).split("/", 1)[0]
     ref = node.get("defaultBranchRef")
     repo = {
-        **(known.settings or {}),
+        **known.repository,
         "full_name": node["nameWithOwner"],
         "name": node["name"],
         "archived": bool(node.get("isArchived")),
@@ -167,10 +134,7 @@ def snapshot_of(node: Mapping[str, Any], fields: ReadFields) -> RepoSnapshot:
             OpenIssue(int(n["number"]), str(n.get("title") or ""), str(n.get("body") or ""))
             for n in node["openNotices"].get("nodes") or () if n
         )
-    return RepoSnapshot(
-        repo, dict(known.settings or {}), known.protections, known.empty, known.existing_branches,
-        own_read, own_file, known.rule_patterns, open_issues, known.kind_state,
-    )
+    return replace(known, repository=repo, own_policy_read=own_read, own_policy=own_file, open_issues=open_issues)
 
 
 def _own_policy_file(blob: Mapping[str, Any]) -> PolicyFile | None:
@@ -192,7 +156,7 @@ def _own_policy_file(blob: Mapping[str, Any]) -> PolicyFile | None:
     return PolicyFile(data, sha)
 
 
-async def read_owner(gh: GitHub, owner: str, fields: ReadFields) -> AsyncIterator[tuple[int, list[RepoSnapshot]]]:
+async def read_owner(gh: GitHub, owner: str, fields: ReadFields) -> AsyncIterator[tuple[int, list[RepoState]]]:
     """Every repository the credentials see in an organization (or user account), in pages of
     100 ordered by name: yields (total count, the page's snapshots). One query per page."""
     schema = await server_schema(gh, QUERIED_TYPES)
@@ -221,11 +185,11 @@ async def read_owner(gh: GitHub, owner: str, fields: ReadFields) -> AsyncIterato
 
 async def read_repositories(
     gh: GitHub, full_names: Iterable[str], fields: ReadFields
-) -> tuple[list[RepoSnapshot], list[str]]:
+) -> tuple[list[RepoState], list[str]]:
     """Named repositories (``owner/name``), 100 per query as aliased ``repository`` fields:
     returns the snapshots, and the names GitHub could not resolve."""
     names = list(dict.fromkeys(full_names))
-    snapshots: list[RepoSnapshot] = []
+    snapshots: list[RepoState] = []
     missing: list[str] = []
     selection = fields.selection(await server_schema(gh, QUERIED_TYPES))
     for start in range(0, len(names), PAGE_SIZE):

@@ -211,7 +211,7 @@ def plan_cleanup_kind(policy: Policy, repo: RepoState) -> KindPlan:
     cleanup = policy.branch_cleanup
     if cleanup is None or repo.empty:
         return KindPlan()
-    have = repo.kind_state.get(BRANCH_CLEANUP)
+    have = repo.kind(BRANCH_CLEANUP)
     if have is None:
         return KindPlan(needs_read=(READ_KEY,))
     if is_unreadable(have):

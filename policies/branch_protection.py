@@ -43,7 +43,6 @@ from gidgethub import BadRequest, GitHubException
 
 from bot.github_protocol import GitHub
 from policies.defaults import DEFAULT_BRANCH_RULE
-from policies.known import Known
 from policies.model import (
     BRANCH_PROTECTION,
     BRANCH_PROTECTION_RULE,
@@ -82,6 +81,7 @@ from policies.protection_shapes import (
     protection_from_graphql_rules,
     status_checks_body,
 )
+from policies.protection_state import protection_state, with_protection
 
 __all__ = [
     "GRAPHQL_RULE_FIELDS",
@@ -306,6 +306,12 @@ def plan_protection_kind(policy: Policy, repo: RepoState) -> KindPlan:
     needs_read: list[str] = []
     held: list[Held] = []
     unknown: list[tuple[str, str]] = []
+    protections, patterns = protection_state(repo).protections, protection_state(repo).rule_patterns
+    existing = repo.existing_branches
+    if existing is None and repo.missing_branches:
+        # GitHub named the branches it could not find; the others it answered for exist.
+        default_name = repo.default_branch
+        existing = frozenset(set(protections) | ({default_name} if default_name else set())) - repo.missing_branches
     default = next((rule for rule in policy.branches if rule.name == DEFAULT_BRANCH_RULE), None)
     if default is not None and not repo.default_branch:
         if not repo.empty:
@@ -315,7 +321,7 @@ def plan_protection_kind(policy: Policy, repo: RepoState) -> KindPlan:
             deferred.append(Change(BRANCH_PROTECTION, DEFAULT_BRANCH_RULE, None, body, "PUT", None))
     for branch, rule in resolve_branch_rules(policy, repo.default_branch).items():
         exists = not repo.empty and (
-            repo.existing_branches is None or branch in repo.existing_branches
+            existing is None or branch in existing
         )
         if not exists:
             # Protection needs the branch: it waits for the branch's first push.
@@ -323,24 +329,24 @@ def plan_protection_kind(policy: Policy, repo: RepoState) -> KindPlan:
                 body = desired_protection_body(None, rule.protection)
                 deferred.append(Change(BRANCH_PROTECTION, branch, None, body, "PUT", branch))
             continue
-        if branch not in repo.protections:
+        if branch not in protections:
             needs_read.append(f"{BRANCH_PROTECTION}.{branch}")
             continue
-        if is_unreadable(repo.protections[branch]):
-            unknown.append((f"{BRANCH_PROTECTION}.{branch}", repo.protections[branch].reason))
+        if is_unreadable(protections[branch]):
+            unknown.append((f"{BRANCH_PROTECTION}.{branch}", protections[branch].reason))
             continue
-        if rule.protection is None and repo.protections[branch] is not None:
-            pattern = repo.rule_patterns.get(branch, UNKNOWN)
+        if rule.protection is None and protections[branch] is not None:
+            pattern = patterns.get(branch, UNKNOWN)
             if pattern is UNKNOWN:
                 needs_read.append(f"{BRANCH_PROTECTION_RULE}.{branch}")
                 continue
             if pattern is not None and pattern != branch:
                 held.append(Held(BRANCH_PROTECTION, branch, SHARED_RULE.format(pattern=pattern)))
                 continue
-        known_pattern = repo.rule_patterns.get(branch)
+        known_pattern = patterns.get(branch)
         try:
             changes.extend(
-                plan_branch_protection(branch, repo.protections[branch], rule.protection, known_pattern)
+                plan_branch_protection(branch, protections[branch], rule.protection, known_pattern)
             )
         except ProtectionUnknown:
             needs_read.append(f"{BRANCH_PROTECTION}.{branch}")
@@ -376,29 +382,28 @@ async def rule_pattern(gh: GitHub, owner: str, name: str, branch: str) -> str | 
     return rule.get("pattern")
 
 
-def mark_unreadable_protection(
-    policy: Policy, repo: Mapping[str, Any], known: Known, granted: Mapping[str, str] | None
-) -> Known:
+def mark_unreadable_protection(policy: Policy, state: RepoState, granted: Mapping[str, str] | None) -> RepoState:
     """The branches the policy protects, when ``granted`` may not read protection, as
     ``Unreadable`` (those whose protection is known, e.g. a new repository's, excepted)."""
     why = protection_unreadable(granted)
     if why is None or not policy.branches:
-        return known
-    default = {**repo, **(known.settings or {})}.get("default_branch")
+        return state
+    default = state.default_branch
     if is_unreadable(default):  # not given, and the settings may not read it either
         default = None
-    protections = dict(known.protections)
+    protections = dict(protection_state(state).protections)
     for branch in branches_to_check(policy, default):
         protections.setdefault(branch, Unreadable(why))
-    return replace(known, protections=protections)
+    return with_protection(state, protections=protections)
 
 
 async def read_protection(
-    gh: GitHub, owner: str, repo: str, policy: Policy, needs: tuple[str, ...], known: Known
-) -> Known:
+    gh: GitHub, owner: str, repo: str, policy: Policy, needs: tuple[str, ...], state: RepoState
+) -> RepoState:
     """The protection of the branches the plan needs (``branch_protection.<branch>``: GET
     …/protection), then the rules that protect them (``branch_protection_rule.<branch>``)."""
-    protections, missing = dict(known.protections), set(known.missing_branches)
+    known = protection_state(state)
+    protections, missing = dict(known.protections), set(state.missing_branches)
     patterns = dict(known.rule_patterns)
     for key in needs:
         kind, branch = key.split(".", 1)
@@ -419,7 +424,9 @@ async def read_protection(
         kind, branch = key.split(".", 1)
         if kind == BRANCH_PROTECTION_RULE:
             patterns[branch] = await rule_pattern(gh, owner, repo, branch)
-    return replace(known, protections=protections, missing_branches=missing, rule_patterns=patterns)
+    return replace(
+        with_protection(state, protections=protections, rule_patterns=patterns), missing_branches=frozenset(missing)
+    )
 
 
 async def send_protection(gh: GitHub, owner: str, repo: str, changes: tuple[Change, ...]) -> tuple[Change, ...]:

@@ -25,7 +25,6 @@ from policies.apply import (
     github_error,
 )
 from policies.defaults import DEFAULT_BRANCH_RULE
-from policies.known import Known
 from policies.loader import PolicyError
 from policies.model import (
     BRANCH_PROTECTION,
@@ -35,7 +34,7 @@ from policies.model import (
     RepoState,
 )
 from policies.plan import plan_repository
-from policies.registry import KINDS_BY_NAME, POLICY_KINDS, new_repository_state
+from policies.registry import KINDS_BY_NAME, POLICY_KINDS, new_branch_state, new_repository_state
 from policies.server_fields import for_server, schema_for, unsupported, without_unsupported
 from policies.source import POLICY_PATH, POLICY_REPO, PolicySource
 
@@ -121,17 +120,8 @@ RULESETS_ONLY = Concern(settings=False, protection=False)
 NEW_DEFAULT_BRANCH = Concern(named_branches=False, rulesets=False)
 
 
-def new_repository_known(default_branch: str | None) -> Known:
-    """What a repository created a moment ago has: its default branch unprotected, and
-    what each policy kind says a new repository has."""
-    return Known(
-        protections={default_branch: None} if default_branch else {},
-        kind_state=new_repository_state(),
-    )
-
-
 # Called after a repository's whole policy was remediated: (gh, run, repo, result, engine, known).
-Notice = Callable[[GitHub, Run, Mapping[str, Any], "RepoResult", "PolicyEngine", "Known | None"], Awaitable[None]]
+Notice = Callable[[GitHub, Run, Mapping[str, Any], "RepoResult", "PolicyEngine", "RepoState | None"], Awaitable[None]]
 
 
 class PolicyEngine:
@@ -205,8 +195,8 @@ class PolicyEngine:
         return self.global_dry_run or policy.dry_run
 
     async def read_state(
-        self, gh: GitHub, repo: Mapping[str, Any], known: Known, plan: Plan, policy: Policy | None = None
-    ) -> Known:
+        self, gh: GitHub, repo: Mapping[str, Any], known: RepoState, plan: Plan, policy: Policy | None = None
+    ) -> RepoState:
         """Read from GitHub what the plan could not decide (REST), each kind what it needs, and
         return the richer state."""
         owner, name = str(repo["full_name"]).split("/", 1)
@@ -216,38 +206,26 @@ class PolicyEngine:
                 known = await kind.read(gh, owner, name, policy, needs, known)
         return known
 
-    def state_of(self, repo: Mapping[str, Any], known: Known) -> RepoState:
-        settings = {**repo, **(known.settings or {})}
-        existing = known.existing_branches
-        if existing is None and known.missing_branches:
-            # GitHub named the branches it could not find; the others it answered for exist.
-            default = settings.get("default_branch")
-            existing = frozenset(set(known.protections) | ({default} if default else set())) - known.missing_branches
-        return RepoState.from_rest(
-            settings, empty=known.empty, protections=known.protections, existing_branches=existing,
-            rule_patterns=known.rule_patterns, kind_state=known.kind_state,
-        )
-
     async def plan(
-        self, gh: GitHub, policy: Policy, repo: Mapping[str, Any], known: Known, granted: Permissions = None
+        self, gh: GitHub, policy: Policy, repo: Mapping[str, Any], known: RepoState, granted: Permissions = None
     ) -> Plan:
         """Plan, reading only what the plan says it needs, until it is decided. What the
         installation may not read is not asked for: it stays unknown, and so does what is
-        still undecided after the last read."""
-        known = _mark_unreadable(policy, repo, known, granted)
-        plan = plan_repository(policy, self.state_of(repo, known))
+        still undecided after the last read. What is ``known`` is laid over ``repo``."""
+        state = _mark_unreadable(policy, known.over(repo), granted)
+        plan = plan_repository(policy, state)
         rounds = 0
         while plan.needs_read and plan.skipped is None and rounds < _MAX_READ_ROUNDS:
             rounds += 1
-            known = await self.read_state(gh, repo, known, plan, policy)
-            plan = plan_repository(policy, self.state_of(repo, known))
+            state = await self.read_state(gh, repo, state, plan, policy)
+            plan = plan_repository(policy, state)
         if plan.needs_read and plan.skipped is None:
             still = tuple((key, STILL_UNREAD) for key in plan.needs_read)
             plan = replace(plan, needs_read=(), unknown=plan.unknown + still)
         return plan
 
     async def plan_on_server(
-        self, gh: GitHub, policy: Policy, repo: Mapping[str, Any], known: Known | None, installation: int | None
+        self, gh: GitHub, policy: Policy, repo: Mapping[str, Any], known: RepoState | None, installation: int | None
     ) -> Plan:
         """The plan for ``policy`` as this server and the installation's permissions allow it;
         the policy's fields the server does not have are unknown. Reads only; no lock."""
@@ -256,7 +234,7 @@ class PolicyEngine:
         lacking = unsupported(policy, schema) if schema is not None else {}
         planned = without_unsupported(policy, schema) if lacking and schema is not None else policy
         granted = await self.granted(installation)
-        plan = await self.plan(gh, planned, repo, known or Known(), granted)
+        plan = await self.plan(gh, planned, repo, known or RepoState(), granted)
         if schema is not None:
             plan = for_server(plan, schema)
         if lacking and plan.skipped is None:
@@ -270,7 +248,7 @@ class PolicyEngine:
         run: Run,
         repo: Mapping[str, Any],
         *,
-        known: Known | None = None,
+        known: RepoState | None = None,
         scope: Concern = ALL,
         apply: bool = True,
         only_if: Callable[[], Awaitable[bool]] | None = None,
@@ -298,7 +276,7 @@ class PolicyEngine:
         run: Run,
         repo: Mapping[str, Any],
         *,
-        known: Known | None,
+        known: RepoState | None,
         scope: Concern,
         apply: bool,
         only_if: Callable[[], Awaitable[bool]] | None,
@@ -341,7 +319,7 @@ class PolicyEngine:
         return RepoResult(full_name, Outcome.FAILED, tuple(done), error=error, policy=policy, dry_run=dry_run)
 
     async def _plan_as_known(
-        self, gh: GitHub, run: Run, repo: Mapping[str, Any], effective: Policy, known: Known | None
+        self, gh: GitHub, run: Run, repo: Mapping[str, Any], effective: Policy, known: RepoState | None
     ) -> Plan | None:
         """The plan when what is already known (a payload's settings) decides it, with
         nothing to read and nothing the server lacks; None otherwise.
@@ -358,11 +336,8 @@ class PolicyEngine:
             granted = await self.granted(run.installation)
         except GitHubException:
             return None  # the locked path asks again, and reports the failure
-        known = Known() if known is None else replace(
-            known, protections=dict(known.protections), kind_state=dict(known.kind_state)
-        )
-        known = _mark_unreadable(effective, repo, known, granted)
-        plan = plan_repository(effective, self.state_of(repo, known))
+        state = _mark_unreadable(effective, (known or RepoState()).over(repo), granted)
+        plan = plan_repository(effective, state)
         if plan.needs_read or plan.skipped is not None:
             return None
         return plan if schema is None else for_server(plan, schema)
@@ -375,7 +350,7 @@ class PolicyEngine:
         policy: Policy,
         effective: Policy,
         dry_run: bool,
-        known: Known | None,
+        known: RepoState | None,
         *,
         apply: bool,
         only_if: Callable[[], Awaitable[bool]] | None,
@@ -527,7 +502,7 @@ class PolicyEngine:
         if not await self._still_deferred(full_name, fields):
             return None
         # A branch that was just created has no protection to read.
-        known = Known(protections={branch: None}, existing_branches=frozenset({branch}))
+        known = new_branch_state(branch)
         return await self.remediate(
             gh, run, repo, known=known, scope=PROTECTION_ONLY,
             only_if=lambda: self._still_deferred(full_name, fields),
@@ -573,12 +548,12 @@ def _waiting(records: list[AuditRecord], fields: tuple[str, ...]) -> bool:
     return False
 
 
-def _mark_unreadable(policy: Policy, repo: Mapping[str, Any], known: Known, granted: Permissions) -> Known:
+def _mark_unreadable(policy: Policy, known: RepoState, granted: Permissions) -> RepoState:
     """Put ``Unreadable`` where the installation may not read a value the event did not bring,
     so the planner says unknown instead of asking GitHub in vain: each kind marks its own."""
     for kind in POLICY_KINDS:
         if kind.mark_unreadable is not None:
-            known = kind.mark_unreadable(policy, repo, known, granted)
+            known = kind.mark_unreadable(policy, known, granted)
     return known
 
 
@@ -603,8 +578,8 @@ def _outcome(plan: Plan, outcomes: list[ChangeOutcome], ok: bool, dry_run: bool)
 
 __all__ = [
     "ALL", "PROTECTION_ONLY", "RULESETS_ONLY", "SWEEP",
-    "NEW_DEFAULT_BRANCH", "SETTINGS_ONLY", "Concern", "Known", "Permissions",
-    "PermissionsSource", "PolicyEngine", "RepoResult",
+    "NEW_DEFAULT_BRANCH", "SETTINGS_ONLY", "Concern", "Permissions",
+    "PermissionsSource", "PolicyEngine", "RepoResult", "RepoState", "new_repository_state",
 ]
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
+
+if TYPE_CHECKING:
+    from policies.source import PolicyFile
 
 Mode = Literal["enforce", "dry-run", "report"]
 Notify = Literal["issue", "none"]
@@ -93,7 +96,7 @@ def thaw(value: Any) -> Any:
 class Unreadable:
     """A value Moko could not read, and why (the permission it lacks, a field GitHub left out).
 
-    It stands where the value would be (in ``RepoState.settings`` or ``protections``) and is
+    It stands where the value would be (in ``RepoState.repository``, or a kind's state) and is
     never taken for a default: a plan that meets one says ``unknown``, with ``reason``.
     """
 
@@ -251,68 +254,79 @@ class NotYetPossible(Exception):
 
 
 @dataclass(frozen=True)
-class RepoState:
-    """What is known of one repository, in REST shapes.
+class OpenIssue:
+    """An open issue that Moko opened in a repository, as a batched read saw it."""
 
-    - ``settings``: repository fields with REST names (a webhook payload, GET /repos/{o}/{r},
-      or ``rest_settings_from_graphql``); a field it lacks is "unknown", not "off".
-    - ``protections``: for the branches the policy names (already resolved: "default" is the
-      default branch's name), the GET …/protection answer, a ``NormalizedProtection`` (from
-      GraphQL), or None when the branch is not protected. A branch missing here is unknown.
+    number: int
+    title: str
+    body: str
+
+
+@dataclass(frozen=True)
+class RepoState:
+    """What is known of one repository, from the batched read (or a webhook's payload) to the
+    planner: immutable, so a read returns a new one (see ``PolicyKind.read``).
+
+    - ``repository``: the REST repository object (a webhook payload's, GET /repos/{o}/{r}, or
+      one made from a batched read's node), with what reads learned laid over it. A field it
+      lacks is "unknown", not "off"; an ``Unreadable`` stands where the installation may not read.
+    - ``kinds``: each policy kind's own state, by the kind's name in the registry (e.g. the
+      rulesets by name); a kind missing here knows nothing yet.
     - ``existing_branches``: branch names known to exist, or None when not known (then every
-      named branch is assumed to exist, except in an empty repository).
-    - ``rule_patterns``: for branches whose classic protection rule is known, that rule's
-      pattern (the branch's own name, or a wildcard such as ``release/*`` that other branches
-      share), or None when no classic rule covers the branch.
+      named branch is assumed to exist, except in an empty repository); ``missing_branches``:
+      those GitHub answered it could not find.
+    - ``open_issues``: the open issues Moko opened (None: not read).
+    - ``own_policy``: its .github/moko.yml as the batched read saw it (None: it has none),
+      when ``own_policy_read`` (else the policy source reads it).
     """
 
-    full_name: str
-    name: str = ""
-    archived: bool = False
+    repository: Mapping[str, Any] = field(default_factory=FrozenDict)
     empty: bool = False
-    default_branch: str | None = None
-    settings: Mapping[str, Any] = field(default_factory=FrozenDict)
-    protections: Mapping[str, Any] = field(default_factory=FrozenDict)
     existing_branches: frozenset[str] | None = None
-    rule_patterns: Mapping[str, str | None] = field(default_factory=FrozenDict)
-    # Other policy kinds' state, by kind name (e.g. "rulesets": name -> ruleset); a kind
-    # missing here is not known yet.
-    kind_state: Mapping[str, Any] = field(default_factory=FrozenDict)
+    missing_branches: frozenset[str] = frozenset()
+    kinds: Mapping[str, Any] = field(default_factory=FrozenDict)
+    open_issues: tuple[OpenIssue, ...] | None = None
+    own_policy_read: bool = False
+    own_policy: PolicyFile | None = None
 
     def __post_init__(self) -> None:
-        if not self.name:
-            object.__setattr__(self, "name", self.full_name.rsplit("/", 1)[-1])
-        object.__setattr__(self, "settings", freeze(self.settings))
-        object.__setattr__(self, "protections", freeze(self.protections))
-        object.__setattr__(self, "rule_patterns", freeze(self.rule_patterns))
-        object.__setattr__(self, "kind_state", freeze(self.kind_state))
+        object.__setattr__(self, "repository", freeze(self.repository))
+        object.__setattr__(self, "kinds", freeze(self.kinds))
         if self.existing_branches is not None:
             object.__setattr__(self, "existing_branches", frozenset(self.existing_branches))
+        object.__setattr__(self, "missing_branches", frozenset(self.missing_branches))
 
-    @classmethod
-    def from_rest(
-        cls,
-        repository: Mapping[str, Any],
-        *,
-        empty: bool = False,
-        protections: Mapping[str, Any] | None = None,
-        existing_branches: Iterable[str] | None = None,
-        rule_patterns: Mapping[str, str | None] | None = None,
-        kind_state: Mapping[str, Any] | None = None,
-    ) -> RepoState:
-        """Build from a REST repository object (GET /repos/… or a webhook's ``repository``)."""
-        return cls(
-            full_name=str(repository["full_name"]),
-            name=str(repository.get("name") or ""),
-            archived=bool(repository.get("archived", False)),
-            empty=empty,
-            default_branch=repository.get("default_branch"),
-            settings=repository,
-            protections=protections or {},
-            existing_branches=None if existing_branches is None else frozenset(existing_branches),
-            rule_patterns=rule_patterns or {},
-            kind_state=kind_state or {},
-        )
+    @property
+    def full_name(self) -> str:
+        return str(self.repository.get("full_name") or "")
+
+    @property
+    def name(self) -> str:
+        return str(self.repository.get("name") or "") or self.full_name.rsplit("/", 1)[-1]
+
+    @property
+    def archived(self) -> bool:
+        return bool(self.repository.get("archived", False))
+
+    @property
+    def default_branch(self) -> Any:
+        return self.repository.get("default_branch")
+
+    def kind(self, name: str, default: Any = None) -> Any:
+        """The state of the kind named ``name`` (``default``: not known)."""
+        return self.kinds.get(name, default)
+
+    def with_kind(self, name: str, state: Any) -> RepoState:
+        """A new state, knowing the kind named ``name`` to be in ``state``."""
+        return replace(self, kinds={**self.kinds, name: state})
+
+    def with_repository(self, fields: Mapping[str, Any]) -> RepoState:
+        """A new state, with ``fields`` of the repository object laid over those known."""
+        return replace(self, repository={**self.repository, **fields})
+
+    def over(self, repository: Mapping[str, Any]) -> RepoState:
+        """A new state, with what is known laid over ``repository`` (e.g. a webhook's payload)."""
+        return replace(self, repository={**repository, **self.repository})
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from gidgethub import GitHubException
 from bot.github_protocol import GitHub
 from bot.logs import get_logger
 from policies.apply import github_error
-from policies.batch_read import ReadFields, RepoSnapshot
+from policies.batch_read import ReadFields
 from policies.engine import PolicyEngine
 from policies.loader import PolicyError
-from policies.model import Change, Held, Plan, Policy
+from policies.model import Change, Held, Plan, Policy, RepoState
 from policies.preloaded_source import PreloadedPolicySource
 from policies.reconcile import for_each, owner_snapshots
 from policies.source import ParsedFiles, PolicySource
@@ -120,7 +120,7 @@ async def preview_policy(
     fields = ReadFields.for_policy(proposed, await engine.granted(installation), sweep=True)
     results: list[RepoPreview] = []
 
-    async def one(snapshot: RepoSnapshot) -> None:
+    async def one(snapshot: RepoState) -> None:
         results.append(await _preview_repository(engine, source, gh, installation, snapshot))
 
     await for_each(owner_snapshots(gh, owner, fields), one)
@@ -133,7 +133,7 @@ async def _preview_repository(
     source: PreloadedPolicySource,
     gh: GitHub,
     installation: int | None,
-    snapshot: RepoSnapshot,
+    snapshot: RepoState,
 ) -> RepoPreview:
     full_name = snapshot.full_name
     owner, name = full_name.split("/", 1)
@@ -141,10 +141,10 @@ async def _preview_repository(
         source.remember(full_name, snapshot.own_policy)
     try:
         resolved = await source.policy_for(gh, installation, owner, name)
-        plan = await engine.plan_on_server(gh, resolved.policy, snapshot.repo, snapshot.known(), installation)
+        plan = await engine.plan_on_server(gh, resolved.policy, snapshot.repository, snapshot, installation)
     except PolicyError as exc:
         return RepoPreview(full_name, error=f"its own policy file is invalid: {exc}")
     except GitHubException as exc:
         log.warning("preview_read_failed", repo=full_name, error=github_error(exc))
         return RepoPreview(full_name, error=github_error(exc))
-    return RepoPreview(full_name, plan, policy=resolved.policy, default_branch=snapshot.repo.get("default_branch"))
+    return RepoPreview(full_name, plan, policy=resolved.policy, default_branch=snapshot.default_branch)

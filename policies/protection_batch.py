@@ -14,8 +14,7 @@ from typing import Any
 
 from bot.github_schema import ServerSchema
 from policies.defaults import DEFAULT_BRANCH_RULE
-from policies.known import Known
-from policies.model import Policy
+from policies.model import Policy, RepoState
 from policies.permissions import protection_unreadable
 from policies.protection_shapes import (
     GRAPHQL_RULE_FIELDS,
@@ -23,6 +22,7 @@ from policies.protection_shapes import (
     covering_pattern,
     protection_from_graphql_rules,
 )
+from policies.protection_state import with_protection
 from policies.server_fields import rule_selection
 
 RULES_PAGE = 20  # branch protection rules per repository; a repository with more may need REST
@@ -65,7 +65,7 @@ def protection_selection(read: ProtectionRead, schema: ServerSchema | None) -> t
     return tuple(parts)
 
 
-def protection_from_node(node: Mapping[str, Any], read: ProtectionRead | None, known: Known) -> Known:
+def protection_from_node(node: Mapping[str, Any], read: ProtectionRead | None, known: RepoState) -> RepoState:
     """The branches known to exist, and the protection (and covering rule's pattern) of each
     branch the rules read decide; nothing when nothing was asked."""
     if read is None:
@@ -93,4 +93,4 @@ def protection_from_node(node: Mapping[str, Any], read: ProtectionRead | None, k
                 protections[branch] = protection_from_graphql_rules(rules, branch)
             except ProtectionUnknown:
                 continue  # a wildcard rule applies: its settings as GitHub reads them, via REST
-    return replace(known, protections=protections, rule_patterns=patterns, existing_branches=existing)
+    return replace(with_protection(known, protections=protections, rule_patterns=patterns), existing_branches=existing)

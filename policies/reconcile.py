@@ -13,7 +13,7 @@ from bot.github_protocol import GitHub
 from bot.logs import get_logger
 from bot.outcomes import Outcome
 from policies.apply import Run, github_error
-from policies.batch_read import PAGE_SIZE, ReadFields, RepoSnapshot, read_owner, read_repositories
+from policies.batch_read import PAGE_SIZE, ReadFields, read_owner, read_repositories
 from policies.engine import (
     ALL,
     Concern,
@@ -21,6 +21,7 @@ from policies.engine import (
     RepoResult,
 )
 from policies.loader import PolicyError
+from policies.model import RepoState
 from policies.preloaded_source import PreloadedPolicySource, with_preloaded_policies
 
 log = get_logger("moko.reconcile")
@@ -43,7 +44,7 @@ async def fields_for(engine: PolicyEngine, gh: GitHub, run: Run, owner: str) -> 
 
 
 async def remediate_snapshot(
-    engine: PolicyEngine, gh: GitHub, run: Run, snapshot: RepoSnapshot, scope: Concern = ALL
+    engine: PolicyEngine, gh: GitHub, run: Run, snapshot: RepoState, scope: Concern = ALL
 ) -> RepoResult:
     """One repository from a batched read; a GitHub error fails this repository, not the batch.
     Sweeps pass ``SWEEP``: only they delete stale branches.
@@ -56,7 +57,7 @@ async def remediate_snapshot(
     try:
         # An empty repository's protection waits for its first push; the engine records that
         # once, not at every round.
-        return await engine.remediate(gh, run, snapshot.repo, known=snapshot.known(), scope=scope)
+        return await engine.remediate(gh, run, snapshot.repository, known=snapshot, scope=scope)
     except GitHubException as exc:  # e.g. the policy file could not be read
         error = github_error(exc)
         log.error("repository_remediation_failed", repo=snapshot.full_name, error=error)
@@ -64,8 +65,8 @@ async def remediate_snapshot(
 
 
 async def for_each(
-    snapshots: AsyncIterator[RepoSnapshot],
-    work: Callable[[RepoSnapshot], Awaitable[None]],
+    snapshots: AsyncIterator[RepoState],
+    work: Callable[[RepoState], Awaitable[None]],
     *,
     concurrency: int = CONCURRENCY,
 ) -> None:
@@ -75,7 +76,7 @@ async def for_each(
     the error is raised.
     """
     # Room for a whole page, so the next page is read while the workers go through this one.
-    queue: asyncio.Queue[RepoSnapshot | None] = asyncio.Queue(maxsize=PAGE_SIZE + concurrency)
+    queue: asyncio.Queue[RepoState | None] = asyncio.Queue(maxsize=PAGE_SIZE + concurrency)
     failure: list[BaseException] = []
 
     async def produce() -> None:
@@ -100,24 +101,24 @@ async def for_each(
         raise failure[0]
 
 
-async def owner_snapshots(gh: GitHub, owner: str, fields: ReadFields) -> AsyncIterator[RepoSnapshot]:
+async def owner_snapshots(gh: GitHub, owner: str, fields: ReadFields) -> AsyncIterator[RepoState]:
     async for _total, page in read_owner(gh, owner, fields):
         for snapshot in page:
             yield snapshot
 
 
-async def _listed(snapshots: Iterable[RepoSnapshot]) -> AsyncIterator[RepoSnapshot]:
+async def _listed(snapshots: Iterable[RepoState]) -> AsyncIterator[RepoState]:
     for snapshot in snapshots:
         yield snapshot
 
 
 async def _remediate_all(
-    engine: PolicyEngine, gh: GitHub, run: Run, snapshots: AsyncIterator[RepoSnapshot]
+    engine: PolicyEngine, gh: GitHub, run: Run, snapshots: AsyncIterator[RepoState]
 ) -> list[RepoResult]:
     results: list[RepoResult] = []
     batch_engine = with_preloaded_policies(engine)
 
-    async def one(snapshot: RepoSnapshot) -> None:
+    async def one(snapshot: RepoState) -> None:
         results.append(await remediate_snapshot(batch_engine, gh, run, snapshot))
 
     await for_each(snapshots, one)

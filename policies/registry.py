@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from bot.github_protocol import GitHub
@@ -31,7 +31,6 @@ from policies.branch_protection import (
     send_protection,
 )
 from policies.checks import Path, Problem
-from policies.known import Known
 from policies.model import (
     BRANCH_CLEANUP,
     BRANCH_PROTECTION,
@@ -47,6 +46,7 @@ from policies.model import (
 from policies.protection_batch import protection_from_node, protection_selection, protection_wanted
 from policies.protection_checks import branch_rules_from_section, check_branches, merge_branch_rules
 from policies.protection_report import describe_protection, protection_status
+from policies.protection_state import unprotected
 from policies.repository_settings import (
     check_settings_section,
     decides_setting,
@@ -79,21 +79,21 @@ from policies.settings_batch import settings_from_node, settings_selection, sett
 from policies.words import ReportContext, StatusRow, Words
 
 # (gh, owner, repo, policy, what the plan needs of the kind, what is known) -> what is known
-# after the kind's REST reads (a new Known).
-Reader = Callable[[GitHub, str, str, Policy, tuple[str, ...], Known], Awaitable[Known]]
+# after the kind's REST reads (a new RepoState).
+Reader = Callable[[GitHub, str, str, Policy, tuple[str, ...], RepoState], Awaitable[RepoState]]
 # (gh, owner, repo, the changes of one request) -> the changes as made.
 Sender = Callable[[GitHub, str, str, tuple[Change, ...]], Awaitable[tuple[Change, ...]]]
 # (gh, owner, repo, change) -> the change, knowing what undoing it needs.
 UndoLearner = Callable[[GitHub, str, str, Change], Awaitable[Change]]
 
 
-def into_kind_state(name: str, read: Callable[[GitHub, str, str, Policy], Awaitable[Any]]) -> Reader:
-    """A Reader from a function that reads a kind's whole state (``RepoState.kind_state``)."""
+def into_kinds(name: str, read: Callable[[GitHub, str, str, Policy], Awaitable[Any]]) -> Reader:
+    """A Reader from a function that reads a kind's whole state (``RepoState.kinds``)."""
 
     async def reader(
-        gh: GitHub, owner: str, repo: str, policy: Policy, needs: tuple[str, ...], known: Known
-    ) -> Known:
-        return replace(known, kind_state={**known.kind_state, name: await read(gh, owner, repo, policy)})
+        gh: GitHub, owner: str, repo: str, policy: Policy, needs: tuple[str, ...], known: RepoState
+    ) -> RepoState:
+        return known.with_kind(name, await read(gh, owner, repo, policy))
 
     return reader
 
@@ -107,20 +107,20 @@ class BatchPart:
 
     wanted: Callable[[Policy, Mapping[str, str] | None], Any]
     selection: Callable[[Any, ServerSchema | None], tuple[str, ...]]
-    from_node: Callable[[Mapping[str, Any], Any, Known], Known]
+    from_node: Callable[[Mapping[str, Any], Any, RepoState], RepoState]
 
 
-def into_kind_state_part(
+def into_kinds_part(
     name: str, selection: Callable[[Policy], str | None], graphql_field: str,
     from_graphql: Callable[[Mapping[str, Any]], Any],
 ) -> BatchPart:
     """A BatchPart from a kind's selection for a policy (the Repository field it starts with
     may be lacking on an older server: REST reads it then) and its whole state from a node
-    (``RepoState.kind_state``; None: the node cannot tell, REST reads it)."""
+    (``RepoState.kinds``; None: the node cannot tell, REST reads it)."""
 
-    def node_state(node: Mapping[str, Any], wanted: Any, known: Known) -> Known:
+    def node_state(node: Mapping[str, Any], wanted: Any, known: RepoState) -> RepoState:
         state = None if wanted is None else from_graphql(node)
-        return known if state is None else replace(known, kind_state={**known.kind_state, name: state})
+        return known if state is None else known.with_kind(name, state)
 
     return BatchPart(
         wanted=lambda policy, granted: selection(policy) or None,
@@ -175,17 +175,20 @@ class PolicyKind:
     # Whether a plan of the policy says what the field should be (an unanswered intent of a
     # crashed run is settled by the plan only then); None: never.
     decides: Callable[[Policy, str], bool] | None = None
-    # (policy, repository, known, granted permissions) -> known, with what the installation
+    # (policy, what is known, granted permissions) -> what is known, with what the installation
     # may not read marked ``Unreadable`` (the plan says unknown rather than ask in vain).
-    mark_unreadable: Callable[[Policy, Mapping[str, Any], Known, Mapping[str, str] | None], Known] | None = None
+    mark_unreadable: Callable[[Policy, RepoState, Mapping[str, str] | None], RepoState] | None = None
     # The prefixes of the plan's needs its read answers (empty: its name).
     read_prefixes: tuple[str, ...] = ()
 
     @property
     def reads(self) -> tuple[str, ...]:
         return self.read_prefixes or (self.name,)
-    # What a repository created a moment ago has (nothing to read): e.g. no rulesets.
-    new_repository: Any = None
+    # Its state of a branch created a moment ago, given its name (None: it knows nothing of it).
+    new_branch: Callable[[str | None], Any] | None = None
+    # Its state of a repository created a moment ago, given its default branch (nothing to
+    # read): e.g. no rulesets; None: it knows nothing of it.
+    new_repository: Callable[[str | None], Any] | None = None
     # Its part of the batched read (None: REST reads all of it).
     batch: BatchPart | None = None
     # How it reports (`/moko status`, plan, apply, the preview, the notice): a change as words
@@ -215,23 +218,24 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
         send=send_protection, inverse=inverse_protection,
         from_section=branch_rules_from_section, merge=merge_branch_rules,
         learn_undo=learn_undo, read_prefixes=(BRANCH_PROTECTION, BRANCH_PROTECTION_RULE),
+        new_repository=unprotected, new_branch=unprotected,
         decides=decides_protection, describe=describe_protection, status=protection_status,
         mark_unreadable=mark_unreadable_protection,
         batch=BatchPart(protection_wanted, protection_selection, protection_from_node),
     ),
     PolicyKind(
-        RULESETS, plan_rulesets_kind, "rulesets", check_rulesets, read=into_kind_state(RULESETS, read_rulesets),
-        send=one_by_one(send_ruleset), inverse=inverse_ruleset, new_repository={},
+        RULESETS, plan_rulesets_kind, "rulesets", check_rulesets, read=into_kinds(RULESETS, read_rulesets),
+        send=one_by_one(send_ruleset), inverse=inverse_ruleset, new_repository=lambda default_branch: {},
         from_section=rulesets_from_section, merge=merge_rulesets,
-        batch=into_kind_state_part(RULESETS, graphql_selection, "rulesets", rulesets_from_graphql),
+        batch=into_kinds_part(RULESETS, graphql_selection, "rulesets", rulesets_from_graphql),
         describe=describe_ruleset, status=ruleset_status, decides=decides_ruleset,
     ),
     # Last: a branch goes only once everything else is in line.
     PolicyKind(
         BRANCH_CLEANUP, plan_cleanup_kind, "branch_cleanup", check_branch_cleanup, checks_null=True,
-        read=into_kind_state(BRANCH_CLEANUP, read_cleanup), send=one_by_one(delete_branch),
+        read=into_kinds(BRANCH_CLEANUP, read_cleanup), send=one_by_one(delete_branch),
         from_section=section_from, merge=merge_cleanup,
-        batch=into_kind_state_part(BRANCH_CLEANUP, cleanup_selection, "refs", cleanup_from_graphql),
+        batch=into_kinds_part(BRANCH_CLEANUP, cleanup_selection, "refs", cleanup_from_graphql),
         describe=describe_deletion, status=cleanup_status, decides=decides_deletion,
         sweeps_only=True, independent=True,
     ),
@@ -239,9 +243,20 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
 KINDS_BY_NAME: dict[str, PolicyKind] = {kind.name: kind for kind in POLICY_KINDS}
 
 
-def new_repository_state() -> dict[str, Any]:
-    """Each kind's state of a repository just created (``RepoState.kind_state``)."""
-    return {kind.name: kind.new_repository for kind in POLICY_KINDS if kind.new_repository is not None}
+def new_repository_state(default_branch: str | None) -> RepoState:
+    """What a repository created a moment ago has, as each kind says (``RepoState.kinds``)."""
+    return RepoState(kinds=_each_kind(lambda kind: kind.new_repository, default_branch))
+
+
+def new_branch_state(branch: str) -> RepoState:
+    """What a branch created a moment ago has, as each kind says: it exists, and the kinds
+    that know what a new branch has say it."""
+    return RepoState(existing_branches=frozenset({branch}), kinds=_each_kind(lambda kind: kind.new_branch, branch))
+
+
+def _each_kind(hook: Callable[[PolicyKind], Callable[[str | None], Any] | None], branch: str | None) -> dict[str, Any]:
+    states = {kind.name: (made(branch) if (made := hook(kind)) is not None else None) for kind in POLICY_KINDS}
+    return {name: state for name, state in states.items() if state is not None}
 
 
 def is_independent(change: Change) -> bool:

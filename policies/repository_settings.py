@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 from typing import Any
 
 from bot.github_protocol import GitHub
 from policies.checks import Checker, Path, Problem
-from policies.known import Known
 from policies.model import (
     REPOSITORY,
     Change,
@@ -318,28 +316,26 @@ LEFT_OUT = (
 )
 
 
-def mark_unreadable_settings(
-    policy: Policy, repo: Mapping[str, Any], known: Known, granted: Mapping[str, str] | None
-) -> Known:
+def mark_unreadable_settings(policy: Policy, state: RepoState, granted: Mapping[str, str] | None) -> RepoState:
     """The fields the policy sets that ``granted`` may not read and the event did not bring,
     as ``Unreadable``."""
-    present = {**repo, **(known.settings or {})}
+    present = state.repository
     hidden = {name: why for name, why in unreadable_settings(policy.repository, granted).items() if name not in present}
     if not hidden:
-        return known
-    return replace(known, settings={**(known.settings or {}), **{name: Unreadable(why) for name, why in hidden.items()}})
+        return state
+    return state.with_repository({name: Unreadable(why) for name, why in hidden.items()})
 
 
 async def read_settings(
-    gh: GitHub, owner: str, repo: str, policy: Policy, needs: tuple[str, ...], known: Known
-) -> Known:
+    gh: GitHub, owner: str, repo: str, policy: Policy, needs: tuple[str, ...], state: RepoState
+) -> RepoState:
     """GET /repos/{owner}/{repo} for the fields the plan needs (``repository.<field>``)."""
     answer = await gh.getitem("/repos/{owner}/{repo}", url_vars={"owner": owner, "repo": repo})
-    settings = {**(known.settings or {}), **answer}
+    settings = {**state.repository, **answer}
     # What the answer left out will not be in the next one either.
     for name in missing_fields(settings, dict.fromkeys(key.split(".", 1)[1] for key in needs)):
         settings[name] = Unreadable(LEFT_OUT)
-    return replace(known, settings=settings)
+    return state.with_repository(settings)
 
 
 async def send_settings(gh: GitHub, owner: str, repo: str, changes: tuple[Change, ...]) -> tuple[Change, ...]:
@@ -408,15 +404,15 @@ def rest_settings_from_graphql(node: Mapping[str, Any]) -> dict[str, Any]:
 
 def plan_settings_kind(policy: Policy, repo: RepoState) -> KindPlan:
     """The "repository" policy kind for one repository."""
-    missing = missing_fields(repo.settings, policy.repository)
+    missing = missing_fields(repo.repository, policy.repository)
     return KindPlan(
-        changes=tuple(plan_repository_settings(repo.settings, policy.repository)),
+        changes=tuple(plan_repository_settings(repo.repository, policy.repository)),
         needs_read=tuple(
             f"{REPOSITORY}.{field}" for field in policy.repository if field in missing
         ),
         unknown=tuple(
-            (f"{REPOSITORY}.{field}", repo.settings[field].reason)
+            (f"{REPOSITORY}.{field}", repo.repository[field].reason)
             for field in policy.repository
-            if is_unreadable(repo.settings.get(field))
+            if is_unreadable(repo.repository.get(field))
         ),
     )

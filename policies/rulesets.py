@@ -185,7 +185,7 @@ def plan_rulesets_kind(policy: Policy, repo: RepoState) -> KindPlan:
     ``GET …/rulesets/{id}`` answers; not known yet: read it)."""
     if not policy.rulesets:
         return KindPlan()
-    have = repo.kind_state.get(RULESETS)
+    have = repo.kind(RULESETS)
     if have is None:
         return KindPlan(needs_read=(READ_KEY,))
     if is_unreadable(have):

@@ -4,12 +4,10 @@ settings a policy names (and those a repository may override), as Repository fie
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 from bot.github_schema import ServerSchema
-from policies.known import Known
-from policies.model import Policy
+from policies.model import Policy, RepoState
 from policies.permissions import unreadable_settings
 from policies.repository_settings import GRAPHQL_FIELDS, rest_settings_from_graphql
 from policies.server_fields import REPOSITORY_TYPE, repository_graphql_field
@@ -38,7 +36,7 @@ def settings_selection(names: frozenset[str], schema: ServerSchema | None) -> tu
     )
 
 
-def settings_from_node(node: Mapping[str, Any], names: Any, known: Known) -> Known:
+def settings_from_node(node: Mapping[str, Any], names: Any, known: RepoState) -> RepoState:
     """The settings a node holds, by their REST names; every node has some (its name, whether
     it is archived, its default branch), whatever was asked."""
-    return replace(known, settings=rest_settings_from_graphql(node))
+    return known.with_repository(rest_settings_from_graphql(node))

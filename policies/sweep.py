@@ -20,12 +20,12 @@ from policies.apply import ChangeOutcome, Run
 from policies.batch_read import (
     OwnerNotFound,
     ReadFields,
-    RepoSnapshot,
     read_owner,
     read_repositories,
 )
 from policies.engine import SWEEP, PolicyEngine, RepoResult
 from policies.loader import PolicyError
+from policies.model import RepoState
 from policies.permissions import ISSUES_READ
 from policies.preloaded_source import with_preloaded_policies
 from policies.reconcile import CONCURRENCY, for_each, remediate_snapshot
@@ -181,7 +181,7 @@ async def sweep_owner(
     log.info("sweep_started", owner=request.owner, sweep=progress.sweep_id, resumed=progress.resumed,
              done=len(done), trigger=request.trigger)
 
-    async def one(snapshot: RepoSnapshot) -> None:
+    async def one(snapshot: RepoState) -> None:
         outcome = done.get(snapshot.full_name.lower())
         if outcome is not None:  # finished by an earlier run of this sweep
             entry = SweepResult(snapshot.full_name, outcome)
@@ -210,7 +210,7 @@ async def _snapshots(
     run: Run,
     store: SweepCheckpoints,
     done: dict[str, Outcome],
-) -> AsyncIterator[RepoSnapshot]:
+) -> AsyncIterator[RepoState]:
     if not request.repos:
         first = True
         async for total, page in read_owner(gh, request.owner, fields):

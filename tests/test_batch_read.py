@@ -20,10 +20,11 @@ from policies.batch_read import (
 )
 from policies.defaults import DEFAULT_POLICY
 from policies.loader import parse_policy
-from policies.model import BRANCH_PROTECTION, REPOSITORY, RepoState
+from policies.model import BRANCH_PROTECTION, REPOSITORY
 from policies.plan import plan_repository
 from policies.protection_batch import RULES_PAGE, ProtectionRead
 from policies.protection_shapes import GRAPHQL_RULE_FIELDS, NormalizedProtection
+from policies.protection_state import protection_state
 from policies.repository_settings import GRAPHQL_FIELDS
 from tests.fakegithub.state import APP_PERMISSIONS
 from tests.support.harness import run_moko
@@ -107,16 +108,15 @@ def test_overrides_widen_what_is_read():
 
 def test_an_exact_rule_is_the_protection_and_plans_compliant_without_a_read():
     snapshot = snapshot_of(node(rules=[rule("release/*"), rule("main")]), ReadFields.for_policy(DEFAULT_POLICY))
-    assert isinstance(snapshot.protections["main"], NormalizedProtection)
-    state = RepoState.from_rest(snapshot.repo, protections=snapshot.protections)
-    plan = plan_repository(DEFAULT_POLICY, state)
+    assert isinstance(protection_state(snapshot).protections["main"], NormalizedProtection)
+    plan = plan_repository(DEFAULT_POLICY, snapshot)
     assert plan.compliant and plan.needs_read == ()
 
 
 def test_no_rule_means_unprotected_so_protection_is_put_without_a_read():
     snapshot = snapshot_of(node(), ReadFields.for_policy(DEFAULT_POLICY))
-    assert snapshot.protections == {"main": None}
-    plan = plan_repository(DEFAULT_POLICY, RepoState.from_rest(snapshot.repo, protections=snapshot.protections))
+    assert protection_state(snapshot).protections == {"main": None}
+    plan = plan_repository(DEFAULT_POLICY, snapshot)
     assert [(c.field, c.method) for c in plan.changes] == [("main", "PUT")] and plan.needs_read == ()
 
 
@@ -126,18 +126,18 @@ def test_no_rule_means_unprotected_so_protection_is_put_without_a_read():
 ])
 def test_what_graphql_cannot_decide_is_left_to_rest(rules, total):
     snapshot = snapshot_of(node(rules=rules, total=total), ReadFields.for_policy(DEFAULT_POLICY))
-    assert "main" not in snapshot.protections
-    plan = plan_repository(DEFAULT_POLICY, RepoState.from_rest(snapshot.repo, protections=snapshot.protections))
+    assert "main" not in protection_state(snapshot).protections
+    plan = plan_repository(DEFAULT_POLICY, snapshot)
     assert plan.needs_read == ("branch_protection.main",)
 
 
 def test_empty_repository_waits_and_named_branches_that_do_not_exist_are_known():
     empty = snapshot_of(node(isEmpty=True, defaultBranchRef=None), ReadFields.for_policy(DEFAULT_POLICY))
-    assert empty.empty and empty.protections == {} and empty.repo["default_branch"] is None
+    assert empty.empty and protection_state(empty).protections == {} and empty.repository["default_branch"] is None
     fields = ReadFields(((BRANCH_PROTECTION, ProtectionRead(True, ("release", "develop"))),))
     snapshot = snapshot_of(node(branch0={"name": "release"}, branch1=None, rules=[rule("release")]), fields)
     assert snapshot.existing_branches == {"main", "release"}
-    assert set(snapshot.protections) == {"main", "release"}
+    assert set(protection_state(snapshot).protections) == {"main", "release"}
 
 
 async def test_owner_pages_of_100_validated_against_githubs_schema(org, gh):
@@ -149,13 +149,13 @@ async def test_owner_pages_of_100_validated_against_githubs_schema(org, gh):
     everything = ReadFields(((REPOSITORY, frozenset(GRAPHQL_FIELDS)), (BRANCH_PROTECTION, ProtectionRead(True, ("release",)))))
     pages = [(total, page) async for total, page in read_owner(gh, ORG, everything)]
     assert [len(page) for _, page in pages] == [100, 32] and {t for t, _ in pages} == {132}
-    snapshots = {s.repo["name"]: s for _, page in pages for s in page}
-    assert snapshots["drifted"].settings["has_wiki"] is True
-    assert snapshots["drifted"].protections == {"main": None}  # read, and not protected
+    snapshots = {s.repository["name"]: s for _, page in pages for s in page}
+    assert snapshots["drifted"].repository["has_wiki"] is True
+    assert protection_state(snapshots["drifted"]).protections == {"main": None}  # read, and not protected
     assert snapshots["bare"].empty
-    assert isinstance(snapshots["svc-000"].protections["main"], NormalizedProtection)
+    assert isinstance(protection_state(snapshots["svc-000"]).protections["main"], NormalizedProtection)
     assert snapshots["svc-000"].existing_branches == {"main"}
-    assert snapshots["svc-000"].settings["visibility"] == "public"
+    assert snapshots["svc-000"].repository["visibility"] == "public"
     # The server's schema, asked once, then a query a page.
     assert org.count("POST", "^/graphql$") == 3 and org.count("GET") == 0
 

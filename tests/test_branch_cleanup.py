@@ -355,7 +355,8 @@ def test_planning_is_pure_and_keeps_what_it_cannot_tell():
 
     def plan(*branches: BranchInfo, detailed: bool = True, empty: bool = False, chosen=policy):
         state = Branches(now, "main", branches, detailed)
-        repo = RepoState(f"{ORG}/x", default_branch="main", empty=empty, kind_state={"branch_cleanup": state})
+        repo = RepoState({"full_name": f"{ORG}/x", "default_branch": "main"}, empty=empty,
+                         kinds={"branch_cleanup": state})
         return plan_cleanup_kind(chosen, repo)
 
     def branch(name: str, when: datetime = old, **kw) -> BranchInfo:

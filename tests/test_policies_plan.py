@@ -11,9 +11,10 @@ import graphql
 from policies.branch_protection import branches_to_check
 from policies.defaults import DEFAULT_POLICY, DEFAULT_PROTECTION
 from policies.loader import parse_policy
-from policies.model import Change, RepoState
+from policies.model import BRANCH_PROTECTION, Change, RepoState
 from policies.plan import plan_repository
 from policies.protection_shapes import normalize_graphql_rule
+from policies.protection_state import ProtectionState
 from policies.registry import POLICY_KINDS, inverse_of
 from policies.repository_settings import (
     GRAPHQL_FIELDS,
@@ -72,9 +73,16 @@ DEFAULT_PROTECTION_READ = {
 }
 
 
-def state(settings: dict[str, Any] = COMPLIANT_SETTINGS, **kwargs: Any) -> RepoState:
-    kwargs.setdefault("protections", {"master": DEFAULT_PROTECTION_READ})
-    return RepoState.from_rest(settings, **kwargs)
+def state(
+    settings: dict[str, Any] = COMPLIANT_SETTINGS,
+    *,
+    protections: dict[str, Any] | None = None,
+    rule_patterns: dict[str, str | None] | None = None,
+    **kwargs: Any,
+) -> RepoState:
+    protections = {"master": DEFAULT_PROTECTION_READ} if protections is None else protections
+    known = ProtectionState(protections, rule_patterns or {})
+    return RepoState(settings, kinds={BRANCH_PROTECTION: known}, **kwargs)
 
 
 # --- whole repositories ---
@@ -326,12 +334,7 @@ def test_graphql_repository_fields_map_to_rest_names() -> None:
     }
     plan = plan_repository(
         DEFAULT_POLICY,
-        RepoState(
-            "octo-org/api",
-            settings=rest_settings_from_graphql(node),
-            default_branch="main",
-            protections={"main": DEFAULT_PROTECTION_READ},
-        ),
+        state(rest_settings_from_graphql(node), protections={"main": DEFAULT_PROTECTION_READ}),
     )
     assert [(c.field, c.after) for c in plan.changes] == [("has_issues", True), ("has_wiki", False)]
 

@@ -4,12 +4,16 @@ the transaction and the reports call, and those go through the registry, naming 
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from policies.batch_read import ReadFields, snapshot_of
 from policies.loader import parse_policy
 from policies.model import Plan, RepoState
+from policies.plan import plan_repository
+from policies.protection_state import ProtectionState
 from policies.registry import POLICY_KINDS, inverse_of, kind_of
 from policies.words import ReportContext, Shown
 from tests.test_import_layers import ROOT, imports_of
@@ -18,7 +22,7 @@ from tests.test_import_layers import ROOT, imports_of
 KIND_MODULES = {
     "policies.repository_settings", "policies.branch_protection", "policies.protection_shapes",
     "policies.protection_report", "policies.rulesets", "policies.branch_cleanup",
-    "policies.settings_batch", "policies.protection_batch",
+    "policies.settings_batch", "policies.protection_batch", "policies.protection_state",
 }
 KIND_NAMES = {"REPOSITORY", "BRANCH_PROTECTION", "BRANCH_PROTECTION_RULE", "RULESETS", "BRANCH_CLEANUP"}
 
@@ -45,9 +49,9 @@ rulesets:
     conditions: {ref_name: {include: ["~DEFAULT_BRANCH"], exclude: []}}
     rules: [{type: deletion}]
 """)
-STATE = RepoState.from_rest(
+STATE = RepoState(
     {"full_name": "acme/widgets", "default_branch": "main", "has_wiki": True},
-    protections={"main": None}, rule_patterns={"main": None}, kind_state={"rulesets": {}},
+    kinds={"branch_protection": ProtectionState({"main": None}, {"main": None}), "rulesets": {}},
 )
 
 
@@ -87,3 +91,24 @@ def test_the_transaction_the_reports_and_the_batched_read_name_no_kind(module) -
     tree = ast.parse(path.read_text())
     named = sorted({node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id in KIND_NAMES})
     assert named == [], f"{module} names the kinds {named}: a kind's behaviour belongs in its module"
+
+
+def test_the_batched_read_gives_the_one_state_the_planner_plans_from_and_a_read_makes_a_new_one() -> None:
+    node = {
+        "name": "widgets", "nameWithOwner": "acme/widgets", "isArchived": False, "isEmpty": False,
+        "defaultBranchRef": {"name": "main"}, "owner": {"login": "acme"}, "hasWikiEnabled": True,
+        "branchProtectionRules": {"totalCount": 0, "nodes": []},
+        "rulesets": {"totalCount": 0, "nodes": []},
+    }
+    snapshot = snapshot_of(node, ReadFields.for_policy(DRIFTED))
+    assert isinstance(snapshot, RepoState)
+    planned = plan_repository(DRIFTED, snapshot)
+    assert {change.policy for change in planned.changes} == {"repository", "branch_protection", "rulesets"}
+    assert planned.needs_read == ()
+    # A kind's read returns a new state; the one read from stays as it was.
+    learned = snapshot.with_kind("rulesets", {}).with_repository({"has_wiki": False})
+    assert snapshot.repository["has_wiki"] is True and learned.repository["has_wiki"] is False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snapshot.empty = True  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        snapshot.repository["has_wiki"] = False  # type: ignore[index]
