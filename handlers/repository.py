@@ -8,7 +8,8 @@ from gidgethub.sansio import Event
 
 from bot.context import EventContext
 from handlers.common import engine_of, raise_on_failures, repository_of, run_of, sent_by_moko
-from policies.engine import NEW_DEFAULT_BRANCH, SETTINGS_ONLY, new_repository_state
+from policies.concern import NEW_DEFAULT_BRANCH, SETTINGS_ONLY
+from policies.engine import new_repository_state
 
 router = Router()
 

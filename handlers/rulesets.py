@@ -7,7 +7,7 @@ from gidgethub.sansio import Event
 
 from bot.context import EventContext
 from handlers.common import engine_of, raise_on_failures, repository_of, run_of, sent_by_moko
-from policies.engine import RULESETS_ONLY
+from policies.concern import RULESETS_ONLY
 
 router = Router()
 

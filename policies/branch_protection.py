@@ -299,6 +299,11 @@ def branches_to_check(policy: Policy, default_branch: str | None) -> list[str]:
     return list(resolve_branch_rules(policy, default_branch))
 
 
+def default_branch_rules(rules: tuple[BranchRule, ...]) -> tuple[BranchRule, ...]:
+    """Of the ``branches`` section, the rule about the default branch (which moved)."""
+    return tuple(rule for rule in rules if rule.name == DEFAULT_BRANCH_RULE)
+
+
 def plan_protection_kind(policy: Policy, repo: RepoState) -> KindPlan:
     """The "branch_protection" policy kind for one repository."""
     changes: list[Change] = []

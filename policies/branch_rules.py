@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from gidgethub import BadRequest
 
 from bot.github_protocol import GitHub
-from policies.model import BRANCH_PROTECTION, BranchRule, Plan
+from policies.model import BRANCH_PROTECTION, BRANCH_PROTECTION_RULE, BranchRule, Plan
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def classically_unprotected(plan: Plan, rules: Mapping[str, BranchRule]) -> list
     """The branches the policy names whose classic read said "not protected": those about to
     be protected, and those that must stay unprotected and are."""
     changing = {c.field for c in plan.changes + plan.deferred if c.policy == BRANCH_PROTECTION}
-    waiting = set(plan.branches_to_read) | set(plan.rules_to_read) | {h.field for h in plan.held}
+    waiting = set(plan.to_read(BRANCH_PROTECTION)) | set(plan.to_read(BRANCH_PROTECTION_RULE)) | {h.field for h in plan.held}
     found = [
         c.field for c in plan.changes if c.policy == BRANCH_PROTECTION and c.method == "PUT" and c.before is None
     ]

@@ -24,15 +24,10 @@ from policies.apply import (
     Transaction,
     github_error,
 )
+from policies.concern import ALL, SWEEP, Concern
 from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.loader import PolicyError
-from policies.model import (
-    BRANCH_PROTECTION,
-    Change,
-    Plan,
-    Policy,
-    RepoState,
-)
+from policies.model import Change, Plan, Policy, RepoState
 from policies.plan import plan_repository
 from policies.registry import KINDS_BY_NAME, POLICY_KINDS, new_branch_state, new_repository_state
 from policies.server_fields import for_server, schema_for, unsupported, without_unsupported
@@ -57,6 +52,9 @@ CONFIG_FILE_KEY = "file"
 # How far back among a repository's records the last config record is looked for.
 RECENT_RECORDS = 50
 
+# The kinds whose changes may wait for their branch (recorded ``deferred``).
+_DEFERRING = frozenset(kind.name for kind in POLICY_KINDS if kind.defers)
+
 # An installation's granted permissions (None: not known, e.g. a personal token).
 Permissions = Mapping[str, str] | None
 PermissionsSource = Callable[[int | None], Awaitable[Permissions]]
@@ -77,47 +75,6 @@ class RepoResult:
     plan: Plan | None = None
     policy: Policy | None = None
     dry_run: bool = False
-
-
-@dataclass(frozen=True)
-class Concern:
-    """Which policy kinds an event concerns (an edit of settings needs no protection read).
-    Not to be confused with policies.model.Scope, which repositories a policy manages."""
-
-    settings: bool = True
-    protection: bool = True
-    named_branches: bool = True  # False: only the default branch's rule
-    rulesets: bool = True
-    # Sweep-only kinds (deleting stale branches): planned by sweeps, /moko plan and status only.
-    sweep_only: bool = False
-
-    @property
-    def whole(self) -> bool:
-        """Whether it is the repository's whole policy (as an event's remediation knows it)."""
-        return self.settings and self.protection and self.named_branches and self.rulesets
-
-    def restrict(self, policy: Policy) -> Policy:
-        if not self.sweep_only and policy.branch_cleanup is not None:
-            policy = replace(policy, branch_cleanup=None)
-        if not self.rulesets:
-            policy = replace(policy, rulesets=())
-        if not self.settings:
-            policy = replace(policy, repository={})
-        if not self.protection:
-            policy = replace(policy, branches=())
-        elif not self.named_branches:
-            policy = replace(policy, branches=tuple(r for r in policy.branches if r.name == DEFAULT_BRANCH_RULE))
-        return policy
-
-
-ALL = Concern()
-# A sweep's (and /moko plan's and status's) concern: the whole policy, stale branches too.
-SWEEP = Concern(sweep_only=True)
-SETTINGS_ONLY = Concern(protection=False, rulesets=False)
-PROTECTION_ONLY = Concern(settings=False, rulesets=False)
-RULESETS_ONLY = Concern(settings=False, protection=False)
-# The default branch moved: its rule now means another branch; the named ones did not change.
-NEW_DEFAULT_BRANCH = Concern(named_branches=False, rulesets=False)
 
 
 # Called after a repository's whole policy was remediated: (gh, run, repo, result, engine, known).
@@ -402,7 +359,7 @@ class PolicyEngine:
                 ok = await transaction.apply(plan.changes)
                 if ok and plan.deferred:
                     # Recorded once while the branch is missing, not again at every reconcile.
-                    records = await self._protection_records(full_name)
+                    records = await self._deferring_records(full_name)
                     fresh = [c for c in plan.deferred if not _waiting(records, (c.field,))]
                     if fresh:
                         await transaction.record(fresh, Outcome.DEFERRED, "branch does not exist yet")
@@ -430,7 +387,7 @@ class PolicyEngine:
         """For each of the branch rules that still wait for their branch, when the wait began:
         the time of its deferred record, written once when the wait began."""
         newest: dict[str, AuditRecord] = {}
-        for record in await self._protection_records(full_name):  # newest first
+        for record in await self._deferring_records(full_name):  # newest first
             if record.field in fields:
                 newest.setdefault(record.field, record)
         return {name: record.time for name, record in newest.items() if record.outcome == Outcome.DEFERRED}
@@ -486,25 +443,26 @@ class PolicyEngine:
         if self.in_flight_for > 0:
             await self._sleep(self.in_flight_for)
 
-    async def _protection_records(self, full_name: str) -> list[AuditRecord]:
-        """The repository's latest branch protection records, newest first."""
+    async def _deferring_records(self, full_name: str) -> list[AuditRecord]:
+        """The repository's latest records of the kinds whose changes may wait for their
+        branch (branch protection), newest first."""
         records = await self.store.audit_records(repo=full_name, newest_first=True, limit=50)
-        return [record for record in records if record.policy == BRANCH_PROTECTION]
+        return [record for record in records if record.policy in _DEFERRING]
 
     async def _still_deferred(self, full_name: str, fields: tuple[str, ...]) -> bool:
-        return _waiting(await self._protection_records(full_name), fields)
+        return _waiting(await self._deferring_records(full_name), fields)
 
     async def apply_deferred(self, gh: GitHub, run: Run, repo: Mapping[str, Any], branch: str) -> RepoResult | None:
-        """On a branch's creation or first push: apply the protection that waited for it, once.
+        """On a branch's creation or first push: apply the changes that waited for it, once.
         The default branch rule waits for the default branch; a named rule for its branch."""
         full_name = str(repo["full_name"])
         fields = (branch, DEFAULT_BRANCH_RULE) if branch == repo.get("default_branch") else (branch,)
         if not await self._still_deferred(full_name, fields):
             return None
-        # A branch that was just created has no protection to read.
+        # A branch that was just created has nothing to read (each kind says what it has).
         known = new_branch_state(branch)
         return await self.remediate(
-            gh, run, repo, known=known, scope=PROTECTION_ONLY,
+            gh, run, repo, known=known, scope=Concern(_DEFERRING),
             only_if=lambda: self._still_deferred(full_name, fields),
         )
 
@@ -541,7 +499,7 @@ def _decides(effective: Policy, intent: AuditRecord) -> bool:
 
 
 def _waiting(records: list[AuditRecord], fields: tuple[str, ...]) -> bool:
-    """Whether the newest of these protection records about any of the fields is deferred."""
+    """Whether the newest of these records (of kinds that defer) about any of the fields is deferred."""
     for record in records:
         if record.field in fields:
             return record.outcome == Outcome.DEFERRED
@@ -577,8 +535,7 @@ def _outcome(plan: Plan, outcomes: list[ChangeOutcome], ok: bool, dry_run: bool)
 
 
 __all__ = [
-    "ALL", "PROTECTION_ONLY", "RULESETS_ONLY", "SWEEP",
-    "NEW_DEFAULT_BRANCH", "SETTINGS_ONLY", "Concern", "Permissions",
+    "ALL", "SWEEP", "Concern", "Permissions",
     "PermissionsSource", "PolicyEngine", "RepoResult", "RepoState", "new_repository_state",
 ]
 

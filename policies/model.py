@@ -401,18 +401,10 @@ class Plan:
             **({"held": [held.to_dict() for held in self.held]} if self.held else {}),
         }
 
-    @property
-    def settings_to_read(self) -> tuple[str, ...]:
-        return _suffixes(self.needs_read, REPOSITORY)
-
-    @property
-    def branches_to_read(self) -> tuple[str, ...]:
-        return _suffixes(self.needs_read, BRANCH_PROTECTION)
-
-    @property
-    def rules_to_read(self) -> tuple[str, ...]:
-        """Branches whose classic rule's pattern must be known (before removing it)."""
-        return _suffixes(self.needs_read, BRANCH_PROTECTION_RULE)
+    def to_read(self, need: str) -> tuple[str, ...]:
+        """What is still to read of one kind of need (a kind's name, or one of the prefixes
+        its read answers, e.g. the fields of ``repository.<field>``)."""
+        return _suffixes(self.needs_read, need)
 
     def unknown_of(self, policy: str) -> dict[str, str]:
         """The unknown fields (or branches) of one policy kind -> why."""

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from policies.branch_protection import diff_protection, normalize_written, resolve_branch_rules
 from policies.defaults import DEFAULT_BRANCH_RULE
-from policies.model import BRANCH_PROTECTION, Change, Plan, Policy
+from policies.model import BRANCH_PROTECTION, BRANCH_PROTECTION_RULE, Change, Plan, Policy
 from policies.server_fields import PROTECTION_KEYS
 from policies.words import (
     LONG,
@@ -63,7 +63,7 @@ def protection_status(policy: Policy, plan: Plan, context: ReportContext) -> lis
     protections = {c.field: c for c in plan.changes if c.policy == BRANCH_PROTECTION}
     deferred = {c.field: c for c in plan.deferred if c.policy == BRANCH_PROTECTION}
     held = {h.field: h for h in plan.held if h.policy == BRANCH_PROTECTION}
-    unread = set(plan.branches_to_read) | set(plan.rules_to_read)
+    unread = set(plan.to_read(BRANCH_PROTECTION)) | set(plan.to_read(BRANCH_PROTECTION_RULE))
     unknown = plan.unknown_of(BRANCH_PROTECTION)
     rules = resolve_branch_rules(policy, default_branch)
     if default_branch is None and any(rule.name == DEFAULT_BRANCH_RULE for rule in policy.branches):

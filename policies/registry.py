@@ -23,6 +23,7 @@ from policies.branch_cleanup import (
 from policies.branch_cleanup import graphql_selection as cleanup_selection
 from policies.branch_protection import (
     decides_protection,
+    default_branch_rules,
     inverse_protection,
     learn_undo,
     mark_unreadable_protection,
@@ -48,6 +49,7 @@ from policies.protection_checks import branch_rules_from_section, check_branches
 from policies.protection_report import describe_protection, protection_status
 from policies.protection_state import unprotected
 from policies.repository_settings import (
+    check_override_field,
     check_settings_section,
     decides_setting,
     describe_setting,
@@ -201,6 +203,26 @@ class PolicyKind:
     # Each change is a step of its own, after the others: one that fails undoes nothing, and
     # none is undone when another fails (a deletion is not part of the transaction).
     independent: bool = False
+    # Its section when it manages nothing: what stands there in a policy that leaves the kind
+    # out (an event that does not concern it, see ``policies.concern``).
+    nothing: Any = None
+    # Of its section, what is about the default branch (an event that moved it concerns only
+    # that); None: the whole section.
+    default_branch_part: Callable[[Any], Any] | None = None
+    # A change may wait for its branch to exist (recorded ``deferred``, made once it does).
+    defers: bool = False
+    # What ``overrides`` may list of it: its section, and with ``override_part`` (how the
+    # help names it, e.g. ``<field>``) ``<section>.<part>`` keys, each checked by
+    # ``check_override`` (key, part) -> why it cannot be listed, or None.
+    override_part: str = ""
+    check_override: Callable[[str, str], str | None] | None = None
+    # An override key of it, for the help: e.g. repository.has_wiki.
+    override_example: str = ""
+
+    @property
+    def override_help(self) -> str:
+        """How the help of ``overrides`` names this kind's keys."""
+        return f"{self.section}, {self.section}.{self.override_part}" if self.override_part else self.section
 
 
 # Settings first: a protection rule such as required_linear_history can depend on them.
@@ -212,6 +234,8 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
         decides=decides_setting, describe=describe_setting, status=settings_status,
         mark_unreadable=mark_unreadable_settings,
         batch=BatchPart(settings_wanted, settings_selection, settings_from_node),
+        nothing={}, override_part="<field>", check_override=check_override_field,
+        override_example="repository.has_wiki",
     ),
     PolicyKind(
         BRANCH_PROTECTION, plan_protection_kind, "branches", check_branches, read=read_protection,
@@ -222,6 +246,7 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
         decides=decides_protection, describe=describe_protection, status=protection_status,
         mark_unreadable=mark_unreadable_protection,
         batch=BatchPart(protection_wanted, protection_selection, protection_from_node),
+        nothing=(), default_branch_part=default_branch_rules, defers=True, override_part="<rule name>",
     ),
     PolicyKind(
         RULESETS, plan_rulesets_kind, "rulesets", check_rulesets, read=into_kinds(RULESETS, read_rulesets),
@@ -229,6 +254,7 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
         from_section=rulesets_from_section, merge=merge_rulesets,
         batch=into_kinds_part(RULESETS, graphql_selection, "rulesets", rulesets_from_graphql),
         describe=describe_ruleset, status=ruleset_status, decides=decides_ruleset,
+        nothing=(), override_part="<ruleset name>",
     ),
     # Last: a branch goes only once everything else is in line.
     PolicyKind(

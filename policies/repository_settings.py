@@ -326,6 +326,17 @@ def mark_unreadable_settings(policy: Policy, state: RepoState, granted: Mapping[
     return state.with_repository({name: Unreadable(why) for name, why in hidden.items()})
 
 
+def check_override_field(key: str, field: str) -> str | None:
+    """Why ``repository.<field>`` (``key``) cannot be listed in ``overrides``, or None."""
+    if field in REFUSED_FIELDS:
+        return f"{field} cannot be overridden: a policy may not set it"
+    if field not in PATCH_FIELDS:
+        close = difflib.get_close_matches(field, list(PATCH_FIELDS), n=1)
+        hint = f"; did you mean 'repository.{close[0]}'?" if close else ""
+        return f"{key!r}: {field!r} is not a field of PATCH /repos/{{owner}}/{{repo}}{hint}"
+    return None
+
+
 async def read_settings(
     gh: GitHub, owner: str, repo: str, policy: Policy, needs: tuple[str, ...], state: RepoState
 ) -> RepoState:
@@ -364,7 +375,7 @@ def settings_status(policy: Policy, plan: Plan, context: ReportContext) -> list[
     """One row per field the policy sets: as wanted (the engine compared them equal), its value
     now, or unknown."""
     changes = {c.field: c for c in plan.changes if c.policy == REPOSITORY}
-    unread = set(plan.settings_to_read)
+    unread = set(plan.to_read(REPOSITORY))
     unknown = plan.unknown_of(REPOSITORY)
     rows = []
     for field, wanted in policy.repository.items():

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
 from policies.checks import Checker, Path, Problem, describe, is_int
 from policies.model import MODES, NOTIFY, PERMISSIONS
 from policies.registry import POLICY_KINDS
-from policies.repository_settings import PATCH_FIELDS, REFUSED_FIELDS
 
 TOP_LEVEL_KEYS: tuple[str, ...] = (
     "version",
@@ -27,10 +25,20 @@ SCOPE_KEYS: tuple[str, ...] = ("include", "exclude", "archived")
 COMMANDS_KEYS: tuple[str, ...] = ("apply_permission",)
 SUPPORTED_VERSION = 1
 
-OVERRIDE_HELP = (
-    "repository, repository.<field>, branches, branches.<rule name>, rulesets, "
-    "rulesets.<ruleset name>, notify or branch_cleanup"
-)
+# What overrides may list besides the kinds' keys.
+OTHER_OVERRIDES: tuple[str, ...] = ("notify",)
+
+
+def _override_help() -> str:
+    """Each kind's override keys as its help names them, in the registry's order, those of
+    the kinds that only sweeps apply last."""
+    parts = [kind.override_help for kind in POLICY_KINDS if not kind.sweeps_only]
+    parts += [*OTHER_OVERRIDES, *(kind.override_help for kind in POLICY_KINDS if kind.sweeps_only)]
+    return ", ".join(parts[:-1]) + " or " + parts[-1]
+
+
+OVERRIDE_HELP = _override_help()
+OVERRIDE_EXAMPLE = next(kind.override_example for kind in POLICY_KINDS if kind.override_example)
 
 
 def dotted(path: Path) -> str:
@@ -112,20 +120,14 @@ class _Checker(Checker):
 def check_override_key(key: Any) -> str | None:
     """Why ``key`` cannot be listed in ``overrides``, or None."""
     if not isinstance(key, str):
-        return f"must be a key such as repository.has_wiki, not {describe(key)}"
+        return f"must be a key such as {OVERRIDE_EXAMPLE}, not {describe(key)}"
+    if key in OTHER_OVERRIDES:
+        return None
     section, _, rest = key.partition(".")
-    if section == "repository":
-        if not rest:
-            return None
-        if rest in REFUSED_FIELDS:
-            return f"{rest} cannot be overridden: a policy may not set it"
-        if rest not in PATCH_FIELDS:
-            close = difflib.get_close_matches(rest, list(PATCH_FIELDS), n=1)
-            hint = f"; did you mean 'repository.{close[0]}'?" if close else ""
-            return f"{key!r}: {rest!r} is not a field of PATCH /repos/{{owner}}/{{repo}}{hint}"
-        return None
-    if section in ("branches", "rulesets") or key in ("notify", "branch_cleanup"):
-        return None
+    for kind in POLICY_KINDS:
+        # Its whole section, or one part of it when the kind has parts to override.
+        if kind.section == section and (key == section or kind.override_part):
+            return kind.check_override(key, rest) if rest and kind.check_override is not None else None
     return f"{key!r} cannot be overridden; overrides may list {OVERRIDE_HELP}"
 
 

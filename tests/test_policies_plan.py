@@ -11,7 +11,7 @@ import graphql
 from policies.branch_protection import branches_to_check
 from policies.defaults import DEFAULT_POLICY, DEFAULT_PROTECTION
 from policies.loader import parse_policy
-from policies.model import BRANCH_PROTECTION, Change, RepoState
+from policies.model import BRANCH_PROTECTION, REPOSITORY, Change, RepoState
 from policies.plan import plan_repository
 from policies.protection_shapes import normalize_graphql_rule
 from policies.protection_state import ProtectionState
@@ -159,8 +159,8 @@ def test_fields_the_payload_lacks_are_asked_for_not_guessed() -> None:
     )
     plan = plan_repository(policy, state())
     assert [c.field for c in plan.changes] == []
-    assert plan.settings_to_read == ("allow_squash_merge",)
-    assert plan.branches_to_read == ("main",)
+    assert plan.to_read(REPOSITORY) == ("allow_squash_merge",)
+    assert plan.to_read(BRANCH_PROTECTION) == ("main",)
     assert plan.needs_read == ("repository.allow_squash_merge", "branch_protection.main")
 
 
@@ -220,7 +220,7 @@ def test_graphql_state_that_cannot_be_judged_asks_for_a_rest_read() -> None:
         }
     )
     plan = plan_repository(DEFAULT_POLICY, state(protections={"master": rule}))
-    assert plan.changes == () and plan.branches_to_read == ("master",)
+    assert plan.changes == () and plan.to_read(BRANCH_PROTECTION) == ("master",)
 
 
 def test_registry_lists_each_policy_kind_once_settings_first() -> None:

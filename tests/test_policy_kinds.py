@@ -77,7 +77,8 @@ def test_each_kind_plans_describes_reports_and_undoes_its_own_changes() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["policies.apply", "policies.engine", "handlers.command_report", "policies.batch_read"]
+    "module",
+    ["policies.apply", "policies.engine", "handlers.command_report", "policies.batch_read", "policies.validate"],
 )
 def test_the_transaction_the_engine_the_reports_and_the_batched_read_import_no_kind(module) -> None:
     path = ROOT / Path(*module.split(".")).with_suffix(".py")
@@ -112,3 +113,57 @@ def test_the_batched_read_gives_the_one_state_the_planner_plans_from_and_a_read_
         snapshot.empty = True  # type: ignore[misc]
     with pytest.raises(TypeError):
         snapshot.repository["has_wiki"] = False  # type: ignore[index]
+
+
+# A kind's name (and its prefixes of what the plan needs read) or its section of moko.yml.
+KIND_WORDS = {word for kind in POLICY_KINDS for word in (kind.name, kind.section, *kind.reads)}
+
+
+def kind_named_in(tree: ast.AST, *, skip: tuple[str, ...] = ()) -> list[str]:
+    """The kinds a piece of code names: a kind's constant (REPOSITORY…), or a string that is a
+    kind's name or section, or starts a key with one (``rulesets.``); ``skip``: assignments to
+    these names are not looked into."""
+    skipped = {
+        id(child) for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AnnAssign))
+        and any(isinstance(t, ast.Name) and t.id in skip for t in (node.targets if isinstance(node, ast.Assign) else [node.target]))
+        for child in ast.walk(node)
+    }
+    named = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Name) and node.id in KIND_NAMES:
+            named.add(node.id)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and (
+            node.value.split(".", 1)[0] in KIND_WORDS and (node.value in KIND_WORDS or "." in node.value)
+        ):
+            named.add(repr(node.value))
+    return sorted(named)
+
+
+def module_tree(module: str) -> ast.Module:
+    return ast.parse((ROOT / Path(*module.split(".")).with_suffix(".py")).read_text())
+
+
+@pytest.mark.parametrize("module", ["policies.engine", "policies.batch_read", "policies.validate"])
+def test_the_engine_the_batched_read_and_the_checks_name_no_kind(module) -> None:
+    # validate's list of the file's top-level keys names every section, in the documented order.
+    named = kind_named_in(module_tree(module), skip=("TOP_LEVEL_KEYS",))
+    assert named == [], f"{module} names the kinds {named}: say it in the kind's module, through the registry"
+
+
+def test_the_plan_names_no_kind() -> None:
+    [plan] = [node for node in module_tree("policies.model").body
+              if isinstance(node, ast.ClassDef) and node.name == "Plan"]
+    named = kind_named_in(plan)
+    assert named == [], f"Plan names the kinds {named}: say it in the kind's module, through the registry"
+
+
+def test_a_kind_name_is_found_where_it_is_written() -> None:
+    # The checks above would pass on code they cannot read.
+    assert kind_named_in(ast.parse("if x == BRANCH_PROTECTION: pass")) == ["BRANCH_PROTECTION"]
+    assert kind_named_in(ast.parse("f(policy='rulesets')")) == ["'rulesets'"]
+    assert kind_named_in(ast.parse("key.startswith('branches.') or f'repository.{x}'")) == [
+        "'branches.'", "'repository.'"]
+    assert kind_named_in(ast.parse("'repositoryX' + 'the repository' + 'rulesets_x'")) == []
+    assert kind_named_in(ast.parse("KEYS: tuple = ('branches',)\nx = 'branches'"), skip=("KEYS",)) == ["'branches'"]
