@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from bot.audit import settled
 from bot.github_protocol import GitHub
 from bot.outcomes import Outcome
-from bot.store.base import Store
+from bot.store.base import AuditTrail, ReconciliationTurns
 from handlers import command_text as text
 from handlers.command_access import (
     AUDIT_PERMISSION,
@@ -42,13 +42,18 @@ from policies.loader import PolicyError
 from policies.model import Plan, Policy
 
 
+class CommandStore(AuditTrail, ReconciliationTurns, Protocol):
+    """What the commands read of the store: the audit trail (/moko audit) and the
+    reconciliation turns (/moko status says when the budget stretched them)."""
+
+
 @dataclass(frozen=True)
 class Request:
     """One command to run, and what running it needs."""
 
     gh: GitHub
     engine: PolicyEngine
-    store: Store
+    store: CommandStore
     run: Run
     repo: Mapping[str, Any]  # the payload's repository: it holds the settings
     user: str

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from gidgethub import GitHubException
 
@@ -16,7 +16,7 @@ from bot.github_protocol import GitHub
 from bot.logs import get_logger
 from bot.metrics import REMEDIATIONS
 from bot.outcomes import Outcome
-from bot.store.base import AuditEntry, AuditRecord, RepositoryLockLost, Store
+from bot.store.base import AuditEntry, AuditRecord, AuditTrail, RepositoryLockLost, RepositoryLocks
 from policies.apply import (
     NOT_MADE,
     ChangeOutcome,
@@ -60,6 +60,11 @@ Permissions = Mapping[str, str] | None
 PermissionsSource = Callable[[int | None], Awaitable[Permissions]]
 
 
+class EngineStore(AuditTrail, RepositoryLocks, Protocol):
+    """What the engine keeps in the store: the audit trail it reads (intents, deferred
+    changes, recorded config errors), and the repository locks it remediates under."""
+
+
 async def _all_permissions(installation: int | None) -> Permissions:
     return None
 
@@ -87,7 +92,7 @@ class PolicyEngine:
     def __init__(
         self,
         *,
-        store: Store,
+        store: EngineStore,
         audit: AuditWriter,
         source: PolicySource | None = None,
         dry_run: bool = False,

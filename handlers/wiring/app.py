@@ -27,8 +27,11 @@ from bot.processing import DeliveryProcessor
 from bot.readiness import StoreWritable
 from bot.redact import REDACTOR
 from bot.redelivery import recover_deliveries_forever
+from bot.setup_mode import SetupMode
 from bot.store import open_store
 from bot.worker import WorkerPool
+from handlers import build_router
+from handlers.wiring.components import install_components
 
 log = get_logger("moko.app")
 
@@ -60,8 +63,6 @@ def build_github(settings: Settings, session: aiohttp.ClientSession) -> GitHubAp
 
 
 def default_hooks() -> Hooks:
-    from handlers.wiring.components import install_components
-
     return install_components()
 
 
@@ -69,8 +70,6 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
     """The aiohttp application for `moko serve`; start-up opens the store and starts the workers."""
     REDACTOR.add(*settings.secrets())
     if router is None:
-        from handlers import build_router
-
         router = build_router()
     hooks = hooks if hooks is not None else default_hooks()
     app = web.Application(client_max_size=MAX_BODY + 1, handler_args=handler_args(settings.header_timeout))
@@ -202,8 +201,6 @@ async def _serve_setup(
     settings: Settings, *, host: str, port: int, env_path: Path, stop: asyncio.Event
 ) -> Settings | None:
     """Serve the setup page until the App is registered (its settings) or a signal (None)."""
-    from bot.setup_mode import SetupMode
-
     setup = SetupMode(settings, env_path=env_path)
     runner = web.AppRunner(setup.application(), access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
