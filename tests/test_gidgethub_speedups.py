@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import email.message
 import json
+import urllib.parse
 
 import pytest
 import uritemplate
 from gidgethub import sansio
+from hypothesis import given
+from hypothesis import strategies as st
 
 import bot.github_client  # noqa: F401  (installs the speedups, as every Moko process does)
 from bot import gidgethub_speedups
@@ -49,6 +52,42 @@ def test_urls_are_filled_as_uritemplate_fills_them(template: str, variables: dic
     expected = uritemplate.expand(base + template, var_dict=dict(variables or {}))
     for _ in range(2):  # the second time from the kept template
         assert sansio.format_url(template, variables, base_url=base) == expected
+
+
+def _gidgethubs_format_url(url: str, url_vars: dict | None, base_url: str) -> str:
+    """gidgethub's own format_url, as its release writes it."""
+    joined = urllib.parse.urljoin(base_url.removesuffix("/") + "/", url.removeprefix("/"))
+    return uritemplate.expand(joined) if url_vars is None else uritemplate.expand(joined, var_dict=dict(url_vars))
+
+
+_NAMES = ("owner", "repo", "branch", "path", "ref", "number", "org")
+_VALUES = st.one_of(
+    st.text(max_size=12), st.integers(-5, 10**12), st.none(), st.booleans(),
+    st.lists(st.text(max_size=3), max_size=2), st.dictionaries(st.sampled_from("ab"), st.text(max_size=2), max_size=1),
+)
+_PIECES = st.one_of(
+    st.sampled_from(["/repos/", "/", "-", ".", "/git/refs/", "?per_page=100", "%20", "{", "}", "{}", "ü", " "]),
+    st.sampled_from(_NAMES).map(lambda name: "{" + name + "}"),
+    st.sampled_from(["{+ref}", "{?per_page}", "{/path}", "{#frag}", "{path:3}", "{owner*}", "{owner,repo}", "{{owner}"]),
+)
+
+
+@given(
+    pieces=st.lists(_PIECES, max_size=8),
+    variables=st.one_of(st.none(), st.dictionaries(st.sampled_from(_NAMES), _VALUES)),
+    base=st.sampled_from(["https://api.github.com", "https://ghe.example.com/api/v3/", "http://127.0.0.1:8080"]),
+)
+def test_any_template_and_values_make_gidgethubs_url(pieces: list[str], variables: dict | None, base: str) -> None:
+    # The plain {name} templates are filled here, the rest by uritemplate: either way the
+    # URL is gidgethub's, or the same error is raised.
+    template = "".join(pieces)
+    try:
+        expected: object = _gidgethubs_format_url(template, variables, base)
+    except Exception as exc:  # noqa: BLE001 - whatever gidgethub raises, Moko must raise too
+        with pytest.raises(type(exc)):
+            sansio.format_url(template, variables, base_url=base)
+        return
+    assert sansio.format_url(template, variables, base_url=base) == expected
 
 
 def test_a_branch_name_escaped_by_moko_is_not_escaped_again() -> None:
