@@ -304,6 +304,12 @@ def default_branch_rules(rules: tuple[BranchRule, ...]) -> tuple[BranchRule, ...
     return tuple(rule for rule in rules if rule.name == DEFAULT_BRANCH_RULE)
 
 
+def fields_waiting_for(branch: str, default_branch: str | None) -> tuple[str, ...]:
+    """The fields of deferred protection changes that wait for ``branch``: the default
+    branch rule waits for the default branch; a named rule for its branch."""
+    return (branch, DEFAULT_BRANCH_RULE) if branch == default_branch else (branch,)
+
+
 def plan_protection_kind(policy: Policy, repo: RepoState) -> KindPlan:
     """The "branch_protection" policy kind for one repository."""
     changes: list[Change] = []

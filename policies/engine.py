@@ -25,7 +25,6 @@ from policies.apply import (
     github_error,
 )
 from policies.concern import ALL, SWEEP, Concern
-from policies.defaults import DEFAULT_BRANCH_RULE
 from policies.loader import PolicyError
 from policies.model import Change, Plan, Policy, RepoState
 from policies.plan import plan_repository
@@ -53,7 +52,7 @@ CONFIG_FILE_KEY = "file"
 RECENT_RECORDS = 50
 
 # The kinds whose changes may wait for their branch (recorded ``deferred``).
-_DEFERRING = frozenset(kind.name for kind in POLICY_KINDS if kind.defers)
+_DEFERRING = frozenset(kind.name for kind in POLICY_KINDS if kind.waiting_for is not None)
 
 # An installation's granted permissions (None: not known, e.g. a personal token).
 Permissions = Mapping[str, str] | None
@@ -458,10 +457,13 @@ class PolicyEngine:
         return _waiting(await self._deferring_records(full_name), fields)
 
     async def apply_deferred(self, gh: GitHub, run: Run, repo: Mapping[str, Any], branch: str) -> RepoResult | None:
-        """On a branch's creation or first push: apply the changes that waited for it, once.
-        The default branch rule waits for the default branch; a named rule for its branch."""
+        """On a branch's creation or first push: apply the changes that waited for it, once
+        (each kind says which of its deferred changes wait for the branch)."""
         full_name = str(repo["full_name"])
-        fields = (branch, DEFAULT_BRANCH_RULE) if branch == repo.get("default_branch") else (branch,)
+        default = repo.get("default_branch")
+        fields = tuple(dict.fromkeys(
+            field for kind in POLICY_KINDS if kind.waiting_for is not None for field in kind.waiting_for(branch, default)
+        ))
         if not await self._still_deferred(full_name, fields):
             return None
         # A branch that was just created has nothing to read (each kind says what it has).

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from policies.branch_protection import branches_to_check
 from policies.model import Change, Held, Plan, Policy, RepoState
 from policies.registry import POLICY_KINDS
 from policies.scope import skip_reason
-
-__all__ = ["branches_to_check", "plan_repository"]
 
 
 def plan_repository(policy: Policy, repo: RepoState) -> Plan:

@@ -24,6 +24,7 @@ from policies.branch_cleanup import graphql_selection as cleanup_selection
 from policies.branch_protection import (
     decides_protection,
     default_branch_rules,
+    fields_waiting_for,
     inverse_protection,
     learn_undo,
     mark_unreadable_protection,
@@ -209,8 +210,10 @@ class PolicyKind:
     # Of its section, what is about the default branch (an event that moved it concerns only
     # that); None: the whole section.
     default_branch_part: Callable[[Any], Any] | None = None
-    # A change may wait for its branch to exist (recorded ``deferred``, made once it does).
-    defers: bool = False
+    # Its changes that wait for their branch to exist (recorded ``deferred``, made once it
+    # does): (branch, default branch) -> the fields of its deferred changes that wait for that
+    # branch. None: its changes never wait.
+    waiting_for: Callable[[str, str | None], tuple[str, ...]] | None = None
     # What ``overrides`` may list of it: its section, and with ``override_part`` (how the
     # help names it, e.g. ``<field>``) ``<section>.<part>`` keys, each checked by
     # ``check_override`` (key, part) -> why it cannot be listed, or None.
@@ -246,7 +249,8 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
         decides=decides_protection, describe=describe_protection, status=protection_status,
         mark_unreadable=mark_unreadable_protection,
         batch=BatchPart(protection_wanted, protection_selection, protection_from_node),
-        nothing=(), default_branch_part=default_branch_rules, defers=True, override_part="<rule name>",
+        nothing=(), default_branch_part=default_branch_rules,
+        waiting_for=fields_waiting_for, override_part="<rule name>",
     ),
     PolicyKind(
         RULESETS, plan_rulesets_kind, "rulesets", check_rulesets, read=into_kinds(RULESETS, read_rulesets),

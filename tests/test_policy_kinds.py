@@ -78,7 +78,10 @@ def test_each_kind_plans_describes_reports_and_undoes_its_own_changes() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["policies.apply", "policies.engine", "handlers.command_report", "policies.batch_read", "policies.validate"],
+    [
+        "policies.apply", "policies.engine", "handlers.command_report", "policies.batch_read", "policies.validate",
+        "policies.plan",
+    ],
 )
 def test_the_transaction_the_engine_the_reports_and_the_batched_read_import_no_kind(module) -> None:
     path = ROOT / Path(*module.split(".")).with_suffix(".py")
@@ -145,8 +148,8 @@ def module_tree(module: str) -> ast.Module:
     return ast.parse((ROOT / Path(*module.split(".")).with_suffix(".py")).read_text())
 
 
-@pytest.mark.parametrize("module", ["policies.engine", "policies.batch_read", "policies.validate"])
-def test_the_engine_the_batched_read_and_the_checks_name_no_kind(module) -> None:
+@pytest.mark.parametrize("module", ["policies.engine", "policies.batch_read", "policies.validate", "policies.plan"])
+def test_the_engine_the_batched_read_the_checks_and_the_planner_name_no_kind(module) -> None:
     # validate's list of the file's top-level keys names every section, in the documented order.
     named = kind_named_in(module_tree(module), skip=("TOP_LEVEL_KEYS",))
     assert named == [], f"{module} names the kinds {named}: say it in the kind's module, through the registry"
