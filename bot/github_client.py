@@ -50,6 +50,7 @@ from bot.metrics import (
     GITHUB_REQUESTS,
     GITHUB_RETRIES,
     GITHUB_WAIT_SECONDS,
+    labelled,
 )
 from bot.turns import give_back_if_late, give_back_turn
 
@@ -416,8 +417,8 @@ class MokoGitHubAPI(gidgethub.aiohttp.GitHubAPI):
             self.sent_by_resource[send.resource] = self.sent_by_resource.get(send.resource, 0) + 1
             if self._on_send is not None:
                 self._on_send()
-            GITHUB_REQUESTS.labels(send.method, outcome).inc()
-            GITHUB_REQUEST_SECONDS.labels(send.method).observe(self._timing.clock() - started)
+            labelled(GITHUB_REQUESTS, send.method, outcome).inc()
+            labelled(GITHUB_REQUEST_SECONDS, send.method).observe(self._timing.clock() - started)
             if send.write:
                 self._limits.write_sent()
         self._limits.record_answer(send, answer[1])

@@ -16,6 +16,7 @@ from bot.metrics import (
     GITHUB_WAIT_SECONDS,
     GITHUB_WRITE_TURN_HELD,
     GITHUB_WRITE_TURN_WAIT,
+    labelled,
 )
 from bot.turns import give_back_turn
 
@@ -232,7 +233,7 @@ class InstallationLimits:
             return
         self._budgets[send.resource] = budget
         if send.resource == "core":
-            GITHUB_RATE_LIMIT_REMAINING.labels(self.label).set(budget.remaining)
+            labelled(GITHUB_RATE_LIMIT_REMAINING, self.label).set(budget.remaining)
 
     def write_sent(self) -> None:
         self._last_write_end = self._timing.clock()

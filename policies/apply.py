@@ -19,7 +19,7 @@ from gidgethub import GitHubException
 from bot.audit import AuditWriter
 from bot.github_protocol import GitHub
 from bot.logs import get_logger
-from bot.metrics import REMEDIATIONS
+from bot.metrics import REMEDIATIONS, labelled
 from bot.outcomes import Outcome
 from bot.store.base import AuditEntry, HeldLock
 from policies.model import Change, NotYetPossible
@@ -162,7 +162,7 @@ class Transaction:
                 fields=[c.field for c in changes], error=error,
             )
         for change in changes:
-            REMEDIATIONS.labels(policy=change.policy, outcome=outcome).inc()
+            labelled(REMEDIATIONS, change.policy, outcome).inc()
             self.outcomes.append(ChangeOutcome(change, outcome, error))
 
     async def settle(self, changes: Sequence[Change], outcome: Outcome, error: str | None = None) -> None:
