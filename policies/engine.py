@@ -355,7 +355,7 @@ class PolicyEngine:
                 return RepoResult(full_name, Outcome.PLANNED, plan=plan, policy=policy, dry_run=dry_run)
             transaction = Transaction(gh, self.audit, run, full_name, lock=lock, outcomes=done)
             if intents:
-                await _settle_intents(transaction, intents, effective, plan)
+                await _settle_intents(transaction, intents, effective, plan, await self._made_since(run, intents))
             if dry_run:
                 await transaction.dry_run(plan.changes + plan.deferred)
                 ok = True
@@ -401,6 +401,17 @@ class PolicyEngine:
         an outcome (its process stopped in between)."""
         records = await self.store.audit_records(repo=full_name, run_id=run.run_id)
         return [record for record in settled(records) if record.outcome == Outcome.PENDING]
+
+    async def _made_since(self, run: Run, intents: list[AuditRecord]) -> set[int]:
+        """The intents (by seq) whose change another run recorded applied after them. That run
+        read the repository once the intent's write could no longer land, found the change
+        not made and made it: what GitHub shows now is its write, not the earlier try's."""
+        later = await self.store.audit_records(repo=intents[0].repo, since=min(i.time for i in intents))
+        applied = [r for r in later if r.outcome == Outcome.APPLIED and r.run_id != run.run_id]
+        return {
+            intent.seq for intent in intents
+            if any(r.seq > intent.seq and (r.policy, r.field) == (intent.policy, intent.field) for r in applied)
+        }
 
     async def _let_earlier_writes_land(self, full_name: str, unanswered: bool) -> None:
         """With an intent left without an outcome (``unanswered``: by an earlier try of this
@@ -475,14 +486,14 @@ class PolicyEngine:
 
 
 async def _settle_intents(
-    transaction: Transaction, intents: list[AuditRecord], effective: Policy, plan: Plan
+    transaction: Transaction, intents: list[AuditRecord], effective: Policy, plan: Plan, made_since: set[int]
 ) -> None:
     """Give the intents an earlier try left without an outcome (its process stopped between
     asking GitHub and recording the answer) the outcome GitHub shows now, read after the
     write could no longer land: ``applied`` when the plan, made from that read, no longer has
     the change (the try made it), ``failed`` when it still has (this run makes it, with a
-    record of its own). One that this plan does not decide (another policy kind, a field it
-    could not read) stays pending."""
+    record of its own) or when another run made it since (``made_since``). One that this
+    plan does not decide (another policy kind, a field it could not read) stays pending."""
     planned = {(c.policy, c.field) for c in (*plan.changes, *plan.deferred)}
     untold = {key for key, _why in plan.unknown} | set(plan.needs_read)
     made: list[Change] = []
@@ -491,7 +502,8 @@ async def _settle_intents(
         if not _decides(effective, intent) or f"{intent.policy}.{intent.field}" in untold:
             continue
         change = Change(intent.policy, intent.field, intent.before, intent.after)
-        (not_made if (intent.policy, intent.field) in planned else made).append(change)
+        not_yet = (intent.policy, intent.field) in planned or intent.seq in made_since
+        (not_made if not_yet else made).append(change)
     if made:
         await transaction.record(made, Outcome.APPLIED)
     if not_made:

@@ -6,7 +6,9 @@ again, nor counted again against the user's limit."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import sys
 import time
 
 import aiohttp
@@ -258,4 +260,50 @@ async def test_a_change_a_dead_try_intended_and_github_never_made_is_recorded_fa
     # The dead try's intent: not made; the retake's: made, each recorded once.
     assert [(outcome, error) for _run, outcome, error in audit_rows(tmp_path / "moko.db", "lost", "has_wiki")] == [
         ("pending", None), ("failed", NOT_MADE), ("pending", None), ("applied", None),
+    ]
+
+
+async def test_a_change_another_run_made_after_a_dead_try_s_intent_is_not_credited_to_that_try(
+    fake_github, tmp_path
+):
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "lost", **COMPLIANT)
+    fake_github.set_protection(ORG, "lost", "main", DEFAULT_PROTECTION)
+    fake_github.repo(ORG, "lost")["has_wiki"] = True
+    payload = fake_github.event("repository", "edited", owner=ORG, repo="lost",
+                                changes={"description": {"from": None}})
+    settings = rf"^/repos/{ORG}/lost$"
+    # The delivery's PATCH is held, then dropped without being carried out; its process dies
+    # meanwhile.
+    fake_github.fail("PATCH", settings, delay=60, reset_connection=True)
+    db = tmp_path / "moko.db"
+    env = moko_environ(fake_github, f"sqlite:///{db}", MOKO_REQUEST_TIMEOUT="3")
+    running = await start_moko_process(env, tmp_path / "first.log")
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert (await post_webhook(session, running.url, "repository", payload, delivery="edited-6")).status == 202
+        await arrived(fake_github, "PATCH", settings)
+        running.kill()
+        # Before the delivery is taken again, another run (a sweep of the repository) finds
+        # the wiki still on, and turns it off.
+        sweep = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "handlers.wiring.cli", "sweep", "--org", ORG, "--repo", "lost",
+            env={**os.environ, **env}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert await sweep.wait() == 0
+        assert fake_github.repo(ORG, "lost")["has_wiki"] is False
+        running = await start_moko_process(env, tmp_path / "after.log")
+        state = await finished(db, "edited-6")
+    finally:
+        running.kill()
+
+    assert state == "done"
+    made = [c for c in fake_github.calls_to("PATCH", settings) if c.status == 200]
+    assert len(made) == 1
+    # The sweep made the change; the dead try's intent, which GitHub never carried out, is
+    # recorded so, not as a second change applied.
+    rows = [(run.split("-")[0], outcome, error) for run, outcome, error in audit_rows(db, "lost", "has_wiki")]
+    assert rows == [
+        ("edited", "pending", None), ("sweep", "pending", None), ("sweep", "applied", None),
+        ("edited", "failed", NOT_MADE),
     ]
