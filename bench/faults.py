@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import random
@@ -68,6 +69,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,16 +205,21 @@ class FakeSide:
         }
 
 
-async def serve_fake(installations: int, repositories: int) -> None:
+async def serve_fake(installations: int, repositories: int, request_log: str | None = None) -> None:
     """Build the organizations, print where the fake listens, answer one JSON line per line."""
     from tests.fakegithub.server import FakeGitHub
 
     fake = FakeGitHub()
     await fake.start()
     side = FakeSide(fake, installations, repositories)
+    logged = open(request_log, "a", buffering=1) if request_log else None  # noqa: SIM115
 
     def counted(call: Any) -> None:
         side.requests += 1
+        if logged is not None:
+            # The request log: what Moko asked and what the fake answered (0: dropped).
+            logged.write(json.dumps({"t": round(time.time(), 3), "method": call.method, "path": call.path,
+                                     "query": call.query, "status": call.status}) + "\n")
 
     fake.on_request(counted)
 
@@ -246,15 +253,17 @@ async def serve_fake(installations: int, repositories: int) -> None:
             answer = {"error": repr(error)}
         print(json.dumps(answer), flush=True)
     forgetting.cancel()
+    if logged is not None:
+        logged.close()
     await fake.close()
 
 
 class Fake:
     """The fake GitHub's process, seen from the campaign."""
 
-    def __init__(self, installations: int, repositories: int) -> None:
+    def __init__(self, installations: int, repositories: int, request_log: Path | None = None) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--serve-fake", str(installations), str(repositories)],
+            [sys.executable, __file__, "--serve-fake", str(installations), str(repositories), str(request_log or "")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
         )
         assert self.process.stdout is not None
@@ -522,6 +531,9 @@ class Campaign:
         self.finished: dict[str, str] = {}
         self.created = 0
         self.pg_restarted = False
+        self.unsettled: dict[str, str] = {}  # delivery id -> target, not finished when the settle ended
+        self.settle_seconds = 0.0  # from the last delivery sent (and the kills) to the last one finished
+        self.parked_by: dict[str, str] = {}  # repository -> how the delivery that left it drifted ended
 
     def pick(self) -> tuple[str, str, str] | None:
         kind = self.rng.choices(KINDS, WEIGHTS)[0]
@@ -583,6 +595,7 @@ class Campaign:
                     self.busy.discard(target)
                     if not compliant.get(target):
                         self.parked.add(target)
+                        self.parked_by[target] = state
                 else:
                     self.pushing.discard(target)
                     # The push's reconcile may have fixed what a failed delivery left.
@@ -647,10 +660,33 @@ class Campaign:
             await background[1]
             if self.args.restart_postgres:
                 await background[2]
-            deadline = CLOCK() + self.args.settle
-            while self.outstanding and CLOCK() < deadline:
-                await asyncio.sleep(0.3)
+            # The backlog the kills and the 5 s answers left is processed at whatever pace the
+            # machine allows: wait for it as long as deliveries keep finishing. A fixed window
+            # ended with deliveries still queued on a loaded machine, and counted their
+            # repositories as left drifted, and their commands as unanswered.
+            ended = CLOCK()
+            await self.until_finished(lambda: len(self.outstanding))
+            self.settle_seconds = CLOCK() - ended
             background[0].cancel()
+            self.unsettled = dict(self.outstanding)
+
+    async def until_finished(self, unfinished: Callable[[], int | Awaitable[int]]) -> int:
+        """Wait while ``unfinished`` deliveries remain and keep finishing: give up once none
+        finished for ``--settle`` seconds. How many remain."""
+        left, progress = None, CLOCK()
+        while True:
+            now = unfinished()
+            now = await now if inspect.isawaitable(now) else now
+            if now == 0 or (now == left and CLOCK() - progress > self.args.settle):
+                return now
+            if now != left:
+                left, progress = now, CLOCK()
+            await asyncio.sleep(0.3)
+
+    async def unfinished(self) -> int:
+        """Deliveries sent whose state in the store is not final (done or failed)."""
+        states = await self.store.states(list(self.stream.sent))
+        return sum(1 for d in self.stream.sent if states.get(d) not in ("done", "failed"))
 
 
 # --- checks -----------------------------------------------------------------------------------
@@ -753,7 +789,7 @@ def moko_env(fake: Fake, database: str, **extra: str) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def database(backend: str, workdir: Path) -> Any:
+async def database(backend: str, workdir: Path, keep: bool = False) -> Any:
     """A SQLite file in workdir, or a fresh PostgreSQL database dropped afterwards."""
     if backend == "sqlite":
         yield f"sqlite:///{workdir}/moko.db"
@@ -768,7 +804,7 @@ async def database(backend: str, workdir: Path) -> Any:
     try:
         yield server.rsplit("/", 1)[0] + "/" + name
     finally:
-        for _ in range(60):
+        for _ in range(0 if keep else 60):
             try:
                 admin = await asyncpg.connect(server)
                 await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -780,11 +816,11 @@ async def database(backend: str, workdir: Path) -> Any:
 
 async def campaign_main(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="moko-faults-"))
-    fake = Fake(args.installations, args.repositories)
+    fake = Fake(args.installations, args.repositories, workdir / "github-requests.jsonl")
     fake_fds_start = open_fds(fake.process.pid)
     started = time.time()
     try:
-        async with database(args.backend, workdir) as url:
+        async with database(args.backend, workdir, args.keep) as url:
             env = moko_env(fake, url, **({"MOKO_WORKERS": str(args.workers)} if args.workers else {}))
             mokos = Mokos(2 if args.backend == "postgres" else 1, env, workdir)
             store = StoreReader(url)
@@ -799,6 +835,9 @@ async def campaign_main(args: argparse.Namespace) -> dict[str, Any]:
             last_delivery = campaign.stream.last_acknowledged
             report = await fake.ask("report")
             drifted = [name for name, ok in report["compliant"].items() if not ok]
+            unfinished_at_report = len(campaign.unsettled)
+            unsettled_targets = set(campaign.unsettled.values())
+            unsettled_states = Counter((await store.states(list(campaign.unsettled))).values())
             reconciled = 0
             if drifted:
                 # What failed deliveries left is the continuous reconciliation's: start it.
@@ -812,6 +851,9 @@ async def campaign_main(args: argparse.Namespace) -> dict[str, Any]:
                     left = await fake.ask("compliant", repos=drifted)
                     if all(left.values()):
                         break
+                # Counted only once every delivery has finished: a command whose delivery is
+                # still at work has not answered yet, and would be counted unanswered.
+                unfinished_at_report = await campaign.until_finished(campaign.unfinished)
                 report = await fake.ask("report")
             await fake.ask("faults")  # off: the checks read, they are not under test
             await asyncio.sleep(1)
@@ -832,6 +874,15 @@ async def campaign_main(args: argparse.Namespace) -> dict[str, Any]:
                 "kills": mokos.kills,
                 "postgres_restarted": campaign.pg_restarted,
                 "reconciled_after": reconciled,
+                "unsettled": len(campaign.unsettled),
+                "unsettled_states": dict(unsettled_states),
+                "drifted_with_delivery_unsettled": sum(1 for name in drifted if name in unsettled_targets
+                                                       or name.split("/")[0] in unsettled_targets),
+                "drifted_after": {state: sum(1 for name in drifted if campaign.parked_by.get(name) == state)
+                                  for state in ("done", "failed")},
+                "unfinished_at_report": unfinished_at_report,
+                "settle_s": round(campaign.settle_seconds, 1),
+                "database": url,
                 "seconds": round(time.time() - started, 1),
                 "last_delivery_to_last_fix_s": round(max(0.0, report["last_write"] - last_delivery), 1),
                 "peak_rss_mib": {r.name: round(r.peak_rss_mib, 1) for r in mokos.replicas}
@@ -860,6 +911,11 @@ def verdict(result: dict[str, Any]) -> list[str]:
         problems.append(f"applied twice (audit): {result['applied_twice_in_audit'][:5]}")
     if result["applied_more_than_planned"]:
         problems.append(f"applied more than planned (audit): {result['applied_more_than_planned']}")
+    if result["unsettled"] or result["unfinished_at_report"]:
+        problems.append(f"deliveries still unfinished: {result['unsettled']} after the stream, "
+                        f"{result['unfinished_at_report']} when the answers were counted")
+    if result["drifted_after"]["done"]:
+        problems.append(f"{result['drifted_after']['done']} repositories drifted after their delivery ended done")
     if result["noncompliant"]:
         problems.append(f"not compliant: {result['noncompliant'][:10]}")
     if result["commands_answered_once"] != result["commands"]:
@@ -884,7 +940,12 @@ def print_table(result: dict[str, Any]) -> None:
         ("applied twice (audit): by one run / by runs beyond the plan",
          f"{len(result['applied_twice_in_audit'])} / {len(result['applied_more_than_planned'])}"),
         ("repositories compliant", f"{result['repositories'] - len(result['noncompliant'])} / {result['repositories']}"),
-        ("left to the reconciliation", str(result["reconciled_after"])),
+        ("last delivery sent to the last one finished", f"{result['settle_s']} s"),
+        ("deliveries unfinished then (their states); drifted repositories among theirs",
+         f"{result['unsettled']} {json.dumps(result['unsettled_states'])}; {result['drifted_with_delivery_unsettled']}"),
+        ("left to the reconciliation (the delivery that left it drifted: done / failed)",
+         f"{result['reconciled_after']} ({result['drifted_after']['done']} / {result['drifted_after']['failed']})"),
+        ("deliveries unfinished when the answers were counted", str(result["unfinished_at_report"])),
         ("commands answered exactly once", f"{result['commands_answered_once']} / {result['commands']}"),
         ("moko audit --verify", f"exit {result['audit_verify_exit']}"),
         ("kills (SIGKILL) / PostgreSQL restarted", f"{result['kills']} / {result['postgres_restarted']}"),
@@ -1086,17 +1147,20 @@ def main() -> None:
     parser.add_argument("--secondary", type=float, default=0.02)
     parser.add_argument("--delays", type=float, default=0.05)
     parser.add_argument("--delay-seconds", type=float, default=5.0)
-    parser.add_argument("--settle", type=float, default=120.0, help="seconds for the last deliveries to finish")
+    parser.add_argument("--settle", type=float, default=120.0,
+                        help="seconds without a delivery finishing before the wait for the last ones gives up")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--soak", type=float, metavar="MINUTES")
     parser.add_argument("--rate", type=float, default=50.0, help="soak: deliveries per second")
     parser.add_argument("--plot", metavar="PNG", help="soak: where to draw the samples")
     parser.add_argument("--workers", type=int, help="MOKO_WORKERS (default: Moko's own)")
-    parser.add_argument("--serve-fake", nargs=2, type=int, metavar=("INSTALLATIONS", "REPOS"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-fake", nargs=3, metavar=("INSTALLATIONS", "REPOS", "LOG"), help=argparse.SUPPRESS)
+    parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL database (its URL is printed)")
     args = parser.parse_args()
     if args.serve_fake:
-        asyncio.run(serve_fake(*args.serve_fake))
+        installations, repositories, request_log = args.serve_fake
+        asyncio.run(serve_fake(int(installations), int(repositories), request_log or None))
         return
     if args.seed is None:
         args.seed = random.randrange(2**32)
@@ -1117,7 +1181,8 @@ def main() -> None:
     else:
         print_table(result)
         print("\n" + ("\n".join(f"FAILED: {p}" for p in problems) if problems else "all claims held")
-              + f"  (seed {args.seed}; logs in {result['workdir']})")
+              + f"  (seed {args.seed}; logs in {result['workdir']}"
+              + (f"; database kept: {result['database']})" if args.keep and args.backend == "postgres" else ")"))
     sys.exit(1 if problems else 0)
 
 

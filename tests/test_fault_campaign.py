@@ -35,6 +35,10 @@ def test_two_hundred_deliveries_under_faults_and_kills_are_each_applied_once():
     assert result["unplanned_writes"] == {}, context
     assert result["applied_twice_in_audit"] == [], context
     assert result["applied_more_than_planned"] == {}, context
+    # Counted once every delivery had finished: none was still at work when the repositories
+    # and the answers were read, and none that ended done left its repository drifted.
+    assert result["unsettled"] == 0 and result["unfinished_at_report"] == 0, context
+    assert result["drifted_after"]["done"] == 0, context
     assert result["noncompliant"] == [], context
     assert result["commands"] > 0 and result["commands_answered_once"] == result["commands"], context
     assert result["audit_verify_exit"] == 0, context
