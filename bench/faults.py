@@ -29,8 +29,12 @@ audit trail's `applied` records per delivery, repository and field (more than on
 twice), and per repository against the plan whichever runs recorded them (more: two fixers
 wrote the same fix); repositories compliant; `/moko apply` answered by exactly one comment each;
 `moko audit --verify`; time from the last delivery to the last fix; peak RSS; descriptors.
-Repositories a failed delivery left drifted are for the continuous reconciliation: Moko is
-then restarted with `MOKO_SWEEP_INTERVAL=10s` and given up to 3 minutes.
+Everything is counted once every delivery has finished: the backlog the kills and the late
+answers leave is waited for as long as deliveries keep finishing (`--settle`: how long
+without one finishing before giving up). Repositories a failed delivery left drifted are for
+the continuous reconciliation: Moko is then restarted with `MOKO_SWEEP_INTERVAL=10s` and
+given up to 3 minutes. The fake GitHub's request log (one JSON line a request) and Moko's
+logs (`BENCH_LOG_LEVEL`) are in the run's directory; `--keep` keeps the PostgreSQL database.
 
     python bench/faults.py                                  # SQLite, 1,000 deliveries, 10 kills
     python bench/faults.py --backend postgres --restart-postgres
@@ -348,9 +352,22 @@ class Mokos:
         self.env = env
         self.replicas = [Replica(f"moko-{i}", free_port(), workdir / f"moko-{i}.log") for i in range(count)]
         self.kills = 0
+        self.restarts_without_store = 0  # starts that found no database (it was restarting)
         self._next = 0
 
     async def start(self, replica: Replica, **extra: str) -> None:
+        # A start during the PostgreSQL server's restart finds no server and exits: start again,
+        # as a process supervisor would.
+        for attempt in range(1, 31):
+            try:
+                return await self._start(replica, **extra)
+            except SystemExit:
+                if attempt == 30 or "store error" not in replica.log.read_text(errors="replace")[-2000:]:
+                    raise
+                self.restarts_without_store += 1
+                await asyncio.sleep(1)
+
+    async def _start(self, replica: Replica, **extra: str) -> None:
         import aiohttp
 
         env = {**os.environ, **self.env, **extra, "PORT": str(replica.port), "HOST": "127.0.0.1"}
@@ -415,6 +432,7 @@ class StoreReader:
     def __init__(self, url: str) -> None:
         self.url = url
         self._pg: Any = None
+        self.errors: Counter[str] = Counter()  # failed reads, by error
 
     async def query(self, sql: str) -> list[tuple[Any, ...]]:
         if self.url.startswith("sqlite:"):
@@ -431,8 +449,12 @@ class StoreReader:
             try:
                 if self._pg is None or self._pg.is_closed():
                     self._pg = await asyncpg.connect(self.url, timeout=5)
-                return [tuple(row) for row in await self._pg.fetch(sql)]
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                # With a timeout: a query sent as the server restarts may never be answered.
+                return [tuple(row) for row in await self._pg.fetch(sql, timeout=10)]
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                self.errors[type(error).__name__] += 1
+                if self._pg is not None:
+                    self._pg.terminate()
                 self._pg = None  # the server restarting: connect again
                 if attempt == 59:
                     raise
@@ -534,6 +556,7 @@ class Campaign:
         self.unsettled: dict[str, str] = {}  # delivery id -> target, not finished when the settle ended
         self.settle_seconds = 0.0  # from the last delivery sent (and the kills) to the last one finished
         self.parked_by: dict[str, str] = {}  # repository -> how the delivery that left it drifted ended
+        self.watch_errors: Counter[str] = Counter()
 
     def pick(self) -> tuple[str, str, str] | None:
         kind = self.rng.choices(KINDS, WEIGHTS)[0]
@@ -579,30 +602,37 @@ class Campaign:
         """Free the gates of processed deliveries (done, or failed: parked for later)."""
         while True:
             await asyncio.sleep(0.3)
-            ids = [d for d in self.outstanding if d in self.stream.acknowledged]
-            if not ids:
-                continue
-            states = await self.store.states(ids)
-            ended = {d: s for d, s in states.items() if s in ("done", "failed")}
-            if not ended:
-                continue
-            repos = sorted({self.outstanding[d] for d in ended if "/" in self.outstanding[d]})
-            compliant = await self.fake.ask("compliant", repos=repos) if repos else {}
-            for delivery, state in ended.items():
-                target = self.outstanding.pop(delivery)
-                self.finished[delivery] = state
-                if "/" in target:
-                    self.busy.discard(target)
-                    if not compliant.get(target):
-                        self.parked.add(target)
-                        self.parked_by[target] = state
-                else:
-                    self.pushing.discard(target)
-                    # The push's reconcile may have fixed what a failed delivery left.
-                    waiting = [r for r in self.parked if r.startswith(target + "/")]
-                    if waiting:
-                        fixed = await self.fake.ask("compliant", repos=waiting)
-                        self.parked.difference_update(r for r, ok in fixed.items() if ok)
+            try:
+                await self._free_gates()
+            except Exception as error:  # a failed round must not stop the gates for good
+                self.watch_errors[repr(error)[:200]] += 1
+
+    async def _free_gates(self) -> None:
+        """One round: the deliveries that ended free their repository (or installation)."""
+        ids = [d for d in self.outstanding if d in self.stream.acknowledged]
+        if not ids:
+            return
+        states = await self.store.states(ids)
+        ended = {d: s for d, s in states.items() if s in ("done", "failed")}
+        if not ended:
+            return
+        repos = sorted({self.outstanding[d] for d in ended if "/" in self.outstanding[d]})
+        compliant = await self.fake.ask("compliant", repos=repos) if repos else {}
+        for delivery, state in ended.items():
+            target = self.outstanding.pop(delivery)
+            self.finished[delivery] = state
+            if "/" in target:
+                self.busy.discard(target)
+                if not compliant.get(target):
+                    self.parked.add(target)
+                    self.parked_by[target] = state
+            else:
+                self.pushing.discard(target)
+                # The push's reconcile may have fixed what a failed delivery left.
+                waiting = [r for r in self.parked if r.startswith(target + "/")]
+                if waiting:
+                    fixed = await self.fake.ask("compliant", repos=waiting)
+                    self.parked.difference_update(r for r, ok in fixed.items() if ok)
 
     async def kill_at(self, thresholds: list[int]) -> None:
         for threshold in thresholds:
@@ -872,6 +902,7 @@ async def campaign_main(args: argparse.Namespace) -> dict[str, Any]:
                 "replicas": len(mokos.replicas),
                 "installations": args.installations,
                 "kills": mokos.kills,
+                "starts_without_store": mokos.restarts_without_store,
                 "postgres_restarted": campaign.pg_restarted,
                 "reconciled_after": reconciled,
                 "unsettled": len(campaign.unsettled),
@@ -882,6 +913,8 @@ async def campaign_main(args: argparse.Namespace) -> dict[str, Any]:
                                   for state in ("done", "failed")},
                 "unfinished_at_report": unfinished_at_report,
                 "settle_s": round(campaign.settle_seconds, 1),
+                "watch_errors": dict(campaign.watch_errors),
+                "store_read_errors": dict(store.errors),
                 "database": url,
                 "seconds": round(time.time() - started, 1),
                 "last_delivery_to_last_fix_s": round(max(0.0, report["last_write"] - last_delivery), 1),
@@ -946,6 +979,8 @@ def print_table(result: dict[str, Any]) -> None:
         ("left to the reconciliation (the delivery that left it drifted: done / failed)",
          f"{result['reconciled_after']} ({result['drifted_after']['done']} / {result['drifted_after']['failed']})"),
         ("deliveries unfinished when the answers were counted", str(result["unfinished_at_report"])),
+        ("the campaign's own failed reads: of the store / rounds of its watch",
+         f"{json.dumps(result['store_read_errors'])} / {json.dumps(result['watch_errors'])}"),
         ("commands answered exactly once", f"{result['commands_answered_once']} / {result['commands']}"),
         ("moko audit --verify", f"exit {result['audit_verify_exit']}"),
         ("kills (SIGKILL) / PostgreSQL restarted", f"{result['kills']} / {result['postgres_restarted']}"),
