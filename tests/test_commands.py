@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from bot.audit import settled
 from bot.store.base import DONE, FAILED
@@ -443,6 +445,19 @@ async def test_comments_by_moko_itself_do_nothing(drifted, moko):
     assert await trail(moko) == []
 
 
+async def test_a_bot_whose_login_lacks_the_bot_suffix_is_ignored(drifted, moko):
+    # GitHub's Copilot coding agent comments as the Bot account "Copilot": no "[bot]" in its
+    # login, only its type says it is not a person.
+    drifted.state.user("Copilot", "Bot")
+    payload = comment(drifted, "/moko apply", user="Copilot")
+    assert (payload["comment"]["user"]["login"], payload["comment"]["user"]["type"]) == ("Copilot", "Bot")
+    drifted.reset_calls()
+    await moko.deliver("issue_comment", payload)
+    assert drifted.calls == []
+    assert answers(drifted) == [] and drifted.repo(ORG, REPO)["has_wiki"] is True
+    assert await trail(moko) == []
+
+
 @pytest.mark.parametrize(
     ("body", "user", "action"),
     [
@@ -467,9 +482,13 @@ async def test_six_commands_in_a_minute_get_one_throttle_answer(drifted, moko):
     now = [1_000_000.0]
     moko.services.clock = lambda: now[0]
     asked = []
-    for _ in range(7):
-        asked.append((await command(moko, drifted, "/moko help", user="spammer"))[0])
-        now[0] += 5
+    with capture_logs() as logs:
+        for _ in range(7):
+            asked.append((await command(moko, drifted, "/moko help", user="spammer"))[0])
+            now[0] += 5
+    # The operator's log says which refusal was answered with the notice and which was silent.
+    assert [(e["user"], e["notice"]) for e in logs if e["event"] == "command_throttled"] == [
+        ("spammer", True), ("spammer", False)]
     bodies = answers(drifted)
     assert bodies == [f"{text.MARKER}\n{text.HELP}"] * 5 + [f"{text.MARKER}\n{text.THROTTLED}"]
     assert [reactions(drifted, c["id"]) for c in asked] == [["eyes", "rocket"]] * 5 + [[], []]
@@ -533,7 +552,10 @@ async def test_a_failed_apply_is_answered_and_fails_the_delivery_without_leaking
     assert "**failed: 422 Validation Failed for \\[REDACTED\\]**" in answer
     assert reactions(drifted, asked["id"]) == ["eyes", "confused"]
     assert drifted.repo(ORG, REPO)["has_wiki"] is True
-    assert (await moko.services.store.get_delivery("apply-fail")).state == FAILED
+    delivery = await moko.services.store.get_delivery("apply-fail")
+    # The failed delivery says why, as the answer does, not only that it failed.
+    assert (delivery.state, delivery.error) == (
+        FAILED, "handlers.comments.answer_command: CommandFailed: 422 Validation Failed for [REDACTED]")
     assert (await trail(moko, "command"))[0].outcome == "failed"
 
 
@@ -584,7 +606,9 @@ async def test_a_lost_answer_and_a_lost_reaction_are_not_sent_twice(drifted, mok
     [posted] = [c for c in drifted.comments(ORG, REPO, 1) if c["user"]["login"] == drifted.bot_login]
     assert posted["body"].startswith(f"{text.MARKER}<!-- moko:delivery lost-1 applied -->\n")
     assert drifted.count("POST", f"^{COMMENTS}$") == 1
-    assert drifted.count("GET", f"^{COMMENTS}$") == 1
+    # The look for the lost answer reads only the comments since the command, not the thread.
+    [look] = drifted.calls_to("GET", f"^{COMMENTS}$")
+    assert look.query == {"since": asked["created_at"], "per_page": "100"}
     assert drifted.count("POST", "/reactions$") == 2  # eyes (lost, found), rocket
     assert (await moko.services.store.get_delivery("lost-1")).state == DONE
 
@@ -660,3 +684,39 @@ async def test_text_holding_a_secret_is_not_echoed_at_all(drifted, moko, given):
     assert "A1b2C3d4" not in answer and "REDACTED" not in answer
     [record] = await trail(moko)
     assert "A1b2C3d4" not in (record.error or "") and "REDACTED" not in (record.error or "")
+
+
+async def test_plan_in_an_issue_of_the_policy_repository_plans_as_anywhere(org, moko):
+    # Only a pull request of `.github` gets its policy preview again: an issue there (issues
+    # and pull requests share numbers) is planned like any repository, its pull request unread.
+    org.add_repo(ORG, ".github", **{**COMPLIANT, "has_wiki": True})
+    org.set_protection(ORG, ".github", "main", DEFAULT_PROTECTION)
+    org.set_permission(ORG, ".github", "alice", "triage")
+    payload = org.event("issue_comment", "created", owner=ORG, repo=".github", body="/moko plan", sender="alice")
+    assert "pull_request" not in payload["issue"]
+    org.reset_calls()
+    await moko.deliver("issue_comment", payload)
+    [answer] = [c["body"] for c in org.comments(ORG, ".github", 1) if c["user"]["login"] == org.bot_login]
+    assert answer.endswith("**What `/moko apply` would change in acme/.github**\n\n- has\\_wiki: true → false")
+    assert not [c for c in org.calls if "/pulls" in c.path]
+
+
+def command_counts(metrics: str) -> dict[tuple[str, str], float]:
+    return {(s.labels["command"], s.labels["outcome"]): s.value
+            for family in text_string_to_metric_families(metrics) if family.name == "moko_commands"
+            for s in family.samples if s.name == "moko_commands_total"}
+
+
+async def test_metrics_count_commands_by_name_and_outcome(drifted, moko):
+    # The counters are the process's: what these commands add is compared with before.
+    async def counts() -> dict[tuple[str, str], float]:
+        async with moko.session.get(moko.url + "/metrics") as response:
+            return command_counts(await response.text())
+
+    before = await counts()
+    await command(moko, drifted, "/moko status")  # alice triages: answered
+    await command(moko, drifted, "/moko deploy")  # no such command
+    await command(moko, drifted, "/moko plan", user="randal")  # no role: refused
+    after = await counts()
+    added = {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
+    assert added == {("status", "done"): 1, ("unknown", "invalid"): 1, ("plan", "denied"): 1}

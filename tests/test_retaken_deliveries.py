@@ -39,10 +39,12 @@ async def arrived(fake, method: str, path: str, times: int = 1, timeout: float =
 
 
 async def killed_mid_delivery(fake, tmp_path, event: str, payload: dict, delivery: str,
-                              held: tuple[str, str], kills: int = 1, request_timeout: float = 3.0) -> str:
+                              held: tuple[str, str], kills: int = 1, request_timeout: float = 3.0,
+                              arrival: int = 1) -> str:
     """Send the delivery; each time the held request reaches GitHub (carried out, or not,
     as its fault says; its answer held back), kill Moko and start it again (`kills` times);
-    the retaken delivery's end state."""
+    the retaken delivery's end state. `arrival`: which of the held requests' arrivals the
+    first kill waits for (a later one when the same request is made earlier unheld)."""
     db = tmp_path / "moko.db"
     # The request timeout is also how long a retake waits for a write its dead try sent.
     env = moko_environ(fake, f"sqlite:///{db}", MOKO_REQUEST_TIMEOUT=str(request_timeout))
@@ -51,7 +53,7 @@ async def killed_mid_delivery(fake, tmp_path, event: str, payload: dict, deliver
         async with aiohttp.ClientSession() as session:
             assert (await post_webhook(session, running.url, event, payload, delivery=delivery)).status == 202
         for kill in range(1, kills + 1):
-            await arrived(fake, *held, times=kill)
+            await arrived(fake, *held, times=kill + arrival - 1)
             running.kill()
             running = await start_moko_process(env, tmp_path / f"after-{kill}.log")
         return await finished(db, delivery)
@@ -200,6 +202,29 @@ async def test_a_command_whose_answer_was_still_on_its_way_when_its_process_died
             if c["user"]["login"] == fake_github.bot_login]
     assert len(mine) == 1, mine
     assert "✅ It complies with the policy." in mine[0]
+
+
+async def test_a_command_answered_and_recorded_by_a_try_that_died_is_not_recorded_again(fake_github, tmp_path):
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "widgets", **COMPLIANT)
+    fake_github.set_protection(ORG, "widgets", "main", DEFAULT_PROTECTION)
+    fake_github.set_permission(ORG, "widgets", "maria", "maintain")
+    payload = fake_github.event("issue_comment", "created", owner=ORG, repo="widgets", sender="maria",
+                                issue_number=4, body="/moko status")
+    reactions = rf"^/repos/{ORG}/widgets/issues/comments/\d+/reactions$"
+    # The eyes are answered; the rocket, the last request, after the answer and the record,
+    # is added and its acknowledgement held back until the process is gone.
+    fake_github.fail("POST", reactions, delay=0.01)
+    fake_github.fail("POST", reactions, delay=60, after_effect=True)
+
+    state = await killed_mid_delivery(fake_github, tmp_path, "issue_comment", payload, "status-4",
+                                      ("POST", reactions), arrival=2)
+
+    assert state == "done"
+    mine = [c["body"] for c in fake_github.comments(ORG, "widgets", 4) if c["user"]["login"] == fake_github.bot_login]
+    assert len(mine) == 1 and "✅ It complies with the policy." in mine[0]
+    # The retake finds the answer and the command's record both there: nothing more is written.
+    assert audit_rows(tmp_path / "moko.db", "widgets", "status") == [("cmd-status-4", "applied", None)]
 
 
 def audit_rows(db, repo: str, field: str) -> list[tuple[str, str, str | None]]:
