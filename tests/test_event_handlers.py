@@ -5,6 +5,7 @@ misbehaves: a repository that is already compliant would prove nothing, so each 
 from __future__ import annotations
 
 import pytest
+from structlog.testing import capture_logs
 
 from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG, repo_calls
 
@@ -56,6 +57,16 @@ async def test_moko_own_events_start_no_round_even_when_the_repository_drifts(or
     assert org.repo(ORG, "echo")["has_wiki"] is False
 
 
+async def test_a_persons_event_is_remediated_without_asking_github_who_moko_is(org, moko):
+    # Only a bot's event can be Moko's own: a person's needs no GET /app to tell.
+    drifted_repo(org, "person")
+    edit = org.event("repository", "edited", owner=ORG, repo="person", sender="octocat")
+    assert edit["sender"]["type"] == "User"
+    await moko.deliver("repository", edit)
+    assert org.repo(ORG, "person")["has_wiki"] is False
+    assert org.count("GET", "^/app$") == 0
+
+
 async def test_repositories_added_to_an_installation_are_remediated(org, moko):
     drifted_repo(org, "joined")
     org.add_repo(ORG, "tidy", **COMPLIANT)
@@ -78,15 +89,22 @@ async def test_repositories_added_to_an_installation_are_remediated(org, moko):
 @pytest.mark.parametrize("action", ["transferred", "renamed", "unarchived"])
 async def test_a_repository_that_arrives_by_transfer_rename_or_unarchiving_is_remediated(org, moko, action):
     drifted_repo(org, "moved")
-    event = org.event("repository", action, owner=ORG, repo="moved")
-    await moko.deliver("repository", event, delivery=f"{action}-1")
+    event = org.event("repository", action, owner=ORG, repo="moved", sender="octocat")
+    with capture_logs() as logs:
+        await moko.deliver("repository", event, delivery=f"{action}-1")
     assert sorted(writes(org)) == [
         ("PATCH", f"/repos/{ORG}/moved"),
         ("PUT", f"/repos/{ORG}/moved/branches/main/protection"),
     ]
     assert org.repo(ORG, "moved")["has_wiki"] is False
     assert org.protection(ORG, "moved", "main") is not None
-    assert {r.run_id for r in await records(moko, "moved")} == {f"{action}-1"}
+    # The audit trail names the person whose event started the fix; the log says what it did.
+    assert {(r.run_id, r.actor, r.trigger) for r in await records(moko, "moved")} == {
+        (f"{action}-1", "octocat", f"repository.{action}")}
+    [logged] = [e for e in logs if e["event"] == "repository_remediated"]
+    assert (logged["repo"], logged["outcome"], logged["changes"], logged["dry_run"]) == (
+        f"{ORG}/moved", "fixed", 2, False)
+    assert "error" not in logged
 
 
 async def test_a_push_of_a_repositorys_own_policy_file_applies_its_allowed_overrides(org, moko):
@@ -126,8 +144,9 @@ async def test_a_failed_step_rolls_back_an_applied_protection_step(org, moko):
     org.fail("PUT", f"^/repos/{ORG}/brittle/branches/release/protection$", 422,
              body={"message": "Validation Failed"})
     org.reset_calls()
-    await moko.deliver("repository", org.event("repository", "unarchived", owner=ORG, repo="brittle"),
-                       delivery="brittle-1")
+    with capture_logs() as logs:
+        await moko.deliver("repository", org.event("repository", "unarchived", owner=ORG, repo="brittle"),
+                           delivery="brittle-1")
     # main was protected, release refused: main's protection is taken off again, as it was.
     assert writes(org) == [
         ("PUT", f"/repos/{ORG}/brittle/branches/main/protection"),
@@ -137,7 +156,13 @@ async def test_a_failed_step_rolls_back_an_applied_protection_step(org, moko):
     assert org.protection(ORG, "brittle", "main") is None
     outcomes = {(r.field, r.outcome) for r in await records(moko, "brittle")}
     assert ("main", "rolled-back") in outcomes and ("release", "failed") in outcomes
-    assert (await moko.services.store.get_delivery("brittle-1")).state == "failed"
+    delivery = await moko.services.store.get_delivery("brittle-1")
+    [logged] = [e for e in logs if e["event"] == "repository_remediated"]
+    assert (logged["repo"], logged["outcome"], logged["dry_run"]) == (f"{ORG}/brittle", "failed", False)
+    assert "422 Validation Failed" in logged["error"]
+    # The delivery fails naming the repository and why, so that GitHub's redelivery is worth it.
+    assert delivery.state == "failed"
+    assert f"RemediationFailed: {ORG}/brittle: " in delivery.error and "422 Validation Failed" in delivery.error
 
 
 async def test_audit_is_denied_to_the_read_role(org, moko):
