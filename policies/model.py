@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 if TYPE_CHECKING:
@@ -318,15 +318,22 @@ class RepoState:
 
     def with_kind(self, name: str, state: Any) -> RepoState:
         """A new state, knowing the kind named ``name`` to be in ``state``."""
-        return replace(self, kinds={**self.kinds, name: state})
+        return self._with(self.repository, {**self.kinds, name: state})
 
     def with_repository(self, fields: Mapping[str, Any]) -> RepoState:
         """A new state, with ``fields`` of the repository object laid over those known."""
-        return replace(self, repository={**self.repository, **fields})
+        return self._with({**self.repository, **fields}, self.kinds)
 
     def over(self, repository: Mapping[str, Any]) -> RepoState:
         """A new state, with what is known laid over ``repository`` (e.g. a webhook's payload)."""
-        return replace(self, repository={**repository, **self.repository})
+        return self._with({**repository, **self.repository}, self.kinds)
+
+    def _with(self, repository: Mapping[str, Any], kinds: Mapping[str, Any]) -> RepoState:
+        # Not dataclasses.replace, which is slower: a state is made several times a delivery.
+        return RepoState(
+            repository, self.empty, self.existing_branches, self.missing_branches, kinds,
+            self.open_issues, self.own_policy_read, self.own_policy,
+        )
 
 
 @dataclass(frozen=True)

@@ -273,19 +273,24 @@ POLICY_KINDS: tuple[PolicyKind, ...] = (
 KINDS_BY_NAME: dict[str, PolicyKind] = {kind.name: kind for kind in POLICY_KINDS}
 
 
+_NEW_REPOSITORY = tuple((kind.name, kind.new_repository) for kind in POLICY_KINDS if kind.new_repository is not None)
+_NEW_BRANCH = tuple((kind.name, kind.new_branch) for kind in POLICY_KINDS if kind.new_branch is not None)
+
+
 def new_repository_state(default_branch: str | None) -> RepoState:
     """What a repository created a moment ago has, as each kind says (``RepoState.kinds``)."""
-    return RepoState(kinds=_each_kind(lambda kind: kind.new_repository, default_branch))
+    return RepoState(kinds=_each_kind(_NEW_REPOSITORY, default_branch))
 
 
 def new_branch_state(branch: str) -> RepoState:
     """What a branch created a moment ago has, as each kind says: it exists, and the kinds
     that know what a new branch has say it."""
-    return RepoState(existing_branches=frozenset({branch}), kinds=_each_kind(lambda kind: kind.new_branch, branch))
+    return RepoState(existing_branches=frozenset({branch}), kinds=_each_kind(_NEW_BRANCH, branch))
 
 
-def _each_kind(hook: Callable[[PolicyKind], Callable[[str | None], Any] | None], branch: str | None) -> dict[str, Any]:
-    states = {kind.name: (made(branch) if (made := hook(kind)) is not None else None) for kind in POLICY_KINDS}
+def _each_kind(hooks: tuple[tuple[str, Callable[[str | None], Any]], ...], branch: str | None) -> dict[str, Any]:
+    """Each kind's state by its hook (None from a hook: that kind knows nothing)."""
+    states = {name: made(branch) for name, made in hooks}
     return {name: state for name, state in states.items() if state is not None}
 
 
