@@ -219,7 +219,8 @@ class PolicyKind:
     # ``check_override`` (key, part) -> why it cannot be listed, or None.
     override_part: str = ""
     check_override: Callable[[str, str], str | None] | None = None
-    # An override key of it, for the help: e.g. repository.has_wiki.
+    # An override key of it, shown as an example when ``overrides`` lists something that is
+    # not a key (e.g. repository.has_wiki).
     override_example: str = ""
 
     @property
