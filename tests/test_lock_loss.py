@@ -5,6 +5,7 @@ connections, and the work under a lost lock stops and starts over under a new on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -218,3 +219,60 @@ async def test_an_apply_command_whose_lock_is_lost_mid_way_reports_every_change_
     assert len(answer) == 1
     done = [line for line in answer[0].splitlines() if line.endswith("— **done**")]
     assert [line.split(":")[0] for line in done] == ["- has\\_wiki", "- protect branch main"]
+
+
+async def test_while_the_servers_restart_cut_every_replica_s_liveness_no_replica_takes_claims_in_flight(postgres_url):
+    # A restart ends every session, each replica's liveness lock with it: until each takes
+    # its lock again, every replica looks dead to the others, and to itself.
+    first, second = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    await first.open()
+    await second.open()
+    try:
+        for store, name in ((first, "d-1"), (second, "d-2")):
+            delivery = NewDelivery(name, "ping", None, {"x-github-event": "ping"}, b"{}")
+            assert (await store.add_and_claim(delivery, store.owner, 60))[1] is not None
+        await end_sessions(postgres_url)
+        await asyncio.sleep(0.1)  # each store has seen its liveness connection end
+
+        assert await second.claim_pending(second.owner, 60, 10) == []
+        assert await first.claim_pending(first.owner, 60, 10) == []
+        for name in ("d-1", "d-2"):
+            held = await first.get_delivery(name)
+            assert (held.state, held.attempts) == ("processing", 1)  # claimed once, by its own
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_replica_back_after_the_servers_restart_leaves_another_s_claims_alone_until_it_could_be_back(
+    postgres_url,
+):
+    now = [1000.0]
+    first, second = PostgresStore(postgres_url), PostgresStore(postgres_url, clock=lambda: now[0])
+    await first.open()
+    await second.open()
+    delivery = NewDelivery("d-1", "ping", None, {"x-github-event": "ping"}, b"{}")
+    assert (await first.add_and_claim(delivery, first.owner, 60))[1] is not None
+    # The first will not take its liveness lock again (a process not back yet, or never).
+    assert first._live_keeper is not None
+    first._live_keeper.cancel()
+    try:
+        await end_sessions(postgres_url)
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            # The second takes its liveness lock again at its next check.
+            held = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted"
+                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+            async with asyncio.timeout(20):
+                while await conn.fetchval(held) < 1:
+                    await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+
+        assert await second.claim_pending(second.owner, 60, 10) == []
+        now[0] += 10  # by then a replica still without its lock is gone
+        assert [d.id for d in await second.claim_pending(second.owner, 60, 10)] == ["d-1"]
+    finally:
+        await second.close()
+        with contextlib.suppress(Exception):
+            await first.close()

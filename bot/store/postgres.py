@@ -25,6 +25,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -219,6 +220,10 @@ _LEASE = "now() + make_interval(secs => {})"
 _LIVE_KEY = "hashtextextended('moko:live:' || {}, 0)"
 _PROCESS = "process:"  # the name of a process's registration row in locks
 _LIVE_CHECK_EVERY = 5.0
+# After a process took its liveness lock again (the server restarted: every process lost
+# its lock at once), how long it leaves the others' claims alone: each of them notices its
+# own loss within a check, and takes its lock again as soon as the server is back.
+_LIVE_GRACE = 2 * _LIVE_CHECK_EVERY
 # The owners registered as processes whose liveness lock no session holds: they are gone.
 _DEAD_OWNERS = f"""
     SELECT substr(l.name, {len(_PROCESS) + 1}) FROM locks AS l
@@ -270,6 +275,7 @@ class PostgresStore(Store):
         audit_key: str | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         owner: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not url.startswith(("postgresql://", "postgres://")):
             raise ValueError("a PostgreSQL store needs a postgresql:// or postgres:// URL")
@@ -277,6 +283,8 @@ class PostgresStore(Store):
         self.owner = owner or new_owner()
         self._live_conn: asyncpg.Connection | None = None
         self._live_keeper: asyncio.Task[None] | None = None
+        self._live_regained = float("-inf")  # when this process last set out to take it again
+        self._clock = clock
         self._audit_key = audit_key.encode() if audit_key else None
         self._sleep = sleep
         self._min_connections = min_connections
@@ -366,6 +374,8 @@ class PostgresStore(Store):
                 if conn is not None:
                     conn.terminate()
                 self._live_conn = None
+                # The grace counts from the try that takes it again (before the lock is held).
+                self._live_regained = self._clock()
                 with contextlib.suppress(*_UNREACHABLE):
                     await self._hold_liveness()
                     log.info("store_liveness_regained")
@@ -527,16 +537,28 @@ class PostgresStore(Store):
         )
         return _delivery(row) if row is not None else None
 
+    def _judges_liveness(self) -> bool:
+        """Whether this process may take a claim for a dead process's because that process
+        holds no liveness lock: not while it holds none itself (the server restarted: every
+        process lost its lock, and has not taken it again yet), nor for a while after taking
+        its own again (the others are taking theirs)."""
+        conn = self._live_conn
+        if conn is None or conn.is_closed():
+            return False
+        return self._clock() - self._live_regained >= _LIVE_GRACE
+
     @_reconnecting
     async def claim_pending(self, owner: str, lease_seconds: float, limit: int) -> list[Delivery]:
         if limit <= 0:
             return []
+        # A process is never dead to itself: what it claimed is in its queue or at work.
         rows = await self._pool.fetch(
             f"""
             WITH picked AS (
                 SELECT id FROM deliveries
                 WHERE state = 'queued'
-                   OR (state = 'processing' AND (lease_until < now() OR owner IN ({_DEAD_OWNERS})))
+                   OR (state = 'processing' AND (lease_until < now()
+                       OR ($4 AND owner <> $1 AND owner IN ({_DEAD_OWNERS}))))
                 ORDER BY received_at, id
                 LIMIT $3
                 FOR UPDATE SKIP LOCKED
@@ -551,6 +573,7 @@ class PostgresStore(Store):
             owner,
             float(lease_seconds),
             limit,
+            self._judges_liveness(),
         )
         return sorted((_delivery(row) for row in rows), key=lambda d: (d.received_at, d.id))
 
