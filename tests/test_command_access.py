@@ -50,3 +50,13 @@ async def test_the_rate_limit_counts_the_commands_of_the_last_sixty_seconds(drif
     await command(moko, drifted, "/moko help", user="sprinter")
     assert answers(drifted) == [f"{text.MARKER}\n{text.HELP}"] * 5 + [
         f"{text.MARKER}\n{text.THROTTLED}", f"{text.MARKER}\n{text.HELP}"]
+
+
+async def test_a_commenter_github_no_longer_knows_has_no_role(drifted, moko):  # noqa: F811
+    # GitHub answers 404 for a login it does not know (an account deleted or renamed since it
+    # commented): no role, refused as anyone without one is, not a failed command.
+    drifted.fail("GET", f"^/repos/{ORG}/{REPO}/collaborators/gone/permission$", 404)
+    await command(moko, drifted, "/moko audit", user="gone")
+    assert answers(drifted) == [
+        f"{text.MARKER}\nSorry, `/moko audit` needs the **triage** role or higher on this repository, "
+        "and you have **none**."]
