@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 
+from handlers.wiring import cli
 from policies.branch_protection import resolve_branch_rules
 from policies.defaults import DEFAULT_POLICY, default_policy
 from policies.loader import (
@@ -546,3 +547,94 @@ def test_a_repository_may_set_notify_only_when_the_organization_lists_it() -> No
     assert merged.notify == "issue"
     assert [p.message for p in ignored] == [
         "notify: ignored: the organization's policy allows overriding only repository.has_wiki"]
+
+
+# --- the file format's edges, as `moko check-config` prints them ---
+
+# What the help of ``overrides`` lists: each kind's keys in the order its changes apply,
+# notify, and last the kind that only sweeps apply.
+OVERRIDE_KEYS = (
+    "repository, repository.<field>, branches, branches.<rule name>, rulesets, "
+    "rulesets.<ruleset name>, notify or branch_cleanup"
+)
+
+
+def check_config(tmp_path, capsys, text: str) -> tuple[int, list[str]]:
+    """`moko check-config` on a file holding ``text``: its exit code and the lines it prints,
+    each without the file's path."""
+    path = tmp_path / "moko.yml"
+    path.write_text(yml(text))
+    code = cli.main(["check-config", str(path)])
+    return code, [line.removeprefix(f"{path}:") for line in capsys.readouterr().out.splitlines()]
+
+
+def test_check_config_names_every_key_overrides_may_list(tmp_path, capsys) -> None:
+    assert check_config(tmp_path, capsys, """
+        version: 1
+        overrides: repository.has_wiki
+    """) == (2, [f"2: overrides: must be a list of keys ({OVERRIDE_KEYS}), not 'repository.has_wiki'"])
+
+
+def test_overrides_refuse_a_non_key_and_parts_of_sections_without_parts(tmp_path, capsys) -> None:
+    code, printed = check_config(tmp_path, capsys, """
+        overrides:
+          - 3
+          - notify
+          - branch_cleanup
+          - branch_cleanup.after
+          - rulesets
+          - rulesets.release
+          - repository
+          - scope.include
+    """)
+    assert (code, printed) == (2, [
+        "2: overrides[0]: must be a key such as repository.has_wiki, not 3",
+        f"5: overrides[3]: 'branch_cleanup.after' cannot be overridden; overrides may list {OVERRIDE_KEYS}",
+        f"9: overrides[7]: 'scope.include' cannot be overridden; overrides may list {OVERRIDE_KEYS}",
+    ])
+
+
+def test_version_must_be_the_integer_1(tmp_path, capsys) -> None:
+    assert check_config(tmp_path, capsys, "version: 1.0\n") == (2, ["1: version: must be 1, not 1.0"])
+    assert check_config(tmp_path, capsys, "version: true\n") == (2, ["1: version: must be 1, not true"])
+    assert check_config(tmp_path, capsys, "version: 1\n")[0] == 0
+
+
+def test_scope_and_commands_problems_each_on_its_line(tmp_path, capsys) -> None:
+    assert check_config(tmp_path, capsys, """
+        scope:
+          include: "*"
+          exclude: ["docs", ""]
+          archive: true
+        commands:
+          apply: write
+    """) == (2, [
+        "2: scope.include: must be a list of repository name globs, not '*'",
+        "3: scope.exclude[1]: must be a non-empty string, not ''",
+        "4: scope.archive: unknown key; did you mean 'archived'?",
+        "6: commands.apply: unknown key (allowed: apply_permission)",
+    ])
+    assert check_config(tmp_path, capsys, "scope: [a]\ncommands: write\n") == (2, [
+        "1: scope: must be a mapping {include, exclude, archived}, not a list",
+        "2: commands: must be a mapping {apply_permission}, not 'write'",
+    ])
+
+
+def test_a_null_section_keeps_the_default_but_a_wrong_one_is_reported(tmp_path, capsys) -> None:
+    code, printed = check_config(tmp_path, capsys, """
+        repository: null
+        branches: null
+        rulesets: null
+        scope: null
+        overrides: null
+        commands: null
+        branch_cleanup: null
+    """)
+    assert code == 0 and printed[0] == " valid"
+    assert check_config(tmp_path, capsys, """
+        rulesets: 3
+        branch_cleanup: 3
+    """) == (2, [
+        "1: rulesets: must be a list of POST /repos/{owner}/{repo}/rulesets bodies, not 3",
+        "2: branch_cleanup: must be a mapping {after, merged_only, keep}, not 3",
+    ])
