@@ -120,7 +120,7 @@ async def test_a_billion_laughs_file_is_refused_quickly_and_parsed_once(org, tmp
 
 async def test_a_repository_file_is_parsed_once_by_its_sha(org, tmp_path):
     org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\noverrides: [repository.has_wiki]\n")
-    own = "version: 1\nrepository:\n  has_wiki: true\n"
+    own = "version: 1\nrepository:\n  has_wiki: true\n  has_projects: true\n"
     for name in ("one", "two"):
         org.add_repo(ORG, name, has_wiki=False)
         org.put_file(ORG, name, ".github/moko.yml", own)  # the same blob in both
@@ -139,6 +139,9 @@ async def test_a_repository_file_is_parsed_once_by_its_sha(org, tmp_path):
     finally:
         assert await server.stop() == 0, server.log()
     assert org.repo(ORG, "one")["has_wiki"] is True and org.repo(ORG, "two")["has_wiki"] is True
+    # Each repository's refused key is reported in its own file, though both share one parse.
+    for name in ("one", "two"):
+        assert f"{ORG}/{name}/.github/moko.yml:4: repository.has_projects: ignored" in server.log()
     # Read for each repository, parsed once: the organization's file and the shared one.
     assert org.count("GET", r"^/repos/acme/(one|two)/contents/\.github/moko\.yml$") == 2
     assert parsed_total(metrics, "valid") == 2

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from handlers.wiring import cli
-from policies.loader import parse_policy
+from policies.loader import parse_policy, validate_policy_text
 
 # Ten times ten ... nine levels: a billion strings once expanded, 400 bytes written.
 BILLION_LAUGHS = 'lol0: &lol0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + "".join(
@@ -102,3 +102,106 @@ def test_an_unquoted_date_says_to_quote_it(tmp_path, capsys):
     path.write_text("repository:\n  description: 2024-01-01\n")
     assert cli.main(["check-config", str(path)]) == 2
     assert capsys.readouterr().out.endswith("; quote it to make it a string\n")
+
+
+# --- each limit at its edge: the most the file format allows is a usable file ---
+
+
+def globs_twice(count: int, tail: str) -> str:
+    """A valid policy whose scope excludes, through an alias, the ``count`` globs it includes:
+    2 × ``count`` + 9 values once expanded, then ``tail``."""
+    globs = ", ".join(f"g{index}" for index in range(count))
+    return f"version: 1\nscope:\n  include: &globs [{globs}]\n  exclude: *globs\n{tail}"
+
+
+def nested_alias(kind: str, inner: int, outer: int) -> str:
+    """A list (or mapping) ``inner`` deep, anchored, used ``outer`` levels deep: nested
+    ``inner + outer + 2`` levels once the alias is expanded."""
+    value, used = "1", "*deep"
+    for _ in range(inner):
+        value = f"[{value}]" if kind == "list" else f"{{k: {value}}}"
+    for _ in range(outer):
+        used = f"[{used}]" if kind == "list" else f"{{k: {used}}}"
+    return f"version: 1\nx: &deep {value}\nbranches: {used}\n"
+
+
+LIMIT = "more than 10,000 YAML values (aliases counted as expanded)"
+DEEP = "nested more than 64 levels deep"
+AT_THE_EDGE = {
+    # 9,995 keys and 5 values around them: 10,000 values.
+    "10,000 values": ("version: 1\noverrides: [" + ", ".join(["notify"] * 9_995) + "]\n", []),
+    "10,001 values": ("version: 1\noverrides: [" + ", ".join(["notify"] * 9_996) + "]\n", [f"2: {LIMIT}"]),
+    # The same counted as aliases expand (2 × 4,994 + 9 + 3).
+    "10,000 values through an alias": (globs_twice(4_994, "overrides: [notify]\n"), []),
+    # The 10,000th value a key on line 5, the 10,001st its value on line 6.
+    "10,001 values through an alias": (globs_twice(4_995, "overrides:\n  []\n"), [f"6: {LIMIT}"]),
+    "nested 64 deep": (
+        "version: 1\nscope:\n" + "".join("  " * depth + f"k{depth}:\n" for depth in range(1, 63)),
+        ["3: scope.k1: unknown key (allowed: include, exclude, archived)"],
+    ),
+    "nested 65 deep": (
+        "version: 1\nscope:\n" + "".join("  " * depth + f"k{depth}:\n" for depth in range(1, 64)), [f"65: {DEEP}"],
+    ),
+    "lists nested 64 deep through an alias": (nested_alias("list", 31, 31), [
+        "2: x: unknown key (allowed: version, mode, repository, branches, scope, overrides, commands, "
+        "notify, rulesets, branch_cleanup)",
+        "3: branches[0]: must be a rule {name: …, protection: …}, not a list",
+    ]),
+    "lists nested 65 deep through an alias": (nested_alias("list", 31, 32), [f"2: {DEEP}"]),
+    "mappings nested 64 deep through an alias": (nested_alias("mapping", 31, 31), [
+        "2: x: unknown key (allowed: version, mode, repository, branches, scope, overrides, commands, "
+        "notify, rulesets, branch_cleanup)",
+        "3: branches: must be a list of {name, protection} rules, not a mapping",
+    ]),
+    "mappings nested 65 deep through an alias": (nested_alias("mapping", 31, 32), [f"2: {DEEP}"]),
+}
+
+
+@pytest.mark.parametrize("case", AT_THE_EDGE)
+def test_check_config_at_each_limits_edge(case, tmp_path, capsys):
+    content, printed = AT_THE_EDGE[case]
+    path = tmp_path / "moko.yml"
+    path.write_text(content)
+    assert cli.main(["check-config", str(path)]) == (2 if printed else 0)
+    out = capsys.readouterr().out.splitlines()
+    assert out == ([f"{path}:{line}" for line in printed] if printed else [f"{path}: valid"])
+
+
+def test_a_file_of_256_kib_is_read_and_one_byte_more_is_refused_at_its_last_line():
+    exactly = "version: 1\n" + "#" * (256 * 1024 - 12) + "\n"
+    assert len(exactly.encode()) == 256 * 1024
+    # As text (a file's content from GitHub) and as bytes (check-config reads bytes).
+    for content in (exactly, exactly.encode()):
+        assert validate_policy_text(content) == []
+    for content in (exactly + "\n", (exactly + "\n").encode()):
+        assert [str(problem) for problem in validate_policy_text(content)] == [
+            "moko.yml:3: the file is larger than 256 KiB"
+        ]
+
+
+def test_without_libyaml_deep_flow_nesting_is_refused_where_it_crosses(tmp_path):
+    """PyYAML built without libyaml scans flow collections in Python, whose look-ahead for keys
+    costs more at each level: the scanner itself stops at the 65th level."""
+    files = {
+        "deep.yml": "[\n" * 100 + "]" * 100 + "\n",
+        "edge.yml": "[\n" * 64 + "]" * 64 + "\n",
+        "flow.yml": "version: 1\nscope: {include: [docs-*], exclude: []}\n",
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    # As if libyaml were missing: PyYAML and Moko fall back on the parser written in Python.
+    script = (
+        "import sys; sys.modules['yaml._yaml'] = None\n"
+        "from handlers.wiring.cli import main\n"
+        "for name in sys.argv[1:]: main(['check-config', name])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, *(str(tmp_path / name) for name in files)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert done.stdout.splitlines() == [
+        f"{tmp_path / 'deep.yml'}:65: nested more than 64 levels deep",
+        f"{tmp_path / 'edge.yml'}:1: the policy must be a mapping with the keys version, mode, repository, "
+        "branches, scope, overrides, commands, notify, rulesets, branch_cleanup",
+        f"{tmp_path / 'flow.yml'}: valid",
+    ], done.stderr
