@@ -223,9 +223,19 @@ class _Builder:
                             f"{where + ': ' if where else ''}<< takes a mapping or a list of mappings",
                         )
                         continue
+                    if id(source) in self.active:  # a mapping that merges itself
+                        self.problem(
+                            source.start_mark.line + 1,
+                            f"{where or 'document'}: a YAML alias may not contain itself",
+                        )
+                        continue
                     self.nodes += 1
-                    for key, value in self._mapping(source, path, depth + 1).items():
-                        merged.setdefault(key, value)
+                    self.active.add(id(source))
+                    try:
+                        for key, value in self._mapping(source, path, depth + 1).items():
+                            merged.setdefault(key, value)
+                    finally:
+                        self.active.discard(id(source))
         result: dict[str, Any] = {}
         first_lines: dict[str, int] = {}
         for key_node, value_node in node.value:

@@ -32,7 +32,10 @@ HOSTILE = {
         "version: 1\nscope:\n" + "".join("  " * depth + f"k{depth}:\n" for depth in range(1, 70)), 65,
         "nested more than 64 levels deep",
     ),
-    # Deeper than Python's stack when composed naively.
+    # Deeper than Python's stack when composed naively (and than libyaml's own limit).
+    "flow mappings nested 5,000 deep": (
+        "version: 1\nscope: " + "{a: " * 5_000 + "1" + "}" * 5_000 + "\n", 2, "nested more than 64 levels deep",
+    ),
     "nested 100,000 deep": ("version: 1\nbranches:\n" + "- " * 100_000 + "x\n", 3, "nested more than 64 levels deep"),
     "deep through an alias": (
         "version: 1\nx: &deep " + "[" * 40 + "1" + "]" * 40 + "\nbranches: " + "[" * 30 + "*deep" + "]" * 30 + "\n",
@@ -52,6 +55,11 @@ HOSTILE = {
                   "(only strings, numbers, true/false, null, mappings and lists)"),
     "set": ("overrides: !!set {repository: null}\n", 1, "overrides: the tag !!set is not allowed "
             "(only strings, numbers, true/false, null, mappings and lists)"),
+    # Expanding it would never end: refused like an alias that contains itself.
+    "a mapping that merges itself": (
+        "version: 1\nscope: &scope\n  include: [docs-*]\n  <<: *scope\n", 2,
+        "scope: a YAML alias may not contain itself",
+    ),
     "not UTF-8": (b"version: 1\nrepository:\n  description: caf\xe9\n", 3, "not UTF-8 text"),
 }
 
@@ -116,13 +124,23 @@ def globs_twice(count: int, tail: str) -> str:
 
 def nested_alias(kind: str, inner: int, outer: int) -> str:
     """A list (or mapping) ``inner`` deep, anchored, used ``outer`` levels deep: nested
-    ``inner + outer + 2`` levels once the alias is expanded."""
-    value, used = "1", "*deep"
+    ``inner + outer + 2`` levels once the alias is expanded. Merged (``{<<: *deep}``), the
+    merge key counts as a level too."""
+    value, used = "1", "{<<: *deep}" if kind == "merge" else "*deep"
     for _ in range(inner):
         value = f"[{value}]" if kind == "list" else f"{{k: {value}}}"
     for _ in range(outer):
         used = f"[{used}]" if kind == "list" else f"{{k: {used}}}"
     return f"version: 1\nx: &deep {value}\nbranches: {used}\n"
+
+
+def merged_scopes(sources: int, keys: int) -> str:
+    """Commands merging the scope ``sources`` times (each source 4 values once merged), then
+    ``keys`` override keys: 4 × ``sources`` + ``keys`` + 12 values."""
+    return (
+        "version: 1\nscope: &scope {include: [docs-*]}\ncommands:\n  <<: ["
+        + ", ".join(["*scope"] * sources) + "]\noverrides: [" + ", ".join(["notify"] * keys) + "]\n"
+    )
 
 
 LIMIT = "more than 10,000 YAML values (aliases counted as expanded)"
@@ -135,6 +153,13 @@ AT_THE_EDGE = {
     "10,000 values through an alias": (globs_twice(4_994, "overrides: [notify]\n"), []),
     # The 10,000th value a key on line 5, the 10,001st its value on line 6.
     "10,001 values through an alias": (globs_twice(4_995, "overrides:\n  []\n"), [f"6: {LIMIT}"]),
+    "10,000 values through merge keys": (
+        merged_scopes(1_000, 5_988), ["2: commands.include: unknown key (allowed: apply_permission)"],
+    ),
+    "10,001 values through merge keys": (merged_scopes(1_000, 5_989), [f"5: {LIMIT}"]),
+    # Merge keys that merge nothing: 5 values and two for each ("<<" and its empty list).
+    "9,999 values in merge keys": ("version: 1\nscope:\n" + "  <<: []\n" * 4_997, []),
+    "10,001 values in merge keys": ("version: 1\nscope:\n" + "  <<: []\n" * 4_998, [f"5000: {LIMIT}"]),
     "nested 64 deep": (
         "version: 1\nscope:\n" + "".join("  " * depth + f"k{depth}:\n" for depth in range(1, 63)),
         ["3: scope.k1: unknown key (allowed: include, exclude, archived)"],
@@ -154,6 +179,12 @@ AT_THE_EDGE = {
         "3: branches: must be a list of {name, protection} rules, not a mapping",
     ]),
     "mappings nested 65 deep through an alias": (nested_alias("mapping", 31, 32), [f"2: {DEEP}"]),
+    "mappings nested 64 deep through a merge key": (nested_alias("merge", 31, 30), [
+        "2: x: unknown key (allowed: version, mode, repository, branches, scope, overrides, commands, "
+        "notify, rulesets, branch_cleanup)",
+        "3: branches: must be a list of {name, protection} rules, not a mapping",
+    ]),
+    "mappings nested 65 deep through a merge key": (nested_alias("merge", 31, 31), [f"2: {DEEP}"]),
 }
 
 
