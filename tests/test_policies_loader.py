@@ -638,3 +638,81 @@ def test_a_null_section_keeps_the_default_but_a_wrong_one_is_reported(tmp_path, 
         "1: rulesets: must be a list of POST /repos/{owner}/{repo}/rulesets bodies, not 3",
         "2: branch_cleanup: must be a mapping {after, merged_only, keep}, not 3",
     ])
+
+
+# --- what YAML allows and a policy file does not ---
+
+
+def test_keys_that_are_not_names_are_reported_where_they_are() -> None:
+    assert lines_and_messages("""
+        ? [version]
+        : 1
+        repository:
+          1: true
+          ? {has_wiki: true}
+          : false
+          !!binary aGk=: true
+          has_wiki: true
+          has_wiki: false
+          has_issues: maybe
+    """) == [
+        (1, "keys must be names, not a non-scalar"),
+        (4, "repository: keys must be names, not 1"),
+        (5, "repository: keys must be names, not a non-scalar"),
+        (7, "repository: keys must be names, not a non-scalar"),
+        (9, "repository.has_wiki: duplicate key (first at line 8)"),
+        # The keys after those are still read.
+        (10, "repository.has_issues: must be true or false, not 'maybe'"),
+    ]
+
+
+def test_an_alias_inside_itself_is_reported_once_where_it_is() -> None:
+    assert lines_and_messages("""
+        version: 1
+        scope:
+          include: &globs [docs, *globs]
+    """) == [(3, "scope.include[1]: a YAML alias may not contain itself")]
+
+
+def test_a_number_python_cannot_hold_is_reported_where_it_is() -> None:
+    digits = "1" * 5_000
+    assert lines_and_messages(f"version: 1\nscope:\n  archived: {digits}\n") == [
+        (3, "scope.archived: not a usable number")
+    ]
+    assert lines_and_messages(f"{digits}\n") == [(1, "not a usable number")]
+
+
+def test_merge_keys_take_mappings_and_every_source_is_checked() -> None:
+    assert lines_and_messages("""
+        <<: 3
+        version: 1
+        scope:
+          <<:
+            - [docs]
+            - !!set {include}
+            - {archived: maybe}
+            - {include: [docs-*]}
+    """) == [
+        (1, "<< takes a mapping or a list of mappings"),
+        (5, "scope: << takes a mapping or a list of mappings"),
+        (6, "scope: << takes a mapping or a list of mappings"),
+        (7, "scope.archived: must be true or false, not 'maybe'"),
+    ]
+    # A mapping that merges itself would expand forever: refused, its other sources still checked.
+    assert lines_and_messages("""
+        version: 1
+        scope: &scope
+          include: [docs-*]
+          <<: [*scope, {archived: maybe}]
+    """) == [
+        (2, "scope: a YAML alias may not contain itself"),
+        (4, "scope.archived: must be true or false, not 'maybe'"),
+    ]
+
+
+def test_text_that_is_no_yaml_or_no_utf_8_is_reported_on_its_line() -> None:
+    assert lines_and_messages("version: 1\nrepository:\n  description: a\x07b\n") == [
+        (3, "invalid YAML: control characters are not allowed")
+    ]
+    # Text holding a lone surrogate (e.g. decoded from a JSON "\ud800" escape) is no UTF-8 file.
+    assert lines_and_messages("version: 1\nrepository:\n  description: caf\ud800\n") == [(3, "not UTF-8 text")]
