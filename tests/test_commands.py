@@ -155,7 +155,7 @@ async def test_help_answers_with_the_help_text(drifted, moko):
 
 
 async def test_unknown_command_gets_help_and_what_was_wrong(drifted, moko):
-    asked, _ = await command(moko, drifted, "/moko deploy")
+    asked, _ = await command(moko, drifted, "/moko deploy now")
     assert answers(drifted) == [
         f"{text.MARKER}\nMoko could not run that command: there is no command “deploy”.\n\n{text.HELP}"]
     assert reactions(drifted, asked["id"]) == ["eyes", "confused"]
@@ -720,3 +720,23 @@ async def test_metrics_count_commands_by_name_and_outcome(drifted, moko):
     after = await counts()
     added = {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
     assert added == {("status", "done"): 1, ("unknown", "invalid"): 1, ("plan", "denied"): 1}
+
+
+@pytest.mark.parametrize("body", [
+    "```\n/moko apply\n```\n/moko status",  # a closed block
+    "  ~~~\n/moko apply\n ~~~\n/moko status",  # fences indented as Markdown allows
+    "````\n/moko apply\n  ```\n/moko apply\n````\n/moko status",  # a shorter fence does not close it
+    "```\n/moko apply\n~~~\n/moko apply\n```\n/moko status",  # nor one of the other character
+])
+async def test_the_command_after_a_closed_code_block_is_the_one_run(drifted, moko, body):
+    drifted.set_permission(ORG, REPO, "alice", "maintain")
+    await command(moko, drifted, body)
+    assert [(r.field, r.after["command"]) for r in await trail(moko)] == [("status", "/moko status")]
+    assert writes(drifted) == []
+
+
+@pytest.mark.parametrize(("size", "answered"), [(65_536, True), (65_537, False)])
+async def test_a_body_of_64_kib_is_read_and_one_byte_more_is_not(drifted, moko, size, answered):
+    body = "/moko help\n"
+    await command(moko, drifted, body + "é" * ((size - len(body)) // 2) + "x" * ((size - len(body)) % 2))
+    assert len(answers(drifted)) == int(answered)
