@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from bot.logs import get_logger
 from bot.metrics import DELIVERIES_FINISHED, QUEUE_DEPTH, WORKERS_BUSY, labelled
@@ -43,6 +43,29 @@ _RECOVER_EVERY = 4.0
 # Processing a delivery (with its payload when the intake already parsed it) returns None
 # when it is done, else the failure message.
 Processor = Callable[[Delivery, Any], Awaitable[str | None]]
+
+
+class PoolTime(Protocol):
+    """The clocks and the sleep the pool's loops run on: the system's in production
+    (SYSTEM_TIME), a hand-driven one in tests, which then run hours of leases and pruning
+    rounds in no time."""
+
+    def monotonic(self) -> float: ...  # leases, queue waits, the loops' periods
+
+    def wall(self) -> float: ...  # epoch seconds: the retention's cutoff
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class _SystemTime:
+    monotonic = staticmethod(time.monotonic)
+    wall = staticmethod(time.time)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+SYSTEM_TIME: PoolTime = _SystemTime()
 
 
 @dataclass(frozen=True)
@@ -69,7 +92,9 @@ class WorkerPool:
         queue_max: int,
         lease_seconds: float,
         retention_seconds: float = 7 * 86400.0,
+        timing: PoolTime = SYSTEM_TIME,
     ) -> None:
+        self._time = timing
         self._store = store
         self._retention = retention_seconds
         self._process = process
@@ -113,7 +138,7 @@ class WorkerPool:
     def submit(self, delivery_id: str, payload: Any = None, claimed: Delivery | None = None) -> None:
         """Hand over a delivery the intake has just stored (with its parsed payload, and the
         claim the intake took for this replica, if any)."""
-        self._enqueue(_Item(delivery_id, claimed, payload, time.monotonic()))
+        self._enqueue(_Item(delivery_id, claimed, payload, self._time.monotonic()))
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -188,7 +213,7 @@ class WorkerPool:
             for delivery in claimed:
                 if delivery.id in self._waiting or delivery.id in self._in_flight:
                     continue  # ours already, its lease expired while queued: the claim renewed it
-                self._enqueue(_Item(delivery.id, delivery, None, time.monotonic()))
+                self._enqueue(_Item(delivery.id, delivery, None, self._time.monotonic()))
             taken += len(claimed)
             if len(claimed) < min(room, 100):
                 return taken
@@ -204,9 +229,18 @@ class WorkerPool:
                     log.info("deliveries_recovered", count=taken)
             except Exception as exc:  # the store may be briefly away; try again next round
                 log.warning("recovery_failed", error=REDACTOR.text(str(exc)))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), interval)
+            await self._pause(interval)
             self._wakeup.clear()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep on the pool's clock, or less if a drain wakes the pool."""
+        woken = asyncio.ensure_future(self._wakeup.wait())
+        slept = asyncio.ensure_future(self._time.sleep(seconds))
+        try:
+            await asyncio.wait((woken, slept), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            slept.cancel()
 
     async def drain(self, grace: float) -> None:
         """Stop taking work, let in-flight deliveries finish (up to grace), give back the rest."""
@@ -266,7 +300,7 @@ class WorkerPool:
             self._in_flight.add(delivery_id)
             self._busy += 1
             try:
-                if claimed is not None and time.monotonic() - item.queued_at > self._lease / 2:
+                if claimed is not None and self._time.monotonic() - item.queued_at > self._lease / 2:
                     # It waited long in the queue: make sure the claim still holds before acting.
                     if not await self._store.renew_lease(delivery_id, self._owner, self._lease):
                         continue
@@ -288,7 +322,7 @@ class WorkerPool:
                 self._settled.notify_all()
 
     async def _run(self, delivery: Delivery, payload: Any) -> None:
-        self._holding[delivery.id] = time.monotonic()
+        self._holding[delivery.id] = self._time.monotonic()
         try:
             error = await self._process(delivery, payload)
         except asyncio.CancelledError:
@@ -307,20 +341,20 @@ class WorkerPool:
     async def prune_once(self, now: float | None = None) -> int:
         """Delete finished deliveries older than the retention, a chunk at a time (the SQLite
         store runs on the event loop: one huge DELETE would hold it); return how many went."""
-        cutoff = datetime.fromtimestamp((time.time() if now is None else now) - self._retention, UTC)
+        cutoff = datetime.fromtimestamp((self._time.wall() if now is None else now) - self._retention, UTC)
         pruned = 0
         while True:
             deleted = await self._store.prune_deliveries(cutoff, _PRUNE_CHUNK)
             pruned += deleted
             if deleted < _PRUNE_CHUNK:
                 return pruned
-            await asyncio.sleep(0)  # let the intake in between chunks
+            await self._time.sleep(0)  # let the intake in between chunks
 
     async def _prune_forever(self) -> None:
         # Soon after start (a process may not live an hour), then every _PRUNE_EVERY.
         delay = _PRUNE_FIRST
         while True:
-            await asyncio.sleep(delay)
+            await self._time.sleep(delay)
             delay = _PRUNE_EVERY
             try:
                 pruned = await self.prune_once()
@@ -334,8 +368,8 @@ class WorkerPool:
         (most finish well before, and cost no renewal)."""
         period = self._lease / 3
         while True:
-            await asyncio.sleep(period / 2)
-            now = time.monotonic()
+            await self._time.sleep(period / 2)
+            now = self._time.monotonic()
             for delivery_id, renewed in list(self._holding.items()):
                 if now - renewed < period or delivery_id not in self._holding:
                     continue
