@@ -1,0 +1,88 @@
+"""The intake at its edges: a body streamed without a length (chunked), a body at GitHub's
+25 MiB cap, headers GitHub did not send, and a database that refuses the delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bot.store.base import DONE
+from tests.fakegithub.webhooks import load_example, webhook_headers
+from tests.support.harness import WEBHOOK_PATH, WEBHOOK_SECRET, moko_environ, run_moko
+
+PING = json.dumps(load_example("ping")).encode()
+GITHUB_CAP = 25 * 1024 * 1024  # bytes: GitHub sends no larger payload
+
+
+async def in_pieces(body: bytes, size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(body), size):
+        yield body[start:start + size]
+        await asyncio.sleep(0)
+
+
+async def test_a_signed_delivery_sent_chunked_without_a_length_is_stored_and_processed(moko):
+    headers = webhook_headers("ping", "chunked", PING, WEBHOOK_SECRET)
+    # aiohttp sends a generator's pieces with Transfer-Encoding: chunked, and no Content-Length.
+    async with moko.session.post(moko.url + WEBHOOK_PATH, data=in_pieces(PING, 100), headers=headers) as reply:
+        assert reply.request_info.headers.get("Transfer-Encoding") == "chunked"
+        assert (reply.status, await reply.json()) == (202, {"delivery": "chunked", "status": "queued"})
+    await moko.settle()
+    stored = await moko.services.store.get_delivery("chunked")
+    assert stored is not None and stored.state == DONE and stored.body == PING
+
+
+async def test_a_chunked_delivery_of_a_forged_signature_is_401_and_not_stored(moko):
+    headers = webhook_headers("ping", "forged", PING, "guessed")
+    async with moko.session.post(moko.url + WEBHOOK_PATH, data=in_pieces(PING, 100), headers=headers) as reply:
+        assert reply.status == 401
+    assert await moko.services.store.get_delivery("forged") is None
+
+
+@pytest.mark.parametrize(("length", "answer"), [(GITHUB_CAP, b"408"), (GITHUB_CAP + 1, b"413")])
+async def test_a_body_up_to_25_mib_is_read_and_a_larger_one_refused_from_its_length(fake_github, tmp_path, length, answer):
+    # Sent slower than the body's deadline: one within GitHub's cap is read, and answered 408
+    # once the deadline passes; one a byte over is answered 413 at once, from its headers.
+    env = moko_environ(fake_github, f"sqlite:///{tmp_path}/moko.db", MOKO_BODY_TIMEOUT="0.3")
+    async with run_moko(env) as moko:
+        headers = webhook_headers("ping", "at-the-cap", PING, WEBHOOK_SECRET)
+        host, port = moko.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        head = f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: moko\r\nContent-Length: {length}\r\n"
+        writer.write((head + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode() + PING)
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+        writer.close()
+    assert status.startswith(b"HTTP/1.1 " + answer + b" ")
+
+
+async def test_a_delivery_without_githubs_optional_headers_is_stored_with_those_it_has(moko):
+    # A hook's ID and target headers are GitHub's, but a delivery is stored without them too.
+    reply = await moko.deliver("ping", load_example("ping"), delivery="plain", headers={
+        "X-GitHub-Hook-ID": None, "X-GitHub-Hook-Installation-Target-ID": None})
+    assert reply.status == 202
+    stored = await moko.services.store.get_delivery("plain")
+    assert stored is not None and stored.state == DONE
+    kept = {k.lower(): v for k, v in stored.headers.items()}
+    assert "x-github-hook-id" not in kept and "x-github-hook-installation-target-id" not in kept
+    assert (kept["x-github-delivery"], kept["x-github-event"]) == ("plain", "ping")
+
+
+async def test_a_delivery_the_database_refuses_is_answered_503_for_github_to_send_again(fake_github, tmp_path):
+    db = tmp_path / "moko.db"
+    async with run_moko(moko_environ(fake_github, f"sqlite:///{db}")) as moko:
+        with sqlite3.connect(db) as admin:  # the database refuses new rows, as a full disk would
+            admin.execute("CREATE TRIGGER refuse BEFORE INSERT ON deliveries BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        refused = await moko.send("ping", load_example("ping"), delivery="refused")
+        assert (refused.status, refused.body, refused.headers.get("Retry-After")) == (
+            503, {"error": "store unavailable"}, "5")
+        assert await moko.services.store.get_delivery("refused") is None
+        with sqlite3.connect(db) as admin:
+            admin.execute("DROP TRIGGER refuse")
+        # GitHub's redelivery of it is taken.
+        assert (await moko.deliver("ping", load_example("ping"), delivery="refused")).status == 202
+        stored = await moko.services.store.get_delivery("refused")
+    assert stored is not None and stored.state == DONE
