@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ import pytest
 from bot.store.base import DONE
 from tests.fakegithub.webhooks import load_example, webhook_headers
 from tests.support.harness import WEBHOOK_PATH, WEBHOOK_SECRET, moko_environ, run_moko
+from tests.support.waiting import wait_until
 
 PING = json.dumps(load_example("ping")).encode()
 GITHUB_CAP = 25 * 1024 * 1024  # bytes: GitHub sends no larger payload
@@ -86,3 +88,39 @@ async def test_a_delivery_the_database_refuses_is_answered_503_for_github_to_sen
         assert (await moko.deliver("ping", load_example("ping"), delivery="refused")).status == 202
         stored = await moko.services.store.get_delivery("refused")
     assert stored is not None and stored.state == DONE
+
+
+def ping_of(size: int) -> bytes:
+    """GitHub's ping, its zen padded to exactly size bytes."""
+    bare = json.dumps({**load_example("ping"), "zen": ""}).encode()
+    return json.dumps({**load_example("ping"), "zen": "x" * (size - len(bare))}).encode()
+
+
+async def test_the_bytes_a_chunked_body_held_are_given_back_exactly(fake_github, tmp_path):
+    env = moko_environ(fake_github, f"sqlite:///{tmp_path}/moko.db", MOKO_UNVERIFIED_MIB="1")
+    async with run_moko(env) as moko:
+        # Chunked, 1 MiB exactly: a small body, it may take the whole budget.
+        whole = ping_of(1024 * 1024)
+        headers = webhook_headers("ping", "chunked", whole, WEBHOOK_SECRET)
+        async with moko.session.post(moko.url + WEBHOOK_PATH, data=in_pieces(whole, 64 * 1024), headers=headers) as reply:
+            assert reply.status == 202
+        # A body on its way holds 900 KiB of the budget; the rest is free again, to the byte.
+        on_its_way = ping_of(900 * 1024)
+        host, port = moko.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        head = f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: moko\r\nContent-Length: {len(on_its_way)}\r\n"
+        sent = webhook_headers("ping", "on-its-way", on_its_way, WEBHOOK_SECRET)
+        writer.write((head + "".join(f"{k}: {v}\r\n" for k, v in sent.items()) + "\r\n").encode() + on_its_way[:1000])
+        await writer.drain()
+        try:
+            rest = 1024 * 1024 - 900 * 1024
+            tries = itertools.count()
+
+            async def one_byte_over_is_busy() -> bool:  # once the 900 KiB are held
+                reply = await moko.send("ping", ping_of(rest + 1), delivery=f"over-{next(tries)}")
+                return (reply.status, reply.body) == (503, {"error": "busy"})
+
+            await wait_until(one_byte_over_is_busy, timeout=10)
+            assert (await moko.send("ping", ping_of(rest), delivery="fits")).status == 202
+        finally:
+            writer.close()
