@@ -25,24 +25,36 @@ def org(fake_github):
     return fake_github
 
 
-async def interrupted(env, *argv: str, after_records: int = 50) -> None:
+async def interrupted(org, env, *argv: str, after_records: int = 50) -> None:
     """Run `moko sweep` and stop it as abruptly as a kill once the audit trail holds
-    `after_records` records: by then those repositories are done, most of them checkpointed."""
+    `after_records` records: by then those repositories are done, most of them checkpointed.
+    The fake GitHub holds the answer to the second page of repositories until then, so that
+    the sweep cannot finish first (a dry run, which writes nothing, is that fast)."""
+    second_page = asyncio.Event()
+
+    async def hold_second_page(call) -> None:
+        if (call.graphql_variables or {}).get("after"):
+            await second_page.wait()
+
+    org.on_request(hold_second_page)
     args = cli.build_parser().parse_args(["sweep", "--org", ORG, "--json", *argv])
     task = asyncio.create_task(sweep_command(args, load_settings(env), out=io.StringIO(), err=io.StringIO(),
                                              github_factory=github_factory(BulkTime())))
-    deadline = asyncio.get_running_loop().time() + 60
-    while len(await trail(env)) < after_records:
-        assert not task.done(), "the sweep ended before it could be interrupted"
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.005)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        while len(await trail(env)) < after_records:
+            assert not task.done(), "the sweep ended before it could be interrupted"
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        second_page.set()
 
 
 async def test_an_interrupted_dry_run_does_not_make_the_real_sweep_skip_anything(org, env):
-    await interrupted(env, "--dry-run")
+    await interrupted(org, env, "--dry-run")
     assert writes(org) == []
     assert {r.outcome for r in await trail(env)} == {"dry-run"}
 
@@ -56,7 +68,7 @@ async def test_an_interrupted_dry_run_does_not_make_the_real_sweep_skip_anything
 
 
 async def test_a_repo_run_neither_ends_nor_resumes_the_unfinished_full_sweep(org, env):
-    await interrupted(env)
+    await interrupted(org, env)
     first = {r.run_id for r in await trail(env)}
     assert len(first) == 1
     [full_sweep_id] = first
