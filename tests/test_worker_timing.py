@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
+import structlog
 from structlog.processors import format_exc_info
-from structlog.testing import capture_logs
+from structlog.testing import LogCapture, capture_logs
 
 from bot.store.base import DONE, FAILED, QUEUED, Delivery, NewDelivery
 from bot.store.sqlite import SQLiteStore
@@ -253,6 +254,23 @@ async def test_a_pruning_round_of_several_statements_needs_no_time_to_pass(tmp_p
         assert await asyncio.wait_for(moko.pool.prune_once(), 10) == 2001
 
 
+@contextmanager
+def logs_with_tracebacks() -> Iterator[list[dict]]:
+    """capture_logs with each exc_info rendered as its traceback text (capture_logs takes
+    processors only from structlog 25.5 on). The processors list is changed in place, as
+    capture_logs does, so loggers already made see it."""
+    capture = LogCapture()
+    processors = structlog.get_config()["processors"]
+    before = list(processors)
+    processors[:] = [format_exc_info, capture]
+    structlog.configure(processors=processors)
+    try:
+        yield capture.entries
+    finally:
+        processors[:] = before
+        structlog.configure(processors=processors)
+
+
 async def test_a_worker_whose_claim_check_fails_logs_it_and_takes_the_next_delivery(tmp_path):
     async with running_pool(tmp_path, lease=30.0) as moko:
         moko.processing.hold("first")
@@ -263,7 +281,7 @@ async def test_a_worker_whose_claim_check_fails_logs_it_and_takes_the_next_deliv
         moko.sql("CREATE TRIGGER refuse BEFORE UPDATE OF lease_until ON deliveries "
                  "WHEN NEW.id = 'waited' AND OLD.state = 'processing' AND NEW.state = 'processing' "
                  "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END")
-        with capture_logs(processors=[format_exc_info]) as logs:
+        with logs_with_tracebacks() as logs:
             await moko.clock.advance(20)
             moko.processing.release("first")
             await wait_until(lambda: messages(logs, "worker_error") != [], timeout=10)
