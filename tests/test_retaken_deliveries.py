@@ -262,9 +262,10 @@ async def test_a_change_made_by_a_try_that_died_before_recording_it_is_recorded_
     assert "has\\_projects: true → false — **done**" in mine[0]
 
 
-async def test_a_change_a_dead_try_intended_and_github_never_made_is_recorded_failed_and_made_by_the_retake(
-    fake_github, tmp_path
-):
+def wiki_drift_whose_patch_is_lost(fake_github) -> tuple[dict, str]:
+    """Repository "lost" with its wiki turned on, the `repository.edited` event about it, and
+    the path of its settings, whose next PATCH is held, then dropped without being carried out
+    (its process dies meanwhile)."""
     fake_github.add_installation(INSTALLATION, ORG)
     fake_github.add_repo(ORG, "lost", **COMPLIANT)
     fake_github.set_protection(ORG, "lost", "main", DEFAULT_PROTECTION)
@@ -272,8 +273,14 @@ async def test_a_change_a_dead_try_intended_and_github_never_made_is_recorded_fa
     payload = fake_github.event("repository", "edited", owner=ORG, repo="lost",
                                 changes={"description": {"from": None}})
     settings = rf"^/repos/{ORG}/lost$"
-    # The PATCH is held, then dropped without being carried out; its process dies meanwhile.
     fake_github.fail("PATCH", settings, delay=60, reset_connection=True)
+    return payload, settings
+
+
+async def test_a_change_a_dead_try_intended_and_github_never_made_is_recorded_failed_and_made_by_the_retake(
+    fake_github, tmp_path
+):
+    payload, settings = wiki_drift_whose_patch_is_lost(fake_github)
 
     state = await killed_mid_delivery(fake_github, tmp_path, "repository", payload, "edited-4",
                                       ("PATCH", settings))
@@ -291,16 +298,7 @@ async def test_a_change_a_dead_try_intended_and_github_never_made_is_recorded_fa
 async def test_a_change_another_run_made_after_a_dead_try_s_intent_is_not_credited_to_that_try(
     fake_github, tmp_path
 ):
-    fake_github.add_installation(INSTALLATION, ORG)
-    fake_github.add_repo(ORG, "lost", **COMPLIANT)
-    fake_github.set_protection(ORG, "lost", "main", DEFAULT_PROTECTION)
-    fake_github.repo(ORG, "lost")["has_wiki"] = True
-    payload = fake_github.event("repository", "edited", owner=ORG, repo="lost",
-                                changes={"description": {"from": None}})
-    settings = rf"^/repos/{ORG}/lost$"
-    # The delivery's PATCH is held, then dropped without being carried out; its process dies
-    # meanwhile.
-    fake_github.fail("PATCH", settings, delay=60, reset_connection=True)
+    payload, settings = wiki_drift_whose_patch_is_lost(fake_github)
     db = tmp_path / "moko.db"
     env = moko_environ(fake_github, f"sqlite:///{db}", MOKO_REQUEST_TIMEOUT="3")
     running = await start_moko_process(env, tmp_path / "first.log")
