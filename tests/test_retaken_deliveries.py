@@ -85,14 +85,22 @@ async def test_a_new_repository_s_delivery_retaken_after_a_crash_writes_nothing_
     ]
 
 
-async def test_a_command_retaken_after_a_crash_is_applied_and_answered_once(fake_github, tmp_path):
+def maintainer_command(fake_github, body: str, *, issue_number: int, projects_on: bool = False) -> dict:
+    """The `issue_comment.created` event of a maintainer's command in an issue of "widgets", a
+    compliant, protected repository (its projects turned on when ``projects_on``)."""
     fake_github.add_installation(INSTALLATION, ORG)
     fake_github.add_repo(ORG, "widgets", **COMPLIANT)
     fake_github.set_protection(ORG, "widgets", "main", DEFAULT_PROTECTION)
-    fake_github.repo(ORG, "widgets")["has_projects"] = True  # a toggle: no webhook
+    if projects_on:
+        fake_github.repo(ORG, "widgets")["has_projects"] = True
     fake_github.set_permission(ORG, "widgets", "maria", "maintain")
-    payload = fake_github.event("issue_comment", "created", owner=ORG, repo="widgets", sender="maria",
-                                issue_number=7, body="/moko apply")
+    return fake_github.event("issue_comment", "created", owner=ORG, repo="widgets", sender="maria",
+                             issue_number=issue_number, body=body)
+
+
+async def test_a_command_retaken_after_a_crash_is_applied_and_answered_once(fake_github, tmp_path):
+    # Projects turned on by a toggle, which sends no webhook.
+    payload = maintainer_command(fake_github, "/moko apply", issue_number=7, projects_on=True)
     answers = rf"^/repos/{ORG}/widgets/issues/7/comments$"
     # The answer is posted, and its acknowledgement held back until the process is gone.
     fake_github.fail("POST", answers, delay=60, after_effect=True)
@@ -135,12 +143,7 @@ async def test_a_refused_command_retaken_after_its_answer_was_posted_is_recorded
 async def test_a_command_retaken_after_crashes_does_not_count_again_against_the_user_s_limit(
     fake_github, tmp_path
 ):
-    fake_github.add_installation(INSTALLATION, ORG)
-    fake_github.add_repo(ORG, "widgets", **COMPLIANT)
-    fake_github.set_protection(ORG, "widgets", "main", DEFAULT_PROTECTION)
-    fake_github.set_permission(ORG, "widgets", "maria", "maintain")
-    payload = fake_github.event("issue_comment", "created", owner=ORG, repo="widgets", sender="maria",
-                                issue_number=5, body="/moko status")
+    payload = maintainer_command(fake_github, "/moko status", issue_number=5)
     # One command, the user's only one; its process dies at its first request (the reaction,
     # which never takes effect) six times over: more tries than the 5 commands a minute.
     reactions = rf"^/repos/{ORG}/widgets/issues/comments/\d+/reactions$"
@@ -179,12 +182,7 @@ async def test_a_write_still_on_its_way_when_its_process_died_is_not_made_again(
 async def test_a_command_whose_answer_was_still_on_its_way_when_its_process_died_is_answered_once(
     fake_github, tmp_path
 ):
-    fake_github.add_installation(INSTALLATION, ORG)
-    fake_github.add_repo(ORG, "widgets", **COMPLIANT)
-    fake_github.set_protection(ORG, "widgets", "main", DEFAULT_PROTECTION)
-    fake_github.set_permission(ORG, "widgets", "maria", "maintain")
-    payload = fake_github.event("issue_comment", "created", owner=ORG, repo="widgets", sender="maria",
-                                issue_number=9, body="/moko status")
+    payload = maintainer_command(fake_github, "/moko status", issue_number=9)
     answers = rf"^/repos/{ORG}/widgets/issues/9/comments$"
     # GitHub posts the answer 5 s after it arrived: after its process died and the next one
     # took the command up again.
@@ -205,12 +203,7 @@ async def test_a_command_whose_answer_was_still_on_its_way_when_its_process_died
 
 
 async def test_a_command_answered_and_recorded_by_a_try_that_died_is_not_recorded_again(fake_github, tmp_path):
-    fake_github.add_installation(INSTALLATION, ORG)
-    fake_github.add_repo(ORG, "widgets", **COMPLIANT)
-    fake_github.set_protection(ORG, "widgets", "main", DEFAULT_PROTECTION)
-    fake_github.set_permission(ORG, "widgets", "maria", "maintain")
-    payload = fake_github.event("issue_comment", "created", owner=ORG, repo="widgets", sender="maria",
-                                issue_number=4, body="/moko status")
+    payload = maintainer_command(fake_github, "/moko status", issue_number=4)
     reactions = rf"^/repos/{ORG}/widgets/issues/comments/\d+/reactions$"
     # The eyes are answered; the rocket, the last request, after the answer and the record,
     # is added and its acknowledgement held back until the process is gone.
@@ -236,13 +229,8 @@ def audit_rows(db, repo: str, field: str) -> list[tuple[str, str, str | None]]:
 async def test_a_change_made_by_a_try_that_died_before_recording_it_is_recorded_applied_by_the_retake(
     fake_github, tmp_path
 ):
-    fake_github.add_installation(INSTALLATION, ORG)
-    fake_github.add_repo(ORG, "widgets", **COMPLIANT)
-    fake_github.set_protection(ORG, "widgets", "main", DEFAULT_PROTECTION)
-    fake_github.repo(ORG, "widgets")["has_projects"] = True  # a toggle: no webhook
-    fake_github.set_permission(ORG, "widgets", "maria", "maintain")
-    payload = fake_github.event("issue_comment", "created", owner=ORG, repo="widgets", sender="maria",
-                                issue_number=3, body="/moko apply")
+    # Projects turned on by a toggle, which sends no webhook.
+    payload = maintainer_command(fake_github, "/moko apply", issue_number=3, projects_on=True)
     settings = rf"^/repos/{ORG}/widgets$"
     # The PATCH is carried out; its answer is held until the process that sent it is gone.
     fake_github.fail("PATCH", settings, delay=60, after_effect=True)
