@@ -31,6 +31,9 @@ Afterwards the fake's count of PATCHes must equal the drifted deliveries sent, p
     python bench/processing.py --only moko --rounds 1 --deliveries 300 --warmup 300 --callgrind
         # instructions per delivery under valgrind: the same however loaded the machine is,
         # for comparing two versions of Moko (not Moko with Node: their instructions differ)
+    python bench/processing.py --only moko --workloads drifted --rounds 1 --syscalls
+        # system calls per measured delivery, by name, every thread of the server counted
+        # (perf's syscall tracepoints): fsyncs, WAL writes, socket calls a delivery
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import statistics
@@ -65,6 +69,10 @@ REFERENCE = ROOT / "bench" / "probot_reference"
 POLICY = "version: 1\nrepository:\n  has_issues: true\n  has_wiki: false\n  has_projects: false\nbranches: []\n"
 COMPLIANT = {"has_issues": True, "has_wiki": False, "has_projects": False}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# What --syscalls counts (each tracepoint counted costs the server a little): the store's
+# (WAL writes, reads and fsyncs, file locks), the threads' hand-offs, the sockets' and the loop's.
+COUNTED_SYSCALLS = ("fdatasync", "fsync", "pwrite64", "pread64", "fcntl", "futex", "epoll_pwait", "epoll_wait",
+                    "read", "write", "writev", "sendto", "recvfrom", "sendmsg", "recvmsg", "getpid")
 
 
 # --- the fake GitHub's process ------------------------------------------------------------
@@ -181,6 +189,26 @@ def cpu_seconds(pid: int, part: str = "both") -> float:
     return {"user": user, "system": system, "both": user + system}[part] / CLOCK_TICKS
 
 
+def threads(pid: int) -> dict[str, tuple[float, int]]:
+    """Each thread's CPU seconds so far and how often it slept (voluntary context switches):
+    the main thread (Moko's event loop) apart from the others (Moko's commit thread), which are
+    summed; a thread gone since is not counted."""
+    seen: dict[str, tuple[float, int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        name = "main" if task.name == str(pid) else "others"
+        fields = stat.rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        sleeps = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("voluntary_ctxt"))
+        before = seen.get(name, (0.0, 0))
+        seen[name] = (before[0] + cpu, before[1] + sleeps)
+    return seen
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -208,8 +236,10 @@ class Server:
     """One server under test: Moko (`moko serve` on a fresh SQLite file) or the Probot app."""
 
     def __init__(self, kind: str, fake: dict[str, Any], workdir: Path, profile: str | None = None,
-                 callgrind: bool = False) -> None:
+                 callgrind: bool = False, syscalls: bool = False) -> None:
         self.kind = kind
+        self.syscalls_out = workdir / f"{kind}.syscalls" if syscalls else None
+        self.perf: subprocess.Popen[bytes] | None = None
         self.callgrind_out = workdir / f"{kind}.callgrind" if callgrind else None
         # Under callgrind, instructions are counted only between start_counting and stop_counting.
         prefix = ([
@@ -276,6 +306,27 @@ class Server:
         if self.callgrind_out:
             subprocess.run(["callgrind_control", "--instr=on", str(self.process.pid)], check=True,
                            stdout=subprocess.DEVNULL)
+        if self.syscalls_out:
+            # Counted in the kernel by tracepoint (the server runs at its own pace, unlike
+            # under strace), for every thread of the process, the commit thread included.
+            self.perf = subprocess.Popen(
+                ["perf", "stat", "-x", ",", "-o", str(self.syscalls_out), "-e", ",".join(f"syscalls:sys_enter_{name}" for name in COUNTED_SYSCALLS),
+                 "-p", str(self.process.pid)], stderr=subprocess.DEVNULL)
+            time.sleep(2)  # perf attaches before the first measured delivery is sent
+
+    def stop_syscalls(self) -> dict[str, int] | None:
+        """System calls made since start_counting, by name (None when not counted)."""
+        if self.perf is None or self.syscalls_out is None:
+            return None
+        self.perf.send_signal(signal.SIGINT)
+        self.perf.wait(60)
+        calls: dict[str, int] = {}
+        for line in self.syscalls_out.read_text().splitlines():
+            fields = line.split(",")
+            # "count,unit,event,..." with event syscalls:sys_enter_NAME
+            if len(fields) > 2 and fields[0].isdigit() and int(fields[0]) and "sys_enter_" in fields[2]:
+                calls[fields[2].split("sys_enter_", 1)[1]] = int(fields[0])
+        return calls
 
     def stop_counting(self) -> int | None:
         """Instructions executed since start_counting (None when not under callgrind)."""
@@ -310,12 +361,16 @@ def measure(server: Server, fake: Fake, workload: str, args: argparse.Namespace,
     server.start_counting()
     cpu_before = cpu_seconds(server.process.pid)
     system_before = cpu_seconds(server.process.pid, "system")
+    threads_before = threads(server.process.pid)
     started = time.monotonic()
     last_answer = asyncio.run(send_all(server.url, batch, args.concurrency))
     idle = server.idle(run, last_answer)
     cpu = cpu_seconds(server.process.pid) - cpu_before
     instructions = server.stop_counting()
+    syscalls = server.stop_syscalls()
     system = cpu_seconds(server.process.pid, "system") - system_before
+    by_thread = {name: (cpu - threads_before.get(name, (0.0, 0))[0], sleeps - threads_before.get(name, (0.0, 0))[1])
+                 for name, (cpu, sleeps) in threads(server.process.pid).items()}
     patches = fake.patches()
     expected = args.deliveries if drifted else 0
     if patches != expected:
@@ -327,7 +382,17 @@ def measure(server: Server, fake: Fake, workload: str, args: argparse.Namespace,
         "cpu_ms_per_delivery": round(cpu * 1000 / args.deliveries, 3),
         "system_cpu_ms_per_delivery": round(system * 1000 / args.deliveries, 3),
         "peak_rss_mib": round(peak_rss_mib(server.process.pid), 1),
+        # A thread's sleep and wake-up costs CPU of its own (on this virtual machine, tens of
+        # microseconds each, whatever it slept for): how often each thread slept per delivery.
+        "sleeps_per_delivery": round(sum(sleeps for _, sleeps in by_thread.values()) / args.deliveries, 2),
+        "threads": {name: {"cpu_ms_per_delivery": round(cpu * 1000 / args.deliveries, 3),
+                           "sleeps_per_delivery": round(sleeps / args.deliveries, 2)}
+                    for name, (cpu, sleeps) in sorted(by_thread.items()) if cpu or sleeps},
         **({"instructions_per_delivery": round(instructions / args.deliveries)} if instructions is not None else {}),
+        **({"syscalls_per_delivery": round(sum(syscalls.values()) / args.deliveries, 1),
+            "syscalls_by_name": {name: round(count / args.deliveries, 2) for name, count in
+                                 sorted(syscalls.items(), key=lambda item: -item[1])}}
+           if syscalls is not None else {}),
         "patches": patches,
         "github_calls": fake.calls,
     }
@@ -346,6 +411,9 @@ def main() -> None:
                         help="run each server under valgrind's callgrind and count the instructions per "
                              "measured delivery: the same figure however loaded the machine is (about 50 "
                              "times slower; use small --deliveries and --warmup)")
+    parser.add_argument("--syscalls", action="store_true",
+                        help="count each server's system calls per measured delivery (perf stat on the "
+                             "kernel's syscall tracepoints; needs perf and root)")
     parser.add_argument("--serve-fake", nargs=2, metavar=("OWNER", "DRIFTED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fake:
@@ -366,7 +434,8 @@ def main() -> None:
                 for kind in order:
                     workdir = Path(tempfile.mkdtemp(prefix="moko-bench-processing-"))
                     profile = args.profile and f"{args.profile}/{kind}-{workload}-{round_no}.prof"
-                    server = Server(kind, fake.info, workdir, profile if kind == "moko" else None, args.callgrind)
+                    server = Server(kind, fake.info, workdir, profile if kind == "moko" else None, args.callgrind,
+                                    args.syscalls)
                     try:
                         result = measure(server, fake, workload, args, round_no)
                     finally:
@@ -379,7 +448,8 @@ def main() -> None:
     print("\n| workload | measure | " + " | ".join(kinds) + " |")
     print("|---|---|" + "---:|" * len(kinds))
     measures = ["deliveries_per_s", "acknowledged_per_s", "cpu_ms_per_delivery", "system_cpu_ms_per_delivery",
-                "peak_rss_mib"] + (["instructions_per_delivery"] if args.callgrind else [])
+                "sleeps_per_delivery", "peak_rss_mib"] + (["instructions_per_delivery"] if args.callgrind else []) + (
+                    ["syscalls_per_delivery"] if args.syscalls else [])
     for workload in workloads:
         for measure_name in measures:
             cells = []
