@@ -190,6 +190,7 @@ class SQLiteStore(Store):
         lock_ttl: float = REPO_LOCK_TTL,
         audit_key: str | None = None,
         owner: str | None = None,
+        group_commit: GroupCommit | None = None,
     ) -> None:
         self.path = sqlite_path(url)
         self.owner = owner or new_owner()
@@ -197,7 +198,7 @@ class SQLiteStore(Store):
         self._audit_key = audit_key.encode() if audit_key else None
         self._lock_ttl = lock_ttl
         self._clock = clock
-        self._batches = GroupCommit()
+        self._batches = group_commit or GroupCommit()
         # Writes queue in the next batch (several statements: in a savepoint of their own; atomic:
         # one statement); reads run beside the batches.
         self._call = self._batches.call
@@ -336,7 +337,8 @@ class SQLiteStore(Store):
             )
             return cursor.rowcount == 1
 
-        return bool(await self._call(add, atomic=True))
+        # Urgent: GitHub waits for the acknowledgement, which waits for this commit.
+        return bool(await self._call(add, atomic=True, urgent=True))
 
     async def add_and_claim(
         self, delivery: NewDelivery, owner: str, lease_seconds: float
@@ -364,7 +366,7 @@ class SQLiteStore(Store):
                 error=None, received_at=datetime.fromtimestamp(row["received_at"], UTC),
             )
 
-        return await self._call(add, atomic=True)
+        return await self._call(add, atomic=True, urgent=True)
 
     async def claim_delivery(self, delivery_id: str, owner: str, lease_seconds: float) -> Delivery | None:
         now = self._clock()
