@@ -411,6 +411,8 @@ def main() -> None:
                         help="run each server under valgrind's callgrind and count the instructions per "
                              "measured delivery: the same figure however loaded the machine is (about 50 "
                              "times slower; use small --deliveries and --warmup)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep each server's work folder (its database, log and callgrind dumps)")
     parser.add_argument("--syscalls", action="store_true",
                         help="count each server's system calls per measured delivery (perf stat on the "
                              "kernel's syscall tracepoints; needs perf and root)")
@@ -440,7 +442,10 @@ def main() -> None:
                         result = measure(server, fake, workload, args, round_no)
                     finally:
                         server.stop()
-                    shutil.rmtree(workdir)  # kept, with the server's log, when the run failed
+                    if args.keep:
+                        print(f"kept: {workdir}", flush=True)
+                    else:
+                        shutil.rmtree(workdir)  # kept, with the server's log, when the run failed
                     print(json.dumps(result), flush=True)
                     results.append(result)
     finally:
