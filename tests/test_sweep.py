@@ -25,6 +25,7 @@ from bot.store import open_store
 from handlers.wiring import cli
 from handlers.wiring.app import client_options
 from handlers.wiring.cli_sweep import sweep_command
+from tests.fakegithub.state import blob_sha
 
 ORG = "acme"
 INSTALLATION = 1
@@ -344,6 +345,20 @@ async def test_invalid_policy_changes_nothing_and_exits_1(org, env):
     assert writes(org) == []
     records = await trail(env)
     assert [(r.policy, r.outcome) for r in records] == [("config", "failed")]
+
+
+async def test_an_invalid_policy_is_recorded_once_per_file_found_again(org, env):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    first = "version: 1\nrepository:\n  has_wikki: false\n"
+    second = "version: 1\nrepository:\n  has_wikky: false\n"
+    # Each sweep finds the file invalid; the trail says so once for each file in a row.
+    for text in (first, first, second, second, first):
+        org.put_file(ORG, ".github", ".github/moko.yml", text)
+        assert (await sweep(env))[0] == 1
+    records = await trail(env, repo=f"{ORG}/.github")
+    source = f"{ORG}/.github/.github/moko.yml"
+    assert [(r.policy, r.field, r.before, r.outcome) for r in records] == [
+        ("config", source, {"file": blob_sha(text.encode())}, "failed") for text in (first, second, first)]
 
 
 async def test_table_and_progress_bar_on_a_terminal(org, env):
