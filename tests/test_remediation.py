@@ -238,7 +238,9 @@ async def test_forbidden_repository_does_not_stop_the_others(org, moko):
     assert org.repo(ORG, "three")["has_wiki"] is False
     failed = await records(moko, "two")
     assert failed[0].outcome == "failed" and "403" in failed[0].error and "Resource not accessible" in failed[0].error
-    assert (await moko.services.store.get_delivery("install")).state == FAILED
+    delivery = await moko.services.store.get_delivery("install")
+    # The delivery's error names the repository and what GitHub answered.
+    assert delivery.state == FAILED and delivery.error.endswith(f"{ORG}/two: 403 Resource not accessible by integration")
     async with moko.session.get(moko.url + "/metrics") as response:
         assert 'moko_remediations_total{outcome="failed",policy="repository"}' in await response.text()
 
