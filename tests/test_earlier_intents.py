@@ -18,6 +18,7 @@ from bot.audit import settled
 from bot.store import open_store
 from bot.store.base import DONE, AuditEntry, NewDelivery
 from policies.apply import NOT_MADE
+from policies.permissions import APP_PERMISSIONS
 from tests.fakegithub.webhooks import webhook_headers
 from tests.support.harness import WEBHOOK_SECRET, run_moko
 from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG, repo_calls
@@ -271,3 +272,22 @@ async def test_a_retake_leaves_pending_an_intent_its_plan_does_not_decide(org, e
 
     assert [(c[0], c[1]) for c in repo_calls(org, "app") if c[0] != "GET"] == []
     assert [(r.field, r.outcome) for r in settled(records)] == [("has_wiki", "pending"), ("main", "applied")]
+
+
+async def test_a_retake_leaves_pending_an_intent_about_a_field_it_cannot_read(fake_github, env):
+    # The dead try intended a merge setting; the installation may not read it (contents: write
+    # not granted), so this try cannot tell whether it was made.
+    fake_github.add_installation(INSTALLATION, ORG, permissions=APP_PERMISSIONS)
+    fake_github.add_repo(ORG, ".github", **COMPLIANT)
+    fake_github.put_file(ORG, ".github", ".github/moko.yml",
+                         "version: 1\nrepository:\n  has_wiki: false\n  allow_squash_merge: false\n")
+    payload = drifted_payload(fake_github)
+
+    def trail(received: datetime) -> list[AuditEntry]:
+        return [entry(received + timedelta(seconds=1), "edited-1", "pending", field="allow_squash_merge"),
+                entry(received + timedelta(seconds=2), "edited-1", "pending")]
+
+    records = await remediated(env, payload, trail, retaken=True, timeout=0.2)
+
+    assert [(r.field, r.outcome) for r in settled(records)] == [
+        ("allow_squash_merge", "pending"), ("has_wiki", "applied")]
