@@ -281,6 +281,22 @@ async def test_dry_run_changes_nothing_records_the_plan_and_leaves_the_real_swee
     assert code == 0 and doc["fixed"] == 12 and len(writes(org)) == 24
 
 
+async def test_each_repository_s_outcome_in_a_dry_run_then_in_sweeps(org, env):
+    compliant_repo(org, "tidy")
+    compliant_repo(org, "drift", has_wiki=True)
+    org.add_repo(ORG, "empty", empty=True, **COMPLIANT)
+
+    def outcomes(doc: Any) -> dict[str, str]:
+        return {r["repo"].split("/")[1]: r["outcome"] for r in doc["results"]}
+
+    code, doc, _ = await sweep(env, "--dry-run")
+    assert code == 0 and outcomes(doc) == {"tidy": "compliant", "drift": "planned", "empty": "planned"}
+    # The empty repository's protection waits for its first branch, still after a second sweep.
+    for drift in ("fixed", "compliant"):
+        code, doc, _ = await sweep(env)
+        assert code == 0 and outcomes(doc) == {"tidy": "compliant", "drift": drift, "empty": "deferred"}
+
+
 async def test_global_dry_run_setting_changes_nothing(org, env):
     org.add_repo(ORG, "draft", has_wiki=True)
     code, doc, _ = await sweep({**env, "MOKO_DRY_RUN": "true"})
