@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from structlog.testing import capture_logs
 
 from bot.audit import settled
 from bot.store.base import DONE, FAILED
@@ -173,6 +174,25 @@ async def test_compliant_protected_branch_is_never_written_again(org, moko):
     await moko.deliver("repository", unarchived)
     assert org.count("PUT") == 0 and org.count("PATCH") == 0
     assert await records(moko, "steady") == []
+
+
+async def test_a_rule_other_branches_share_is_held_not_removed_and_the_operator_is_told(org, moko):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\nbranches:\n  - name: release/1\n    protection: null\n")
+    compliant_repo(org, "core")
+    for branch in ("release/1", "release/2"):
+        org.add_branch(ORG, "core", branch)
+    org.add_protection_rule(ORG, "core", "release/*", DEFAULT_PROTECTION)
+    before = org.protection_rules(ORG, "core")
+    edited = org.event("branch_protection_rule", "edited", owner=ORG, repo="core", branch="release/*")
+    with capture_logs() as logs:
+        await moko.deliver("branch_protection_rule", edited, delivery="held-1")
+    assert org.protection_rules(ORG, "core") == before
+    reason = "release/1: protected by the rule release/*, which other branches share: Moko does not remove it"
+    delivery = await moko.services.store.get_delivery("held-1")
+    assert delivery.state == FAILED and delivery.error.endswith(f"{ORG}/core: {reason}")
+    assert [(e["repo"], e["reason"]) for e in logs if e["event"] == "policy_change_held"] == [(f"{ORG}/core", reason)]
+    assert await records(moko, "core") == []
 
 
 async def test_invalid_policy_file_changes_nothing_and_says_why(org, moko):
