@@ -141,6 +141,16 @@ async def test_another_runs_change_before_the_window_does_not_make_moko_read_aga
     assert outcomes(records)[2:] == [("edited-1", "pending", None), ("edited-1", "applied", None)]
 
 
+async def test_a_payload_that_shows_compliance_costs_no_request_even_after_another_runs_change(org, env):
+    payload = drifted_payload(org)
+    payload["repository"]["has_wiki"] = False
+    records = await remediated(env, payload, lambda received: change(received - timedelta(seconds=30), "sweep-1",
+                                                                     "applied"))
+    # Nothing to change as the payload shows it: no lock taken, nothing read, nothing written.
+    assert repo_calls(org, "app") == []
+    assert [r.run_id for r in records] == ["sweep-1", "sweep-1"]
+
+
 def waits(received: datetime, count: int) -> list[AuditEntry]:
     """``count`` records of branch rules that wait for their branch (no change made), the
     newest three seconds before ``received``."""
@@ -212,6 +222,15 @@ async def test_a_retake_records_applied_the_change_its_dead_try_made(org, env):
     assert outcomes(records) == [
         ("edited-1", "pending", None), ("sweep-1", "pending", None), ("sweep-1", "failed", "HTTP 502"),
         ("edited-1", "applied", None)]
+
+
+async def test_a_retake_whose_payload_shows_compliance_still_reads_and_records_its_dead_tries_change(org, env):
+    payload = drifted_payload(org)
+    payload["repository"]["has_wiki"] = False
+    records = await remediated(env, payload, lambda received: [entry(received + timedelta(seconds=1), "edited-1",
+                                                                     "pending")], retaken=True, timeout=0.2)
+    assert repo_calls(org, "app") == [("GET", SETTINGS)]
+    assert outcomes(records) == [("edited-1", "pending", None), ("edited-1", "applied", None)]
 
 
 async def test_a_retake_records_failed_the_change_its_dead_try_did_not_make_and_makes_it(org, env):
