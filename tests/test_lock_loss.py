@@ -197,6 +197,55 @@ async def test_a_remediation_whose_database_sessions_end_mid_way_finishes_under_
     assert [(r.field, r.outcome) for r in settled(raw)] == [("has_wiki", "applied"), ("main", "applied")]
 
 
+async def test_a_remediation_whose_lock_is_lost_again_under_the_new_one_stops_with_what_it_made(
+    fake_github, postgres_url
+):
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "widgets", has_wiki=True, has_issues=True, has_projects=False)
+    protection = f"/repos/{ORG}/widgets/branches/main/protection"
+
+    async def restart_database(call) -> None:
+        # The database restarts while the settings change, and again while the protection is read.
+        if call.method == "PATCH" or (call.method == "GET" and call.path == protection):
+            await end_sessions(postgres_url)
+
+    fake_github.on_request(restart_database)
+    async with run_moko(moko_environ(fake_github, postgres_url)) as moko:
+        created = fake_github.event("repository", "created", owner=ORG, repo="widgets")
+        await moko.deliver("repository", created, delivery="new-1")
+        delivery = await moko.services.store.get_delivery("new-1")
+        raw = await moko.services.store.audit_records(repo=f"{ORG}/widgets")
+    # Twice is the most: the protection is left for the next delivery, the failure says why.
+    assert [(c.method, c.path) for c in fake_github.calls if c.path.startswith(f"/repos/{ORG}/widgets")] == [
+        ("PATCH", f"/repos/{ORG}/widgets"), ("GET", f"/repos/{ORG}/widgets"), ("GET", protection)]
+    assert delivery.state == "failed" and "lock" in delivery.error
+    assert [(r.field, r.outcome) for r in settled(raw)] == [("has_wiki", "applied")]
+
+
+async def test_a_remediation_whose_lock_is_lost_and_whose_repository_cannot_be_read_again_stops(
+    fake_github, postgres_url
+):
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, "widgets", has_wiki=True, has_issues=True, has_projects=False)
+
+    async def restart_database(call) -> None:
+        if call.method == "PATCH":
+            await end_sessions(postgres_url)
+
+    fake_github.on_request(restart_database)
+    fake_github.fail("GET", f"^/repos/{ORG}/widgets$", 404, times=20)
+    async with run_moko(moko_environ(fake_github, postgres_url)) as moko:
+        created = fake_github.event("repository", "created", owner=ORG, repo="widgets")
+        await moko.deliver("repository", created, delivery="new-1")
+        delivery = await moko.services.store.get_delivery("new-1")
+        raw = await moko.services.store.audit_records(repo=f"{ORG}/widgets")
+    # What GitHub says now cannot be known: nothing more is written from the payload.
+    writes = [(c.method, c.path) for c in fake_github.calls if c.method != "GET" and c.path.startswith("/repos/")]
+    assert writes == [("PATCH", f"/repos/{ORG}/widgets")]
+    assert delivery.state == "failed" and "404" in delivery.error
+    assert [(r.field, r.outcome) for r in settled(raw)] == [("has_wiki", "applied")]
+
+
 async def test_an_apply_command_whose_lock_is_lost_mid_way_reports_every_change_it_made(fake_github, postgres_url):
     # The PATCH lands under the first lock, the PUT under the second: the answer lists both,
     # not only what the second attempt did.
