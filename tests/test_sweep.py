@@ -13,6 +13,7 @@ import json
 import re
 import sqlite3
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -22,6 +23,7 @@ from bot.audit import settled
 from bot.config import Settings, load_settings
 from bot.github_app import GitHubApp
 from bot.store import open_store
+from bot.store.base import AuditEntry
 from handlers.wiring import cli
 from handlers.wiring.app import client_options
 from handlers.wiring.cli_sweep import sweep_command
@@ -295,6 +297,32 @@ async def test_each_repository_s_outcome_in_a_dry_run_then_in_sweeps(org, env):
     for drift in ("fixed", "compliant"):
         code, doc, _ = await sweep(env)
         assert code == 0 and outcomes(doc) == {"tidy": "compliant", "drift": drift, "empty": "deferred"}
+
+
+async def test_a_sweep_waits_for_a_write_a_process_that_died_left_on_its_way(org, env):
+    compliant_repo(org, "racer", has_wiki=True)
+    env = {**env, "MOKO_REQUEST_TIMEOUT": "1"}
+    # A `moko serve` died a second ago with its PATCH on its way: its intent has no outcome.
+    store = open_store(env["MOKO_DATABASE_URL"])
+    await store.open()
+    try:
+        await store.append_audit([AuditEntry(
+            time=datetime.now(UTC) - timedelta(seconds=1), run_id="edited-6", trigger="repository.edited",
+            installation=INSTALLATION, repo=f"{ORG}/racer", actor="octocat", policy="repository", field="has_wiki",
+            before=True, after=False, outcome="pending")])
+    finally:
+        await store.close()
+
+    def lands_late(call) -> None:
+        # GitHub carries that PATCH out half a second after the sweep's batched read saw the wiki on.
+        if call.method == "POST" and "MokoRepositories" in (call.graphql_query or ""):
+            asyncio.get_running_loop().call_later(0.5, org.repo(ORG, "racer").__setitem__, "has_wiki", False)
+
+    org.on_request(lands_late)
+    code, doc, _ = await sweep(env, "--repo", "racer")
+    # The sweep waited as long as the request could still land, then read it: not written twice.
+    assert code == 0 and doc["results"][0]["outcome"] == "compliant"
+    assert writes(org) == [] and org.count("GET", f"^/repos/{ORG}/racer$") == 1
 
 
 async def test_global_dry_run_setting_changes_nothing(org, env):

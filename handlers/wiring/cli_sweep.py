@@ -218,8 +218,11 @@ async def _sweep(
 ) -> SweepReport:
     try:
         installation, gh, actor = await _acting_as(github, args.org, token_mode)
+        # A write another process (a `moko serve` that died) sent may land up to its request
+        # timeout later: the sweep waits for it as a replica does before reading again.
         engine = PolicyEngine(store=store, audit=AuditWriter(store), dry_run=args.dry_run or settings.dry_run,
-                              permissions=github.installation_permissions, notice=NonComplianceNotice(acting(actor)))
+                              permissions=github.installation_permissions, notice=NonComplianceNotice(acting(actor)),
+                              in_flight_for=settings.request_timeout)
         installation_id = None if token_mode else installation
 
         async def sweep(observer: SweepObserver | None = None) -> SweepReport:
