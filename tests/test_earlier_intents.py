@@ -151,6 +151,15 @@ async def test_a_payload_that_shows_compliance_costs_no_request_even_after_anoth
     assert [r.run_id for r in records] == ["sweep-1", "sweep-1"]
 
 
+async def test_a_dry_run_records_its_plan_from_the_payload_whatever_another_run_did(org, env):
+    payload = drifted_payload(org)
+    records = await remediated({**env, "MOKO_DRY_RUN": "true"}, payload,
+                               lambda received: change(received - timedelta(seconds=30), "sweep-1", "applied"))
+    # A dry run writes nothing: nothing to make twice, so nothing is read again.
+    assert repo_calls(org, "app") == []
+    assert outcomes(records)[2:] == [("edited-1", "dry-run", None)]
+
+
 def waits(received: datetime, count: int) -> list[AuditEntry]:
     """``count`` records of branch rules that wait for their branch (no change made), the
     newest three seconds before ``received``."""
@@ -212,9 +221,11 @@ async def test_a_retake_records_applied_the_change_its_dead_try_made(org, env):
     payload = drifted_payload(org)
 
     def trail(received: datetime) -> list[AuditEntry]:
-        # Another run tried the same change after it, and failed: that made nothing.
+        # Another run tried the same change after it, and failed: that made nothing; and made
+        # another change, which says nothing of this one.
         return [entry(received + timedelta(seconds=1), "edited-1", "pending"),
-                *change(received + timedelta(seconds=2), "sweep-1", "failed", error="HTTP 502")]
+                *change(received + timedelta(seconds=2), "sweep-1", "failed", error="HTTP 502"),
+                *change(received + timedelta(seconds=4), "sweep-1", "applied", field="has_projects")]
 
     records = await remediated(env, payload, trail, retaken=True, timeout=0.2)
 

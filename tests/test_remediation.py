@@ -78,6 +78,20 @@ async def test_empty_repository_is_protected_when_its_first_push_arrives(org, mo
     assert [r.outcome for r in await records(moko, "fresh")] == ["deferred", "applied"]
 
 
+async def test_a_remediation_github_refuses_records_no_wait_for_a_missing_branch(org, moko):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", (
+        "version: 1\nrepository:\n  has_wiki: false\nbranches:\n  - name: release\n    protection:\n"
+        "      required_status_checks: null\n      enforce_admins: false\n"
+        "      required_pull_request_reviews: null\n      restrictions: null\n"
+    ))
+    org.add_repo(ORG, "svc", **{**COMPLIANT, "has_wiki": True})
+    org.fail("PATCH", f"^/repos/{ORG}/svc$", 422, body={"message": "Validation Failed", "errors": ["nope"]})
+    await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="svc"))
+    # The remediation failed: the release branch's wait is recorded by the next one that does not.
+    assert [(r.field, r.outcome) for r in await records(moko, "svc")] == [("has_wiki", "failed")]
+
+
 async def test_protection_for_a_missing_branch_is_recorded_as_waiting_once(org, moko):
     org.add_repo(ORG, ".github", **COMPLIANT)
     org.put_file(ORG, ".github", ".github/moko.yml", (
