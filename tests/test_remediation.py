@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from structlog.testing import capture_logs
 
 from bot.audit import settled
-from bot.store.base import DONE, FAILED
+from bot.store.base import DONE, FAILED, AuditEntry
 from tests.support.harness import run_moko
 from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG, repo_calls
 
@@ -111,6 +113,25 @@ async def test_protection_for_a_missing_branch_is_recorded_as_waiting_once(org, 
     await moko.deliver("push", push)
     assert org.protection(ORG, "svc", "release") is not None
     assert [(r.field, r.outcome) for r in await records(moko, "svc")] == [("release", "deferred"), ("release", "applied")]
+
+
+async def test_a_wait_for_a_branch_is_looked_for_among_the_repository_s_last_50_records(org, moko):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", (
+        "version: 1\nbranches:\n  - name: release\n    protection:\n      required_status_checks: null\n"
+        "      enforce_admins: false\n      required_pull_request_reviews: null\n      restrictions: null\n"
+    ))
+    org.add_repo(ORG, "svc", **COMPLIANT)
+    await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="svc"))
+    # 49 newer records than the wait's: it is found; 50: it is recorded again.
+    for others, waits in ((49, 1), (1, 2)):
+        await moko.services.store.append_audit([AuditEntry(
+            time=datetime.now(UTC), run_id=f"cmd-{n}", trigger="issue_comment.created", installation=INSTALLATION,
+            repo=f"{ORG}/svc", actor="octocat", policy="command", field="status", before=None, after=None,
+            outcome="applied") for n in range(others)])
+        await moko.deliver("repository", org.event("repository", "unarchived", owner=ORG, repo="svc"))
+        found = [(r.field, r.outcome) for r in await records(moko, "svc") if r.policy == "branch_protection"]
+        assert found == [("release", "deferred")] * waits
 
 
 async def test_wiki_turned_back_on_sends_no_webhook_and_apply_turns_it_off_once(org, moko):

@@ -405,6 +405,25 @@ async def test_an_invalid_policy_is_recorded_once_per_file_found_again(org, env)
         ("config", source, {"file": blob_sha(text.encode())}, "failed") for text in (first, second, first)]
 
 
+async def test_an_invalid_policy_s_last_record_is_looked_for_among_its_repository_s_last_50(org, env):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\nrepository:\n  has_wikki: false\n")
+    assert (await sweep(env))[0] == 1
+    store = open_store(env["MOKO_DATABASE_URL"])
+    await store.open()
+    try:
+        # 49 newer records than the config one: it is found; 50: it is recorded again.
+        for others, found in ((49, 1), (1, 2)):
+            await store.append_audit([AuditEntry(
+                time=datetime.now(UTC), run_id=f"cmd-{n}", trigger="issue_comment.created", installation=INSTALLATION,
+                repo=f"{ORG}/.github", actor="octocat", policy="command", field="status", before=None, after=None,
+                outcome="applied") for n in range(others)])
+            assert (await sweep(env))[0] == 1
+            assert [r.policy for r in await store.audit_records(repo=f"{ORG}/.github")].count("config") == found
+    finally:
+        await store.close()
+
+
 async def test_table_and_progress_bar_on_a_terminal(org, env):
     compliant_repo(org, "tidy")
     org.add_repo(ORG, "messy", has_wiki=True)
