@@ -234,8 +234,13 @@ async def test_invalid_policy_file_changes_nothing_and_says_why(org, moko):
     org.add_repo(ORG, ".github", **COMPLIANT)
     org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\nrepository:\n  has_wikki: false\n")
     org.add_repo(ORG, "victim", has_wiki=True)
-    await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="victim"), delivery="bad-policy")
+    with capture_logs() as logs:
+        await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="victim"),
+                           delivery="bad-policy")
     assert org.count("PATCH") == 0 and org.count("PUT") == 0
+    # The operator's log: failed, and not a dry run (nothing was planned at all).
+    assert [(e["repo"], e["outcome"], e["dry_run"]) for e in logs if e["event"] == "repository_remediated"] == [
+        (f"{ORG}/victim", "failed", False)]
     trail = await records(moko, "victim")
     assert len(trail) == 1 and trail[0].outcome == "failed" and trail[0].policy == "config"
     assert ":3: repository.has_wikki" in trail[0].error
