@@ -418,3 +418,17 @@ async def test_a_sweeps_rollback_on_a_wildcard_covered_branch_costs_no_extra_rea
     assert org.protection_rules(ORG, "app") == before
     # The batched read said which rule covers release/1: no question of its own.
     assert not [c for c in org.calls_to("POST", "^/graphql$") if "MokoBranchRule" in (c.graphql_query or "")]
+
+
+async def test_a_schema_question_github_fails_once_is_asked_again_under_the_lock(org, env):
+    # A policy naming a newer field makes Moko ask the server's schema; the first answer is a 502.
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml",
+                 "version: 1\nrepository:\n  has_wiki: false\n  web_commit_signoff_required: true\nbranches: []\n")
+    org.add_repo(ORG, "app", has_wiki=True, web_commit_signoff_required=True)
+    org.fail("POST", "^/graphql$", 502)
+    async with run_moko({**env, "MOKO_RETRY_ATTEMPTS": "1"}) as moko:
+        await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="app"), delivery="new-1")
+        assert (await moko.services.store.get_delivery("new-1")).state == DONE
+    assert [c.body for c in org.calls_to("PATCH", f"^/repos/{ORG}/app$")] == [{"has_wiki": False}]
+    assert [c.status for c in org.calls_to("POST", "^/graphql$")] == [502, 200]
