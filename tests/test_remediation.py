@@ -432,3 +432,15 @@ async def test_a_schema_question_github_fails_once_is_asked_again_under_the_lock
         assert (await moko.services.store.get_delivery("new-1")).state == DONE
     assert [c.body for c in org.calls_to("PATCH", f"^/repos/{ORG}/app$")] == [{"has_wiki": False}]
     assert [c.status for c in org.calls_to("POST", "^/graphql$")] == [502, 200]
+
+
+async def test_a_read_github_refuses_under_the_lock_fails_the_repository_with_githubs_words(org, moko):
+    compliant_repo(org, "core")
+    org.fail("GET", f"^/repos/{ORG}/core/branches/main/protection$", 403,
+             body={"message": "Resource not accessible by integration"})
+    deleted = org.event("branch_protection_rule", "deleted", owner=ORG, repo="core", branch="main")
+    await moko.deliver("branch_protection_rule", deleted, delivery="deleted-1")
+    delivery = await moko.services.store.get_delivery("deleted-1")
+    assert delivery.state == FAILED
+    assert delivery.error.endswith(f"{ORG}/core: 403 Resource not accessible by integration")
+    assert org.count("PUT") == 0 and await records(moko, "core") == []
