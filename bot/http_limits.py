@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 
@@ -54,6 +54,29 @@ async def answer_unread(request: web.Request, response: web.Response) -> web.Str
     return response
 
 
+class PaceTime(Protocol):
+    """The clock and the sleep the large-body pace runs on: the event loop's in production
+    (LOOP_TIME), one a test drives, which then sees how long each read was held back
+    without waiting for it."""
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class _LoopTime:
+    """The running event loop's clock (uvloop's or asyncio's), which its timeouts use too."""
+
+    def monotonic(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+LOOP_TIME: PaceTime = _LoopTime()
+
+
 class UnverifiedBodies:
     """Bytes of request bodies held before their signature is checked, across all requests.
 
@@ -63,11 +86,14 @@ class UnverifiedBodies:
     else, so every small delivery would wait with it.
     """
 
-    def __init__(self, limit: int, *, large_rate: float = LARGE_BODY_RATE, wait: float = ROOM_WAIT) -> None:
+    def __init__(
+        self, limit: int, *, large_rate: float = LARGE_BODY_RATE, wait: float = ROOM_WAIT, pace_time: PaceTime = LOOP_TIME
+    ) -> None:
         self.limit = limit
         self.held = 0
         self._large_limit = limit - limit // 4
         self._large_rate = large_rate
+        self._pace_time = pace_time
         self._wait = wait
         self._freed = asyncio.Event()
         self._next_large_read = 0.0
@@ -103,11 +129,11 @@ class UnverifiedBodies:
 
     async def pace(self, size: int) -> None:
         """Wait so that large bodies, all together, are read at most at large_rate bytes a second."""
-        now = asyncio.get_running_loop().time()
+        now = self._pace_time.monotonic()
         start = max(now, self._next_large_read)
         self._next_large_read = start + size / self._large_rate
         if start > now:
-            await asyncio.sleep(start - now)
+            await self._pace_time.sleep(start - now)
 
 
 class _Refused(asyncio.Protocol):

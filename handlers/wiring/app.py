@@ -19,7 +19,7 @@ from bot.config import Settings, load_settings
 from bot.context import Hooks, Services
 from bot.github_app import GitHubApp
 from bot.github_client import ClientOptions
-from bot.http_limits import CappedSite, UnverifiedBodies, handler_args
+from bot.http_limits import LOOP_TIME, CappedSite, PaceTime, UnverifiedBodies, handler_args
 from bot.intake import MAX_BODY, WebhookIntake
 from bot.logs import get_logger
 from bot.metrics import REGISTRY
@@ -29,7 +29,7 @@ from bot.redact import REDACTOR
 from bot.redelivery import recover_deliveries_forever
 from bot.setup_mode import SetupMode
 from bot.store import open_store
-from bot.worker import WorkerPool
+from bot.worker import SYSTEM_TIME, PoolTime, WorkerPool
 from handlers import build_router
 from handlers.wiring.components import install_components
 
@@ -66,8 +66,16 @@ def default_hooks() -> Hooks:
     return install_components()
 
 
-def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks | None = None) -> web.Application:
-    """The aiohttp application for `moko serve`; start-up opens the store and starts the workers."""
+def create_app(
+    settings: Settings, *, router: Router | None = None, hooks: Hooks | None = None,
+    timing: PoolTime = SYSTEM_TIME, pace_time: PaceTime = LOOP_TIME,
+) -> web.Application:
+    """The aiohttp application for `moko serve`; start-up opens the store and starts the workers.
+
+    timing is the clock the worker pool's loops and the SQLite store's leases run on, and
+    pace_time the one large bodies are paced by (bot.http_limits): the system's and the event
+    loop's in `moko serve`, one a test moves by hand otherwise.
+    """
     REDACTOR.add(*settings.secrets())
     if router is None:
         router = build_router()
@@ -76,7 +84,9 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # The store names this process (its owner id) and holds its liveness signal.
-        store = open_store(settings.database_url, lease_seconds=settings.lease_seconds, audit_key=settings.audit_key)
+        store = open_store(
+            settings.database_url, lease_seconds=settings.lease_seconds, audit_key=settings.audit_key, clock=timing.wall
+        )
         await store.open()
         session = aiohttp.ClientSession()
         services = Services(
@@ -96,13 +106,14 @@ def create_app(settings: Settings, *, router: Router | None = None, hooks: Hooks
             queue_max=settings.queue_max,
             lease_seconds=settings.lease_seconds,
             retention_seconds=settings.delivery_retention_days * 86400.0,
+            timing=timing,
         )
         app[SERVICES] = services
         app[WORKERS] = workers
         intake = WebhookIntake(
             secret=settings.webhook_secret or "", store=store, workers=workers,
             owner=services.owner, lease_seconds=settings.lease_seconds,
-            unverified=UnverifiedBodies(settings.unverified_bytes), body_timeout=settings.body_timeout,
+            unverified=UnverifiedBodies(settings.unverified_bytes, pace_time=pace_time), body_timeout=settings.body_timeout,
         )
         app[INTAKE] = intake
         app[STORE_WRITABLE] = StoreWritable(store)

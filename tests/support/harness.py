@@ -22,7 +22,8 @@ from gidgethub.routing import Router
 
 from bot.config import load_settings
 from bot.context import Hooks, Services
-from bot.worker import WorkerPool
+from bot.http_limits import LOOP_TIME, PaceTime
+from bot.worker import SYSTEM_TIME, PoolTime, WorkerPool
 from handlers.wiring.app import SERVICES, WORKERS, create_app
 from tests.fakegithub.webhooks import webhook_headers
 
@@ -122,10 +123,12 @@ class RunningMoko:
 
 @asynccontextmanager
 async def run_moko(
-    environ: Mapping[str, str], *, router: Router | None = None, hooks: Hooks | None = None
+    environ: Mapping[str, str], *, router: Router | None = None, hooks: Hooks | None = None,
+    timing: PoolTime = SYSTEM_TIME, pace_time: PaceTime = LOOP_TIME,
 ) -> AsyncIterator[RunningMoko]:
+    """Moko in this process; timing and pace_time as create_app's (a test's clocks)."""
     settings = load_settings(environ)
-    app = create_app(settings, router=router, hooks=hooks)
+    app = create_app(settings, router=router, hooks=hooks, timing=timing, pace_time=pace_time)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

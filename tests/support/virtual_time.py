@@ -4,6 +4,10 @@ A sleep ends only when the test moves the clock past its end, so a test runs an 
 leases, recovery rounds and pruning in well under a second, and what it asserts before a
 deadline is what Moko did up to that instant. The store is given `wall` as its clock, so a
 lease the store writes runs out on the same clock the pool renews it by.
+
+FastForwardTime is for the intake's pace of large bodies (bot.http_limits.PaceTime): every
+sleep ends at once and moves the clock by its length, so a test reads how long a body was
+held back, at the production rate, without waiting for it.
 """
 
 from __future__ import annotations
@@ -65,3 +69,20 @@ class VirtualTime:
             await asyncio.sleep(0)
             await self.parked(waiting)
         self.now = end
+
+
+class FastForwardTime:
+    """A monotonic clock that moves only by the sleeps taken on it, each of which ends at once
+    (after one turn of the loop): its time is how long the code chose to wait, in total, with
+    no real waiting. For code that sleeps only when it must hold something back (the intake's
+    pace), not for loops that sleep between rounds, which it would run back to back."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return 10_000.0 + self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
