@@ -1,5 +1,7 @@
 """The intake at its edges: a body streamed without a length (chunked), a body at GitHub's
-25 MiB cap, headers GitHub did not send, and a database that refuses the delivery."""
+25 MiB cap, headers GitHub did not send, a database that refuses the delivery, and the pace
+large bodies are read at (on a clock that only the intake's waits move, FastForwardTime: a
+25 MiB body is read at full speed and the test sees the 3 s it was held back)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from bot.http_limits import LARGE_BODY_RATE, SMALL_BODY
 from bot.store.base import DONE
 from tests.fakegithub.webhooks import load_example, webhook_headers
 from tests.support.harness import WEBHOOK_PATH, WEBHOOK_SECRET, moko_environ, run_moko
+from tests.support.virtual_time import FastForwardTime
 from tests.support.waiting import wait_until
 
 PING = json.dumps(load_example("ping")).encode()
@@ -124,3 +128,58 @@ async def test_the_bytes_a_chunked_body_held_are_given_back_exactly(fake_github,
             assert (await moko.send("ping", ping_of(rest), delivery="fits")).status == 202
         finally:
             writer.close()
+
+
+MIB = 1024 * 1024
+
+
+async def test_a_signed_body_of_exactly_25_mib_is_stored_after_about_3_seconds_of_pace(fake_github, tmp_path):
+    clock = FastForwardTime()
+    async with run_moko(moko_environ(fake_github, f"sqlite:///{tmp_path}/moko.db"), pace_time=clock) as moko:
+        body = ping_of(GITHUB_CAP)
+        reply = await moko.send("ping", body, delivery="at-the-cap")
+        assert (reply.status, reply.body) == (202, {"delivery": "at-the-cap", "status": "queued"})
+        await moko.settle()
+        stored = await moko.services.store.get_delivery("at-the-cap")
+    assert stored is not None and stored.state == DONE and stored.body == body
+    # Past its first MiB, read at 8 MiB a second: 3 s in all, within GitHub's 10 s. (Give or
+    # take one read's share, a few hundred KiB at most: the pace starts with the read that
+    # crosses the first MiB, and the clock moves by the waits before each read.)
+    assert LARGE_BODY_RATE == 8 * MIB
+    assert 2.9 <= clock.now <= 3.1
+
+
+async def test_a_chunked_body_past_25_mib_is_answered_413_however_well_signed(fake_github, tmp_path):
+    env = moko_environ(fake_github, f"sqlite:///{tmp_path}/moko.db", MOKO_BODY_TIMEOUT="10")
+    async with run_moko(env, pace_time=FastForwardTime()) as moko:
+        body = ping_of(GITHUB_CAP + 1)
+        headers = webhook_headers("ping", "past-the-cap", body, WEBHOOK_SECRET)
+        host, port = moko.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        head = f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: moko\r\nTransfer-Encoding: chunked\r\n"
+        writer.write((head + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode())
+        # Every byte of it, in 1 MiB chunks: the last byte is the one too many. (The chunk that
+        # ends a chunked body is not sent: the answer is due without it.)
+        for start in range(0, len(body), MIB):
+            piece = body[start:start + MIB]
+            writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        assert await moko.services.store.get_delivery("past-the-cap") is None
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 413 Request Entity Too Large"
+    assert json.loads(rest.partition(b"\r\n\r\n")[2]) == {"error": "payload too large"}
+
+
+async def test_bodies_up_to_1_mib_are_never_held_back_however_many_come(fake_github, tmp_path):
+    clock = FastForwardTime()
+    async with run_moko(moko_environ(fake_github, f"sqlite:///{tmp_path}/moko.db"), pace_time=clock) as moko:
+        for n, size in enumerate([4096, 4096, 4096, SMALL_BODY, SMALL_BODY, SMALL_BODY]):
+            reply = await moko.send("ping", ping_of(size), delivery=f"small-{n}")
+            assert reply.status == 202
+            assert clock.now == 0.0  # nothing waited
+        # One byte more is a large body: read at the pace (its first MiB as fast as it comes).
+        assert (await moko.send("ping", ping_of(SMALL_BODY + 1), delivery="large")).status == 202
+        assert (await moko.send("ping", ping_of(2 * SMALL_BODY), delivery="larger")).status == 202
+        assert clock.now > 0.0
