@@ -13,6 +13,7 @@ from bot.store import open_store
 from bot.store.base import DONE, FAILED, PROCESSING, QUEUED, NewDelivery
 from tests.fakegithub.webhooks import load_example, sign_sha1
 from tests.support.harness import WEBHOOK_SECRET, run_moko
+from tests.support.virtual_time import VirtualTime
 from tests.support.waiting import wait_until
 
 PING = load_example("ping")
@@ -311,12 +312,16 @@ async def test_readyz_is_503_once_the_store_is_gone(env):
 
 
 async def test_a_long_delivery_keeps_its_lease_so_no_other_replica_takes_it(env):
+    # The pool's loops and the store's leases run on a clock the test moves.
+    clock = VirtualTime()
     gate = asyncio.Event()
     seen: list[str] = []
-    async with run_moko({**env, "MOKO_LEASE_SECONDS": "1"}, router=counting_router(seen, gate=gate)) as moko:
+    env = {**env, "MOKO_LEASE_SECONDS": "1"}
+    async with run_moko(env, router=counting_router(seen, gate=gate), timing=clock) as moko:
+        await clock.parked(3)  # the pool's recovery, lease and pruning loops wait for the clock
         assert (await moko.send("ping", PING, delivery="long")).status == 202
         await wait_until(lambda: seen == ["long"])
-        await asyncio.sleep(2.5)  # well past one lease: only renewals keep it
+        await clock.advance(2.5)  # well past one lease: only renewals keep it
         stolen = await moko.services.store.claim_pending("another-replica", 60, 10)
         gate.set()
         await moko.settle()
