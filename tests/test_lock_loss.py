@@ -19,6 +19,7 @@ from bot.store.postgres import PostgresStore
 from bot.store.sqlite import SQLiteStore
 from tests.support.harness import moko_environ, run_moko
 from tests.support.org import INSTALLATION, ORG
+from tests.support.waiting import wait_until
 from tests.test_store_contract import audit_entry
 
 
@@ -129,6 +130,44 @@ async def test_a_repository_lock_is_taken_on_a_new_connection_when_its_idle_one_
             # the store over it fails, which is not what this test is about).
             await store.audit_head()
         finally:
+            async with asyncio.timeout(10):  # every connection is back in its pool
+                await store.close()
+
+
+async def waiting_for_an_advisory_lock(url: str) -> bool:
+    """Whether a session of this test's database waits in pg_advisory_lock."""
+    conn = await asyncpg.connect(url)
+    try:
+        return bool(await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query LIKE 'SELECT pg_advisory_lock(%'"))
+    finally:
+        await conn.close()
+
+
+async def test_a_repository_lock_given_up_while_waiting_leaves_its_connection_to_the_next_one(postgres_url):
+    # As when a drain's grace runs out on a delivery that waits for another one's repository:
+    # the connection it waited on goes back to the lock pool, so the pool (two connections
+    # here) still holds as many locks at once as it has connections.
+    store = PostgresStore(postgres_url, max_lock_connections=2)
+    await store.open()
+    try:
+        async def wait_for_the_lock() -> None:
+            async with store.repository_lock("acme/widgets"):
+                raise AssertionError("the lock was held by another all along")
+
+        async with store.repository_lock("acme/widgets"):
+            waiter = asyncio.create_task(wait_for_the_lock())
+            await wait_until(lambda: waiting_for_an_advisory_lock(postgres_url), timeout=10)
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+        async with asyncio.timeout(10), store.repository_lock("acme/gadgets") as one, \
+                store.repository_lock("acme/widgets") as two:
+            await one.ensure()
+            await two.ensure()
+    finally:
+        async with asyncio.timeout(10):
             await store.close()
 
 
