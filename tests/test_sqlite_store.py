@@ -89,6 +89,19 @@ async def test_under_load_a_deliverys_end_waits_for_a_fuller_commit_but_an_ackno
         await store.close()
 
 
+async def test_a_sweeps_checkpoints_are_not_held_back_by_load(tmp_path: Path):
+    # A sweep's eight workers each wait for their checkpoint before their next repository.
+    store = SQLiteStore(f"sqlite:///{tmp_path}/moko.db", group_commit=GroupCommit(loaded_batch=8, loaded_interval=60))
+    await store.open()
+    try:
+        await store.start_sweep("acme", sweep_id="s1")
+        await asyncio.gather(*(store.checkpoint("s1", f"acme/r{i}", "compliant") for i in range(8)))
+        await asyncio.wait_for(store.checkpoint("s1", "acme/r8", "fixed"), 10)
+        assert (await store.sweep_outcomes("s1"))["acme/r8"] == "fixed"
+    finally:
+        await store.close()
+
+
 async def test_seven_writes_at_once_are_not_load(tmp_path: Path):
     store = SQLiteStore(f"sqlite:///{tmp_path}/moko.db", group_commit=GroupCommit(loaded_batch=8, loaded_interval=60))
     await store.open()

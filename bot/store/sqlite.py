@@ -617,12 +617,15 @@ class SQLiteStore(Store):
         return {row["repo"]: row["outcome"] for row in rows}
 
     async def checkpoint(self, sweep_id: str, repo: str, outcome: str, detail: str | None = None) -> None:
+        # Urgent: each of a sweep's few workers waits for its checkpoint before its next
+        # repository, so the sweep would go at the loaded interval's pace.
         await self._call(
             lambda conn: conn.execute(
                 "INSERT INTO sweep_checkpoints (sweep_id, repo, outcome, detail) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(sweep_id, repo) DO UPDATE SET outcome = excluded.outcome, detail = excluded.detail",
                 (sweep_id, repo, outcome, detail),
-            )
+            ),
+            urgent=True,
         )
 
     async def finish_sweep(self, sweep_id: str) -> None:
