@@ -181,12 +181,12 @@ async def test_protection_waiting_for_its_branch_more_than_a_day_is_told(org, tm
     policy(org, "notify: issue\n")
     org.add_repo(ORG, "empty", empty=True, **COMPLIANT)
     org.add_repo(ORG, "fresh", empty=True, **COMPLIANT)
-    # Moko deferred the protection of empty's first branch two days ago (an empty repository
+    # Moko deferred the protection of empty's first branch a day and a half ago (an empty repository
     # has no default branch yet: the rule is the policy's "default" one).
     store = open_store(f"sqlite:///{tmp_path}/moko.db")
     await store.open()
     try:
-        then = datetime.now(UTC) - timedelta(days=2)
+        then = datetime.now(UTC) - timedelta(hours=36)  # a day and a half
         await AuditWriter(store, clock=lambda: then).write([AuditEntry(
             time=then, run_id="old-1", trigger="installation", installation=INSTALLATION, repo=f"{ORG}/empty",
             actor=org.bot_login, policy="branch_protection", field="default", before=None,
