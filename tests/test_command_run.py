@@ -11,7 +11,7 @@ import pytest
 
 from bot.store import open_store
 from tests.support.harness import moko_environ, run_moko
-from tests.support.org import INSTALLATION, ORG
+from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
 
 REPO = "widgets"
 STRETCHED = re.compile(r"⏱ Moko checks this organization's repositories every (.+?), not every (.+?):")
@@ -62,3 +62,58 @@ async def test_status_tells_the_stretched_interval_only_of_its_own_installation_
         ("2 h", "10 min")]
     # The reconciliation off (no MOKO_SWEEP_INTERVAL): what an earlier run settled on is not told.
     assert await status_stretched(org, moko_environ(org, longer), "off") == []
+
+
+MERGED = "version: 1\nrepository:\n  has_issues: true\n  has_wiki: false\n  has_projects: false\n"
+PROPOSED = "version: 1\nrepository:\n  has_issues: true\n  has_wiki: true\n  has_projects: false\n"
+
+
+@pytest.fixture
+def policy_org(fake_github):
+    """The `.github` repository, compliant with its merged policy; alice triages it."""
+    fake_github.add_installation(INSTALLATION, ORG)
+    fake_github.add_repo(ORG, ".github", **COMPLIANT)
+    fake_github.set_protection(ORG, ".github", "main", DEFAULT_PROTECTION)
+    fake_github.put_file(ORG, ".github", ".github/moko.yml", MERGED)
+    fake_github.set_permission(ORG, ".github", "alice", "triage")
+    return fake_github
+
+
+async def plan_on(moko, fake, number: int, delivery: str, repo: str = ".github") -> str:
+    payload = fake.event("issue_comment", "created", owner=ORG, repo=repo, issue_number=number,
+                         body="/moko plan", user="alice")
+    assert (await moko.deliver("issue_comment", payload, delivery=delivery)).status == 202
+    return [c["body"] for c in fake.comments(ORG, repo, number) if c["user"]["login"] == fake.bot_login][-1]
+
+
+def preview_runs(fake) -> list[dict]:
+    return [run for run in fake.check_runs(ORG, ".github") if run["name"] == "Moko policy preview"]
+
+
+async def test_plan_on_an_open_pull_request_changing_the_policy_runs_the_preview_on_its_head(policy_org, moko):
+    pull = policy_org.add_pull_request(ORG, ".github", {".github/moko.yml": PROPOSED})
+    answer = await plan_on(moko, policy_org, pull["number"], "rerun")
+    [run] = preview_runs(policy_org)
+    assert run["head_sha"] == pull["head"]["sha"]
+    assert answer.endswith(
+        f"Moko ran the policy preview again on {pull['head']['sha'][:7]}, this pull request's head: **neutral**, "
+        f"{run['output']['title']}. The check run `Moko policy preview` holds the details.")
+
+
+@pytest.mark.parametrize("pull_request", ["closed", "without the policy file", "of another repository"])
+async def test_plan_on_a_closed_pull_request_or_one_not_changing_the_policy_plans_the_repository(
+    policy_org, moko, pull_request
+):
+    repo = "widgets" if pull_request == "of another repository" else ".github"
+    if repo != ".github":
+        policy_org.add_repo(ORG, repo, **COMPLIANT)
+        policy_org.set_protection(ORG, repo, "main", DEFAULT_PROTECTION)
+        policy_org.set_permission(ORG, repo, "alice", "triage")
+    changes = {"README.md": "docs\n"} if pull_request == "without the policy file" else {".github/moko.yml": PROPOSED}
+    pull = policy_org.add_pull_request(ORG, repo, changes)
+    if pull_request == "closed":
+        policy_org.pull_request(ORG, repo, pull["number"])["state"] = "closed"
+    answer = await plan_on(moko, policy_org, pull["number"], "plan", repo)
+    assert preview_runs(policy_org) == [] and policy_org.check_runs(ORG, repo) == []
+    assert f"**What `/moko apply` would change in acme/{repo}**" in answer
+    assert "Nothing: it complies with the policy." in answer
