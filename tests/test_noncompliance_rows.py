@@ -7,10 +7,16 @@ without the marker, and pull requests, are never taken for the notice."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from structlog.testing import capture_logs
 
 from bot.audit import settled
+from bot.config import load_settings
+from handlers.wiring import cli
+from handlers.wiring.cli_sweep import sweep_command
+from tests.support.harness import moko_environ
 from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
 
 TITLE = "Moko: this repository does not meet policy"
@@ -165,3 +171,22 @@ async def test_only_moko_s_open_issue_with_the_marker_is_the_notice(org, moko):
     assert other["body"] == "Opened by Moko, no marker" and pull["body"] == f"{MARKER}\nquoted"
     [notice] = [i for i in moko_issues(org) if i["title"] == TITLE]
     assert notice["number"] not in (other["number"], pull["number"])
+
+
+async def test_a_notice_the_batched_read_did_not_reach_is_asked_for_before_one_is_opened(org, tmp_path):
+    policy(org, "")
+    org.add_repo(ORG, REPO, has_wiki=True, has_issues=True, has_projects=False)
+    org.set_protection(ORG, REPO, "main", DEFAULT_PROTECTION)
+    org.fail("PATCH", rf"^/repos/{ORG}/{REPO}$", 422, body={"message": "wikis stay"}, times=2)
+    # Ten older open issues by Moko fill the batched read's page: the notice is not on it.
+    for n in range(10):
+        org.add_issue(ORG, REPO, f"Report {n}", body="Opened by Moko, no marker", user=org.bot_login)
+    args = cli.build_parser().parse_args(["sweep", "--org", ORG, "--json"])
+    env = moko_environ(org, f"sqlite:///{tmp_path}/moko.db")
+    assert await sweep_command(args, load_settings(env), out=io.StringIO(), err=io.StringIO()) == 1
+    [notice] = [i for i in moko_issues(org) if i["title"] == TITLE]
+    org.reset_calls()
+
+    assert await sweep_command(args, load_settings(env), out=io.StringIO(), err=io.StringIO()) == 1
+    assert [i["number"] for i in moko_issues(org) if i["title"] == TITLE] == [notice["number"]]
+    assert [f"{c.method} {c.path}" for c in org.calls if "/issues" in c.path] == [f"GET /repos/{ORG}/{REPO}/issues"]
