@@ -117,3 +117,16 @@ async def test_plan_on_a_closed_pull_request_or_one_not_changing_the_policy_plan
     assert preview_runs(policy_org) == [] and policy_org.check_runs(ORG, repo) == []
     assert f"**What `/moko apply` would change in acme/{repo}**" in answer
     assert "Nothing: it complies with the policy." in answer
+
+
+async def test_audit_shows_as_many_records_as_asked_when_changes_left_pending_records_before_them(org, moko):
+    org.set_permission(ORG, REPO, "mia", "maintain")
+    for body, user in (("/moko apply", "mia"), ("/moko audit 3", "alice")):
+        payload = org.event("issue_comment", "created", owner=ORG, repo=REPO, body=body, sender=user)
+        assert (await moko.deliver("issue_comment", payload)).status == 202
+    answer = [c["body"] for c in org.comments(ORG, REPO, 1) if c["user"]["login"] == org.bot_login][-1]
+    rows = [line.split(" | ") for line in answer.splitlines() if line.startswith("| 20")]
+    # Each change was recorded pending, then applied: the answer shows the outcomes.
+    assert [(row[3], row[4], row[7]) for row in rows] == [
+        ("command", "apply", "applied"), ("branch\\_protection", "main", "applied"),
+        ("repository", "has\\_wiki", "applied")]
