@@ -130,3 +130,13 @@ async def test_audit_shows_as_many_records_as_asked_when_changes_left_pending_re
     assert [(row[3], row[4], row[7]) for row in rows] == [
         ("command", "apply", "applied"), ("branch\\_protection", "main", "applied"),
         ("repository", "has\\_wiki", "applied")]
+
+
+@pytest.mark.parametrize("body", ["/moko status", "/moko plan"])
+async def test_a_failed_read_is_answered_with_github_s_words(org, moko, body):
+    org.fail("GET", rf"^/repos/{ORG}/{REPO}/branches/main/protection$", 500,
+             body={"message": "Server Error"}, times=10)
+    payload = org.event("issue_comment", "created", owner=ORG, repo=REPO, body=body, sender="alice")
+    assert (await moko.deliver("issue_comment", payload)).status == 202
+    [answer] = [c["body"] for c in org.comments(ORG, REPO, 1) if c["user"]["login"] == org.bot_login]
+    assert answer.endswith(" failed -->\nMoko could not finish: 500 Server Error")
