@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from bot.audit import settled
 from bot.store import open_store
 from tests.support.harness import moko_environ, run_moko
 from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
@@ -133,10 +134,13 @@ async def test_audit_shows_as_many_records_as_asked_when_changes_left_pending_re
 
 
 @pytest.mark.parametrize("body", ["/moko status", "/moko plan"])
-async def test_a_failed_read_is_answered_with_github_s_words(org, moko, body):
-    org.fail("GET", rf"^/repos/{ORG}/{REPO}/branches/main/protection$", 500,
-             body={"message": "Server Error"}, times=10)
+async def test_a_failed_read_is_answered_and_recorded_with_github_s_words_cut_at_500_characters(org, moko, body):
+    message = " ".join(["Server Error"] * 50)  # 649 characters
+    org.fail("GET", rf"^/repos/{ORG}/{REPO}/branches/main/protection$", 500, body={"message": message}, times=10)
     payload = org.event("issue_comment", "created", owner=ORG, repo=REPO, body=body, sender="alice")
     assert (await moko.deliver("issue_comment", payload)).status == 202
     [answer] = [c["body"] for c in org.comments(ORG, REPO, 1) if c["user"]["login"] == org.bot_login]
-    assert answer.endswith(" failed -->\nMoko could not finish: 500 Server Error")
+    cut = f"500 {message}"[:499] + "…"
+    assert answer.endswith(f" failed -->\nMoko could not finish: {cut}")
+    [record] = settled(await moko.services.store.audit_records(repo=f"{ORG}/{REPO}"))
+    assert (record.policy, record.field, record.outcome, record.error) == ("command", body[6:], "failed", cut)
