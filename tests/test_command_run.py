@@ -61,6 +61,9 @@ async def test_status_tells_the_stretched_interval_only_of_its_own_installation_
     await settle_turns(longer, {INSTALLATION: 7200})
     assert await status_stretched(org, moko_environ(org, longer, MOKO_SWEEP_INTERVAL="600s"), "longer") == [
         ("2 h", "10 min")]
+    # Every second, the shortest interval there is: stretched to 2 h all the same.
+    assert await status_stretched(org, moko_environ(org, longer, MOKO_SWEEP_INTERVAL="1s"), "second") == [
+        ("2 h", "1 s")]
     # The reconciliation off (no MOKO_SWEEP_INTERVAL): what an earlier run settled on is not told.
     assert await status_stretched(org, moko_environ(org, longer), "off") == []
 
@@ -144,3 +147,44 @@ async def test_a_failed_read_is_answered_and_recorded_with_github_s_words_cut_at
     assert answer.endswith(f" failed -->\nMoko could not finish: {cut}")
     [record] = settled(await moko.services.store.audit_records(repo=f"{ORG}/{REPO}"))
     assert (record.policy, record.field, record.outcome, record.error) == ("command", body[6:], "failed", cut)
+
+
+async def command_record(moko, fake, body: str, user: str) -> tuple:
+    """Send a command; the outcome and error of its own audit record."""
+    payload = fake.event("issue_comment", "created", owner=ORG, repo=REPO, body=body, sender=user)
+    assert (await moko.deliver("issue_comment", payload)).status == 202
+    trail = settled(await moko.services.store.audit_records(repo=f"{ORG}/{REPO}", newest_first=True))
+    [record] = [r for r in trail if r.policy == "command"][:1]
+    return record.outcome, record.error
+
+
+async def test_what_a_command_record_quotes_is_cut_to_its_length(org, moko):
+    # A custom role's name, at most 40 characters.
+    role = "Release managers of the widgets and gadgets"  # 43 characters
+    org.set_permission(ORG, REPO, "cora", role, base_role="read")
+    assert await command_record(moko, org, "/moko apply", "cora") == (
+        "denied", f"/moko apply needs maintain or higher; {role[:39]}… has not "
+        "(its legacy permission, the organization's custom roles unreadable: read)")
+
+    # What was given instead of a count, at most 80 characters.
+    given = "9" * 100
+    outcome, error = await command_record(moko, org, f"/moko audit {given}", "alice")
+    assert outcome == "failed" and f"“{given[:79]}…”" in error
+    answer = [c["body"] for c in org.comments(ORG, REPO, 1) if c["user"]["login"] == org.bot_login][-1]
+    assert f"“{given[:79]}…”" in answer
+
+    # GitHub's words for a failed apply, at most 500.
+    org.set_permission(ORG, REPO, "mia", "maintain")
+    message = " ".join(["Refused"] * 100)
+    org.fail("PATCH", rf"^/repos/{ORG}/{REPO}$", 422, body={"message": message})
+    outcome, error = await command_record(moko, org, "/moko apply", "mia")
+    assert outcome == "failed" and len(error) == 500 and error.endswith("…")
+
+
+async def test_an_invalid_policy_s_problems_are_recorded_cut_at_1000_characters(org, moko):
+    keys = "".join(f"  unknown_setting_number_{n:02d}: true\n" for n in range(60))
+    org.add_repo(ORG, ".github", has_wiki=False, has_issues=True, has_projects=False)
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\nrepository:\n" + keys)
+    outcome, error = await command_record(moko, org, "/moko status", "alice")
+    assert outcome == "failed" and len(error) == 1000 and error.endswith("…")
+    assert error.count("unknown_setting_number_") == 9
