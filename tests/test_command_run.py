@@ -188,3 +188,12 @@ async def test_an_invalid_policy_s_problems_are_recorded_cut_at_1000_characters(
     outcome, error = await command_record(moko, org, "/moko status", "alice")
     assert outcome == "failed" and len(error) == 1000 and error.endswith("…")
     assert error.count("unknown_setting_number_") == 9
+
+
+async def test_plan_of_a_repository_out_of_scope_says_it_is_left_alone(org, moko):
+    org.add_repo(ORG, ".github", **COMPLIANT)
+    org.put_file(ORG, ".github", ".github/moko.yml", "version: 1\nscope:\n  exclude: ['widg*']\n")
+    payload = org.event("issue_comment", "created", owner=ORG, repo=REPO, body="/moko plan", sender="alice")
+    assert (await moko.deliver("issue_comment", payload)).status == 202
+    [answer] = [c["body"] for c in org.comments(ORG, REPO, 1) if c["user"]["login"] == org.bot_login]
+    assert answer.endswith(" -->\nMoko leaves acme/widgets alone: excluded by scope.exclude 'widg\\*'.")
