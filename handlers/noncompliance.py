@@ -24,6 +24,7 @@ from bot.store.base import AuditEntry
 from handlers.command_markdown import escape, table
 from handlers.command_report import describe_change
 from policies.apply import Run, github_error
+from policies.batch_read import NOTICES_PAGE
 from policies.engine import PolicyEngine, RepoResult
 from policies.model import Change, OpenIssue, RepoState
 
@@ -102,12 +103,22 @@ def issue_body(rows: list[tuple[str, str, str]]) -> str:
     return REDACTOR.text(f"{MARKER}\n{INTRO}\n\n{table(HEADERS, rows, budget=BODY_BUDGET)}\n\n{OUTRO}\n")
 
 
+def _seen(known: RepoState | None) -> tuple[OpenIssue, ...] | None:
+    """Moko's open issues as a batched read saw them; None when it did not read them, or when
+    they filled its page (Moko acting as a user who opened issues of their own): the notice
+    may be beyond it."""
+    seen = None if known is None else known.open_issues
+    return None if seen is not None and len(seen) >= NOTICES_PAGE else seen
+
+
 def _may_have_issue(result: RepoResult, known: RepoState | None) -> bool:
     """Whether a repository that complies may still have Moko's issue open, so that looking
-    for it is worth a request: when Moko just fixed something, or when a batched read saw it.
-    A repository found compliant without a change, and not batch-read, costs nothing."""
+    for it is worth a request: when Moko just fixed something, or when a batched read saw it
+    (or saw a full page of Moko's issues). A repository found compliant without a change, and
+    not batch-read, costs nothing."""
     if known is not None and known.open_issues is not None:
-        return any(MARKER in issue.body for issue in known.open_issues)
+        seen = _seen(known)
+        return seen is None or any(MARKER in issue.body for issue in seen)
     return result.outcome == Outcome.FIXED
 
 
@@ -137,7 +148,7 @@ class NonComplianceNotice:
             return
         if not rows and not _may_have_issue(result, known):
             return
-        seen = None if known is None else known.open_issues
+        seen = _seen(known)
         try:
             # Under the repository's lock: two deliveries about it never open two issues.
             async with engine.store.repository_lock(result.repo):

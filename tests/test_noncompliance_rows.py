@@ -190,3 +190,23 @@ async def test_a_notice_the_batched_read_did_not_reach_is_asked_for_before_one_i
     assert await sweep_command(args, load_settings(env), out=io.StringIO(), err=io.StringIO()) == 1
     assert [i["number"] for i in moko_issues(org) if i["title"] == TITLE] == [notice["number"]]
     assert [f"{c.method} {c.path}" for c in org.calls if "/issues" in c.path] == [f"GET /repos/{ORG}/{REPO}/issues"]
+
+
+async def test_a_notice_the_batched_read_did_not_reach_is_closed_once_the_repository_complies(org, tmp_path):
+    policy(org, "")
+    org.add_repo(ORG, REPO, has_wiki=True, has_issues=True, has_projects=False)
+    org.set_protection(ORG, REPO, "main", DEFAULT_PROTECTION)
+    org.fail("PATCH", rf"^/repos/{ORG}/{REPO}$", 422, body={"message": "wikis stay"}, times=1)
+    # Ten older open issues by Moko (a user's token, say) fill the batched read's page.
+    for n in range(10):
+        org.add_issue(ORG, REPO, f"Report {n}", body="Opened by Moko, no marker", user=org.bot_login)
+    args = cli.build_parser().parse_args(["sweep", "--org", ORG, "--json"])
+    env = moko_environ(org, f"sqlite:///{tmp_path}/moko.db")
+    assert await sweep_command(args, load_settings(env), out=io.StringIO(), err=io.StringIO()) == 1
+    [notice] = [i for i in moko_issues(org) if i["title"] == TITLE]
+    org.repo(ORG, REPO)["has_wiki"] = False  # fixed by a person: nothing left to write
+
+    assert await sweep_command(args, load_settings(env), out=io.StringIO(), err=io.StringIO()) == 0
+    [notice] = [i for i in moko_issues(org) if i["title"] == TITLE]
+    assert notice["state"] == "closed"
+    assert all(i["state"] == "open" for i in moko_issues(org) if i["title"] != TITLE)
