@@ -124,7 +124,7 @@ class GroupCommit:
         self._last_begin = 0.0
         self._last_size = 0  # operations the last batch carried
         self._urgent = False  # an urgent operation waits in _pending
-        self._flush_due = 0.0  # when the scheduled flush runs (loop time)
+        self._waiting_out_load = False  # the scheduled flush waits out the loaded interval
         self._committer: ThreadPoolExecutor | None = None
         self._busy_since: float | None = None
         self.commits = 0  # transactions committed, for the benchmark's group-commit figure
@@ -155,10 +155,9 @@ class GroupCommit:
         self._pending.append(_Job(fn, future, atomic, urgent))
         if urgent and not self._urgent:
             self._urgent = True
-            handle = self._flush_handle
-            if handle is not None and self._flush_due > self._last_begin + self._commit_interval:
-                # A flush waits out the loaded interval: this one may not.
-                handle.cancel()
+            if self._flush_handle is not None and self._waiting_out_load:
+                # The next flush waits out the loaded interval: this one may not.
+                self._flush_handle.cancel()
                 self._flush_handle = None
         if self._commit is None:
             self._flush_later(loop)
@@ -199,7 +198,7 @@ class GroupCommit:
     def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         loaded = self._last_size >= self._loaded_batch and not self._urgent
         due = self._last_begin + (self._loaded_interval if loaded else self._commit_interval)
-        self._flush_due = due
+        self._waiting_out_load = loaded
         if loop.time() >= due:
             self._flush_handle = loop.call_soon(self._flush)
         else:
@@ -207,6 +206,7 @@ class GroupCommit:
 
     def _flush(self) -> None:
         self._flush_handle = None
+        self._waiting_out_load = False
         conn, loop = self._conn, self._loop
         if conn is None or loop is None or self._commit is not None:
             return  # a commit in flight flushes again when it completes
