@@ -182,11 +182,21 @@ async def send_all(url: str, batch: list[tuple[bytes, dict[str, str]]], concurre
 
 # --- the servers --------------------------------------------------------------------------
 
-def cpu_seconds(pid: int, part: str = "both") -> float:
-    """The process's CPU time so far: user, system (the kernel's work for it) or both."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu(stat: str, part: str = "both") -> float:
+    """CPU seconds from a /proc .../stat line: user, system (the kernel's work for it) or both."""
+    fields = stat.rsplit(")", 1)[1].split()
     user, system = int(fields[11]), int(fields[12])
     return {"user": user, "system": system, "both": user + system}[part] / CLOCK_TICKS
+
+
+def _status_field(status: str, name: str) -> int:
+    """The first number of a /proc .../status field (``VmHWM``, ``voluntary_ctxt_switches``)."""
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith(name + ":"))
+
+
+def cpu_seconds(pid: int, part: str = "both") -> float:
+    """The process's CPU time so far: user, system or both."""
+    return _cpu(Path(f"/proc/{pid}/stat").read_text(), part)
 
 
 def threads(pid: int) -> dict[str, tuple[float, int]]:
@@ -201,19 +211,13 @@ def threads(pid: int) -> dict[str, tuple[float, int]]:
         except OSError:
             continue
         name = "main" if task.name == str(pid) else "others"
-        fields = stat.rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        sleeps = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("voluntary_ctxt"))
         before = seen.get(name, (0.0, 0))
-        seen[name] = (before[0] + cpu, before[1] + sleeps)
+        seen[name] = (before[0] + _cpu(stat), before[1] + _status_field(status, "voluntary_ctxt_switches"))
     return seen
 
 
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return _status_field(Path(f"/proc/{pid}/status").read_text(), "VmHWM") / 1024
 
 
 def free_port() -> int:
