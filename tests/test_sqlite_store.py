@@ -66,51 +66,50 @@ async def test_a_write_waits_for_another_process_holding_the_lock_and_the_loop_k
     assert stored_ids(tmp_path / "moko.db") == {"late"}
 
 
-async def test_under_load_a_deliverys_end_waits_for_a_fuller_commit_but_an_acknowledgement_does_not(tmp_path: Path):
-    # The loaded interval made long, so that what waits it out cannot be mistaken for a slow disk.
-    store = SQLiteStore(f"sqlite:///{tmp_path}/moko.db", group_commit=GroupCommit(loaded_batch=8, loaded_interval=60))
-    await store.open()
-    try:
-        # A commit of eight writes: the store is under load.
-        await asyncio.gather(*(store.add_and_claim(delivery(f"d{i}"), "me", 60) for i in range(8)))
-        commits = store.commits
-        end = asyncio.ensure_future(store.finish_delivery("d0", "me", DONE))
-        await asyncio.sleep(0.5)
-        assert not end.done() and store.commits == commits  # it waits for more company
-        # An acknowledgement's write (GitHub waits for it) commits at once, and the end with it.
-        queued, _ = await asyncio.wait_for(store.add_and_claim(delivery("urgent"), "me", 60), 10)
-        await asyncio.wait_for(end, 1)
-        assert queued and store.commits == commits + 1
-        assert (await store.get_delivery("d0")).state == DONE
-        # That commit carried two writes: no longer under load, a lone write commits at once.
-        await asyncio.wait_for(store.finish_delivery("d1", "me", DONE), 10)
-        assert store.commits == commits + 2
-    finally:
-        await store.close()
+@pytest.fixture
+async def slow_when_loaded(tmp_path: Path):
+    """A store whose loaded interval is a minute, so that what waits it out cannot be mistaken
+    for a slow disk: a commit of eight writes or more makes it loaded."""
+    opened = SQLiteStore(f"sqlite:///{tmp_path}/moko.db", group_commit=GroupCommit(loaded_batch=8, loaded_interval=60))
+    await opened.open()
+    yield opened
+    await opened.close()
 
 
-async def test_a_sweeps_checkpoints_are_not_held_back_by_load(tmp_path: Path):
+async def test_under_load_a_deliverys_end_waits_for_a_fuller_commit_but_an_acknowledgement_does_not(
+    slow_when_loaded: SQLiteStore,
+):
+    store = slow_when_loaded
+    # A commit of eight writes: the store is under load.
+    await asyncio.gather(*(store.add_and_claim(delivery(f"d{i}"), "me", 60) for i in range(8)))
+    commits = store.commits
+    end = asyncio.ensure_future(store.finish_delivery("d0", "me", DONE))
+    await asyncio.sleep(0.5)
+    assert not end.done() and store.commits == commits  # it waits for more company
+    # An acknowledgement's write (GitHub waits for it) commits at once, and the end with it.
+    queued, _ = await asyncio.wait_for(store.add_and_claim(delivery("urgent"), "me", 60), 10)
+    await asyncio.wait_for(end, 1)
+    assert queued and store.commits == commits + 1
+    assert (await store.get_delivery("d0")).state == DONE
+    # That commit carried two writes: no longer under load, a lone write commits at once.
+    await asyncio.wait_for(store.finish_delivery("d1", "me", DONE), 10)
+    assert store.commits == commits + 2
+
+
+async def test_a_sweeps_checkpoints_are_not_held_back_by_load(slow_when_loaded: SQLiteStore):
     # A sweep's eight workers each wait for their checkpoint before their next repository.
-    store = SQLiteStore(f"sqlite:///{tmp_path}/moko.db", group_commit=GroupCommit(loaded_batch=8, loaded_interval=60))
-    await store.open()
-    try:
-        await store.start_sweep("acme", sweep_id="s1")
-        await asyncio.gather(*(store.checkpoint("s1", f"acme/r{i}", "compliant") for i in range(8)))
-        await asyncio.wait_for(store.checkpoint("s1", "acme/r8", "fixed"), 10)
-        assert (await store.sweep_outcomes("s1"))["acme/r8"] == "fixed"
-    finally:
-        await store.close()
+    store = slow_when_loaded
+    await store.start_sweep("acme", sweep_id="s1")
+    await asyncio.gather(*(store.checkpoint("s1", f"acme/r{i}", "compliant") for i in range(8)))
+    await asyncio.wait_for(store.checkpoint("s1", "acme/r8", "fixed"), 10)
+    assert (await store.sweep_outcomes("s1"))["acme/r8"] == "fixed"
 
 
-async def test_seven_writes_at_once_are_not_load(tmp_path: Path):
-    store = SQLiteStore(f"sqlite:///{tmp_path}/moko.db", group_commit=GroupCommit(loaded_batch=8, loaded_interval=60))
-    await store.open()
-    try:
-        await asyncio.gather(*(store.add_and_claim(delivery(f"d{i}"), "me", 60) for i in range(7)))
-        await asyncio.wait_for(store.finish_delivery("d0", "me", DONE), 10)
-        assert (await store.get_delivery("d0")).state == DONE
-    finally:
-        await store.close()
+async def test_seven_writes_at_once_are_not_load(slow_when_loaded: SQLiteStore):
+    store = slow_when_loaded
+    await asyncio.gather(*(store.add_and_claim(delivery(f"d{i}"), "me", 60) for i in range(7)))
+    await asyncio.wait_for(store.finish_delivery("d0", "me", DONE), 10)
+    assert (await store.get_delivery("d0")).state == DONE
 
 
 async def test_closing_writes_what_callers_still_wait_for(tmp_path: Path):
