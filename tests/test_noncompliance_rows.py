@@ -8,6 +8,7 @@ without the marker, and pull requests, are never taken for the notice."""
 from __future__ import annotations
 
 import io
+from collections.abc import Awaitable, Callable
 
 import pytest
 from structlog.testing import capture_logs
@@ -173,40 +174,41 @@ async def test_only_moko_s_open_issue_with_the_marker_is_the_notice(org, moko):
     assert notice["number"] not in (other["number"], pull["number"])
 
 
-async def test_a_notice_the_batched_read_did_not_reach_is_asked_for_before_one_is_opened(org, tmp_path):
+async def notice_beyond_a_full_page(org, tmp_path, refusals: int) -> Callable[[], Awaitable[int]]:
+    """A repository whose wiki GitHub refuses to turn off (``refusals`` times), with ten older
+    open issues by Moko (a user's token, say) filling the batched read's page, swept once: the
+    notice opened is not on that page. Answers a sweep of the organization again (its exit code)."""
     policy(org, "")
     org.add_repo(ORG, REPO, has_wiki=True, has_issues=True, has_projects=False)
     org.set_protection(ORG, REPO, "main", DEFAULT_PROTECTION)
-    org.fail("PATCH", rf"^/repos/{ORG}/{REPO}$", 422, body={"message": "wikis stay"}, times=2)
-    # Ten older open issues by Moko fill the batched read's page: the notice is not on it.
+    org.fail("PATCH", rf"^/repos/{ORG}/{REPO}$", 422, body={"message": "wikis stay"}, times=refusals)
     for n in range(10):
         org.add_issue(ORG, REPO, f"Report {n}", body="Opened by Moko, no marker", user=org.bot_login)
     args = cli.build_parser().parse_args(["sweep", "--org", ORG, "--json"])
     env = moko_environ(org, f"sqlite:///{tmp_path}/moko.db")
-    assert await sweep_command(args, load_settings(env), out=io.StringIO(), err=io.StringIO()) == 1
+
+    async def sweep() -> int:
+        return await sweep_command(args, load_settings(env), out=io.StringIO(), err=io.StringIO())
+
+    assert await sweep() == 1
+    return sweep
+
+
+async def test_a_notice_the_batched_read_did_not_reach_is_asked_for_before_one_is_opened(org, tmp_path):
+    sweep = await notice_beyond_a_full_page(org, tmp_path, refusals=2)
     [notice] = [i for i in moko_issues(org) if i["title"] == TITLE]
     org.reset_calls()
 
-    assert await sweep_command(args, load_settings(env), out=io.StringIO(), err=io.StringIO()) == 1
+    assert await sweep() == 1
     assert [i["number"] for i in moko_issues(org) if i["title"] == TITLE] == [notice["number"]]
     assert [f"{c.method} {c.path}" for c in org.calls if "/issues" in c.path] == [f"GET /repos/{ORG}/{REPO}/issues"]
 
 
 async def test_a_notice_the_batched_read_did_not_reach_is_closed_once_the_repository_complies(org, tmp_path):
-    policy(org, "")
-    org.add_repo(ORG, REPO, has_wiki=True, has_issues=True, has_projects=False)
-    org.set_protection(ORG, REPO, "main", DEFAULT_PROTECTION)
-    org.fail("PATCH", rf"^/repos/{ORG}/{REPO}$", 422, body={"message": "wikis stay"}, times=1)
-    # Ten older open issues by Moko (a user's token, say) fill the batched read's page.
-    for n in range(10):
-        org.add_issue(ORG, REPO, f"Report {n}", body="Opened by Moko, no marker", user=org.bot_login)
-    args = cli.build_parser().parse_args(["sweep", "--org", ORG, "--json"])
-    env = moko_environ(org, f"sqlite:///{tmp_path}/moko.db")
-    assert await sweep_command(args, load_settings(env), out=io.StringIO(), err=io.StringIO()) == 1
-    [notice] = [i for i in moko_issues(org) if i["title"] == TITLE]
+    sweep = await notice_beyond_a_full_page(org, tmp_path, refusals=1)
     org.repo(ORG, REPO)["has_wiki"] = False  # fixed by a person: nothing left to write
 
-    assert await sweep_command(args, load_settings(env), out=io.StringIO(), err=io.StringIO()) == 0
+    assert await sweep() == 0
     [notice] = [i for i in moko_issues(org) if i["title"] == TITLE]
     assert notice["state"] == "closed"
     assert all(i["state"] == "open" for i in moko_issues(org) if i["title"] != TITLE)
