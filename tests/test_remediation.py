@@ -26,6 +26,16 @@ async def records(moko, name: str):
     return settled(await moko.services.store.audit_records(repo=f"{ORG}/{name}"))
 
 
+def release_protection_policy(fake, before: str = "") -> None:
+    """An organization policy (after ``before``) protecting each repository's release branch."""
+    fake.add_repo(ORG, ".github", **COMPLIANT)
+    fake.put_file(ORG, ".github", ".github/moko.yml", (
+        f"version: 1\n{before}branches:\n  - name: release\n    protection:\n"
+        "      required_status_checks: null\n      enforce_admins: false\n"
+        "      required_pull_request_reviews: null\n      restrictions: null\n"
+    ))
+
+
 def compliant_repo(fake, name: str, **fields):
     fake.add_repo(ORG, name, **{**COMPLIANT, **fields})
     fake.set_protection(ORG, name, "main", DEFAULT_PROTECTION)
@@ -81,12 +91,7 @@ async def test_empty_repository_is_protected_when_its_first_push_arrives(org, mo
 
 
 async def test_a_remediation_github_refuses_records_no_wait_for_a_missing_branch(org, moko):
-    org.add_repo(ORG, ".github", **COMPLIANT)
-    org.put_file(ORG, ".github", ".github/moko.yml", (
-        "version: 1\nrepository:\n  has_wiki: false\nbranches:\n  - name: release\n    protection:\n"
-        "      required_status_checks: null\n      enforce_admins: false\n"
-        "      required_pull_request_reviews: null\n      restrictions: null\n"
-    ))
+    release_protection_policy(org, "repository:\n  has_wiki: false\n")
     org.add_repo(ORG, "svc", **{**COMPLIANT, "has_wiki": True})
     org.fail("PATCH", f"^/repos/{ORG}/svc$", 422, body={"message": "Validation Failed", "errors": ["nope"]})
     await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="svc"))
@@ -95,11 +100,7 @@ async def test_a_remediation_github_refuses_records_no_wait_for_a_missing_branch
 
 
 async def test_protection_for_a_missing_branch_is_recorded_as_waiting_once(org, moko):
-    org.add_repo(ORG, ".github", **COMPLIANT)
-    org.put_file(ORG, ".github", ".github/moko.yml", (
-        "version: 1\nbranches:\n  - name: release\n    protection:\n      required_status_checks: null\n"
-        "      enforce_admins: false\n      required_pull_request_reviews: null\n      restrictions: null\n"
-    ))
+    release_protection_policy(org)
     org.add_repo(ORG, "svc", **COMPLIANT)
     await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="svc"))
     for _ in range(2):  # the policy file is pushed again: every repository is reconciled again
@@ -116,11 +117,7 @@ async def test_protection_for_a_missing_branch_is_recorded_as_waiting_once(org, 
 
 
 async def test_a_wait_for_a_branch_is_looked_for_among_the_repository_s_last_50_records(org, moko):
-    org.add_repo(ORG, ".github", **COMPLIANT)
-    org.put_file(ORG, ".github", ".github/moko.yml", (
-        "version: 1\nbranches:\n  - name: release\n    protection:\n      required_status_checks: null\n"
-        "      enforce_admins: false\n      required_pull_request_reviews: null\n      restrictions: null\n"
-    ))
+    release_protection_policy(org)
     org.add_repo(ORG, "svc", **COMPLIANT)
     await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="svc"))
     # 49 newer records than the wait's: it is found; 50: it is recorded again.
