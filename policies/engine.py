@@ -93,14 +93,16 @@ class PolicyEngine:
         *,
         store: EngineStore,
         audit: AuditWriter,
+        dry_run: bool,
+        in_flight_for: float,
         source: PolicySource | None = None,
-        dry_run: bool = False,
         permissions: PermissionsSource | None = None,
         notice: Notice | None = None,
-        in_flight_for: float = 0.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         # How long a request may still take effect on GitHub after it was sent: its timeout.
+        # No default, like ``dry_run``: every builder must pass the settings' value (a sweep
+        # that forgot it once would not wait for a dead server's write and could make it twice).
         self.in_flight_for = in_flight_for
         self._sleep = sleep
         self.store = store
