@@ -363,8 +363,10 @@ class PolicyEngine:
                 ok = True
             else:
                 ok = await transaction.apply(plan.changes)
-                if ok and plan.deferred:
-                    # Recorded once while the branch is missing, not again at every reconcile.
+                if plan.deferred:
+                    # Recorded once while the branch is missing, not again at every reconcile;
+                    # also when the rest failed: the wait does not depend on it, and without
+                    # its record the branch's first push would not bring its protection.
                     records = await self._deferring_records(full_name)
                     fresh = [c for c in plan.deferred if not _waiting(records, (c.field,))]
                     if fresh:

@@ -90,13 +90,24 @@ async def test_empty_repository_is_protected_when_its_first_push_arrives(org, mo
     assert [r.outcome for r in await records(moko, "fresh")] == ["deferred", "applied"]
 
 
-async def test_a_remediation_github_refuses_records_no_wait_for_a_missing_branch(org, moko):
+async def test_a_branch_s_protection_still_waits_for_it_when_github_refuses_the_rest(org, moko):
     release_protection_policy(org, "repository:\n  has_wiki: false\n")
     org.add_repo(ORG, "svc", **{**COMPLIANT, "has_wiki": True})
     org.fail("PATCH", f"^/repos/{ORG}/svc$", 422, body={"message": "Validation Failed", "errors": ["nope"]})
     await moko.deliver("repository", org.event("repository", "created", owner=ORG, repo="svc"))
-    # The remediation failed: the release branch's wait is recorded by the next one that does not.
-    assert [(r.field, r.outcome) for r in await records(moko, "svc")] == [("has_wiki", "failed")]
+    assert [(r.field, r.outcome) for r in await records(moko, "svc")] == [
+        ("has_wiki", "failed"), ("release", "deferred")]
+
+    # The branch's first push brings its protection, whatever became of the settings.
+    org.add_branch(ORG, "svc", "release")
+    org.reset_calls()
+    push = org.event("push", owner=ORG, repo="svc", ref="refs/heads/release", before="0" * 40, created=True)
+    await moko.deliver("push", push)
+    # (It reads first: the failed write's intent is recent enough to have changed the repository.)
+    writes = [call for call in repo_calls(org, "svc") if call[0] != "GET"]
+    assert writes == [("PUT", f"/repos/{ORG}/svc/branches/release/protection")]
+    assert org.protection(ORG, "svc", "release") is not None
+    assert [(r.field, r.outcome) for r in await records(moko, "svc")][-1] == ("release", "applied")
 
 
 async def test_protection_for_a_missing_branch_is_recorded_as_waiting_once(org, moko):

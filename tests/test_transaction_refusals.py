@@ -111,16 +111,17 @@ async def test_a_refusal_names_the_errors_github_gave(org, moko):
     assert state == FAILED
 
 
-async def test_a_failed_transaction_records_no_protection_waiting_for_its_branch(org, moko):
+async def test_a_failed_transaction_still_records_the_protection_waiting_for_its_branch(org, moko):
     # hotfix does not exist yet, so its protection waits for it; the wiki's PATCH is refused.
-    # The failure alone is recorded: the wait is recorded by the next run that gets through.
+    # The wait is recorded all the same: hotfix's first push is to bring its protection.
     org.put_file(ORG, ".github", ".github/moko.yml", (
         "version: 1\nbranches:\n  - name: hotfix\n    protection:\n      required_status_checks: null\n"
         "      enforce_admins: true\n      required_pull_request_reviews: null\n      restrictions: null\n"))
     org.repo(ORG, "app")["has_wiki"] = True
     org.fail("PATCH", f"^/repos/{ORG}/app$", 403, body={"message": "Resource not accessible by integration"})
     trail, state, _ = await unarchive(moko, org, "refused-patch")
-    assert trail == [("has_wiki", "failed", "403 Resource not accessible by integration")]
+    assert trail == [("has_wiki", "failed", "403 Resource not accessible by integration"),
+                     ("hotfix", "deferred", "branch does not exist yet")]
     assert state == FAILED
 
 
