@@ -8,6 +8,7 @@ without the marker, and pull requests, are never taken for the notice."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -15,6 +16,7 @@ from structlog.testing import capture_logs
 
 from bot.audit import settled
 from bot.config import load_settings
+from bot.store.base import FAILED
 from handlers.wiring import cli
 from handlers.wiring.cli_sweep import sweep_command
 from tests.support.harness import moko_environ
@@ -212,3 +214,39 @@ async def test_a_notice_the_batched_read_did_not_reach_is_closed_once_the_reposi
     [notice] = [i for i in moko_issues(org) if i["title"] == TITLE]
     assert notice["state"] == "closed"
     assert all(i["state"] == "open" for i in moko_issues(org) if i["title"] != TITLE)
+
+
+async def test_a_global_dry_run_opens_no_issue_even_for_what_it_cannot_fix(org, tmp_path):
+    # A rule other branches share is held for a person: a row without a write, which a dry run
+    # would still find. Under MOKO_DRY_RUN Moko writes nothing to GitHub, the issue included.
+    policy(org, "branches:\n  - {name: default, protection: null}\n")
+    org.add_repo(ORG, REPO, **COMPLIANT)
+    org.add_branch(ORG, REPO, "maint")
+    org.add_protection_rule(ORG, REPO, "mai*", DEFAULT_PROTECTION)
+    args = cli.build_parser().parse_args(["sweep", "--org", ORG, "--json"])
+    env = moko_environ(org, f"sqlite:///{tmp_path}/moko.db", MOKO_DRY_RUN="true")
+    out = io.StringIO()
+
+    assert await sweep_command(args, load_settings(env), out=out, err=io.StringIO()) == 1
+    [result] = [r for r in json.loads(out.getvalue())["results"] if r["repo"] == f"{ORG}/{REPO}"]
+    assert result["outcome"] == "failed" and "mai*" in result["error"]
+    assert moko_issues(org) == []
+    assert [c for c in org.calls if c.method != "GET" and c.path.startswith("/repos/")] == []
+    assert org.protection_rules(ORG, REPO) == {"mai*": DEFAULT_PROTECTION}
+
+
+async def test_a_remediation_that_failed_before_its_plan_fails_with_github_s_words(org, moko):
+    # main is protected by a wildcard rule, which only the REST read can tell apart, and GitHub
+    # refuses that read: with no plan there is nothing to tell in an issue, and the delivery
+    # fails with GitHub's words.
+    policy(org, "")
+    org.add_repo(ORG, REPO, **COMPLIANT)
+    org.add_protection_rule(ORG, REPO, "mai*", DEFAULT_PROTECTION)
+    org.fail("GET", rf"^/repos/{ORG}/{REPO}/branches/main/protection$", 422, times=10,
+             body={"message": "Repository access blocked", "documentation_url": "https://docs.github.com/rest"})
+    await remediate(moko, org, "unread-1")
+    delivery = await moko.services.store.get_delivery("unread-1")
+    assert delivery.state == FAILED
+    assert delivery.error.endswith(f"{ORG}/{REPO}: 422 Repository access blocked"), delivery.error
+    assert moko_issues(org) == [] and org.count("GET", ISSUES) == 0
+    assert org.protection_rules(ORG, REPO) == {"mai*": DEFAULT_PROTECTION}
