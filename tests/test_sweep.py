@@ -556,6 +556,22 @@ async def test_refused_credentials_are_a_usage_error(org, env):
     assert err.startswith("moko: GitHub refused these credentials") and err.count("\n") == 1
 
 
+async def test_a_repository_whose_only_finding_is_held_for_a_person_fails_the_sweep(org, env):
+    # Nothing to write and nothing to read: the batched read shows main protected by a rule
+    # other branches share, which the policy wants gone. That is a failure, not compliance.
+    org.add_repo(ORG, ".github")
+    org.put_file(ORG, ".github", ".github/moko.yml",
+                 "version: 1\nrepository: {}\nbranches:\n  - {name: default, protection: null}\n")
+    org.add_repo(ORG, "app")
+    org.add_branch(ORG, "app", "maint")
+    org.add_protection_rule(ORG, "app", "mai*", PROTECTION)
+    code, doc, _ = await sweep(env, "--repo", "app")
+    [result] = doc["results"]
+    assert (code, result["outcome"], doc["failed"], doc["compliant"]) == (1, "failed", 1, 0)
+    assert result["error"] == "main: protected by the rule mai*, which other branches share: Moko does not remove it"
+    assert writes(org) == [] and org.protection_rules(ORG, "app") == {"mai*": PROTECTION}
+
+
 async def test_wildcard_covered_branches_get_their_own_rule_and_a_shared_rule_is_never_removed(org, env):
     policy = (
         "version: 1\nrepository: {}\nbranches:\n"
