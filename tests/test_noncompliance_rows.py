@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from bot.audit import settled
 from bot.config import load_settings
-from bot.store.base import FAILED
+from bot.store.base import DONE, FAILED
 from handlers.wiring import cli
 from handlers.wiring.cli_sweep import sweep_command
 from tests.support.harness import moko_environ
@@ -250,3 +250,22 @@ async def test_a_remediation_that_failed_before_its_plan_fails_with_github_s_wor
     assert delivery.error.endswith(f"{ORG}/{REPO}: 422 Repository access blocked"), delivery.error
     assert moko_issues(org) == [] and org.count("GET", ISSUES) == 0
     assert org.protection_rules(ORG, REPO) == {"mai*": DEFAULT_PROTECTION}
+
+
+async def test_a_renamed_repository_fixed_by_moko_gets_its_notice_closed(org, moko):
+    # repository.renamed (as unarchived, transferred, privatized, publicized) remediates from
+    # the payload alone, with no batched read: a fix still makes Moko look for its notice.
+    policy(org, "repository:\n  has_wiki: false\n")
+    org.add_repo(ORG, REPO, has_wiki=True, has_issues=True, has_projects=False)
+    org.set_protection(ORG, REPO, "main", DEFAULT_PROTECTION)
+    org.fail("PATCH", rf"^/repos/{ORG}/{REPO}$", 422, body={"message": "wikis stay"})
+    await remediate(moko, org, "refused-1")
+    [notice] = moko_issues(org)
+    assert notice["state"] == "open"
+
+    renamed = org.event("repository", "renamed", owner=ORG, repo=REPO)
+    assert (await moko.deliver("repository", renamed, delivery="renamed-1")).status == 202
+    assert org.repo(ORG, REPO)["has_wiki"] is False
+    assert [i["state"] for i in moko_issues(org)] == ["closed"]
+    assert [c["body"] for c in org.comments(ORG, REPO, notice["number"])] == [f"{MARKER}\n{CLOSING}"]
+    assert (await moko.services.store.get_delivery("renamed-1")).state == DONE
