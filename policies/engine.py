@@ -30,7 +30,7 @@ from policies.model import Change, Plan, Policy, RepoState
 from policies.plan import plan_repository
 from policies.registry import KINDS_BY_NAME, POLICY_KINDS, new_branch_state, new_repository_state
 from policies.server_fields import for_server, schema_for, unsupported, without_unsupported
-from policies.source import POLICY_PATH, POLICY_REPO, PolicySource
+from policies.source import PolicySource
 
 log = get_logger("moko.engine")
 
@@ -129,16 +129,15 @@ class PolicyEngine:
         return resolved.policy
 
     async def record_config_error(
-        self, run: Run, full_name: str, message: str, source: str | None = None, file_id: str | None = None
+        self, run: Run, full_name: str, message: str, source: str, file_id: str | None = None
     ) -> None:
         """An audit record (policy "config", field: the invalid file, before: which file it was,
         when known) for a repository the invalid policy file kept Moko from handling."""
         log.error("policy_invalid", repo=full_name, error=message)
-        owner = full_name.split("/", 1)[0]
         await self.audit.write([
             AuditEntry(
                 time=self.audit.now(), run_id=run.run_id, trigger=run.trigger, installation=run.installation,
-                repo=full_name, actor=run.actor, policy="config", field=source or f"{owner}/{POLICY_REPO}/{POLICY_PATH}",
+                repo=full_name, actor=run.actor, policy="config", field=source,
                 before=None if file_id is None else {CONFIG_FILE_KEY: file_id}, after=None, outcome=Outcome.FAILED,
                 error=message,
             )
