@@ -311,8 +311,10 @@ async def test_an_apply_command_whose_lock_is_lost_mid_way_reports_every_change_
 
 async def test_while_the_servers_restart_cut_every_replica_s_liveness_no_replica_takes_claims_in_flight(postgres_url):
     # A restart ends every session, each replica's liveness lock with it: until each takes
-    # its lock again, every replica looks dead to the others, and to itself.
-    first, second = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    # its lock again, every replica looks dead to the others, and to itself, however long
+    # that takes (the clock is moved past the grace a replica gives the others once back).
+    now = [1000.0]
+    first, second = (PostgresStore(postgres_url, clock=lambda: now[0]) for _ in range(2))
     await first.open()
     await second.open()
     try:
@@ -321,6 +323,7 @@ async def test_while_the_servers_restart_cut_every_replica_s_liveness_no_replica
             assert (await store.add_and_claim(delivery, store.owner, 60))[1] is not None
         await end_sessions(postgres_url)
         await asyncio.sleep(0.1)  # each store has seen its liveness connection end
+        now[0] += 60
 
         assert await second.claim_pending(second.owner, 60, 10) == []
         assert await first.claim_pending(first.owner, 60, 10) == []
