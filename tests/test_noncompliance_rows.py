@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from bot.audit import settled
 from bot.config import load_settings
 from bot.store.base import DONE, FAILED
+from handlers import noncompliance
 from handlers.wiring import cli
 from handlers.wiring.cli_sweep import sweep_command
 from tests.support.harness import moko_environ
@@ -269,3 +270,28 @@ async def test_a_renamed_repository_fixed_by_moko_gets_its_notice_closed(org, mo
     assert [i["state"] for i in moko_issues(org)] == ["closed"]
     assert [c["body"] for c in org.comments(ORG, REPO, notice["number"])] == [f"{MARKER}\n{CLOSING}"]
     assert (await moko.services.store.get_delivery("renamed-1")).state == DONE
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_the_issue_table_fills_60000_characters_and_leaves_out_the_row_beyond(over):
+    # GitHub refuses an issue body over 65,536 characters: the table takes rows up to 60,000
+    # characters (each line with its newline), and says how many it left out.
+    header = f"{HEADER}\n"
+    row = "| repository.f{:05} | wrong | {} |"
+    rows, used = [], len(header)
+    while used < 60_000 - 200:
+        line = row.format(len(rows), "x" * 100)
+        rows.append(line)
+        used += len(line) + 1
+    last = row.format(len(rows), "x" * (60_000 - used - 1 - len(row.format(len(rows), "")) + over))
+    rows.append(last)
+    assert used + len(last) + 1 == 60_000 + over
+
+    body = noncompliance.issue_body([tuple(cell.strip() for cell in line.strip("|").split(" | ")) for line in rows])
+    table, note = body.split("\n\n")[1:3]
+    if over:
+        assert last not in body and rows[-2] in table
+        assert note == "_1 more rows left out: the comment would be too long._"
+    else:
+        assert table == header + "\n".join(rows) and len(table) == 60_000 - 1
+        assert "left out" not in body
