@@ -43,8 +43,10 @@ async def sent_by_moko(event: Event, ctx: EventContext) -> bool:
     """Whether Moko's own bot account sent the event: its own changes start no new round."""
     sender = event.data.get("sender") or {}
     login = str(sender.get("login") or "")
-    if sender.get("type") != "Bot" and not login.endswith("[bot]"):
-        return False  # a person: no need to ask GitHub who Moko is
+    if sender.get("type") != "Bot" or not login.endswith("[bot]"):
+        # A person, or a Bot account not named like an App's bot (Copilot): not Moko, whose
+        # events come from "<app slug>[bot]", a Bot. No need to ask GitHub who Moko is.
+        return False
     return login.lower() == (await ctx.services.github.bot_login()).lower()
 
 

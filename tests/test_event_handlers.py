@@ -67,6 +67,17 @@ async def test_a_persons_event_is_remediated_without_asking_github_who_moko_is(o
     assert org.count("GET", "^/app$") == 0
 
 
+async def test_a_bot_whose_login_lacks_the_bot_suffix_is_remediated_without_asking_who_moko_is(org, moko):
+    # Moko's own events come from a Bot account whose login ends in "[bot]": GitHub's Copilot
+    # coding agent is a Bot account named "Copilot", so its edit is not Moko's, no GET /app asked.
+    drifted_repo(org, "agent")
+    edit = org.event("repository", "edited", owner=ORG, repo="agent", sender=org.state.user("Copilot", "Bot"))
+    assert (edit["sender"]["login"], edit["sender"]["type"]) == ("Copilot", "Bot")
+    await moko.deliver("repository", edit)
+    assert org.repo(ORG, "agent")["has_wiki"] is False
+    assert org.count("GET", "^/app$") == 0
+
+
 async def test_repositories_added_to_an_installation_are_remediated(org, moko):
     drifted_repo(org, "joined")
     org.add_repo(ORG, "tidy", **COMPLIANT)
