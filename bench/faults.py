@@ -814,6 +814,10 @@ def moko_env(fake: Fake, database: str, **extra: str) -> dict[str, str]:
         "GITHUB_WEBHOOK_SECRET": SECRET, "GITHUB_API_URL": fake.info["url"],
         "MOKO_DATABASE_URL": database, "MOKO_SWEEP_INTERVAL": "0", "MOKO_RECOVER_WINDOW": "0",
         "MOKO_RETRY_BASE_DELAY": "0.1", "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning"),
+        # A fifth of the answers fail: with the default 4 tries per request (backoff from a
+        # tenth of a second), four faults in a row at one request (an installation's token,
+        # once) failed a `/moko apply`'s delivery, which then ended failed and unanswered.
+        "MOKO_RETRY_ATTEMPTS": "8",
         **extra,
     }
 
