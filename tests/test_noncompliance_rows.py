@@ -7,21 +7,17 @@ without the marker, and pull requests, are never taken for the notice."""
 
 from __future__ import annotations
 
-import io
-import json
 from collections.abc import Awaitable, Callable
 
 import pytest
 from structlog.testing import capture_logs
 
 from bot.audit import settled
-from bot.config import load_settings
 from bot.store.base import DONE, FAILED
 from handlers import noncompliance
-from handlers.wiring import cli
-from handlers.wiring.cli_sweep import sweep_command
 from tests.support.harness import moko_environ
 from tests.support.org import COMPLIANT, DEFAULT_PROTECTION, INSTALLATION, ORG
+from tests.test_sweep import sweep
 
 TITLE = "Moko: this repository does not meet policy"
 MARKER = "<!-- moko:noncompliance -->"
@@ -187,14 +183,13 @@ async def notice_beyond_a_full_page(org, tmp_path, refusals: int) -> Callable[[]
     org.fail("PATCH", rf"^/repos/{ORG}/{REPO}$", 422, body={"message": "wikis stay"}, times=refusals)
     for n in range(10):
         org.add_issue(ORG, REPO, f"Report {n}", body="Opened by Moko, no marker", user=org.bot_login)
-    args = cli.build_parser().parse_args(["sweep", "--org", ORG, "--json"])
     env = moko_environ(org, f"sqlite:///{tmp_path}/moko.db")
 
-    async def sweep() -> int:
-        return await sweep_command(args, load_settings(env), out=io.StringIO(), err=io.StringIO())
+    async def again() -> int:
+        return (await sweep(env))[0]
 
-    assert await sweep() == 1
-    return sweep
+    assert await again() == 1
+    return again
 
 
 async def test_a_notice_the_batched_read_did_not_reach_is_asked_for_before_one_is_opened(org, tmp_path):
@@ -224,12 +219,10 @@ async def test_a_global_dry_run_opens_no_issue_even_for_what_it_cannot_fix(org, 
     org.add_repo(ORG, REPO, **COMPLIANT)
     org.add_branch(ORG, REPO, "maint")
     org.add_protection_rule(ORG, REPO, "mai*", DEFAULT_PROTECTION)
-    args = cli.build_parser().parse_args(["sweep", "--org", ORG, "--json"])
-    env = moko_environ(org, f"sqlite:///{tmp_path}/moko.db", MOKO_DRY_RUN="true")
-    out = io.StringIO()
+    code, doc, _ = await sweep(moko_environ(org, f"sqlite:///{tmp_path}/moko.db", MOKO_DRY_RUN="true"))
 
-    assert await sweep_command(args, load_settings(env), out=out, err=io.StringIO()) == 1
-    [result] = [r for r in json.loads(out.getvalue())["results"] if r["repo"] == f"{ORG}/{REPO}"]
+    assert code == 1
+    [result] = [r for r in doc["results"] if r["repo"] == f"{ORG}/{REPO}"]
     assert result["outcome"] == "failed" and "mai*" in result["error"]
     assert moko_issues(org) == []
     assert [c for c in org.calls if c.method != "GET" and c.path.startswith("/repos/")] == []
@@ -277,17 +270,22 @@ def test_the_issue_table_fills_60000_characters_and_leaves_out_the_row_beyond(ov
     # GitHub refuses an issue body over 65,536 characters: the table takes rows up to 60,000
     # characters (each line with its newline), and says how many it left out.
     header = f"{HEADER}\n"
-    row = "| repository.f{:05} | wrong | {} |"
-    rows, used = [], len(header)
+    cells: list[tuple[str, str, str]] = []
+    rows: list[str] = []  # each as the table shows it
+
+    def add(why: str) -> str:
+        cells.append((f"repository.f{len(cells):05}", "wrong", why))
+        rows.append("| " + " | ".join(cells[-1]) + " |")
+        return rows[-1]
+
+    used = len(header)
     while used < 60_000 - 200:
-        line = row.format(len(rows), "x" * 100)
-        rows.append(line)
-        used += len(line) + 1
-    last = row.format(len(rows), "x" * (60_000 - used - 1 - len(row.format(len(rows), "")) + over))
-    rows.append(last)
+        used += len(add("x" * 100)) + 1
+    empty_row = len(f"| repository.f{len(cells):05} | wrong |  |")
+    last = add("x" * (60_000 - used - 1 - empty_row + over))
     assert used + len(last) + 1 == 60_000 + over
 
-    body = noncompliance.issue_body([tuple(cell.strip() for cell in line.strip("|").split(" | ")) for line in rows])
+    body = noncompliance.issue_body(cells)
     table, note = body.split("\n\n")[1:3]
     if over:
         assert last not in body and rows[-2] in table
